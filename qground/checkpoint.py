@@ -1,0 +1,284 @@
+"""Our checkpoint layout (DESIGN §2): save, resolve (registry / folder / Hub repo + revision) and load.
+
+A folder holds ``qground_config.json``, tokenizer files, ``qground_heads.safetensors`` (φv, seg head, pixel decoder) and
+either the full LLaVA weights (``config.json`` + ``model.safetensors``, loadable by plain transformers too) or a LoRA
+adapter (``adapter_config.json`` + ``adapter_model.safetensors``, with the trained seg-token rows) over
+``config.base_model_id``. Only safetensors are read; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+from qground.builder import REGISTRY, assemble, build_from_registry
+from qground.config import CONFIG_NAME, ConfigError, LoraSettings, QGroundConfig
+from qground.modeling import QGroundModel
+from qground.tokenizer import bind_tokenizer
+
+HEADS_NAME = "qground_heads.safetensors"
+ADAPTER_NAME = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+FULL_WEIGHTS = "model.safetensors"
+QUANT_CHOICES = ("none", "4bit", "8bit")
+# Kept in full precision under 4/8-bit: exact prefixes (transformers 5 matches by prefix, not substring).
+QUANT_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found or read, with what to do about it."""
+
+
+# -- saving ------------------------------------------------------------------------------------------------------------
+def head_state(model: QGroundModel) -> dict[str, torch.Tensor]:
+    """φv, seg head and pixel decoder weights, keyed ``projector.*``, ``seg_head.*``, ``pixel_decoder.*``."""
+    parts = {"projector": model.projector, "seg_head": model.seg_head, "pixel_decoder": model.pixel_decoder}
+    return {
+        f"{name}.{k}": v.detach().contiguous() for name, part in parts.items() for k, v in part.state_dict().items()
+    }
+
+
+def apply_lora(model: QGroundModel, settings: LoraSettings, train_token_rows: bool = True) -> LoraConfig:
+    """Inject LoRA into the LLM's attention (and trainable rows for our special tokens in the embedding and lm_head)
+    in place. Freezes everything else, as peft does; callers unfreeze what their stage trains."""
+    ids = [model.config.token_ids.image, *model.config.token_ids.seg]
+    lora = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        trainable_token_indices={"embed_tokens": ids, "lm_head": ids} if train_token_rows else None,
+    )
+    inject_adapter_in_model(lora, model)
+    model.train(model.training)  # new LoRA modules (dropout) follow the model's mode
+    return lora
+
+
+def save_checkpoint(model: QGroundModel, tokenizer, folder: str | Path) -> Path:
+    """Write ``model`` in our layout, atomically: files go to a temporary sibling folder that replaces ``folder``
+    only when complete, so a kill mid-save never leaves a checkpoint that loads wrong."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        config = model.config
+        lora = getattr(model, "peft_config", {}).get("default")
+        if lora is not None:
+            lora.save_pretrained(tmp)
+            save_file(_contiguous(get_peft_model_state_dict(model)), tmp / ADAPTER_NAME)
+        else:
+            model.llava.save_pretrained(tmp, safe_serialization=True)
+        config.save(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_file(head_state(model), tmp / HEADS_NAME)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+# -- resolving ---------------------------------------------------------------------------------------------------------
+def resolve(source: str | os.PathLike, revision: str | None = None) -> Path:
+    """A registry name with a shipped checkpoint, a local folder, or a Hub repo id (downloaded at ``revision``)."""
+    text = str(source)
+    entry = REGISTRY.get(text)
+    if entry is not None and entry.checkpoint is not None:
+        if not (entry.checkpoint / CONFIG_NAME).exists():
+            raise CheckpointError(f"{text}: its shipped checkpoint {entry.checkpoint} is missing; reinstall qground")
+        return entry.checkpoint
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_NAME).exists():
+            raise CheckpointError(f"{path} is not a qground checkpoint: it has no {CONFIG_NAME}")
+        return path
+    if entry is not None or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise CheckpointError(
+            f"{text!r} is neither a shipped model ({', '.join(k for k, e in REGISTRY.items() if e.checkpoint)}), "
+            "an existing checkpoint folder, nor a Hub repo id like 'org/name'"
+        )
+    return download(text, revision)
+
+
+def download(repo_id: str, revision: str | None = None) -> Path:
+    """``snapshot_download`` of the files our layout uses (safetensors, json, tokenizer), with clear errors."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    at = f"{repo_id}@{revision or 'main'}"
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+            )
+        )
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{at}: revision {revision!r} does not exist; check QGROUND_REVISION") from None
+    except GatedRepoError:
+        raise CheckpointError(f"{at} is gated: accept its terms on the Hub and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"{at}: no such model repo (or it is private: set HF_TOKEN)") from None
+    except LocalEntryNotFoundError:
+        raise CheckpointError(
+            f"{at} is not in the local cache and the Hub cannot be reached (offline or HF_HUB_OFFLINE=1). "
+            "Connect once to download it, or point QGROUND_MODEL at a local checkpoint folder"
+        ) from None
+
+
+# -- loading -----------------------------------------------------------------------------------------------------------
+def default_device_dtype() -> tuple[torch.device, torch.dtype]:
+    """bf16 on CUDA, fp32 on CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+def quantization_config(quant: str, compute_dtype: torch.dtype):
+    """``BitsAndBytesConfig`` for ``"4bit"`` (NF4, double quant) or ``"8bit"``, skipping ``QUANT_SKIP_MODULES``."""
+    if quant not in QUANT_CHOICES:
+        raise ValueError(f"quantization must be one of {QUANT_CHOICES}, got {quant!r}")
+    if quant == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quant == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(QUANT_SKIP_MODULES))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        llm_int8_skip_modules=list(QUANT_SKIP_MODULES),
+    )
+
+
+def load_model(
+    source: str | os.PathLike,
+    revision: str | None = None,
+    quant: str = "none",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+):
+    """``(QGroundModel, tokenizer)`` from a registry name, folder or Hub repo id. ``qground-tiny`` builds randomly."""
+    if str(source) in REGISTRY and REGISTRY[str(source)].checkpoint is None:
+        if str(source) != "qground-tiny":
+            raise CheckpointError(
+                f"{source} has no published trained weights yet; train it with training/ and pass the output folder "
+                "or its Hub repo id"
+            )
+        model, tokenizer = build_from_registry(str(source))
+        return model, tokenizer
+    folder = resolve(source, revision)
+    default_device, default_dtype = default_device_dtype()
+    device = torch.device(device) if device is not None else default_device
+    dtype = dtype or default_dtype
+    try:
+        config = QGroundConfig.load(folder)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    bound = bind_tokenizer(config, tokenizer)
+    if bound.token_ids != config.token_ids:
+        raise CheckpointError(f"{folder}: tokenizer ids {bound.token_ids} ≠ {CONFIG_NAME} ids {config.token_ids}")
+    has_adapter = (folder / ADAPTER_CONFIG).exists()
+    base = folder if not has_adapter else _base_folder(config)
+    llava = _load_llava(base, quant, device, dtype)
+    _check_architecture(config, llava, base)
+    model = assemble(config, llava)
+    _load_safetensors(model, folder / HEADS_NAME, _load_heads)
+    if has_adapter:
+        inject_adapter_in_model(LoraConfig.from_pretrained(folder), model)
+        _load_safetensors(model, folder / ADAPTER_NAME, _load_adapter)
+    model.seg_head.to(device=device, dtype=dtype)
+    model.pixel_decoder.to(device=device, dtype=dtype)
+    model.projector.to(device=device, dtype=dtype)
+    return model.eval(), tokenizer
+
+
+def _base_folder(config: QGroundConfig) -> Path | str:
+    if config.base_model_id is None:
+        raise CheckpointError("this LoRA checkpoint names no base_model_id in its config; it cannot be loaded")
+    path = Path(config.base_model_id).expanduser()
+    return path if path.is_dir() else config.base_model_id
+
+
+def _load_llava(base, quant: str, device: torch.device, dtype: torch.dtype) -> LlavaForConditionalGeneration:
+    qconfig = quantization_config(quant, dtype)
+    kwargs = {"dtype": dtype}
+    if qconfig is not None:
+        kwargs |= {"quantization_config": qconfig, "device_map": {"": device}}
+    try:
+        llava = LlavaForConditionalGeneration.from_pretrained(base, **kwargs)
+    except SafetensorError as e:
+        raise CheckpointError(
+            f"{base}/{FULL_WEIGHTS} is damaged ({e}); delete it and download or save it again"
+        ) from None
+    except OSError as e:
+        raise CheckpointError(f"cannot load the base model {base}: {e}") from None
+    return llava if qconfig is not None else llava.to(device)
+
+
+def _check_architecture(config: QGroundConfig, llava: LlavaForConditionalGeneration, base) -> None:
+    t, v = llava.config.text_config, llava.config.vision_config
+    pairs = {
+        "llm.hidden_size": (config.llm.hidden_size, t.hidden_size),
+        "llm.num_layers": (config.llm.num_layers, t.num_hidden_layers),
+        "vision.hidden_size": (config.vision.hidden_size, v.hidden_size),
+        "vision.num_layers": (config.vision.num_layers, v.num_hidden_layers),
+        "vision.patch_size": (config.vision.patch_size, v.patch_size),
+    }
+    wrong = {k: a for k, a in pairs.items() if a[0] != a[1]}
+    if wrong:
+        raise CheckpointError(f"base model {base} does not match {CONFIG_NAME}: (ours, base) = {wrong}")
+    if llava.get_input_embeddings().weight.shape[0] < config.llm.vocab_size:
+        llava.resize_token_embeddings(config.llm.vocab_size)
+
+
+def _load_safetensors(model: QGroundModel, path: Path, apply) -> None:
+    try:
+        state = load_file(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete; save or download it again") from None
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is damaged ({e}); delete the checkpoint and save or download it again") from None
+    apply(model, state, path)
+
+
+def _load_heads(model: QGroundModel, state: dict[str, torch.Tensor], path: Path) -> None:
+    parts = {"projector": model.projector, "seg_head": model.seg_head, "pixel_decoder": model.pixel_decoder}
+    for name, part in parts.items():
+        sub = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+        try:
+            part.load_state_dict(sub, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: {name} weights do not fit this architecture: {e}") from None
+
+
+def _load_adapter(model: QGroundModel, state: dict[str, torch.Tensor], path: Path) -> None:
+    result = set_peft_model_state_dict(model, state)
+    if result.unexpected_keys:
+        raise CheckpointError(f"{path}: adapter weights not in this model: {result.unexpected_keys[:5]}")

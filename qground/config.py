@@ -1,0 +1,261 @@
+"""The model configuration: one validated dataclass tree, saved as ``qground_config.json`` next to the weights.
+
+Every architecture field lives here; nothing is inferred from a model's name. ``QGroundConfig.from_dict`` rejects
+unknown keys and configs written by a newer format version with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "qground_config.json"
+FORMAT_VERSION = 1
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot describe a working model."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class VisionConfig:
+    """A CLIP-style ViT (``transformers.CLIPVisionModel``), frozen. ``native_image_size`` is what its position
+    embeddings were trained at; the model runs it at ``QGroundConfig.image_size`` (interpolated if they differ)."""
+
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_layers: int = 24
+    num_heads: int = 16
+    patch_size: int = 14
+    native_image_size: int = 336
+    num_channels: int = 3
+    hub_id: str | None = "openai/clip-vit-large-patch14-336"
+
+    def validate(self) -> None:
+        _check(self.hidden_size % self.num_heads == 0, "vision.hidden_size must be divisible by vision.num_heads")
+        _check(
+            self.native_image_size % self.patch_size == 0, "vision.native_image_size must be a multiple of patch_size"
+        )
+        _check(self.num_channels >= 1, "vision.num_channels must be >= 1")
+
+
+@dataclass
+class LLMConfig:
+    """A Llama decoder (``transformers.LlamaConfig`` fields). ``vocab_size`` is the embedding rows (our tokens
+    included)."""
+
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    vocab_size: int = 32064
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    def validate(self) -> None:
+        _check(self.hidden_size % self.num_heads == 0, "llm.hidden_size must be divisible by llm.num_heads")
+        _check(self.num_heads % self.num_kv_heads == 0, "llm.num_heads must be a multiple of llm.num_kv_heads")
+
+
+@dataclass
+class DecoderConfig:
+    """The light two-level pixel decoder (PixelLM-style) built from segment-anything parts; ``dim`` is also the width
+    of the seg embeddings it receives."""
+
+    dim: int = 256
+    depth: int = 2
+    num_heads: int = 8
+    mlp_dim: int = 2048
+    layers: tuple[int, int] = (23, 14)  # vision hidden_states index feeding level 0 and level 1
+
+    def validate(self) -> None:
+        _check(self.dim % self.num_heads == 0, "decoder.dim must be divisible by decoder.num_heads")
+        _check(self.dim % 8 == 0, "decoder.dim must be divisible by 8 (hypernetwork width dim // 8)")
+        _check(len(self.layers) == 2, "decoder.layers needs exactly two vision layers (level 0, level 1)")
+
+
+@dataclass
+class LossConfig:
+    """``L = ce·CE + mask·(bce·BCE + dice·DICE)`` (seed eq. 1–2)."""
+
+    ce: float = 1.0
+    mask: float = 1.0
+    bce: float = 2.0
+    dice: float = 0.5
+    dice_scale: float = 1000.0
+    dice_eps: float = 1e-6
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the LLM's attention projections (stages 2–3)."""
+
+    r: int = 64
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+
+
+@dataclass
+class TokenIds:
+    """Ids of our special tokens in the tokenizer saved next to the weights (filled when the tokenizer is built)."""
+
+    image: int = -1
+    seg: tuple[int, ...] = ()
+    pad: int = -1
+    bos: int = -1
+    eos: int = -1
+
+    def validate(self, seg_count: int) -> None:
+        if self.image < 0:
+            return  # not bound to a tokenizer yet
+        _check(len(self.seg) == seg_count, f"token_ids.seg needs {seg_count} ids, got {len(self.seg)}")
+        _check(len(set(self.seg)) == seg_count, f"seg token ids must be distinct, got {list(self.seg)}")
+        _check(self.image not in self.seg, "the image token id collides with a seg token id")
+
+
+@dataclass
+class QGroundConfig:
+    """Everything that defines a Q-Ground model.
+
+    Image frame: inputs are resized (longest side) and padded bottom-right to ``image_size``²; the vision tower yields a
+    ``grid × grid`` patch map (``grid = image_size // patch_size``); φv pools it by ``projector_pool`` to
+    ``num_image_tokens`` tokens per image.
+    """
+
+    name: str = "qground"
+    format_version: int = FORMAT_VERSION
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    token_ids: TokenIds = field(default_factory=TokenIds)
+    image_size: int = 448
+    image_mean: tuple[float, ...] = CLIP_MEAN
+    image_std: tuple[float, ...] = CLIP_STD
+    feature_layers: tuple[int, ...] = (6, 14, 23)
+    projector_pool: int = 2
+    seg_levels: int = 2
+    seg_tokens_per_level: int = 3
+    base_model_id: str | None = "llava-hf/llava-1.5-7b-hf"
+    tokenizer_id: str | None = "llava-hf/llava-1.5-7b-hf"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.vision.patch_size
+
+    @property
+    def token_grid(self) -> int:
+        return self.grid // self.projector_pool
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.token_grid**2
+
+    @property
+    def seg_count(self) -> int:
+        return self.seg_levels * self.seg_tokens_per_level
+
+    def validate(self) -> None:
+        for part in (self.vision, self.llm, self.decoder):
+            part.validate()
+        _check(
+            self.format_version <= FORMAT_VERSION,
+            f"this config was written by a newer qground (format {self.format_version} > {FORMAT_VERSION}); "
+            "upgrade qground (pip install -U -r requirements.txt) to load it",
+        )
+        _check(
+            self.image_size % self.vision.patch_size == 0,
+            f"image_size {self.image_size} must be a multiple of vision.patch_size {self.vision.patch_size}",
+        )
+        _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
+        _check(
+            len(self.image_mean) == len(self.image_std) == self.vision.num_channels,
+            "image_mean and image_std need one value per vision channel",
+        )
+        n_hidden = self.vision.num_layers + 1  # hidden_states[0] is the embedding output
+        for i in (*self.feature_layers, *self.decoder.layers):
+            _check(
+                -n_hidden <= i < n_hidden, f"vision layer index {i} out of range for {self.vision.num_layers} layers"
+            )
+        _check(len(self.feature_layers) >= 1, "feature_layers needs at least one layer")
+        _check(self.seg_levels == 2, "the pixel decoder has exactly two levels (seg_levels = 2)")
+        _check(self.seg_tokens_per_level >= 1, "seg_tokens_per_level must be >= 1")
+        self.token_ids.validate(self.seg_count)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QGroundConfig:
+        return _build(cls, data, "config")
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CONFIG_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> QGroundConfig:
+        path = Path(folder) / CONFIG_NAME
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} not found: a qground checkpoint folder holds {CONFIG_NAME}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); the checkpoint is damaged, download it again") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Instantiate a (nested) config dataclass from plain JSON data, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be an object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        version = data.get("format_version", FORMAT_VERSION)
+        hint = (
+            " (written by a newer qground? upgrade it)" if isinstance(version, int) and version > FORMAT_VERSION else ""
+        )
+        raise ConfigError(f"unknown field(s) {unknown} in {where}{hint}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _NESTED.get((cls, name))
+        if sub is not None:
+            kwargs[name] = _build(sub, value, f"{where}.{name}")
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+_NESTED = {
+    (QGroundConfig, "vision"): VisionConfig,
+    (QGroundConfig, "llm"): LLMConfig,
+    (QGroundConfig, "decoder"): DecoderConfig,
+    (QGroundConfig, "loss"): LossConfig,
+    (QGroundConfig, "lora"): LoraSettings,
+    (QGroundConfig, "token_ids"): TokenIds,
+}

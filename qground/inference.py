@@ -1,0 +1,224 @@
+"""Inference: KV-cached decoding that keeps the seg-token hidden states, answer parsing, masks at original size.
+
+``QGroundEngine`` is the stateful predictor the CLI, the app and the benches use (model + processor, no UI). Decoding
+records, for every generated token, the last hidden state that predicted it — exactly the state the seg head reads — so
+masks need no second pass over the sequence (PixelLM re-runs the whole sequence with ``use_cache=False``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from qground.modeling.qground import ImageFeatures, QGroundModel
+from qground.processor import ImageMeta, QGroundProcessor
+from qground.prompts import Turn
+from qground.taxonomy import match_class
+
+GROUNDING_QUESTION = "Please segment out distorted regions in the image."
+_SEPARATORS = re.compile(r"[,;:\n]|\band\b|\bare\b|\bis\b")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """``temperature`` 0 means greedy; ``min_new_tokens`` suppresses end-of-sequence before that many tokens."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    min_new_tokens: int = 0
+    seed: int = 0
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= 4096:
+            raise ValueError(f"max new tokens must be between 1 and 4096, got {self.max_new_tokens}")
+        if not (0.0 <= self.temperature <= 5.0) or self.temperature != self.temperature:
+            raise ValueError(f"temperature must be between 0 (greedy) and 5, got {self.temperature}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError("min new tokens must be between 0 and max new tokens")
+
+
+@dataclass
+class GroundingResult:
+    """What the model said and drew for one image.
+
+    ``masks``: class name → bool (H, W) in the original (EXIF-oriented) frame, merged when a class repeats;
+    ``scores``: class → mean mask probability inside the mask; ``timings``: seconds per stage.
+    """
+
+    text: str
+    raw_text: str
+    masks: dict[str, np.ndarray]
+    scores: dict[str, float]
+    image_size: tuple[int, int] | None
+    timings: dict[str, float]
+    token_ids: list[int]
+    warnings: list[str] = field(default_factory=list)
+
+    def area_percent(self) -> dict[str, float]:
+        return {name: 100.0 * float(m.mean()) for name, m in self.masks.items()}
+
+
+def _select(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator) -> int:
+    """Next token from (V,) logits: argmax when greedy, else temperature + nucleus sampling."""
+    if settings.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
+    if settings.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, 0) - sorted_p < settings.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def decode(
+    model: QGroundModel, input_ids: torch.Tensor, features: ImageFeatures | None, settings: GenerationSettings
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Generate for one prompt (1, L); yields ``(token_id, predicting_state (D,))`` per new token.
+
+    With ``settings.use_cache`` the prompt is prefilled once and every step feeds one token through the KV cache;
+    without it every step re-runs the whole sequence (the PixelLM-style reference).
+    """
+    lm, head = model.language_model, model.llava.lm_head
+    embed_tokens = model.llava.get_input_embeddings()
+    eos = model.config.token_ids.eos
+    generator = torch.Generator().manual_seed(settings.seed)
+    with torch.inference_mode():
+        embeds = model.embed(input_ids.to(model.device), features.tokens if features is not None else None)
+        cache = DynamicCache(config=lm.config) if settings.use_cache else None
+        hidden = lm(inputs_embeds=embeds, past_key_values=cache, use_cache=settings.use_cache).last_hidden_state
+        for step in range(settings.max_new_tokens):
+            state = hidden[0, -1]
+            logits = head(state).float()
+            if step < settings.min_new_tokens:
+                logits[eos] = -float("inf")
+            token = _select(logits, settings, generator)
+            yield token, state
+            if token == eos:
+                return
+            new = embed_tokens(torch.tensor([[token]], device=embeds.device))
+            if settings.use_cache:
+                hidden = lm(inputs_embeds=new, past_key_values=cache, use_cache=True).last_hidden_state
+            else:
+                embeds = torch.cat([embeds, new], dim=1)
+                hidden = lm(inputs_embeds=embeds, use_cache=False).last_hidden_state
+
+
+class QGroundEngine:
+    """Model + processor: images and a conversation in, a ``GroundingResult`` out (or a stream of text, then it)."""
+
+    def __init__(self, model: QGroundModel, processor: QGroundProcessor, name: str = "qground") -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def stream(
+        self, images: list, turns: list[Turn], settings: GenerationSettings | None = None
+    ) -> Iterator[str | GroundingResult]:
+        """Yield the display text as it grows, then the final ``GroundingResult`` (masks on the first image)."""
+        settings = settings or GenerationSettings()
+        t0 = time.perf_counter()
+        sample = self.processor(images, turns)
+        metas: list[ImageMeta] = sample["metas"]
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            features = self.model.encode_images(sample["pixel_values"]) if metas else None
+        tokens: list[int] = []
+        states: list[torch.Tensor] = []
+        shown = ""
+        t_first = None
+        for token, state in decode(self.model, sample["input_ids"][None], features, settings):
+            t_first = t_first or time.perf_counter()
+            tokens.append(token)
+            states.append(state)
+            text = self.display_text(tokens)
+            if text != shown:
+                shown = text
+                yield text
+        t2 = time.perf_counter()
+        result = self._finish(tokens, states, features, metas[0] if metas else None)
+        t3 = time.perf_counter()
+        result.timings = {
+            "preprocess": t1 - t0,
+            "first_token": (t_first or t2) - t1,
+            "generate": t2 - t1,
+            "masks": t3 - t2,
+            "total": t3 - t0,
+            "tokens_per_s": len(tokens) / max(t2 - t1, 1e-9),
+        }
+        yield result
+
+    def chat(self, images: list, turns: list[Turn], settings: GenerationSettings | None = None) -> GroundingResult:
+        """Run ``stream`` to the end."""
+        *_, result = self.stream(images, turns, settings)
+        return result
+
+    def ground(self, image, question: str = GROUNDING_QUESTION, settings: GenerationSettings | None = None):
+        """One image, one question (the grounding request by default)."""
+        return self.chat([image], [Turn(question)], settings)
+
+    # -- parsing -----------------------------------------------------------------------------------------------------
+    def display_text(self, tokens: list[int]) -> str:
+        """Decoded answer without special tokens, spaces before punctuation tidied."""
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text = re.sub(r"\s+([,.;:!?])", r"\1", text)
+        return re.sub(r"[ \t]+", " ", text).strip()
+
+    def _finish(
+        self, tokens: list[int], states: list[torch.Tensor], features: ImageFeatures | None, meta: ImageMeta | None
+    ) -> GroundingResult:
+        model = self.model
+        ids = torch.tensor([tokens], dtype=torch.long)
+        groups = model.seg_groups(ids, strict=False)
+        result = GroundingResult(
+            text=self.display_text(tokens),
+            raw_text=self.tokenizer.decode(tokens, skip_special_tokens=False).replace(self.tokenizer.eos_token, ""),
+            masks={},
+            scores={},
+            image_size=meta.original_size if meta else None,
+            timings={},
+            token_ids=tokens,
+        )
+        if not groups:
+            return result
+        if features is None or meta is None:
+            result.warnings.append("the answer contains segmentation tokens but no image was given")
+            return result
+        names, prev_end = [], 0
+        for g in groups:
+            phrase = _SEPARATORS.split(
+                self.tokenizer.decode(tokens[prev_end : g.positions[0]], skip_special_tokens=True)
+            )
+            names.append(match_class(phrase[-1]) if phrase else None)
+            prev_end = g.positions[-1] + 1
+        seg_states = torch.stack([torch.stack([states[p] for p in g.positions]) for g in groups])
+        with torch.inference_mode():
+            logits = model.decode_masks(seg_states, features, torch.zeros(len(groups), dtype=torch.long))
+            logits = self.processor.postprocess_masks(logits, meta)
+        for name, logit in zip(names, logits):
+            if name is None:
+                result.warnings.append("a mask had no distortion name before it and was left out")
+                continue
+            mask = (logit > 0).cpu().numpy()
+            prob = torch.sigmoid(logit)[logit > 0]
+            score = float(prob.mean()) if prob.numel() else 0.0
+            if name in result.masks:
+                mask |= result.masks[name]
+                score = max(score, result.scores[name])
+            result.masks[name] = mask
+            result.scores[name] = score
+        return result

@@ -1,0 +1,8 @@
+"""Model parts, one file each; ``QGroundModel`` receives them (see ``qground.builder``)."""
+
+from qground.modeling.pixel_decoder import PixelDecoder
+from qground.modeling.projector import MultiLayerProjector
+from qground.modeling.qground import QGroundModel
+from qground.modeling.seg_head import SegHead
+
+__all__ = ["MultiLayerProjector", "PixelDecoder", "QGroundModel", "SegHead"]

@@ -1,0 +1,222 @@
+"""The top model: a LLaVA (vision tower + φv + Llama) whose seg-token hidden states drive a pixel decoder.
+
+Token contract (the processor builds it, this module checks it):
+- every image contributes exactly ``config.num_image_tokens`` consecutive image-token ids, in ``pixel_values`` order;
+- a grounding target is a group of ``config.seg_count`` ids ``[SEG0] … [SEG{n-1}]`` in order; its embedding comes
+  from the hidden states at the positions that *predict* those tokens (position ``p - 1`` for a token at ``p``);
+- a sample's targets are segmented in that sample's first image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlavaForConditionalGeneration
+
+from qground.config import QGroundConfig
+from qground.modeling.losses import dice_loss, sigmoid_bce
+from qground.modeling.pixel_decoder import PixelDecoder
+from qground.modeling.seg_head import SegHead
+
+
+@dataclass
+class ImageFeatures:
+    """Vision outputs for M images: ``tokens`` (M, T, D) for the LLM, ``decoder`` two (M, g², Dv) patch maps."""
+
+    tokens: torch.Tensor
+    decoder: tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class SegGroup:
+    """One grounding target: ``sample`` index in the batch and the ``positions`` (length seg_count) of its tokens."""
+
+    sample: int
+    positions: list[int]
+
+
+class QGroundModel(nn.Module):
+    """Receives its parts: ``llava`` (whose ``model.multi_modal_projector`` is φv), ``seg_head``, ``pixel_decoder``."""
+
+    def __init__(
+        self,
+        config: QGroundConfig,
+        llava: LlavaForConditionalGeneration,
+        seg_head: SegHead,
+        pixel_decoder: PixelDecoder,
+    ) -> None:
+        super().__init__()
+        if config.token_ids.image < 0:
+            raise ValueError("config.token_ids is not bound to a tokenizer; build the model with qground.builder")
+        self.config = config
+        self.llava = llava
+        self.seg_head = seg_head
+        self.pixel_decoder = pixel_decoder
+
+    # -- parts -------------------------------------------------------------------------------------------------------
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.llava.model.vision_tower
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.llava.model.multi_modal_projector
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.llava.model.language_model
+
+    @property
+    def device(self) -> torch.device:
+        return self.llava.lm_head.weight.device
+
+    # -- stages ------------------------------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> ImageFeatures:
+        """``pixel_values`` (M, C, S, S) normalized, padded model inputs → ``ImageFeatures``. The tower is frozen."""
+        cfg = self.config
+        tower_param = next(self.vision_tower.parameters())
+        with torch.no_grad():
+            out = self.vision_tower(
+                pixel_values.to(device=tower_param.device, dtype=tower_param.dtype),
+                output_hidden_states=True,
+                interpolate_pos_encoding=cfg.image_size != cfg.vision.native_image_size,
+            )
+        hs = out.hidden_states
+        stacked = torch.cat([hs[i][:, 1:] for i in cfg.feature_layers], dim=-1)
+        proj_dtype = next(self.projector.parameters()).dtype
+        tokens = self.projector(stacked.to(proj_dtype))
+        decoder = tuple(hs[i][:, 1:] for i in cfg.decoder.layers)
+        return ImageFeatures(tokens=tokens, decoder=decoder)
+
+    def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings (B, L, D) with image-token positions replaced by ``image_tokens`` (M, T, D) in order."""
+        embeds = self.llava.get_input_embeddings()(input_ids)
+        is_image = input_ids == self.config.token_ids.image
+        found = int(is_image.sum())
+        expected = 0 if image_tokens is None else image_tokens.shape[0] * image_tokens.shape[1]
+        if found != expected:
+            n_img = 0 if image_tokens is None else image_tokens.shape[0]
+            raise ValueError(
+                f"image features and image tokens disagree: input_ids hold {found} image tokens but {n_img} image(s) "
+                f"× {self.config.num_image_tokens} tokens = {expected} features were given"
+            )
+        if image_tokens is None:
+            return embeds
+        return embeds.masked_scatter(is_image[..., None], image_tokens.to(embeds.dtype))
+
+    def seg_groups(self, input_ids: torch.Tensor, strict: bool = True) -> list[SegGroup]:
+        """Find ``[SEG0] … [SEGn-1]`` groups in (B, L) ids (other tokens, e.g. spaces, may sit between them).
+
+        ``strict`` raises on a stray or out-of-order seg token; otherwise broken groups are skipped (generated text).
+        """
+        seg = self.config.token_ids.seg
+        order = {tok: k for k, tok in enumerate(seg)}
+        groups = []
+        for b, row in enumerate(input_ids.tolist()):
+            current: list[int] = []
+            for p, tok in enumerate(row):
+                k = order.get(tok)
+                if k is None:
+                    continue
+                if k == len(current):
+                    current.append(p)
+                elif strict:
+                    raise ValueError(
+                        f"sample {b}: seg tokens must come in complete ordered groups "
+                        f"{' '.join(f'[SEG{i}]' for i in range(len(seg)))}; got [SEG{k}] at position {p} "
+                        f"after {len(current)} token(s) of a group"
+                    )
+                else:
+                    current = [p] if k == 0 else []
+                if len(current) == len(seg):
+                    groups.append(SegGroup(sample=b, positions=current))
+                    current = []
+            if strict and current:
+                raise ValueError(f"sample {b}: an incomplete seg-token group ({len(current)} of {len(seg)} tokens)")
+        return groups
+
+    def decode_masks(
+        self, seg_states: torch.Tensor, features: ImageFeatures, image_index: torch.Tensor
+    ) -> torch.Tensor:
+        """``seg_states`` (N, seg_count, D) predicting states, ``image_index`` (N,) → mask logits (N, S, S) over the
+        padded model input frame."""
+        seg = self.seg_head(seg_states.to(next(self.seg_head.parameters()).dtype))
+        dec_dtype = next(self.pixel_decoder.parameters()).dtype
+        feats = tuple(f[image_index].to(dec_dtype) for f in features.decoder)
+        logits = self.pixel_decoder(feats, seg.to(dec_dtype))
+        size = self.config.image_size
+        return F.interpolate(logits[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+    # -- training forward --------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        masks: list[torch.Tensor] | None = None,
+        image_sizes: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Teacher-forced pass.
+
+        ``input_ids``/``attention_mask``/``labels``: (B, L), labels -100 on prompt and padding. ``pixel_values``:
+        (M, C, S, S). ``masks``: per sample a (n_b, S, S) {0,1} tensor in the padded input frame, one per seg group of
+        that sample's answer, in order. ``image_sizes``: (M, 2) content (h, w) of each padded image; the mask loss only
+        sees that region. Returns ``logits`` and, with labels, ``ce``, ``bce``, ``dice``, ``loss``.
+        """
+        features = self.encode_images(pixel_values) if pixel_values is not None else None
+        embeds = self.embed(input_ids, features.tokens if features is not None else None)
+        hidden = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        logits = self.llava.lm_head(hidden)
+        if labels is None:
+            return {"logits": logits}
+        w = self.config.loss
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        bce, dice = self._mask_losses(input_ids, hidden, features, masks, image_sizes)
+        loss = w.ce * ce + w.mask * (w.bce * bce + w.dice * dice)
+        return {"logits": logits, "ce": ce, "bce": bce, "dice": dice, "loss": loss}
+
+    def _mask_losses(
+        self,
+        input_ids: torch.Tensor,
+        hidden: torch.Tensor,
+        features: ImageFeatures | None,
+        masks: list[torch.Tensor] | None,
+        image_sizes: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        groups = self.seg_groups(input_ids)
+        per_sample = [sum(g.sample == b for g in groups) for b in range(input_ids.shape[0])]
+        given = [0 if masks is None else len(m) for m in (masks or [[]] * len(per_sample))]
+        if per_sample != given:
+            raise ValueError(f"seg-token groups per sample {per_sample} ≠ target masks per sample {given}")
+        zero = hidden.sum() * 0.0
+        if not groups:
+            return zero.float(), zero.float()
+        if features is None or image_sizes is None:
+            raise ValueError("grounding targets need pixel_values and image_sizes")
+        first_image = self._first_image_per_sample(input_ids)
+        pos = torch.tensor([g.positions for g in groups], device=hidden.device)
+        rows = torch.tensor([g.sample for g in groups], device=hidden.device)
+        states = hidden[rows[:, None], pos - 1]  # (N, seg_count, D): states predicting each seg token
+        image_index = first_image[rows]
+        if (image_index < 0).any():
+            raise ValueError("a sample with seg-token groups has no image to segment")
+        logits = self.decode_masks(states, features, image_index)
+        targets = torch.cat([m.to(logits.device, torch.float32) for m in masks if len(m)], dim=0)
+        bce, dice = [], []
+        for logit, target, img in zip(logits, targets, image_index.tolist()):
+            h, w = (int(v) for v in image_sizes[img])
+            bce.append(sigmoid_bce(logit[:h, :w], target[:h, :w]))
+            dice.append(
+                dice_loss(logit[:h, :w], target[:h, :w], self.config.loss.dice_scale, self.config.loss.dice_eps)
+            )
+        return torch.stack(bce).mean(), torch.stack(dice).mean()
+
+    def _first_image_per_sample(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) index into ``pixel_values`` of each sample's first image (-1 for samples without images)."""
+        counts = (input_ids == self.config.token_ids.image).sum(dim=1) // self.config.num_image_tokens
+        first = torch.cumsum(counts, 0) - counts
+        return torch.where(counts > 0, first, torch.full_like(first, -1))

@@ -1,0 +1,152 @@
+"""The processor owns the image frame and the prompt/token layout.
+
+Image frame: a photo of original size (H, W) (after EXIF orientation) is resized so its longest side is ``S =
+config.image_size`` → content (h, w), normalized, and padded bottom-right with zeros (the mean color) to S×S. Masks go
+through the same mapping (nearest) and come back by ``ImageMeta``: crop [:h, :w] of the S×S frame, resize to (H, W).
+
+Token layout: ``<s>`` + the template's pieces; each image slot becomes ``num_image_tokens`` image-token ids inserted
+by id; user text is tokenized with special tokens split (no injection); answers are followed by ``</s>`` and are the
+only labelled tokens (prompt and padding are -100).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from qground.config import QGroundConfig
+from qground.imageio import load_image
+from qground.prompts import VICUNA_V1, ImageSlot, PromptStyle, Turn
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """``original_size`` (H, W) of the loaded photo; ``resized_size`` (h, w) of its content in the padded S×S input."""
+
+    original_size: tuple[int, int]
+    resized_size: tuple[int, int]
+
+
+class PromptTooLongError(ValueError):
+    """The conversation does not fit the model's context."""
+
+
+class QGroundProcessor:
+    """Images + conversation → model inputs, and model masks → original image frames."""
+
+    def __init__(
+        self, tokenizer, config: QGroundConfig, style: PromptStyle = VICUNA_V1, max_length: int | None = None
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.style = style
+        self.max_length = max_length or config.llm.max_position_embeddings
+        self._mean = torch.tensor(config.image_mean).view(-1, 1, 1)
+        self._std = torch.tensor(config.image_std).view(-1, 1, 1)
+
+    # -- images ------------------------------------------------------------------------------------------------------
+    def content_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of an (H, W) photo resized so its longest side is ``image_size`` (each side ≥ 1)."""
+        h, w = original_size
+        s = self.config.image_size / max(h, w)
+        return max(1, round(h * s)), max(1, round(w * s))
+
+    def preprocess_image(self, image) -> tuple[torch.Tensor, ImageMeta]:
+        """A path, bytes or PIL image → ``(C, S, S)`` float tensor and its ``ImageMeta``."""
+        img = load_image(image)
+        original = (img.height, img.width)
+        h, w = self.content_size(original)
+        resized = np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+        content = (torch.from_numpy(resized).permute(2, 0, 1) - self._mean) / self._std
+        s = self.config.image_size
+        out = torch.zeros(content.shape[0], s, s)
+        out[:, :h, :w] = content
+        return out, ImageMeta(original_size=original, resized_size=(h, w))
+
+    def preprocess_mask(self, mask: np.ndarray, meta: ImageMeta) -> torch.Tensor:
+        """A bool/0-1 mask (H, W) in the original frame → (S, S) float {0, 1} in the padded input frame."""
+        if tuple(mask.shape) != meta.original_size:
+            raise ValueError(f"mask shape {tuple(mask.shape)} ≠ image size {meta.original_size}")
+        h, w = meta.resized_size
+        small = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255).resize(
+            (w, h), Image.Resampling.NEAREST
+        )
+        s = self.config.image_size
+        out = torch.zeros(s, s)
+        out[:h, :w] = torch.from_numpy(np.asarray(small) > 127).float()
+        return out
+
+    def postprocess_masks(self, logits: torch.Tensor, meta: ImageMeta) -> torch.Tensor:
+        """(N, S, S) logits in the padded frame → (N, H, W) logits in the original frame."""
+        h, w = meta.resized_size
+        crop = logits[:, :h, :w].float()
+        return torch.nn.functional.interpolate(
+            crop[:, None], size=meta.original_size, mode="bilinear", align_corners=False
+        )[:, 0]
+
+    # -- text --------------------------------------------------------------------------------------------------------
+    def encode(self, turns: list[Turn], num_images: int) -> tuple[list[int], list[int]]:
+        """Token ids and labels for a conversation (the last turn may be unanswered: a generation prompt)."""
+        ids = self.config.token_ids
+        input_ids, labels = [ids.bos], [IGNORE_INDEX]
+        for piece in self.style.pieces(turns, num_images):
+            if isinstance(piece, ImageSlot):
+                input_ids += [ids.image] * self.config.num_image_tokens
+                labels += [IGNORE_INDEX] * self.config.num_image_tokens
+                continue
+            tokens = self.tokenizer(
+                piece.text, add_special_tokens=False, split_special_tokens=not piece.trainable
+            ).input_ids
+            if piece.trainable:
+                tokens = tokens + [ids.eos]
+            input_ids += tokens
+            labels += tokens if piece.trainable else [IGNORE_INDEX] * len(tokens)
+        if len(input_ids) > self.max_length:
+            raise PromptTooLongError(
+                f"the conversation is {len(input_ids)} tokens long; this model reads at most {self.max_length}. "
+                "Shorten the question or clear the chat history."
+            )
+        return input_ids, labels
+
+    def __call__(self, images: list, turns: list[Turn], masks: list[np.ndarray] | None = None) -> dict:
+        """One sample: ``images`` (paths, bytes or PIL), ``turns``, optional target masks (original frame of the
+        first image, one per seg group of the answers, in order). Returns ``input_ids``/``labels`` (L,),
+        ``pixel_values`` (M, C, S, S), ``image_sizes`` (M, 2) content sizes, ``metas``, ``masks`` (n, S, S)."""
+        tensors, metas = zip(*(self.preprocess_image(im) for im in images)) if images else ((), ())
+        input_ids, labels = self.encode(turns, len(images))
+        sample = {
+            "input_ids": torch.tensor(input_ids),
+            "labels": torch.tensor(labels),
+            "pixel_values": torch.stack(tensors) if tensors else None,
+            "image_sizes": torch.tensor([m.resized_size for m in metas], dtype=torch.long).view(-1, 2),
+            "metas": list(metas),
+            "masks": torch.zeros(0, self.config.image_size, self.config.image_size),
+        }
+        if masks:
+            sample["masks"] = torch.stack([self.preprocess_mask(m, metas[0]) for m in masks])
+        return sample
+
+    def collate(self, samples: list[dict]) -> dict:
+        """Right-pad a list of samples into a batch: (B, L) ids/labels/attention_mask, images concatenated in order."""
+        length = max(len(s["input_ids"]) for s in samples)
+        pad = self.config.token_ids.pad
+        batch_ids = torch.full((len(samples), length), pad, dtype=torch.long)
+        batch_labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(samples), length), dtype=torch.long)
+        for i, s in enumerate(samples):
+            n = len(s["input_ids"])
+            batch_ids[i, :n], batch_labels[i, :n], attention[i, :n] = s["input_ids"], s["labels"], 1
+        pixels = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
+        return {
+            "input_ids": batch_ids,
+            "labels": batch_labels,
+            "attention_mask": attention,
+            "pixel_values": torch.cat(pixels) if pixels else None,
+            "image_sizes": torch.cat([s["image_sizes"] for s in samples]),
+            "masks": [s["masks"] for s in samples],
+        }

@@ -1,0 +1,82 @@
+"""Shared fixtures: the tiny model, its processor, synthetic photos with known regions, and a tiny model overfit to
+one grounding batch (trained once per session)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qground.builder import build_from_registry
+from qground.inference import GROUNDING_QUESTION, QGroundEngine
+from qground.processor import QGroundProcessor
+from qground.prompts import Turn, grounding_answer
+from qground.tokenizer import seg_tokens
+
+torch.set_num_threads(2)
+
+
+def photo(h: int, w: int, seed: int) -> Image.Image:
+    """A smooth random color photo (H, W)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, size=(4, 4, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+
+
+def box_mask(h: int, w: int, y0: float, y1: float, x0: float, x1: float) -> np.ndarray:
+    """A bool (H, W) rectangle given in fractions of the image."""
+    m = np.zeros((h, w), dtype=bool)
+    m[int(y0 * h) : int(y1 * h), int(x0 * w) : int(x1 * w)] = True
+    return m
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    model, tokenizer = build_from_registry("qground-tiny")
+    return model, tokenizer, QGroundProcessor(tokenizer, model.config)
+
+
+@pytest.fixture(scope="session")
+def overfit_batch(tiny):
+    """Two samples: 'noise' top-left on a 48×80 photo, 'blur' + 'low light' on a 72×40 photo."""
+    model, tokenizer, processor = tiny
+    seg = seg_tokens(model.config)
+    specs = [
+        (photo(48, 80, 1), {"noise": box_mask(48, 80, 0.0, 0.5, 0.0, 0.5)}),
+        (photo(72, 40, 2), {"blur": box_mask(72, 40, 0.5, 1.0, 0.0, 1.0), "low light": box_mask(72, 40, 0, 0.3, 0, 1)}),
+    ]
+    samples = [
+        processor(
+            [img], [Turn(GROUNDING_QUESTION, grounding_answer(list(m), seg.group_text()))], masks=list(m.values())
+        )
+        for img, m in specs
+    ]
+    return specs, processor.collate(samples)
+
+
+def train_steps(model, batch, steps: int, lr: float = 3e-3) -> list[float]:
+    """Adam on every part except the frozen vision tower; returns the loss per step."""
+    params = [p for n, p in model.named_parameters() if not n.startswith("llava.model.vision_tower")]
+    opt = torch.optim.Adam(params, lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        out = model(
+            **{k: batch[k] for k in ("input_ids", "pixel_values", "attention_mask", "labels", "masks", "image_sizes")}
+        )
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+    model.eval()
+    return losses
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(overfit_batch):
+    """A fresh tiny model overfit for 200 steps on ``overfit_batch`` (it then answers and segments those photos)."""
+    model, tokenizer = build_from_registry("qground-tiny")
+    train_steps(model, overfit_batch[1], 200)
+    processor = QGroundProcessor(tokenizer, model.config)
+    return QGroundEngine(model, processor, name="qground-tiny-overfit")

@@ -1,0 +1,52 @@
+import dataclasses
+import json
+
+import pytest
+
+from qground.builder import REGISTRY, config_7b, config_tiny
+from qground.config import CONFIG_NAME, FORMAT_VERSION, ConfigError, QGroundConfig, TokenIds
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_registry_configs_round_trip(tmp_path, name):
+    config = REGISTRY[name].config()
+    config.save(tmp_path)
+    assert QGroundConfig.load(tmp_path) == config
+
+
+def test_7b_numbers_from_the_paper():
+    c = config_7b()
+    assert (c.image_size, c.vision.patch_size, c.grid, c.num_image_tokens) == (448, 14, 32, 256)
+    assert c.feature_layers == (6, 14, 23) and c.decoder.layers == (23, 14)
+    assert (c.seg_levels, c.seg_tokens_per_level, c.seg_count) == (2, 3, 6)
+    assert (c.loss.ce, c.loss.mask, c.loss.bce, c.loss.dice) == (1.0, 1.0, 2.0, 0.5)
+    assert (c.lora.r, c.lora.alpha) == (64, 16)
+
+
+def test_validation_errors():
+    with pytest.raises(ConfigError, match="multiple of vision.patch_size"):
+        dataclasses.replace(config_tiny(), image_size=70)
+    with pytest.raises(ConfigError, match="out of range"):
+        dataclasses.replace(config_tiny(), feature_layers=(1, 9))
+    with pytest.raises(ConfigError, match="distinct"):
+        TokenIds(image=1, seg=(2, 2, 3, 4, 5, 6)).validate(6)
+
+
+def test_unknown_field_and_newer_version(tmp_path):
+    data = config_tiny().to_dict()
+    data["llm"]["sliding_window"] = 8
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"sliding_window.*config\.llm"):
+        QGroundConfig.load(tmp_path)
+    data = config_tiny().to_dict() | {"format_version": FORMAT_VERSION + 1}
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="newer qground"):
+        QGroundConfig.load(tmp_path)
+
+
+def test_damaged_or_missing_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match=CONFIG_NAME):
+        QGroundConfig.load(tmp_path)
+    (tmp_path / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        QGroundConfig.load(tmp_path)
