@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
-from qground.builder import REGISTRY, assemble, build_from_registry
+from qground.builder import REGISTRY, assemble, build_from_registry, build_tokenizer
 from qground.config import CONFIG_NAME, ConfigError, LoraSettings, QGroundConfig
 from qground.modeling import QGroundModel
 from qground.tokenizer import bind_tokenizer
@@ -62,19 +62,24 @@ def apply_lora(model: QGroundModel, settings: LoraSettings, train_token_rows: bo
     return lora
 
 
-def save_checkpoint(model: QGroundModel, tokenizer, folder: str | Path) -> Path:
+def save_checkpoint(model: QGroundModel, tokenizer, folder: str | Path, include_base: bool = True) -> Path:
     """Write ``model`` in our layout, atomically: files go to a temporary sibling folder that replaces ``folder``
-    only when complete, so a kill mid-save never leaves a checkpoint that loads wrong."""
+    only when complete, so a kill mid-save never leaves a checkpoint that loads wrong.
+
+    ``include_base=False`` leaves the LLaVA weights out (they are ``config.base_model_id``'s, unchanged); a model with
+    a LoRA adapter never includes them (its adapter is saved instead)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         config = model.config
         lora = getattr(model, "peft_config", {}).get("default")
+        if (lora is not None or not include_base) and config.base_model_id is None:
+            raise CheckpointError("saving without the LLaVA weights needs config.base_model_id to name them")
         if lora is not None:
             lora.save_pretrained(tmp)
             save_file(_contiguous(get_peft_model_state_dict(model)), tmp / ADAPTER_NAME)
-        else:
+        elif include_base:
             model.llava.save_pretrained(tmp, safe_serialization=True)
         config.save(tmp)
         tokenizer.save_pretrained(tmp)
@@ -182,20 +187,31 @@ def load_model(
     quant: str = "none",
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    allow_untrained: bool = False,
 ):
-    """``(QGroundModel, tokenizer)`` from a registry name, folder or Hub repo id. ``qground-tiny`` builds randomly."""
-    if str(source) in REGISTRY and REGISTRY[str(source)].checkpoint is None:
-        if str(source) != "qground-tiny":
+    """``(QGroundModel, tokenizer)`` from a registry name, folder or Hub repo id.
+
+    Registry names without shipped weights: ``qground-tiny`` builds randomly; others (``qground-7b``) load their
+    pretrained base LLaVA with untrained heads only when ``allow_untrained`` (the start of training).
+    """
+    default_device, default_dtype = default_device_dtype()
+    device = torch.device(device) if device is not None else default_device
+    dtype = dtype or default_dtype
+    entry = REGISTRY.get(str(source))
+    if entry is not None and entry.checkpoint is None:
+        config = entry.config()
+        if config.base_model_id is None:
+            return build_from_registry(str(source), device=device)
+        if not allow_untrained:
             raise CheckpointError(
                 f"{source} has no published trained weights yet; train it with training/ and pass the output folder "
                 "or its Hub repo id"
             )
-        model, tokenizer = build_from_registry(str(source))
-        return model, tokenizer
+        tokenizer, config = build_tokenizer(config)
+        llava = _load_llava(config.base_model_id, quant, device, dtype)
+        _check_architecture(config, llava, config.base_model_id)
+        return assemble(config, llava).to(device=device, dtype=dtype).eval(), tokenizer
     folder = resolve(source, revision)
-    default_device, default_dtype = default_device_dtype()
-    device = torch.device(device) if device is not None else default_device
-    dtype = dtype or default_dtype
     try:
         config = QGroundConfig.load(folder)
     except ConfigError as e:
@@ -204,24 +220,22 @@ def load_model(
     bound = bind_tokenizer(config, tokenizer)
     if bound.token_ids != config.token_ids:
         raise CheckpointError(f"{folder}: tokenizer ids {bound.token_ids} ≠ {CONFIG_NAME} ids {config.token_ids}")
-    has_adapter = (folder / ADAPTER_CONFIG).exists()
-    base = folder if not has_adapter else _base_folder(config)
+    base = folder if (folder / FULL_WEIGHTS).exists() else _base_folder(config)
     llava = _load_llava(base, quant, device, dtype)
     _check_architecture(config, llava, base)
     model = assemble(config, llava)
     _load_safetensors(model, folder / HEADS_NAME, _load_heads)
-    if has_adapter:
+    if (folder / ADAPTER_CONFIG).exists():
         inject_adapter_in_model(LoraConfig.from_pretrained(folder), model)
         _load_safetensors(model, folder / ADAPTER_NAME, _load_adapter)
-    model.seg_head.to(device=device, dtype=dtype)
-    model.pixel_decoder.to(device=device, dtype=dtype)
-    model.projector.to(device=device, dtype=dtype)
+    for part in (model.seg_head, model.pixel_decoder, model.projector):
+        part.to(device=device, dtype=dtype)
     return model.eval(), tokenizer
 
 
 def _base_folder(config: QGroundConfig) -> Path | str:
     if config.base_model_id is None:
-        raise CheckpointError("this LoRA checkpoint names no base_model_id in its config; it cannot be loaded")
+        raise CheckpointError(f"this checkpoint has no {FULL_WEIGHTS} and names no base_model_id; it cannot be loaded")
     path = Path(config.base_model_id).expanduser()
     return path if path.is_dir() else config.base_model_id
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,7 +207,7 @@ class QGroundConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QGroundConfig:
-        return _build(cls, data, "config")
+        return build_dataclass(cls, data, "config")
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CONFIG_NAME
@@ -227,35 +229,41 @@ class QGroundConfig:
             raise ConfigError(f"{path}: {e}") from None
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Instantiate a (nested) config dataclass from plain JSON data, rejecting unknown keys."""
+def build_dataclass(cls: type, data: Any, where: str) -> Any:
+    """Instantiate a (nested) dataclass from plain JSON/YAML data, following its type hints: nested dataclasses,
+    ``list[Dataclass]``, tuples from lists. Unknown keys raise ``ConfigError`` naming ``where``."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be an object, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
     if unknown:
         version = data.get("format_version", FORMAT_VERSION)
-        hint = (
-            " (written by a newer qground? upgrade it)" if isinstance(version, int) and version > FORMAT_VERSION else ""
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        raise ConfigError(
+            f"unknown field(s) {unknown} in {where}" + (" (written by a newer qground? upgrade it)" if newer else "")
         )
-        raise ConfigError(f"unknown field(s) {unknown} in {where}{hint}")
-    kwargs = {}
-    for name, value in data.items():
-        sub = _NESTED.get((cls, name))
-        if sub is not None:
-            kwargs[name] = _build(sub, value, f"{where}.{name}")
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+    kwargs = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
-_NESTED = {
-    (QGroundConfig, "vision"): VisionConfig,
-    (QGroundConfig, "llm"): LLMConfig,
-    (QGroundConfig, "decoder"): DecoderConfig,
-    (QGroundConfig, "loss"): LossConfig,
-    (QGroundConfig, "lora"): LoraSettings,
-    (QGroundConfig, "token_ids"): TokenIds,
-}
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    for option in typing.get_args(hint) if is_union else (hint,):  # X | None → try X
+        if dataclasses.is_dataclass(option) and isinstance(value, dict):
+            return build_dataclass(option, value, where)
+        if option in (int, float) and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return option(value)
+            except ValueError:
+                raise ConfigError(f"{where} must be a number, got {value!r}") from None
+        origin = typing.get_origin(option)
+        if origin is list and isinstance(value, list):
+            (item,) = typing.get_args(option) or (Any,)
+            return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, list):
+        return tuple(value)
+    return value

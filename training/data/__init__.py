@@ -1,0 +1,1 @@
+"""Data readers (real formats), the synthetic distortion engine and the dataset that feeds the processor."""

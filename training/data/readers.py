@@ -1,0 +1,574 @@
+"""Readers for the real training data formats, their problem report, COCO RLE masks and the mixture sampler.
+
+Every reader is ``read_xxx(json_path, image_root, ..., max_bad_fraction=0.01) -> ReadResult`` and never drops a record
+silently. Two kinds of trouble are told apart:
+
+- an *unknown layout* (the file is not what the reader expects: the top level is not a list, a record is not a dict,
+  a field has the wrong type, ...) raises ``DataFormatError`` at once, naming the JSON file, the record (index and id)
+  and the field — it means the wrong reader or a format change, and no threshold applies;
+- a *problem* (a record of the right layout that cannot be trained on: its image file is missing, its conversation is
+  empty, a role is unknown, the turns do not alternate, a label matches no class, ...) is counted per kind in a
+  ``ReadReport`` with the offending record and file. When more than ``max_bad_fraction`` of the records have a problem
+  the reader raises ``DataFormatError`` with the counts and the first few examples; otherwise it returns the good
+  samples with the report, for the caller to log.
+
+Paths: ``image`` fields are relative to ``image_root`` and come back as ``image_root / image``; QGround-100K PNG masks
+are relative to ``mask_root`` and come back as ``mask_root / mask``. Files are checked to exist, never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from qground.prompts import Turn, grounding_answer
+from qground.taxonomy import NO_DISTORTION, match_class, normalize
+from qground.tokens import SegTokens
+from training.data.sample import DataFormatError, Sample
+
+__all__ = [
+    "GROUNDING_QUESTIONS",
+    "MAX_LABEL_DISTANCE",
+    "MixtureSampler",
+    "ReadReport",
+    "ReadResult",
+    "decode_rle",
+    "grounding_question",
+    "is_no_distortion",
+    "label_to_class",
+    "mask_to_rle",
+    "read_coinstruct",
+    "read_llava_instruct",
+    "read_llava_pretrain",
+    "read_qground100k",
+    "rle_from_string",
+    "rle_to_string",
+]
+
+MAX_LABEL_DISTANCE = 3
+MAX_COMPARISON_IMAGES = 4
+HUMAN_ROLES = ("human", "user")
+GPT_ROLES = ("gpt", "assistant")
+LABEL_KEYS = ("label", "distortion", "category")
+NO_DISTORTION_WORDS = frozenset(
+    {
+        NO_DISTORTION,
+        "none",
+        "no",
+        "clean",
+        "null",
+        "n a",
+        "na",
+        "normal",
+        "good",
+        "undistorted",
+        "no obvious distortion",
+    }
+)
+
+GROUNDING_QUESTIONS = (
+    "Please segment out distorted regions in the image.",
+    "Which regions of this image are distorted? Please segment them.",
+    "Find and segment every region of the image that suffers from a quality distortion.",
+    "Segment the low-quality regions of this photo and name the distortion of each.",
+)
+
+_ORDINAL_WORDS = "first|second|third|fourth|fifth|sixth|seventh|eighth"
+# An image placeholder (LLaVA's "<image>", mPLUG-Owl2/Co-Instruct's "<|image|>"), with Co-Instruct's optional
+# "The first image: " header and the whitespace around it: our processor inserts image tokens and headers itself.
+_PLACEHOLDER = re.compile(rf"\s*(?:The (?:{_ORDINAL_WORDS}) image:\s*)?(?:<image>|<\|image\|>)\s*", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Problem report
+
+
+@dataclass
+class ReadReport:
+    """What one reader saw in one file: ``total`` records, and per problem kind the records that had it.
+
+    ``problems[kind]`` lists one line per bad record, e.g. ``"record 7 (id '0042'): image 'a/b.jpg' not found under
+    /data/images"``. A record is counted once, under its first problem.
+    """
+
+    json_path: Path
+    total: int = 0
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, kind: str, example: str) -> None:
+        self.problems.setdefault(kind, []).append(example)
+
+    @property
+    def bad(self) -> int:
+        return sum(len(examples) for examples in self.problems.values())
+
+    @property
+    def good(self) -> int:
+        return self.total - self.bad
+
+    def counts(self) -> dict[str, int]:
+        """Problem kind -> number of records, most frequent first."""
+        return dict(sorted(((k, len(v)) for k, v in self.problems.items()), key=lambda kv: -kv[1]))
+
+    def summary(self, examples: int = 3) -> str:
+        """A few lines for a log: totals, then each kind with its count and first ``examples`` offenders."""
+        lines = [f"{self.json_path}: {self.good} of {self.total} records usable, {self.bad} with problems"]
+        for kind, count in self.counts().items():
+            lines.append(f"  {kind}: {count}")
+            lines += [f"    {example}" for example in self.problems[kind][:examples]]
+        return "\n".join(lines)
+
+    def check(self, max_bad_fraction: float) -> None:
+        """Raise DataFormatError when the file has no records or more than ``max_bad_fraction`` of them are bad."""
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        if self.total == 0:
+            raise DataFormatError(f"{self.json_path}: the file holds no records")
+        if self.bad > max_bad_fraction * self.total:
+            raise DataFormatError(
+                f"{self.json_path}: {self.bad / self.total:.1%} of the records are bad, more than max_bad_fraction="
+                f"{max_bad_fraction:.1%}:\n{self.summary()}"
+            )
+
+
+class ReadResult(NamedTuple):
+    """A reader's answer: the good samples, in file order, and the report on the rest."""
+
+    samples: list[Sample]
+    report: ReadReport
+
+
+class _BadRecord(Exception):
+    """A record of the expected layout that cannot be used; ``kind`` is the report's problem kind."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class _Where:
+    """A record's place, for messages: the file, its index in the top-level list and its id (when it has one)."""
+
+    json_path: Path
+    index: int
+    id: str = ""
+
+    def __str__(self) -> str:
+        return f"record {self.index}" + (f" (id {self.id!r})" if self.id else "")
+
+    def layout_error(self, field_name: str, problem: str) -> DataFormatError:
+        return DataFormatError(f"{self.json_path}: {self}: field {field_name!r} {problem}")
+
+
+def _load_records(json_path: Path) -> list[Any]:
+    """The file's top-level JSON list."""
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataFormatError(f"{json_path}: not valid JSON ({err})") from None
+    if not isinstance(data, list):
+        raise DataFormatError(f"{json_path}: the top level must be a list of records, got {type(data).__name__}")
+    return data
+
+
+def _read(
+    json_path: str | Path,
+    parse: Callable[[_Where, dict[str, Any]], Sample],
+    max_bad_fraction: float,
+) -> ReadResult:
+    """Parse every record with ``parse``, which raises DataFormatError (layout) or _BadRecord (problem)."""
+    json_path = Path(json_path)
+    records = _load_records(json_path)
+    report = ReadReport(json_path, total=len(records))
+    samples = []
+    for index, record in enumerate(records):
+        where = _Where(json_path, index)
+        if not isinstance(record, dict):
+            raise DataFormatError(f"{json_path}: {where}: expected a JSON object, got {type(record).__name__}")
+        where = _Where(json_path, index, _record_id(where, record))
+        try:
+            samples.append(parse(where, record))
+        except _BadRecord as bad:
+            report.add(bad.kind, f"{where}: {bad}")
+    report.check(max_bad_fraction)
+    return ReadResult(samples, report)
+
+
+def _record_id(where: _Where, record: dict[str, Any]) -> str:
+    value = record.get("id")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise where.layout_error("id", f"must be a string or an integer, got {value!r}")
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# LLaVA conversations (LLaVA-Pretrain, LLaVA-Instruct-150K, Q-Instruct / Co-Instruct)
+
+
+def read_llava_pretrain(json_path: str | Path, image_root: str | Path, max_bad_fraction: float = 0.01) -> ReadResult:
+    """LLaVA-Pretrain (``blip_laion_cc_sbu_558k.json``): ``[{"id", "image", "conversations": [{"from": "human",
+    "value": "<image>\\nRender a clear and concise summary of the photo."}, {"from": "gpt", "value": caption}]}]``.
+
+    Same schema and rules as ``read_llava_instruct``; ``source="llava_pretrain"``.
+    """
+    parse = partial(_conversation_sample, image_root=Path(image_root), source="llava_pretrain", max_images=1)
+    return _read(json_path, parse, max_bad_fraction)
+
+
+def read_llava_instruct(json_path: str | Path, image_root: str | Path, max_bad_fraction: float = 0.01) -> ReadResult:
+    """LLaVA-Instruct-150K: the LLaVA schema, multi-turn; ``"image"`` (one path) is optional (text-only samples).
+
+    Roles alternate human/gpt ("user"/"assistant" accepted), starting with human and ending with gpt. The ``<image>``
+    placeholder (once, before or after the first question's text, newline-separated) is removed from the question:
+    the processor inserts image tokens itself. ``source="llava_instruct"``.
+    """
+    parse = partial(_conversation_sample, image_root=Path(image_root), source="llava_instruct", max_images=1)
+    return _read(json_path, parse, max_bad_fraction)
+
+
+def read_coinstruct(json_path: str | Path, image_root: str | Path, max_bad_fraction: float = 0.01) -> ReadResult:
+    """Q-Instruct / Co-Instruct: the LLaVA schema where ``"image"`` is one path or a list of up to 4 paths (multi-image
+    comparison); image order is kept. Placeholders may be ``<image>`` or ``<|image|>`` and may carry Co-Instruct's
+    ``"The first image: "`` headers; both are removed (the prompt template adds the headers). ``source="coinstruct"``.
+    """
+    parse = partial(
+        _conversation_sample, image_root=Path(image_root), source="coinstruct", max_images=MAX_COMPARISON_IMAGES
+    )
+    return _read(json_path, parse, max_bad_fraction)
+
+
+def _conversation_sample(
+    where: _Where, record: dict[str, Any], image_root: Path, source: str, max_images: int
+) -> Sample:
+    """One LLaVA-schema record -> Sample. Layout is checked for the whole record before any problem is reported."""
+    relative = _image_field(where, record, allow_list=max_images > 1)
+    messages = _messages_field(where, record)
+    if len(relative) > max_images:
+        raise _BadRecord("too many images", f"{len(relative)} images, at most {max_images} supported")
+    images = [
+        _existing(image_root / rel, "missing image", f"image {rel!r} not found under {image_root}") for rel in relative
+    ]
+    return Sample(id=where.id, images=images, turns=_turns(messages, len(images)), source=source)
+
+
+def _image_field(where: _Where, record: dict[str, Any], allow_list: bool) -> list[str]:
+    """The record's image paths (relative to the image root): [] without "image", else one or (``allow_list``) more."""
+    value = record.get("image")
+    if value is None:
+        return []
+    if isinstance(value, str) and value:
+        return [value]
+    if allow_list and isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return list(value)
+    expected = "a path or a non-empty list of paths" if allow_list else "one path (a non-empty string)"
+    raise where.layout_error("image", f"must be {expected}, got {value!r}")
+
+
+def _messages_field(where: _Where, record: dict[str, Any]) -> list[tuple[str, str]]:
+    """The "conversations" list as (role, text) pairs; roles are lower-cased but not yet validated."""
+    conversation = record.get("conversations")
+    if not isinstance(conversation, list):
+        raise where.layout_error("conversations", f"must be a list of turns, got {conversation!r:.80}")
+    messages = []
+    for k, message in enumerate(conversation):
+        if not isinstance(message, dict):
+            raise where.layout_error(f"conversations[{k}]", f"must be an object, got {message!r:.80}")
+        for key in ("from", "value"):
+            if not isinstance(message.get(key), str):
+                raise where.layout_error(f"conversations[{k}].{key}", f"must be a string, got {message.get(key)!r:.80}")
+        messages.append((message["from"].strip().lower(), message["value"]))
+    return messages
+
+
+def _turns(messages: list[tuple[str, str]], num_images: int) -> list[Turn]:
+    """Alternating (human, gpt) messages -> Turns with image placeholders removed from the questions."""
+    if not messages:
+        raise _BadRecord("empty conversation", "no turns")
+    for k, (role, _) in enumerate(messages):
+        if role not in HUMAN_ROLES + GPT_ROLES:
+            raise _BadRecord("unknown role", f"conversations[{k}].from is {role!r}")
+    roles = ["human" if role in HUMAN_ROLES else "gpt" for role, _ in messages]
+    if len(roles) % 2 or any(role != ("human", "gpt")[k % 2] for k, role in enumerate(roles)):
+        raise _BadRecord("mismatched turns", f"roles {roles} do not alternate human, gpt, ... ending with gpt")
+    placeholders = sum(len(_PLACEHOLDER.findall(text)) for _, text in messages[0::2])
+    if placeholders not in (0, num_images):
+        raise _BadRecord("placeholder mismatch", f"{placeholders} image placeholders for {num_images} images")
+    questions = [_PLACEHOLDER.sub("\n", text).strip() for _, text in messages[0::2]]
+    return [Turn(q, a) for q, (_, a) in zip(questions, messages[1::2])]
+
+
+def _existing(path: Path, kind: str, detail: str) -> Path:
+    if not path.is_file():
+        raise _BadRecord(kind, detail)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# QGround-100K
+
+
+def read_qground100k(
+    json_path: str | Path,
+    image_root: str | Path,
+    mask_root: str | Path | None = None,
+    max_bad_fraction: float = 0.01,
+) -> ReadResult:
+    """QGround-100K, as we read it (the released layout is unverified; this is the only function that knows it).
+
+    Layout: a JSON list of ``{"id", "image", "ann_list": [ann, ...]}``; ``image`` is relative to ``image_root``. Each
+    ann names its distortion under the first present key of ``"label"``, ``"distortion"``, ``"category"`` (a free word,
+    mapped with ``label_to_class``) and holds ``"mask"``: a PNG path relative to ``mask_root`` (default: the JSON
+    file's folder + ``masks/``; non-zero = region), or COCO RLE ``{"size": [h, w], "counts": [int, ...] | str}``
+    (column-major runs starting with background; a string is COCO's compressed form). Other ann keys are ignored.
+
+    Each record becomes one Sample: ``turns = [Turn(grounding_question(id), grounding_answer(classes, seg groups))]``
+    with one class per ann, and ``masks`` in ann order (PNG paths as Path, RLE decoded to bool (h, w) arrays). An empty
+    ``ann_list`` is a "no distortion" sample without masks. Problems: missing image, missing mask (PNG not found),
+    bad mask (RLE counts that do not fill the size), unknown label (no class within edit distance 3, or a
+    no-distortion word given to a region). ``source="qground100k"``.
+    """
+    image_root = Path(image_root)
+    mask_root = Path(json_path).parent / "masks" if mask_root is None else Path(mask_root)
+
+    def parse(where: _Where, record: dict[str, Any]) -> Sample:
+        image = record.get("image")
+        if not isinstance(image, str) or not image:
+            raise where.layout_error("image", f"must be one path (a non-empty string), got {image!r}")
+        anns = record.get("ann_list")
+        if not isinstance(anns, list):
+            raise where.layout_error("ann_list", f"must be a list, got {anns!r:.80}")
+        fields = [_ann_fields(where, k, ann) for k, ann in enumerate(anns)]
+        image_path = _existing(image_root / image, "missing image", f"image {image!r} not found under {image_root}")
+        classes = [_ann_class(k, label) for k, (label, _) in enumerate(fields)]
+        masks = [_ann_mask(k, mask, mask_root) for k, (_, mask) in enumerate(fields)]
+        answer = grounding_answer(classes, SegTokens().group_text())
+        turns = [Turn(grounding_question(where.id), answer)]
+        return Sample(id=where.id, images=[image_path], turns=turns, masks=masks, source="qground100k")
+
+    return _read(json_path, parse, max_bad_fraction)
+
+
+def grounding_question(sample_id: str) -> str:
+    """One of ``GROUNDING_QUESTIONS``, chosen by a stable hash (CRC-32) of the sample id: same id, same question."""
+    return GROUNDING_QUESTIONS[zlib.crc32(sample_id.encode("utf-8")) % len(GROUNDING_QUESTIONS)]
+
+
+def _ann_fields(where: _Where, k: int, ann: Any) -> tuple[str, str | dict[str, Any]]:
+    """Layout check of ``ann_list[k]``: (label word, mask path or RLE dict with a valid size)."""
+    if not isinstance(ann, dict):
+        raise where.layout_error(f"ann_list[{k}]", f"must be an object, got {ann!r:.80}")
+    key = next((key for key in LABEL_KEYS if key in ann), None)
+    if key is None:
+        raise where.layout_error(f"ann_list[{k}]", f"has no label: expected one of {list(LABEL_KEYS)}, got {list(ann)}")
+    if not isinstance(ann[key], str):
+        raise where.layout_error(f"ann_list[{k}].{key}", f"must be a string, got {ann[key]!r:.80}")
+    mask = ann.get("mask")
+    if isinstance(mask, str) and mask:
+        return ann[key], mask
+    if isinstance(mask, dict) and {"size", "counts"} <= mask.keys():
+        size, counts = mask["size"], mask["counts"]
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_count(v) for v in size)):
+            raise where.layout_error(f"ann_list[{k}].mask.size", f"must be [height, width], got {size!r:.80}")
+        if not (isinstance(counts, str) or (isinstance(counts, list) and all(_is_count(v) for v in counts))):
+            raise where.layout_error(f"ann_list[{k}].mask.counts", "must be a string or a list of non-negative ints")
+        return ann[key], mask
+    raise where.layout_error(
+        f"ann_list[{k}].mask", f"must be a PNG path or an RLE object with 'size' and 'counts', got {mask!r:.80}"
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _ann_class(k: int, label: str) -> str:
+    name = label_to_class(label)
+    if name is None:
+        raise _BadRecord("unknown label", f"ann_list[{k}] label {label!r} matches no distortion class")
+    return name
+
+
+def _ann_mask(k: int, mask: str | dict[str, Any], mask_root: Path) -> Path | np.ndarray:
+    if isinstance(mask, str):
+        return _existing(mask_root / mask, "missing mask", f"ann_list[{k}] mask {mask!r} not found under {mask_root}")
+    try:
+        return decode_rle(mask)
+    except ValueError as err:
+        raise _BadRecord("bad mask", f"ann_list[{k}]: {err}") from None
+
+
+def is_no_distortion(word: str) -> bool:
+    """True for words that say a region is clean: "none", "no distortion", "clean", "No visible distortion", ..."""
+    text = normalize(word)
+    return text in NO_DISTORTION_WORDS or text.startswith(("no ", "not "))
+
+
+def label_to_class(word: str) -> str | None:
+    """A free distortion word -> canonical class name, or None for no-distortion words, empty text and words farther
+    than ``MAX_LABEL_DISTANCE`` edits from every class name and alias ("Blurry" -> "blur", "motion blur" -> "jitter").
+
+    No-distortion words are checked first: "none" is only 2 edits from "noise".
+    """
+    if is_no_distortion(word):
+        return None
+    return match_class(word, max_distance=MAX_LABEL_DISTANCE)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# COCO run-length encoding
+
+
+def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
+    """COCO RLE ``{"size": [h, w], "counts": list[int] | str}`` -> bool (h, w) mask.
+
+    Counts are run lengths over the column-major (Fortran-order) pixels, alternating background / region and starting
+    with background (a mask starting with region has counts[0] == 0). A string is COCO's compressed form
+    (``rle_from_string``). Raises ValueError when the runs are negative or do not add up to h * w.
+    """
+    h, w = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    runs = np.asarray(rle_from_string(counts) if isinstance(counts, str) else counts, dtype=np.int64)
+    if (runs < 0).any() or runs.sum() != h * w:
+        raise ValueError(f"RLE runs add up to {runs.sum()} pixels (min run {runs.min(initial=0)}), size is {h}x{w}")
+    values = np.arange(len(runs)) % 2 == 1  # run j is region when j is odd
+    return np.repeat(values, runs).reshape((h, w), order="F")
+
+
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+    """Bool (h, w) mask -> COCO RLE ``{"size": [h, w], "counts": <compressed string>}`` (``decode_rle`` inverts it)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
+    flat = mask.ravel(order="F")
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    runs = np.diff(bounds).tolist() if flat.size else []
+    if flat.size and flat[0]:
+        runs.insert(0, 0)
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle_to_string(runs)}
+
+
+def rle_from_string(text: str) -> list[int]:
+    """Decode COCO's compressed RLE string (pycocotools ``rleFrString``) into run lengths.
+
+    Each value is stored in 6-bit chunks, least significant first, as characters ``chr(48 + chunk)``: chunk bits 0-4
+    carry data, bit 5 (0x20) says another chunk follows, and bit 4 of the last chunk is the sign (two's complement).
+    From the fourth value on (index > 2) the stored value is the difference to the value two places before.
+    """
+    runs: list[int] = []
+    pos = 0
+    while pos < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(text):
+                raise ValueError(f"compressed RLE string ends inside a value: {text!r:.80}")
+            chunk = ord(text[pos]) - 48
+            if not 0 <= chunk < 64:
+                raise ValueError(f"invalid character {text[pos]!r} in compressed RLE string")
+            value |= (chunk & 0x1F) << shift
+            more = bool(chunk & 0x20)
+            pos += 1
+            shift += 5
+            if not more and chunk & 0x10:
+                value -= 1 << shift  # sign-extend
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def rle_to_string(runs: Sequence[int]) -> str:
+    """Encode run lengths as COCO's compressed RLE string (pycocotools ``rleToString``); inverse of
+    ``rle_from_string``."""
+    chars = []
+    for i, run in enumerate(runs):
+        value = int(run) - (int(runs[i - 2]) if i > 2 else 0)
+        more = True
+        while more:
+            chunk = value & 0x1F
+            value >>= 5  # arithmetic shift: negative values end at -1
+            more = value != -1 if chunk & 0x10 else value != 0
+            chars.append(chr(48 + (chunk | (0x20 if more else 0))))
+    return "".join(chars)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Mixture sampling
+
+
+class MixtureSampler:
+    """Draws ``num_samples`` ``(dataset_name, index)`` pairs from several datasets in fixed proportions.
+
+    Dataset ``name`` gets ``num_samples * weights[name] / sum(weights)`` draws, rounded by largest remainder so the
+    total is exact; the draws are interleaved in a random order. A dataset's indices are its shuffled epochs laid end to
+    end (each epoch a fresh permutation), cut at its quota: small datasets are over-sampled evenly, large ones
+    sub-sampled without repeats. Everything is determined by ``seed`` and the epoch set with ``set_epoch``.
+
+    Usable as a ``torch.utils.data.DataLoader`` sampler for a dataset whose ``__getitem__`` takes the pair.
+    """
+
+    def __init__(
+        self, datasets: Mapping[str, Sequence[Any]], weights: Mapping[str, float], num_samples: int, seed: int = 0
+    ):
+        if set(datasets) != set(weights):
+            missing, extra = sorted(set(datasets) - set(weights)), sorted(set(weights) - set(datasets))
+            raise ValueError(f"weights must name exactly the datasets: missing {missing}, unknown {extra}")
+        for name, weight in weights.items():
+            if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
+                raise ValueError(f"weight of {name!r} must be a positive number, got {weight!r}")
+        empty = sorted(name for name, data in datasets.items() if len(data) == 0)
+        if empty:
+            raise ValueError(f"datasets {empty} are empty and cannot be sampled")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        self.names = sorted(datasets)
+        self.sizes = {name: len(datasets[name]) for name in self.names}
+        self.quotas = _quotas({name: float(weights[name]) for name in self.names}, num_samples)
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for a new pass (call before each epoch, like DistributedSampler)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = np.repeat(np.arange(len(self.names)), [self.quotas[name] for name in self.names])
+        rng.shuffle(order)
+        indices = {name: iter(_epochs(rng, self.sizes[name], self.quotas[name])) for name in self.names}
+        for k in order:
+            name = self.names[k]
+            yield name, int(next(indices[name]))
+
+
+def _quotas(weights: dict[str, float], total: int) -> dict[str, int]:
+    """Split ``total`` in proportion to ``weights`` with integer parts; leftovers go to the largest remainders."""
+    scale = total / sum(weights.values())
+    exact = {name: w * scale for name, w in weights.items()}
+    quotas = {name: math.floor(x) for name, x in exact.items()}
+    by_remainder = sorted(exact, key=lambda name: (quotas[name] - exact[name], name))
+    for name in by_remainder[: total - sum(quotas.values())]:
+        quotas[name] += 1
+    return quotas
+
+
+def _epochs(rng: np.random.Generator, size: int, count: int) -> np.ndarray:
+    """``count`` indices into range(size): fresh permutations end to end, cut at ``count``."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    passes = -(-count // size)
+    return np.concatenate([rng.permutation(size) for _ in range(passes)])[:count]
