@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from qground.config import DecoderConfig, LLMConfig, QGroundConfig, TokenIds, VisionConfig
+from qground.config import CLIP_MEAN, CLIP_STD, DecoderConfig, LLMConfig, QGroundConfig, TokenIds, VisionConfig
 from qground.modeling import MultiLayerProjector, PixelDecoder, QGroundModel, SegHead
 from qground.tokenizer import basic_corpus, bind_tokenizer, train_bpe_tokenizer
 
@@ -62,6 +62,42 @@ def config_tiny() -> QGroundConfig:
     )
 
 
+def config_nano() -> QGroundConfig:
+    """Our small offline model: a 4-layer ViT on 128-px RGB + native-resolution detail channels (pretrained by us on
+    synthetic distortions, then frozen like CLIP), a 4-layer Llama of width 256 with its own BPE tokenizer (trained by
+    ``training.nano``), 64 image tokens, masks predicted at 64×64."""
+    return QGroundConfig(
+        name="qground-nano",
+        vision=VisionConfig(
+            hidden_size=128,
+            intermediate_size=512,
+            num_layers=4,
+            num_heads=4,
+            patch_size=8,
+            native_image_size=128,
+            num_channels=6,
+            hub_id=None,
+        ),
+        llm=LLMConfig(
+            hidden_size=256,
+            intermediate_size=688,
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=4,
+            vocab_size=1024,
+            max_position_embeddings=1024,
+        ),
+        decoder=DecoderConfig(dim=64, depth=1, num_heads=4, mlp_dim=256, layers=(4, 3)),
+        image_size=128,
+        detail_channels=True,
+        image_mean=(*CLIP_MEAN, 0.0, 0.0, 0.0),
+        image_std=(*CLIP_STD, 1.0, 1.0, 1.0),
+        feature_layers=(2, 3, 4),
+        base_model_id=None,
+        tokenizer_id=None,
+    )
+
+
 @dataclass(frozen=True)
 class RegistryEntry:
     """``config`` builds the architecture; ``checkpoint`` is a shipped trained folder (or None: random / Hub)."""
@@ -74,6 +110,7 @@ class RegistryEntry:
 REGISTRY: dict[str, RegistryEntry] = {
     "qground-7b": RegistryEntry(config_7b, None, "LLaVA-1.5-7B + CLIP-L/336@448 + Q-Ground heads (GPU hosts)"),
     "qground-tiny": RegistryEntry(config_tiny, None, "random tiny model for tests"),
+    "qground-nano": RegistryEntry(config_nano, ASSETS / "qground-nano", "small model trained offline by training.nano"),
 }
 
 

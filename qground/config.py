@@ -149,6 +149,7 @@ class QGroundConfig:
     image_size: int = 448
     image_mean: tuple[float, ...] = CLIP_MEAN
     image_std: tuple[float, ...] = CLIP_STD
+    detail_channels: bool = False  # append qground.detail's native-resolution channels to RGB (vision input 3 + 3)
     feature_layers: tuple[int, ...] = (6, 14, 23)
     projector_pool: int = 2
     seg_levels: int = 2
@@ -188,6 +189,10 @@ class QGroundConfig:
             f"image_size {self.image_size} must be a multiple of vision.patch_size {self.vision.patch_size}",
         )
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
+        _check(
+            self.vision.num_channels == 3 + 3 * self.detail_channels,
+            f"vision.num_channels must be {3 + 3 * self.detail_channels} (RGB + detail channels)",
+        )
         _check(
             len(self.image_mean) == len(self.image_std) == self.vision.num_channels,
             "image_mean and image_std need one value per vision channel",

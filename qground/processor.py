@@ -1,8 +1,10 @@
 """The processor owns the image frame and the prompt/token layout.
 
 Image frame: a photo of original size (H, W) (after EXIF orientation) is resized so its longest side is ``S =
-config.image_size`` → content (h, w), normalized, and padded bottom-right with zeros (the mean color) to S×S. Masks go
-through the same mapping (nearest) and come back by ``ImageMeta``: crop [:h, :w] of the S×S frame, resize to (H, W).
+config.image_size`` → content (h, w), normalized, and padded bottom-right with zeros (the mean color) to S×S. With
+``config.detail_channels`` three channels computed at the photo's native resolution (``qground.detail``) follow RGB.
+Masks go through the same mapping (nearest) and come back by ``ImageMeta``: crop [:h, :w] of the S×S frame, resize
+to (H, W).
 
 Token layout: ``<s>`` + the template's pieces; each image slot becomes ``num_image_tokens`` image-token ids inserted
 by id; user text is tokenized with special tokens split (no injection); answers are followed by ``</s>`` and are the
@@ -18,6 +20,7 @@ import torch
 from PIL import Image
 
 from qground.config import QGroundConfig
+from qground.detail import detail_channels
 from qground.imageio import load_image
 from qground.prompts import VICUNA_V1, ImageSlot, PromptStyle, Turn
 
@@ -62,7 +65,10 @@ class QGroundProcessor:
         original = (img.height, img.width)
         h, w = self.content_size(original)
         resized = np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
-        content = (torch.from_numpy(resized).permute(2, 0, 1) - self._mean) / self._std
+        content = torch.from_numpy(resized).permute(2, 0, 1)
+        if self.config.detail_channels:
+            content = torch.cat([content, detail_channels(np.asarray(img), (h, w))])
+        content = (content - self._mean) / self._std
         s = self.config.image_size
         out = torch.zeros(content.shape[0], s, s)
         out[:, :h, :w] = content

@@ -353,7 +353,9 @@ def read_qground100k(
         masks = [_ann_mask(k, mask, mask_root) for k, (_, mask) in enumerate(fields)]
         answer = grounding_answer(classes, SegTokens().group_text())
         turns = [Turn(grounding_question(where.id), answer)]
-        return Sample(id=where.id, images=[image_path], turns=turns, masks=masks, source="qground100k")
+        return Sample(
+            id=where.id, images=[image_path], turns=turns, masks=masks, mask_labels=classes, source="qground100k"
+        )
 
     return _read(json_path, parse, max_bad_fraction)
 

@@ -1,0 +1,117 @@
+"""Pretrain a small vision tower where no CLIP is available (qground-nano), then it is frozen like CLIP.
+
+Objective: dense distortion recognition. For every patch the last hidden state predicts, through a throw-away linear
+head, the fraction of each of its ``sub × sub`` sub-cells covered by each distortion class (soft BCE over the image
+content, padding ignored). The tower thus learns the per-patch evidence the φv tokens and the pixel decoder read.
+
+``python -m training.pretrain_vision --model runs/nano/init --data runs/nano/data/train --out runs/nano/vision``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from qground.checkpoint import load_model, save_checkpoint
+from qground.processor import QGroundProcessor
+from qground.taxonomy import CLASS_NAMES
+from training.data.dataset import load_mask
+from training.data.readers import read_qground100k
+
+
+def dense_targets(processor: QGroundProcessor, sample, meta, sub: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C·sub², g, g) class-coverage targets and a (g, g) content weight for one grounding sample."""
+    cfg = processor.config
+    cell = cfg.vision.patch_size // sub
+    size = cfg.image_size
+    target = torch.zeros(len(CLASS_NAMES), size, size)
+    for name, mask in zip(sample.mask_labels, sample.masks, strict=True):
+        target[CLASS_NAMES.index(name)] = processor.preprocess_mask(load_mask(mask), meta)
+    frac = F.avg_pool2d(target[None], cell)[0]  # (C, g·sub, g·sub)
+    g = cfg.grid
+    frac = frac.view(len(CLASS_NAMES), g, sub, g, sub).permute(0, 2, 4, 1, 3).reshape(-1, g, g)
+    h, w = meta.resized_size
+    valid = torch.zeros(size, size)
+    valid[:h, :w] = 1
+    return frac, F.avg_pool2d(valid[None], cfg.vision.patch_size)[0, 0]
+
+
+def build_tensors(processor: QGroundProcessor, data_dir: Path, sub: int):
+    """Every training image preprocessed once: inputs (N, C, S, S), targets (N, K, g, g), weights (N, g, g)."""
+    samples, report = read_qground100k(data_dir / "qground.json", data_dir, data_dir)
+    xs, ys, ws = [], [], []
+    for s in tqdm(samples, desc="preprocess", dynamic_ncols=True):
+        pixels, meta = processor.preprocess_image(s.images[0])
+        y, w = dense_targets(processor, s, meta, sub)
+        xs.append(pixels)
+        ys.append(y)
+        ws.append(w)
+    return torch.stack(xs), torch.stack(ys), torch.stack(ws)
+
+
+def pretrain(model, processor, data_dir: Path, epochs: int, batch: int, lr: float, sub: int = 2, seed: int = 0):
+    """Train ``model.vision_tower`` in place; returns per-epoch mean losses."""
+    torch.manual_seed(seed)
+    x, y, w = build_tensors(processor, data_dir, sub)
+    tower = model.vision_tower
+    head = torch.nn.Linear(model.config.vision.hidden_size, y.shape[1])
+    params = [*tower.parameters(), *head.parameters()]
+    for p in tower.parameters():
+        p.requires_grad = True
+    steps = epochs * (-(-len(x) // batch))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    g = model.config.grid
+    tower.train()
+    losses = []
+    bar = tqdm(total=steps, desc="vision", dynamic_ncols=True)
+    for _ in range(epochs):
+        order = torch.randperm(len(x))
+        total = 0.0
+        for i in range(0, len(x), batch):
+            idx = order[i : i + batch]
+            hidden = tower(x[idx]).last_hidden_state[:, 1:]  # (B, g², D)
+            logits = head(hidden).transpose(1, 2).reshape(len(idx), -1, g, g)
+            loss = (F.binary_cross_entropy_with_logits(logits, y[idx], reduction="none").mean(1) * w[idx]).sum()
+            loss = loss / w[idx].sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        losses.append(total / len(x))
+    bar.close()
+    tower.eval()
+    for p in tower.parameters():
+        p.requires_grad = False
+    return losses
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.pretrain_vision", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="checkpoint folder whose vision tower is trained")
+    parser.add_argument("--data", required=True, type=Path, help="synthetic data folder (qground.json, images/, gt/)")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    args = parser.parse_args(argv)
+    model, tokenizer = load_model(args.model, device="cpu", dtype=torch.float32)
+    t0 = time.perf_counter()
+    losses = pretrain(model, QGroundProcessor(tokenizer, model.config), args.data, args.epochs, args.batch, args.lr)
+    save_checkpoint(model, tokenizer, args.out)
+    print(f"vision pretraining: losses per epoch {np.round(losses, 4).tolist()} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
