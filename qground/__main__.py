@@ -1,16 +1,49 @@
-"""Command line: ``python -m qground info NAME``."""
+"""Command line: ``python -m qground {info,ground,eval,describe,compare} …`` (``--help`` on each).
+
+Exit codes: 0 success; 1 some images failed (the others are still written); 2 usage errors (bad arguments, no
+input images, a model that cannot be loaded).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
-from qground.builder import REGISTRY, build_from_registry
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from qground.builder import REGISTRY, build_model, build_tokenizer
+from qground.checkpoint import QUANT_CHOICES, CheckpointError, load_model
+from qground.evaluate import IMAGE_EXTENSIONS, TASKS, evaluate, report_table
+from qground.imageio import ImageLoadError, load_image
+from qground.inference import GROUNDING_QUESTION, GroundingResult, QGroundEngine
+from qground.processor import PromptTooLongError, QGroundProcessor
+from qground.prompts import Turn
+from qground.taxonomy import CLASS_NAMES, get
+from qground.visualize import overlay
+
+DEFAULT_MODEL = "qground-nano"
+DESCRIBE_QUESTION = "Describe the quality of this image and the distortions in it."
+COMPARE_QUESTION = "Which image has the better quality?"
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A problem with the command's arguments or environment; exit code 2."""
 
 
 def summary(name: str) -> str:
     """Architecture summary and parameter counts of a registry model, built on the meta device (no download)."""
-    model, _ = build_from_registry(name, device="meta")
+    config = REGISTRY[name].config()
+    if config.token_ids.image < 0:  # tiny / nano: their own offline BPE tokenizer fixes the special-token ids
+        _, config = build_tokenizer(config)
+    model = build_model(config, device="meta")
     c = model.config
     parts = {
         "vision tower (frozen)": model.vision_tower,
@@ -42,15 +75,249 @@ def summary(name: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+# -- the engine --------------------------------------------------------------------------------------------------------
+def load_engine(source: str | None, revision: str | None, quant: str) -> QGroundEngine:
+    """The engine for ``--model`` (a registry name, checkpoint folder or Hub repo id); without it ``$QGROUND_MODEL``
+    or ``qground-nano``. Raises UsageError with what to set when the model cannot be loaded."""
+    chosen = source or os.environ.get("QGROUND_MODEL") or DEFAULT_MODEL
+    try:
+        model, tokenizer = load_model(chosen, revision=revision, quant=quant)
+    except CheckpointError as e:
+        hint = (
+            ""
+            if source
+            else " — pass --model NAME_OR_FOLDER_OR_REPO or set QGROUND_MODEL to a checkpoint folder or Hub repo id"
+        )
+        raise UsageError(f"cannot load the model {chosen!r}: {e}{hint}") from None
+    return QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name=chosen)
+
+
+# -- ground ------------------------------------------------------------------------------------------------------------
+def expand_inputs(paths: list[str]) -> list[Path]:
+    """Files as given, directories as their image files (by extension, sorted, not recursive)."""
+    found = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not images:
+                raise UsageError(f"{path} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+            found += images
+        else:
+            found.append(path)
+    return found
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """One output folder name per input: its stem, made unique with "-2", "-3"… when stems repeat."""
+    used: set[str] = set()
+    names = []
+    for path in paths:
+        name, k = path.stem, 1
+        while name in used:
+            k += 1
+            name = f"{path.stem}-{k}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _load(path: Path) -> Image.Image | Exception:
+    try:
+        return load_image(path)
+    except (ImageLoadError, OSError) as e:
+        return e
+
+
+def error_message(path: Path, error: Exception) -> str:
+    """The message for a file that failed, "PATH: reason", naming the path once even when the reason names it."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return reason if str(path) in reason else f"{path}: {reason}"
+
+
+def prefetch(paths: list[Path], ahead: int) -> Iterator[tuple[Path, Image.Image | Exception]]:
+    """``(path, image or the error that prevented loading it)`` in order, decoding up to ``ahead`` images in
+    background threads while the caller works on the current one (``ahead`` 1: no background work)."""
+    if ahead <= 1:
+        yield from ((p, _load(p)) for p in paths)
+        return
+    with ThreadPoolExecutor(max_workers=min(ahead, os.cpu_count() or 1)) as pool:
+        pending: list[tuple[Path, Future]] = []
+        for path in paths:
+            pending.append((path, pool.submit(_load, path)))
+            if len(pending) >= ahead:
+                done, future = pending.pop(0)
+                yield done, future.result()
+        for done, future in pending:
+            yield done, future.result()
+
+
+def write_result(
+    folder: Path, image: Image.Image, result: GroundingResult, source: Path, engine: QGroundEngine, question: str
+) -> None:
+    """``folder/<class key>.png`` (uint8 (H, W), 255 = the class) per class found (stale class files removed),
+    ``overlay.png`` and ``result.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in CLASS_NAMES:
+        stale = folder / f"{get(name).key}.png"
+        if name not in result.masks and stale.exists():
+            stale.unlink()
+    for name, mask in result.masks.items():
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{get(name).key}.png")
+    Image.fromarray(overlay(image, result.masks)).save(folder / "overlay.png")
+    record = {
+        "image": str(source),
+        "size": {"height": image.height, "width": image.width},
+        "model": engine.name,
+        "question": question,
+        "answer": result.text,
+        "classes": list(result.masks),
+        "area_percent": result.area_percent(),
+        "scores": result.scores,
+        "timings": result.timings,
+        "warnings": result.warnings,
+    }
+    (folder / "result.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+
+
+def _answer(engine: QGroundEngine, images: list[Image.Image], question: str) -> GroundingResult:
+    """``engine.chat`` on one question; a question too long for the model is a usage error."""
+    try:
+        return engine.chat(images, [Turn(question)])
+    except PromptTooLongError as e:
+        raise UsageError(str(e)) from None
+
+
+def ground_one(
+    engine: QGroundEngine, path: Path, loaded: Image.Image | Exception, folder: Path, question: str
+) -> str | None:
+    """Ground one loaded image and write its outputs into ``folder``; returns the error message, or None on
+    success."""
+    if isinstance(loaded, Exception):
+        return error_message(path, loaded)
+    result = _answer(engine, [loaded], question)
+    try:
+        write_result(folder, loaded, result, path, engine, question)
+    except OSError as e:
+        return f"{path}: cannot write {folder}: {e.strerror or e}"
+    return None
+
+
+def run_ground(args: argparse.Namespace) -> int:
+    """Ground every input image and write its masks, overlay and result.json under ``--out``."""
+    if args.batch < 1:
+        raise UsageError("--batch must be at least 1")
+    paths = expand_inputs(args.inputs)
+    engine = load_engine(args.model, args.revision, args.quant)
+    out = Path(args.out)
+    failed = 0
+    with tqdm(total=len(paths), unit="image", desc="ground", dynamic_ncols=True) as bar:
+        for (path, loaded), name in zip(prefetch(paths, args.batch), output_names(paths)):
+            error = ground_one(engine, path, loaded, out / name, args.question)
+            if error is not None:
+                failed += 1
+                tqdm.write(f"error: {error}", file=sys.stderr)
+            bar.update(1)
+    print(f"{len(paths) - failed} of {len(paths)} images grounded into {out}", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+# -- eval, describe, compare -------------------------------------------------------------------------------------------
+def run_eval(args: argparse.Namespace) -> int:
+    """Evaluate on a synthetic folder; print the table and write the JSON report."""
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown or not tasks:
+        raise UsageError(f"--tasks takes a comma-separated subset of {','.join(TASKS)}, got {args.tasks!r}")
+    if not (Path(args.data) / "images").is_dir():
+        raise UsageError(f"{args.data} is not an evaluation folder: it has no images/ folder")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    engine = load_engine(args.model, args.revision, args.quant)
+    try:
+        report = evaluate(engine, args.data, tasks, args.limit)
+    except (ValueError, FileNotFoundError) as e:  # malformed data (ImageLoadError and JSON errors included)
+        raise UsageError(f"{args.data}: {e}") from None
+    print(report_table(report))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return EXIT_OK
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """``describe`` / ``compare``: print the model's answer about the given image(s)."""
+    images = []
+    for path in map(Path, args.images):
+        try:
+            images.append(load_image(path))
+        except (ImageLoadError, OSError) as e:
+            print(f"error: {error_message(path, e)}", file=sys.stderr)
+            return EXIT_SOME_FAILED
+    engine = load_engine(args.model, args.revision, args.quant)
+    print(_answer(engine, images, args.question).text)
+    return EXIT_OK
+
+
+# -- parser ------------------------------------------------------------------------------------------------------------
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        help=f"registry name, checkpoint folder or Hub repo id (default: $QGROUND_MODEL, else {DEFAULT_MODEL})",
+    )
+    parser.add_argument("--revision", default=os.environ.get("QGROUND_REVISION"), help="Hub revision (tag/commit)")
+    parser.add_argument("--quant", choices=QUANT_CHOICES, default="none", help="load the LLM in 4 or 8 bits")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m qground", description="Q-Ground image-quality grounding")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="architecture summary and parameter counts (no download)")
     info.add_argument("name", choices=sorted(REGISTRY))
+
+    ground = sub.add_parser("ground", help="segment the distortions of images; write masks, overlays, result.json")
+    ground.add_argument("inputs", nargs="+", metavar="IMG_OR_DIR", help="image files and/or folders of images")
+    ground.add_argument("--out", required=True, help="output folder: OUT/STEM/<class>.png, overlay.png, result.json")
+    ground.add_argument("--question", default=GROUNDING_QUESTION)
+    ground.add_argument("--batch", type=int, default=1, help="images decoded ahead while the model runs (default 1)")
+    _add_model_options(ground)
+
+    ev = sub.add_parser("eval", help="metrics on an evaluation folder: model vs classical baseline vs all-empty")
+    ev.add_argument("--data", required=True, help="folder with images/, gt/, optional describe.json, compare.json")
+    ev.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    ev.add_argument("--limit", type=int, help="at most N items per task")
+    ev.add_argument("--out", help="write the JSON report here")
+    _add_model_options(ev)
+
+    describe = sub.add_parser("describe", help="describe the quality of one image")
+    describe.add_argument("images", nargs=1, metavar="IMG")
+    describe.add_argument("--question", default=DESCRIBE_QUESTION)
+    _add_model_options(describe)
+
+    compare = sub.add_parser("compare", help="compare the quality of 2–4 images")
+    compare.add_argument("images", nargs="+", metavar="IMG")
+    compare.add_argument("--question", default=COMPARE_QUESTION)
+    _add_model_options(compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "info":
-        print(summary(args.name))
-    return 0
+    if args.command == "compare" and not 2 <= len(args.images) <= 4:
+        parser.error("compare takes 2 to 4 images")
+    try:
+        if args.command == "info":
+            print(summary(args.name))
+            return EXIT_OK
+        if args.command == "ground":
+            return run_ground(args)
+        if args.command == "eval":
+            return run_eval(args)
+        return run_chat(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

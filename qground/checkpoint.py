@@ -210,7 +210,9 @@ def load_model(
         tokenizer, config = build_tokenizer(config)
         llava = _load_llava(config.base_model_id, quant, device, dtype)
         _check_architecture(config, llava, config.base_model_id)
-        return assemble(config, llava).to(device=device, dtype=dtype).eval(), tokenizer
+        model = assemble(config, llava)
+        _heads_to(model, device, dtype)
+        return model.eval(), tokenizer
     folder = resolve(source, revision)
     try:
         config = QGroundConfig.load(folder)
@@ -228,9 +230,14 @@ def load_model(
     if (folder / ADAPTER_CONFIG).exists():
         inject_adapter_in_model(LoraConfig.from_pretrained(folder), model)
         _load_safetensors(model, folder / ADAPTER_NAME, _load_adapter)
+    _heads_to(model, device, dtype)
+    return model.eval(), tokenizer
+
+
+def _heads_to(model: QGroundModel, device: torch.device, dtype: torch.dtype) -> None:
+    """φv and the qground heads follow the device and compute dtype (they are never quantized)."""
     for part in (model.seg_head, model.pixel_decoder, model.projector):
         part.to(device=device, dtype=dtype)
-    return model.eval(), tokenizer
 
 
 def _base_folder(config: QGroundConfig) -> Path | str:

@@ -13,7 +13,9 @@ only labelled tokens (prompt and padding are -100).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,14 +45,22 @@ class QGroundProcessor:
     """Images + conversation → model inputs, and model masks → original image frames."""
 
     def __init__(
-        self, tokenizer, config: QGroundConfig, style: PromptStyle = VICUNA_V1, max_length: int | None = None
+        self,
+        tokenizer,
+        config: QGroundConfig,
+        style: PromptStyle = VICUNA_V1,
+        max_length: int | None = None,
+        cache_images: int = 0,
     ) -> None:
+        """``cache_images``: keep that many preprocessed images from file paths in memory (training reads every
+        photo many times; off for inference, where files may change)."""
         self.tokenizer = tokenizer
         self.config = config
         self.style = style
         self.max_length = max_length or config.llm.max_position_embeddings
         self._mean = torch.tensor(config.image_mean).view(-1, 1, 1)
         self._std = torch.tensor(config.image_std).view(-1, 1, 1)
+        self._cached = functools.lru_cache(maxsize=cache_images)(self._preprocess) if cache_images else None
 
     # -- images ------------------------------------------------------------------------------------------------------
     def content_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
@@ -61,6 +71,11 @@ class QGroundProcessor:
 
     def preprocess_image(self, image) -> tuple[torch.Tensor, ImageMeta]:
         """A path, bytes or PIL image → ``(C, S, S)`` float tensor and its ``ImageMeta``."""
+        if self._cached is not None and isinstance(image, str | Path):
+            return self._cached(str(image))
+        return self._preprocess(image)
+
+    def _preprocess(self, image) -> tuple[torch.Tensor, ImageMeta]:
         img = load_image(image)
         original = (img.height, img.width)
         h, w = self.content_size(original)

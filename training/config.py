@@ -72,7 +72,7 @@ class TrainConfig:
     log_every: int = 1
     seed: int = 0
     max_bad_fraction: float = 0.01
-    image_size: int | None = None
+    cache_images: int = 4096  # preprocessed photos kept in memory (each is read many times per run)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.trainable) - set(TRAINABLE_GROUPS))

@@ -40,7 +40,7 @@ def dense_targets(processor: QGroundProcessor, sample, meta, sub: int) -> tuple[
     h, w = meta.resized_size
     valid = torch.zeros(size, size)
     valid[:h, :w] = 1
-    return frac, F.avg_pool2d(valid[None], cfg.vision.patch_size)[0, 0]
+    return frac, F.avg_pool2d(valid[None], cfg.vision.patch_size)[0]
 
 
 def build_tensors(processor: QGroundProcessor, data_dir: Path, sub: int):

@@ -111,7 +111,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer, trainable = prepare_model(cfg)
-    processor = QGroundProcessor(tokenizer, model.config)
+    processor = QGroundProcessor(tokenizer, model.config, cache_images=cfg.cache_images)
     sources, dataset = load_sources(cfg, processor)
     global_batch = cfg.micro_batch_size * cfg.grad_accum * world
     steps_per_epoch = cfg.steps_per_epoch or max(1, sum(len(s) for s in sources.values()) // global_batch)

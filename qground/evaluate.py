@@ -1,0 +1,588 @@
+"""Evaluation: grounding metrics, description and comparison scores, and a runner over a synthetic evaluation folder.
+
+Grounding metrics (`GroundingMetrics`, one ``add(pred, gt)`` per image; masks are bool (H, W) in the image's frame,
+keyed by class name, key or display name). Per class c, over the whole set: I_c = Σ |pred ∩ gt|, U_c = Σ |pred ∪ gt|,
+G_c = Σ |gt| (pixels).
+- IoU_c = I_c / U_c, None when U_c = 0 (the class is in no ground truth and no prediction);
+- Acc_c = I_c / G_c, None when G_c = 0 (recall of the class's pixels; undefined without ground truth);
+- mIoU, mAcc: means over the classes that are not None (the paper's metrics; a class only ever predicted, never true,
+  counts with IoU 0 in mIoU);
+- gIoU: mean of the per-image IoU over the (image, class) pairs where pred ∪ gt is not empty;
+- cIoU: Σ_c I_c / Σ_c U_c (cumulative IoU over all classes);
+- clean rate: share of the images without any ground-truth class that receive no predicted mask, a predicted mask
+  covering less than ``EMPTY_MASK_FRACTION`` of the image counting as none (None when no image is clean).
+
+Descriptions: `named_classes(text)` finds the distortion classes a sentence names (negated mentions excluded) and
+`description_f1` is the micro-F1 of the classes named by predicted vs reference descriptions over (item, class) pairs.
+Comparisons: `parse_choice` reads which image an answer picks; `comparison_accuracy` scores answers against truths.
+
+Evaluation folder (``evaluate``): ``images/STEM.png`` (any image extension), ``gt/STEM/<class key>.png`` (8-bit, image
+size, non-zero = the class; only present classes; a clean image has none), optional ``describe.json`` and
+``compare.json`` in the LLaVA conversation schema with image paths relative to the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from qground.baseline import baseline_masks
+from qground.imageio import load_image
+from qground.inference import GROUNDING_QUESTION, QGroundEngine
+from qground.prompts import Turn
+from qground.taxonomy import CLASS_NAMES, DISTORTIONS, get, match_class, normalize
+
+__all__ = [
+    "EMPTY_MASK_FRACTION",
+    "IMAGE_EXTENSIONS",
+    "TASKS",
+    "GroundingMetrics",
+    "comparison_accuracy",
+    "description_f1",
+    "evaluate",
+    "grounding_table",
+    "load_gt",
+    "named_classes",
+    "parse_choice",
+    "question_options",
+    "report_table",
+]
+
+EMPTY_MASK_FRACTION = 0.001
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+TASKS = ("ground", "describe", "compare")
+
+
+# -- grounding metrics -------------------------------------------------------------------------------------------------
+def _canonical(masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Masks keyed by canonical class name, as bool arrays."""
+    return {get(name).name: np.asarray(mask, dtype=bool) for name, mask in masks.items()}
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+@dataclass
+class GroundingMetrics:
+    """Accumulates pixel counts over a set of images; see the module docstring for the definitions."""
+
+    classes: tuple[str, ...] = CLASS_NAMES
+    intersection: dict[str, int] = field(default_factory=dict)
+    union: dict[str, int] = field(default_factory=dict)
+    gt_pixels: dict[str, int] = field(default_factory=dict)
+    pair_ious: list[float] = field(default_factory=list)
+    images: int = 0
+    clean_images: int = 0
+    clean_correct: int = 0
+
+    def __post_init__(self) -> None:
+        for counts in (self.intersection, self.union, self.gt_pixels):
+            for name in self.classes:
+                counts.setdefault(name, 0)
+
+    def add(self, pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray]) -> None:
+        """One image: ``pred`` and ``gt`` map class names to bool (H, W) masks of the same image (absent = empty)."""
+        pred, gt = _canonical(pred), _canonical(gt)
+        shapes = {m.shape for m in (*pred.values(), *gt.values())}
+        if len(shapes) > 1:
+            raise ValueError(f"masks of one image must share a shape, got {sorted(shapes)}")
+        for name in self.classes:
+            p, g = pred.get(name), gt.get(name)
+            if p is None and g is None:
+                continue
+            p = p if p is not None else np.zeros_like(g)
+            g = g if g is not None else np.zeros_like(p)
+            inter, union = int(np.count_nonzero(p & g)), int(np.count_nonzero(p | g))
+            self.intersection[name] += inter
+            self.union[name] += union
+            self.gt_pixels[name] += int(np.count_nonzero(g))
+            if union:
+                self.pair_ious.append(inter / union)
+        self.images += 1
+        if not any(m.any() for m in gt.values()):
+            self.clean_images += 1
+            self.clean_correct += not any(m.mean() >= EMPTY_MASK_FRACTION for m in pred.values())
+
+    def summary(self) -> dict:
+        """``{"images", "clean_images", "per_class": {name: {"iou", "acc", "gt_pixels"}}, "mIoU", "mAcc", "gIoU",
+        "cIoU", "clean_rate"}``; undefined values are None."""
+        per_class = {
+            name: {
+                "iou": _ratio(self.intersection[name], self.union[name]),
+                "acc": _ratio(self.intersection[name], self.gt_pixels[name]),
+                "gt_pixels": self.gt_pixels[name],
+            }
+            for name in self.classes
+        }
+        return {
+            "images": self.images,
+            "clean_images": self.clean_images,
+            "per_class": per_class,
+            "mIoU": _mean(c["iou"] for c in per_class.values()),
+            "mAcc": _mean(c["acc"] for c in per_class.values()),
+            "gIoU": _mean(self.pair_ious),
+            "cIoU": _ratio(sum(self.intersection.values()), sum(self.union.values())),
+            "clean_rate": _ratio(self.clean_correct, self.clean_images),
+        }
+
+    def table(self, name: str = "prediction") -> str:
+        """The summary as a fixed-width text table with one column ``name``."""
+        return grounding_table({name: self.summary()})
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def grounding_table(columns: Mapping[str, dict], seconds: Mapping[str, float | None] | None = None) -> str:
+    """Fixed-width table of ``GroundingMetrics.summary()`` dicts side by side (one column per method), with an
+    optional seconds-per-image row."""
+    names = list(columns)
+    width = max(10, *(len(n) + 2 for n in names))
+    first = next(iter(columns.values()))
+    classes = list(first["per_class"])
+
+    def row(label: str, values: Iterable[float | None | str]) -> str:
+        return f"{label:<22}" + "".join(f"{v if isinstance(v, str) else _cell(v):>{width}}" for v in values)
+
+    lines = [row(f"{first['images']} images ({first['clean_images']} clean)", names)]
+    for metric, label in (("iou", "IoU"), ("acc", "Acc")):
+        lines += [row(f"  {label} {c}", (columns[n]["per_class"][c][metric] for n in names)) for c in classes]
+    for key, label in (("mIoU", "mIoU"), ("mAcc", "mAcc"), ("gIoU", "gIoU"), ("cIoU", "cIoU")):
+        lines.append(row(label, (columns[n][key] for n in names)))
+    lines.append(row("clean-image rate", (columns[n]["clean_rate"] for n in names)))
+    if seconds is not None:
+        lines.append(row("seconds / image", (seconds.get(n) for n in names)))
+    return "\n".join(lines)
+
+
+# -- descriptions ------------------------------------------------------------------------------------------------------
+def _phrases() -> dict[tuple[str, ...], str]:
+    """Every name, key, display name and alias of every class as a tuple of normalized words → canonical name."""
+    table = {}
+    for d in DISTORTIONS:
+        for phrase in (d.name, d.key, d.display, *d.aliases):
+            table[tuple(normalize(phrase).split())] = d.name
+    return table
+
+
+_PHRASES = _phrases()
+_MAX_PHRASE = max(len(p) for p in _PHRASES)
+_FIRST_LETTERS = {d.name: {words[0][0] for words, name in _PHRASES.items() if name == d.name} for d in DISTORTIONS}
+# Everyday words of ≥ 5 letters one edit from a class word and starting with the same letter: never typos of it.
+_NEAR_MISSES = frozenset(
+    "shady shape shade share shame shave stake snake shale shaly shako noose grail groin blurt blurb blurted slurry "
+    "slurred jotter".split()
+)
+_SUFFIXES = (
+    ("iness", "y"),
+    ("iest", "y"),
+    ("ier", "y"),
+    ("ness", ""),
+    ("ing", ""),
+    ("ing", "e"),
+    ("er", ""),
+    ("es", ""),
+    ("s", ""),
+    ("ed", ""),
+)
+_NEGATORS = frozenset(
+    "no not without never neither nor none non lack lacks lacking absence isnt arent wasnt werent doesnt dont didnt "
+    "hasnt havent cannot cant hardly barely".split()
+)
+_LIST_WORDS = frozenset([",", "or", "nor", "and"])
+_FILLER = _LIST_WORDS | frozenset(
+    "any obvious obviously visible noticeable noticeably significant significantly apparent evident major serious "
+    "severe strong heavy much signs sign trace traces hint hints of the a an other kind type form degree level amount "
+    "issue issues problem problems distortion distortions artifact artifacts such as like including suffer suffers "
+    "suffering from show shows showing exhibit exhibits have has having contain contains is are be been was were seem "
+    "seems appear appears look looks affected by in with too very so that overly excessive excessively particularly "
+    "clear clearly real perceptible discernible detectable distracting extreme large substantial considerable notable "
+    "there it image photo picture".split()
+)
+_POSTFIX_NEGATION = (("free",), ("absent",), ("is", "not"), ("are", "not"), ("was", "not"), ("isnt",), ("arent",))
+_CLAUSE_BREAK = re.compile(r"[.;:!?()\[\]\n]+|\b(?:but|however|although|though|while|whereas|yet|except)\b", re.I)
+
+
+def _words(clause: str) -> list[str]:
+    """Normalized words of a clause, commas kept as their own token."""
+    out: list[str] = []
+    for i, piece in enumerate(clause.split(",")):
+        if i:
+            out.append(",")
+        out += normalize(piece).split()
+    return out
+
+
+def _fuzzy(span: str) -> str | None:
+    """A class for a possibly misspelled span (one edit away, ≥ 5 letters, same first letter, not a common word)."""
+    if len(span.replace(" ", "")) < 5 or span in _NEAR_MISSES:
+        return None
+    name = match_class(span, max_distance=1)
+    return name if name is not None and span[0] in _FIRST_LETTERS[name] else None
+
+
+def _word_class(word: str) -> str | None:
+    """The class one word names: exactly, after removing an inflection ("blurriness" → "blurry"), or as a typo."""
+    forms = [word] + [word[: -len(s)] + r for s, r in _SUFFIXES if word.endswith(s) and len(word) > len(s) + 2]
+    for form in forms:
+        if (form,) in _PHRASES:
+            return _PHRASES[(form,)]
+    for form in forms:
+        name = _fuzzy(form)
+        if name is not None:
+            return name
+    return None
+
+
+def _mentions(words: list[str]) -> list[tuple[int, int, str]]:
+    """(start, end, class) of every class mention in a clause's words, longest match first, left to right."""
+    found, i = [], 0
+    while i < len(words):
+        hit = None
+        for n in range(_MAX_PHRASE, 1, -1):
+            span = words[i : i + n]
+            if len(span) == n and "," not in span and tuple(span) in _PHRASES:
+                hit = (n, _PHRASES[tuple(span)])
+                break
+        if hit is None and "," not in words[i : i + 2] and len(words[i : i + 2]) == 2:
+            name = _fuzzy(" ".join(words[i : i + 2]))
+            hit = (2, name) if name else None
+        if hit is None and words[i] != ",":
+            name = _word_class(words[i])
+            hit = (1, name) if name else None
+        if hit is None:
+            i += 1
+            continue
+        found.append((i, i + hit[0], hit[1]))
+        i += hit[0]
+    return found
+
+
+def _is_negator(words: list[str], i: int) -> bool:
+    """A negating word at ``i`` ("not only" and an interjected "No," do not negate; "free of"/"free from" do)."""
+    word, following = words[i], words[i + 1] if i + 1 < len(words) else None
+    if word == "free":
+        return following in ("of", "from")
+    return word in _NEGATORS and following not in ("only", ",")
+
+
+def _positive_classes(words: list[str]) -> set[str]:
+    """Classes mentioned in one clause and not negated.
+
+    A negator covers the following mentions while only filler words ("any obvious signs of") lead to the first one and
+    only list words ("," "or" "nor" "and") join the next ones; "X free", "X is not" negate X."""
+    starts = {start: (end, name) for start, end, name in _mentions(words)}
+    positive: set[str] = set()
+    negating, seen, i = False, False, 0
+    while i < len(words):
+        if i in starts:
+            end, name = starts[i]
+            after = tuple(words[end : end + 2])
+            postfix = any(after[: len(p)] == p for p in _POSTFIX_NEGATION)
+            if not (negating or postfix):
+                positive.add(name)
+            seen, i = True, end
+            continue
+        if _is_negator(words, i):
+            negating, seen = True, False
+        elif negating and words[i] not in (_LIST_WORDS if seen else _FILLER):
+            negating = False
+        i += 1
+    return positive
+
+
+def named_classes(text: str) -> set[str]:
+    """Canonical names of the distortion classes ``text`` names, e.g. "Heavy motion blur, but no noise." →
+    {"jitter"}.
+
+    Names, keys and aliases match as whole words after ``taxonomy.normalize``, longest phrase first ("motion blur" is
+    jitter, not blur); inflections ("blurriness", "darker") are reduced; one-edit typos of 1–2-word spans of ≥ 5
+    letters with the right first letter match via ``match_class(max_distance=1)`` ("bluryy", "over exposed").
+    Negated mentions ("no noise", "without blur or noise", "not blurry", "noise-free") do not count; negation stops at
+    clause boundaries (. ; : ! ? and but/however/although/while/except)."""
+    found: set[str] = set()
+    for clause in _CLAUSE_BREAK.split(text):
+        found |= _positive_classes(_words(clause))
+    return found
+
+
+def description_f1(preds: Sequence[str], refs: Sequence[str]) -> dict:
+    """Micro precision/recall/F1 of the classes named by ``preds`` vs ``refs`` (texts, aligned) over (item, class)
+    pairs: ``{"precision", "recall", "f1", "tp", "fp", "fn", "items"}``, None where a ratio is 0/0."""
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions for {len(refs)} references")
+    tp = fp = fn = 0
+    for pred, ref in zip(preds, refs):
+        p, r = named_classes(pred), named_classes(ref)
+        tp, fp, fn = tp + len(p & r), fp + len(p - r), fn + len(r - p)
+    return {
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "items": len(preds),
+    }
+
+
+# -- comparisons -------------------------------------------------------------------------------------------------------
+_ORDINALS = {
+    word: i
+    for i, words in enumerate(
+        [
+            ("first", "1st", "former"),
+            ("second", "2nd"),
+            ("third", "3rd"),
+            ("fourth", "4th"),
+            ("fifth", "5th"),
+            ("sixth", "6th"),
+            ("seventh", "7th"),
+            ("eighth", "8th"),
+        ]
+    )
+    for word in words
+}
+_NUMBERS = {"one": 0, "two": 1, "three": 2, "four": 3} | {str(i + 1): i for i in range(8)}
+_IMAGE_WORD = r"(?i:image|picture|photo|img)"
+_CHOICE_PATTERNS = (
+    ("option", re.compile(r"^\s*[(\[]?([A-Ha-h])(?:[.)\]:,]|\s*$)")),
+    ("option", re.compile(r"\b(?i:option|choice|answer(?:\s+is)?)\s*[:#]?\s*\(?([A-H])\b")),
+    ("image", re.compile(rf"\b{_IMAGE_WORD}\s*\(?([A-H])\)?(?![A-Za-z])")),
+    ("number", re.compile(rf"\b{_IMAGE_WORD}\s*(?:no\.?|number|#)?\s*(\d|(?i:one|two|three|four))\b")),
+    ("number", re.compile(r"^\s*(\d)\s*[.)]?\s*$")),
+    ("ordinal", re.compile(r"\b(?i:(" + "|".join(_ORDINALS) + r"|latter|last))\b")),
+)
+_OPTION_LINE = re.compile(r"(?:^|\s)\(?([A-H])[.)]\s+(.+?)(?=\s+\(?[A-H][.)]\s|\n|$)", re.M)
+
+
+def question_options(question: str, num_images: int) -> dict[str, int]:
+    """Letter → image index of an MCQ's options ("A. The second image" → {"A": 1}); empty when the question lists no
+    options or one of them names no image."""
+    options = {}
+    for letter, text in _OPTION_LINE.findall(question):
+        index = parse_choice(text, num_images)
+        if index is None:
+            return {}
+        options[letter] = index
+    return options
+
+
+def parse_choice(answer: str, num_images: int, options: Mapping[str, int] | None = None) -> int | None:
+    """The image index (0..num_images − 1) an answer picks, or None when it picks none (or one out of range).
+
+    Understood: "The second image.", "the 2nd one", "first", "latter"/"last", "Image 2", "image two", "Image B", and
+    option letters "B", "B.", "(B)", "B. The second image", "Option B" — letters map through ``options`` (from
+    `question_options`) when given, else A → 0, B → 1, …. The earliest such phrase in the answer decides."""
+    hits = []
+    for kind, pattern in _CHOICE_PATTERNS:
+        match = pattern.search(answer)
+        if match is not None:
+            hits.append((match.start(), kind, match.group(1)))
+    if not hits:
+        return None
+    _, kind, token = min(hits, key=lambda h: h[0])
+    if kind == "option" and options:
+        index = options.get(token.upper())
+    elif kind in ("option", "image"):
+        index = ord(token.upper()) - ord("A")
+    elif kind == "number":
+        index = _NUMBERS[token.lower()]
+    else:
+        index = _ORDINALS.get(token.lower(), num_images - 1)
+    return index if index is not None and 0 <= index < num_images else None
+
+
+def comparison_accuracy(
+    answers: Sequence[str], truths: Sequence[str], num_images: Sequence[int], questions: Sequence[str] | None = None
+) -> dict:
+    """Share of ``answers`` that pick the image ``truths`` pick (option letters read through each question's options):
+    ``{"accuracy", "correct", "unparsed", "items"}``. A truth that names no image raises ValueError."""
+    questions = questions if questions is not None else [""] * len(answers)
+    if not len(answers) == len(truths) == len(num_images) == len(questions):
+        raise ValueError("answers, truths, num_images and questions must be aligned")
+    correct = unparsed = 0
+    for answer, truth, n, question in zip(answers, truths, num_images, questions):
+        options = question_options(question, n)
+        expected = parse_choice(truth, n, options)
+        if expected is None:
+            raise ValueError(f"the reference answer {truth!r} names none of the {n} images")
+        picked = parse_choice(answer, n, options)
+        unparsed += picked is None
+        correct += picked == expected
+    return {"accuracy": _ratio(correct, len(answers)), "correct": correct, "unparsed": unparsed, "items": len(answers)}
+
+
+# -- the evaluation folder ---------------------------------------------------------------------------------------------
+def load_gt(data_dir: Path, stem: str, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Canonical class name → bool (H, W) mask from ``gt/STEM/<class key>.png`` (non-zero = the class); ``size`` is
+    the image's (H, W). A clean image (no folder or no files) gives {}."""
+    masks = {}
+    folder = data_dir / "gt" / stem
+    for path in sorted(folder.glob("*.png")) if folder.is_dir() else []:
+        try:
+            name = get(path.stem).name
+        except KeyError as e:
+            raise ValueError(f"{path}: {e.args[0]}") from None
+        with Image.open(path) as img:
+            array = np.asarray(img)
+        mask = array.any(axis=-1) if array.ndim == 3 else array != 0
+        if mask.shape != size:
+            raise ValueError(f"{path}: mask is {mask.shape[1]}×{mask.shape[0]}, its image {size[1]}×{size[0]}")
+        masks[name] = mask
+    return masks
+
+
+def _image_paths(data_dir: Path) -> list[Path]:
+    folder = data_dir / "images"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{data_dir} has no images/ folder")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _conversations(path: Path) -> list[tuple[list[Path], str, str]]:
+    """(image paths, question, reference answer) of each entry of a LLaVA-schema JSON file."""
+    out = []
+    for i, entry in enumerate(json.loads(path.read_text())):
+        try:
+            images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
+            human, gpt = entry["conversations"][:2]
+            if (human["from"], gpt["from"]) != ("human", "gpt"):
+                raise ValueError("it does not start with a human turn then a gpt turn")
+            question = re.sub(r"(?:The \w+ image:\s*)?<image>\s*", "", human["value"]).strip()
+            out.append(([path.parent / p for p in images], question, gpt["value"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: entry {i} is not a LLaVA conversation ({e!r})") from None
+    return out
+
+
+def _run_grounding(engine: QGroundEngine, data_dir: Path, limit: int | None, progress: bool) -> dict:
+    """Model, classical baseline and all-empty predictions over ``images/`` vs ``gt/``."""
+    methods = {"model": GroundingMetrics(), "baseline": GroundingMetrics(), "all-empty": GroundingMetrics()}
+    seconds: dict[str, list[float]] = {"model": [], "baseline": []}
+    per_image = []
+    for path in tqdm(_image_paths(data_dir)[:limit], desc="ground", disable=not progress, dynamic_ncols=True):
+        image = load_image(path)
+        gt = load_gt(data_dir, path.stem, (image.height, image.width))
+        t0 = time.perf_counter()
+        result = engine.ground(image, GROUNDING_QUESTION)
+        t1 = time.perf_counter()
+        classical = baseline_masks(image)
+        t2 = time.perf_counter()
+        seconds["model"].append(t1 - t0)
+        seconds["baseline"].append(t2 - t1)
+        for name, pred in (("model", result.masks), ("baseline", classical), ("all-empty", {})):
+            methods[name].add(pred, gt)
+        per_image.append(
+            {
+                "image": path.name,
+                "gt": sorted(gt),
+                "model": result.area_percent(),
+                "baseline": {k: 100.0 * float(m.mean()) for k, m in classical.items()},
+                "answer": result.text,
+                "seconds": {"model": t1 - t0, "baseline": t2 - t1},
+            }
+        )
+    return {
+        "methods": {name: m.summary() for name, m in methods.items()},
+        "seconds_per_image": {name: _mean(times) for name, times in seconds.items()},
+        "per_image": per_image,
+    }
+
+
+def _run_describe(engine: QGroundEngine, path: Path, limit: int | None, progress: bool) -> dict:
+    answers, refs, seconds = [], [], []
+    for images, question, reference in tqdm(
+        _conversations(path)[:limit], desc="describe", disable=not progress, dynamic_ncols=True
+    ):
+        t0 = time.perf_counter()
+        answers.append(engine.chat(images, [Turn(question)]).text)
+        seconds.append(time.perf_counter() - t0)
+        refs.append(reference)
+    return description_f1(answers, refs) | {"seconds_per_item": _mean(seconds), "answers": answers}
+
+
+def _run_compare(engine: QGroundEngine, path: Path, limit: int | None, progress: bool) -> dict:
+    answers, truths, counts, questions, seconds = [], [], [], [], []
+    for images, question, truth in tqdm(
+        _conversations(path)[:limit], desc="compare", disable=not progress, dynamic_ncols=True
+    ):
+        t0 = time.perf_counter()
+        answers.append(engine.chat(images, [Turn(question)]).text)
+        seconds.append(time.perf_counter() - t0)
+        truths.append(truth)
+        counts.append(len(images))
+        questions.append(question)
+    result = comparison_accuracy(answers, truths, counts, questions)
+    return result | {"seconds_per_item": _mean(seconds), "answers": answers}
+
+
+def evaluate(
+    engine: QGroundEngine,
+    data_dir: str | Path,
+    tasks: Sequence[str] = TASKS,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run ``engine`` over an evaluation folder (module docstring); JSON-ready report.
+
+    ``ground``: the grounding question on every image, scored with `GroundingMetrics` next to the classical baseline
+    (`qground.baseline`) and the all-empty prediction; ``describe``/``compare``: each entry's question (with its
+    images) from describe.json / compare.json. ``limit`` caps the items of each task. A task whose JSON file is
+    missing is listed under ``"skipped"`` with the reason."""
+    data_dir = Path(data_dir)
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown tasks {sorted(unknown)}; choose from {list(TASKS)}")
+    report: dict = {"model": engine.name, "data": str(data_dir), "skipped": {}}
+    if "ground" in tasks:
+        report["ground"] = _run_grounding(engine, data_dir, limit, progress)
+    for task, runner in (("describe", _run_describe), ("compare", _run_compare)):
+        if task not in tasks:
+            continue
+        path = data_dir / f"{task}.json"
+        if path.exists():
+            report[task] = runner(engine, path, limit, progress)
+        else:
+            report["skipped"][task] = f"no {path.name} in {data_dir}"
+    return report
+
+
+def report_table(report: dict) -> str:
+    """The ``evaluate`` report as text: the grounding table (model vs classical baseline vs all-empty), description
+    F1 and comparison accuracy."""
+    lines = [f"model {report['model']} on {report['data']}"]
+    if "ground" in report:
+        g = report["ground"]
+        lines += ["", grounding_table(g["methods"], g["seconds_per_image"])]
+    if "describe" in report:
+        d = report["describe"]
+        lines += [
+            "",
+            f"description F1 {_cell(d['f1'])} (precision {_cell(d['precision'])}, recall {_cell(d['recall'])}) "
+            f"over {d['items']} descriptions",
+        ]
+    if "compare" in report:
+        c = report["compare"]
+        lines += [
+            "",
+            f"comparison accuracy {_cell(c['accuracy'])} ({c['correct']}/{c['items']} correct, "
+            f"{c['unparsed']} unparsed answers)",
+        ]
+    lines += [f"skipped {task}: {why}" for task, why in report["skipped"].items()]
+    return "\n".join(lines)

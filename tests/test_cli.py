@@ -1,0 +1,152 @@
+"""``python -m qground`` ground / eval / describe / compare / info, run in-process on a checkpoint of the overfit tiny
+model."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import photo
+from qground.__main__ import main
+from qground.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained_tiny, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli") / "model"
+    save_checkpoint(trained_tiny.model, trained_tiny.tokenizer, folder)
+    return str(folder)
+
+
+@pytest.fixture
+def photos(overfit_batch, tmp_path):
+    """A folder with the two overfit photos (a: 48×80 noise; b: 72×40 blur + low light) and a broken PNG."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for stem, (img, _) in zip("ab", overfit_batch[0]):
+        img.save(folder / f"{stem}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not the rest of a PNG")
+    (folder / "notes.txt").write_text("not an image, not picked up")
+    return folder
+
+
+def png(path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def test_ground_writes_good_images_and_reports_the_broken_one(checkpoint, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["ground", str(photos), "--out", str(out), "--model", checkpoint, "--batch", "2"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "broken.png" in err and "truncated or damaged" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b"]
+    assert sorted(p.name for p in (out / "a").iterdir()) == ["noise.png", "overlay.png", "result.json"]
+    assert sorted(p.name for p in (out / "b").iterdir()) == ["blur.png", "low_light.png", "overlay.png", "result.json"]
+    for stem, (h, w) in (("a", (48, 80)), ("b", (72, 40))):
+        for path in (out / stem).glob("*.png"):
+            array = png(path)
+            assert array.shape[:2] == (h, w), path
+            if path.name != "overlay.png":
+                assert array.dtype == np.uint8 and set(np.unique(array)) <= {0, 255} and array.max() == 255
+        record = json.loads((out / stem / "result.json").read_text())
+        assert record["model"] == checkpoint and record["size"] == {"height": h, "width": w}
+        assert set(record["classes"]) == set(record["area_percent"]) == set(record["scores"])
+        assert "The segmentation results are:" in record["answer"] and "total" in record["timings"]
+    assert set(json.loads((out / "b" / "result.json").read_text())["classes"]) == {"blur", "low light"}
+
+
+def test_ground_usage_errors(tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["ground", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "contains no images" in capsys.readouterr().err
+    photo(8, 8, 0).save(tmp_path / "x.png")
+    assert main(["ground", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--batch", "0"]) == 2
+    monkeypatch.setenv("QGROUND_MODEL", str(tmp_path / "no-such-model"))
+    assert main(["ground", str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-model" in err and "QGROUND_MODEL" in err and "--model" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ground", str(tmp_path / "x.png")])  # --out missing
+    assert exit_info.value.code == 2
+
+
+def write_eval_folder(root, overfit_batch):
+    """images/a.png, b.png (the overfit photos, with gt/) and c.png (clean, no gt/ folder), describe.json,
+    compare.json."""
+    (root / "images").mkdir(parents=True)
+    for stem, (img, masks) in zip("ab", overfit_batch[0]):
+        img.save(root / "images" / f"{stem}.png")
+        (root / "gt" / stem).mkdir(parents=True)
+        for name, mask in masks.items():
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / "gt" / stem / f"{name.replace(' ', '_')}.png")
+    photo(40, 56, 7).save(root / "images" / "c.png")
+    describe = [
+        {
+            "id": "d0",
+            "image": "images/a.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nDescribe the quality of this image."},
+                {"from": "gpt", "value": "The top left of the image shows strong noise, without blur."},
+            ],
+        }
+    ]
+    compare = [
+        {
+            "id": "c0",
+            "image": ["images/a.png", "images/b.png"],
+            "conversations": [
+                {"from": "human", "value": "Which image is sharper?\nA. The first image\nB. The second image"},
+                {"from": "gpt", "value": "A"},
+            ],
+        }
+    ]
+    (root / "describe.json").write_text(json.dumps(describe))
+    (root / "compare.json").write_text(json.dumps(compare))
+
+
+def test_eval_writes_metrics_and_the_model_beats_all_empty(checkpoint, overfit_batch, tmp_path, capsys):
+    data = tmp_path / "data"
+    write_eval_folder(data, overfit_batch)
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "--data", str(data), "--model", checkpoint, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "baseline" in printed and "all-empty" in printed
+    assert "description F1" in printed and "comparison accuracy" in printed
+    report = json.loads(out.read_text())
+    methods = report["ground"]["methods"]
+    assert set(methods) == {"model", "baseline", "all-empty"}
+    assert methods["model"]["images"] == 3 and methods["model"]["clean_images"] == 1
+    assert methods["all-empty"]["mIoU"] == 0.0 and methods["all-empty"]["clean_rate"] == 1.0
+    assert methods["model"]["mIoU"] > methods["all-empty"]["mIoU"]
+    assert methods["model"]["per_class"]["noise"]["iou"] > 0.8
+    assert report["ground"]["seconds_per_image"]["model"] > 0
+    assert [r["gt"] for r in report["ground"]["per_image"]] == [["noise"], ["blur", "low light"], []]
+    assert report["describe"]["items"] == 1 and report["compare"]["items"] == 1
+    assert report["skipped"] == {}
+
+
+def test_eval_usage_errors(tmp_path, capsys):
+    assert main(["eval", "--data", str(tmp_path), "--tasks", "ground,dance"]) == 2
+    assert "dance" in capsys.readouterr().err
+    assert main(["eval", "--data", str(tmp_path)]) == 2
+    assert "no images/ folder" in capsys.readouterr().err
+
+
+def test_describe_and_compare_print_the_answer(checkpoint, photos, capsys):
+    assert main(["describe", str(photos / "a.png"), "--model", checkpoint]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["compare", str(photos / "a.png"), str(photos / "b.png"), "--model", checkpoint]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["describe", str(photos / "broken.png"), "--model", checkpoint]) == 1
+    assert "broken.png" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compare", str(photos / "a.png")])
+
+
+def test_info_in_process(capsys):
+    assert main(["info", "qground-tiny"]) == 0
+    assert "qground-tiny" in capsys.readouterr().out

@@ -1,0 +1,420 @@
+"""Synthetic distortion data engine: clean photos shipped inside packages → region-wise distortions with exact masks,
+quality descriptions, grounding answers and multi-image comparisons whose truth follows from what was applied.
+
+``python -m training.data.synth --out DIR --num N --split train|eval [--seed S] [--workers W] [--comparisons M]``
+writes ``DIR/images/STEM.png``, ``DIR/gt/STEM/<class key>.png`` (255 = that class; the evaluation layout),
+``qground.json`` (QGround-100K-style records), ``describe.json`` / ``caption.json`` / ``compare.json`` (LLaVA schema)
+and ``meta.json``. Everything follows from ``(seed, split, index)``; train and eval use disjoint photos.
+
+Frames: images are (H, W, 3) uint8, masks (H, W) bool, both at the generated image's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage, signal
+from skimage.draw import line as draw_line
+from skimage.draw import polygon as draw_polygon
+from tqdm import tqdm
+
+from qground.prompts import grounding_answer, image_header
+from qground.taxonomy import CLASS_NAMES, get
+from qground.tokens import SegTokens
+
+SEVERITY_WORDS = ("mild", "moderate", "severe")
+ORDINALS = ("first", "second", "third", "fourth")
+
+
+@dataclass(frozen=True)
+class PhotoSource:
+    """A clean photo inside an installed package: ``origin`` says where, ``license`` under which terms."""
+
+    name: str
+    origin: str
+    license: str
+    split: str
+
+
+PHOTOS = (
+    PhotoSource("astronaut", "skimage.data.astronaut()", "public domain (NASA)", "train"),
+    PhotoSource("chelsea", "skimage.data.chelsea()", "CC0 (Stefan van der Walt)", "train"),
+    PhotoSource("rocket", "skimage.data.rocket()", "public domain (SpaceX, CC0 release)", "train"),
+    PhotoSource("immunohistochemistry", "skimage.data.immunohistochemistry()", "public domain", "train"),
+    PhotoSource("china", "sklearn.datasets.load_sample_images() china.jpg", "CC BY 2.0 (scikit-learn)", "train"),
+    PhotoSource("flower", "sklearn.datasets.load_sample_images() flower.jpg", "CC BY 2.0 (scikit-learn)", "train"),
+    PhotoSource("cheetah", "gradio/media_assets/images/cheetah.jpg", "Apache-2.0 (gradio package asset)", "train"),
+    PhotoSource("tower", "gradio/media_assets/images/tower.jpg", "Apache-2.0 (gradio package asset)", "train"),
+    PhotoSource("grace_hopper", "matplotlib sample_data/grace_hopper.jpg", "public domain (US Navy)", "eval"),
+    PhotoSource("coffee", "skimage.data.coffee()", "CC0 (Rachel Michetti)", "eval"),
+)
+
+
+@cache
+def load_photo(name: str) -> np.ndarray:
+    """The clean photo as (H, W, 3) uint8."""
+    if name in ("astronaut", "chelsea", "rocket", "immunohistochemistry", "coffee"):
+        import skimage.data
+
+        return getattr(skimage.data, name)()[..., :3]
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(f"{name}.jpg")
+    if name == "grace_hopper":
+        import matplotlib.cbook
+
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+            return np.asarray(Image.open(f).convert("RGB"))
+    import gradio
+
+    return np.asarray(
+        Image.open(Path(gradio.__file__).parent / "media_assets" / "images" / f"{name}.jpg").convert("RGB")
+    )
+
+
+def photos(split: str) -> list[PhotoSource]:
+    return [p for p in PHOTOS if p.split == split]
+
+
+# -- image generation --------------------------------------------------------------------------------------------------
+def augment(photo: np.ndarray, rng: np.random.Generator, max_side: int) -> np.ndarray:
+    """Random crop (≥ 50 % area), flip, resize to a longest side in [max_side/2.5, max_side], mild color jitter."""
+    h, w = photo.shape[:2]
+    scale = np.sqrt(rng.uniform(0.5, 1.0))
+    ch, cw = int(h * scale * rng.uniform(0.85, 1.15)), int(w * scale * rng.uniform(0.85, 1.15))
+    ch, cw = min(ch, h), min(cw, w)
+    y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    crop = photo[y0 : y0 + ch, x0 : x0 + cw]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    side = int(rng.uniform(max_side / 2.5, max_side))
+    s = side / max(ch, cw)
+    img = Image.fromarray(np.ascontiguousarray(crop)).resize(
+        (max(8, round(cw * s)), max(8, round(ch * s))), Image.Resampling.LANCZOS
+    )
+    out = np.asarray(img, dtype=np.float32) * rng.uniform(0.9, 1.1, size=3) + rng.uniform(-8, 8)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def region(shape: tuple[int, int], free: np.ndarray, area: float, rng: np.random.Generator) -> np.ndarray:
+    """A blob or polygon covering about ``area`` of the image, inside ``free``."""
+    h, w = shape
+    if rng.random() < 0.6:  # smooth blob: threshold a smooth random field at the right quantile
+        field = ndimage.gaussian_filter(rng.standard_normal((h, w)), sigma=max(h, w) / rng.uniform(5, 10))
+        values = field[free]
+        if values.size == 0:
+            return np.zeros(shape, dtype=bool)
+        k = min(values.size, int(area * h * w))
+        cut = np.partition(values, -k)[-k] if k > 0 else np.inf
+        return (field >= cut) & free
+    n = int(rng.integers(5, 9))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+    radius = np.sqrt(area * h * w / np.pi) * rng.uniform(0.8, 1.25, n)
+    cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
+    rr, cc = draw_polygon(cy + radius * np.sin(angles), cx + radius * np.cos(angles), shape)
+    mask = np.zeros(shape, dtype=bool)
+    mask[rr, cc] = True
+    return mask & free
+
+
+def motion_kernel(length: int, angle: float) -> np.ndarray:
+    """A normalized straight-line kernel (length × length)."""
+    k = np.zeros((length, length), dtype=np.float32)
+    c, r = length // 2, (length - 1) / 2
+    rr, cc = draw_line(
+        round(c - r * np.sin(angle)),
+        round(c - r * np.cos(angle)),
+        round(c + r * np.sin(angle)),
+        round(c + r * np.cos(angle)),
+    )
+    k[rr, cc] = 1
+    return k / k.sum()
+
+
+def distort(img: np.ndarray, name: str, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """The whole ``img`` (float32 0–1, (H, W, 3)) with one distortion at severity 1–3."""
+    s = severity - 1
+    if name == "blur":
+        sigma = (1.5, 3.0, 5.0)[s]
+        return ndimage.gaussian_filter(img, (sigma, sigma, 0))
+    if name == "jitter":
+        k = motion_kernel((7, 13, 21)[s], rng.uniform(0, np.pi))
+        return np.stack(
+            [
+                signal.fftconvolve(np.pad(img[..., c], k.shape[0], mode="reflect"), k, mode="same")[
+                    k.shape[0] : -k.shape[0], k.shape[0] : -k.shape[0]
+                ]
+                for c in range(3)
+            ],
+            -1,
+        )
+    if name == "overexposure":
+        gain, offset = (1.7, 2.2, 3.0)[s], (0.1, 0.2, 0.3)[s]
+        return img * gain + offset
+    if name == "low light":
+        gamma, gain = (1.6, 2.0, 2.6)[s], (0.5, 0.33, 0.2)[s]
+        return gain * img**gamma
+    if name == "noise":
+        sigma = (8, 16, 28)[s] / 255 * np.sqrt((0.25 + img) / 0.75)  # signal dependent: σ0 at mid-gray
+        return img + sigma * rng.standard_normal(img.shape).astype(np.float32)
+    raise ValueError(f"unknown distortion {name!r}")
+
+
+@dataclass
+class Generated:
+    """One synthetic image: ``masks``/``severity`` per applied class (taxonomy order)."""
+
+    image: np.ndarray
+    masks: dict[str, np.ndarray]
+    severity: dict[str, int]
+    photo: str
+
+
+def generate(index: int, split: str, seed: int, max_side: int = 640) -> Generated:
+    """Image ``index`` of a split: 0 classes (15 %), else 1–3 classes on disjoint regions (whole image sometimes)."""
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
+    source = photos(split)[int(rng.integers(len(photos(split))))]
+    clean = augment(load_photo(source.name), rng, max_side)
+    k = int(rng.choice([0, 1, 2, 3], p=[0.15, 0.4, 0.3, 0.15]))
+    classes = sorted(rng.choice(len(CLASS_NAMES), size=k, replace=False).tolist())
+    shape = clean.shape[:2]
+    free = np.ones(shape, dtype=bool)
+    img = clean.astype(np.float32) / 255
+    out = img.copy()
+    masks, severity = {}, {}
+    for ci in classes:
+        name = CLASS_NAMES[ci]
+        if k == 1 and rng.random() < 0.15:
+            mask = free.copy()
+        else:
+            mask = region(shape, free, rng.uniform(0.08, 0.5 if k > 1 else 0.6), rng)
+        if mask.mean() < 0.02:
+            continue
+        sev = int(rng.integers(1, 4))
+        out[mask] = distort(img, name, sev, rng)[mask]
+        free &= ~mask
+        masks[name], severity[name] = mask, sev
+    return Generated((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8), masks, severity, source.name)
+
+
+# -- text --------------------------------------------------------------------------------------------------------------
+def location(mask: np.ndarray) -> str:
+    """Where a region is, in words, from its extent and centroid (row y down, column x right)."""
+    area = mask.mean()
+    if area > 0.97:
+        return "the whole image"
+    if area > 0.6:
+        return "most of the image"
+    ys, xs = np.nonzero(mask)
+    v = ("upper", "middle", "lower")[min(2, int(3 * ys.mean() / mask.shape[0]))]
+    h = ("left", "center", "right")[min(2, int(3 * xs.mean() / mask.shape[1]))]
+    return {
+        ("middle", "center"): "the center",
+        ("upper", "center"): "the top",
+        ("lower", "center"): "the bottom",
+        ("middle", "left"): "the left side",
+        ("middle", "right"): "the right side",
+    }.get((v, h), f"the {v} {h}")
+
+
+def scores(g: Generated) -> dict[str, float]:
+    """Per class severity × area fraction (0 when absent)."""
+    return {
+        name: g.severity.get(name, 0) * float(g.masks[name].mean()) if name in g.masks else 0.0 for name in CLASS_NAMES
+    }
+
+
+def quality_word(total: float) -> str:
+    return (
+        "excellent"
+        if total == 0
+        else "good"
+        if total < 0.1
+        else "fair"
+        if total < 0.4
+        else ("poor" if total < 1.0 else "bad")
+    )
+
+
+def describe(g: Generated, rng: np.random.Generator) -> str:
+    """A quality description naming each distortion, its strength and where it is, then the overall quality."""
+    total = sum(scores(g).values())
+    if not g.masks:
+        return str(
+            rng.choice(
+                [
+                    "There is no obvious distortion in this image. It is sharp, well exposed and clean, and the "
+                    f"overall quality is {quality_word(total)}.",
+                    "The image is clear, with no noticeable blur, noise or exposure problems. Its quality is "
+                    f"{quality_word(total)}.",
+                ]
+            )
+        )
+    parts = []
+    for name in g.masks:
+        sev, where = SEVERITY_WORDS[g.severity[name] - 1], location(g.masks[name])
+        parts.append(str(rng.choice([f"{sev} {name} in {where}", f"{sev} {name} covering {where}"])))
+    listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    opener = str(rng.choice(["The image suffers from", "This image shows", "There is"]))
+    return f"{opener} {listing}. Overall, the quality of the image is {quality_word(total)}."
+
+
+def caption(g: Generated) -> str:
+    if not g.masks:
+        return "A clean photo with no obvious distortion."
+    items = [f"{SEVERITY_WORDS[g.severity[n] - 1]} {n} in {location(g.masks[n])}" for n in g.masks]
+    return "A photo with " + " and ".join(items) + "."
+
+
+QUESTIONS = {
+    "noise": "Which image is noisier?",
+    "blur": "Which image is blurrier?",
+    "jitter": "Which image shows more camera shake?",
+    "low light": "Which image is darker?",
+    "overexposure": "Which image is more overexposed?",
+}
+MARGIN = 0.15
+
+
+def comparison(group: list[dict], rng: np.random.Generator) -> tuple[str, str] | None:
+    """A question about ``group`` (meta records) whose answer is unambiguous, with its answer; None if none is."""
+    kinds = [*QUESTIONS, "sharper", "best"]
+    for kind in rng.permutation(kinds):
+        if kind == "sharper":
+            values, question = (
+                [-(m["scores"]["blur"] + m["scores"]["jitter"]) for m in group],
+                "Which image is sharper?",
+            )
+        elif kind == "best":
+            values = [-sum(m["scores"].values()) for m in group]
+            question = "Which image has the best overall quality?"
+        else:
+            values, question = [m["scores"][kind] for m in group], QUESTIONS[kind]
+        order = np.argsort(values)[::-1]
+        if values[order[0]] - values[order[1]] < MARGIN:
+            continue
+        best = int(order[0])
+        if rng.random() < 0.5:
+            return question, f"The {ORDINALS[best]} image."
+        perm = rng.permutation(len(group))
+        letters = "ABCD"
+        options = "\n".join(f"{letters[i]}. The {ORDINALS[p]} image" for i, p in enumerate(perm))
+        mcq = f"{question}\n{options}\nAnswer with the option's letter from the given choices directly."
+        return mcq, letters[int(np.nonzero(perm == best)[0][0])]
+    return None
+
+
+DESCRIBE_QUESTIONS = (
+    "Describe the quality of this image.",
+    "How is the quality of this image?",
+    "What distortions does this image have, and where are they?",
+    "Evaluate the image quality in detail.",
+)
+
+
+# -- writing -----------------------------------------------------------------------------------------------------------
+def write_one(args: tuple[Path, int, str, int, int]) -> dict:
+    """Generate and write image ``index``; returns its meta record (with the texts)."""
+    out, index, split, seed, max_side = args
+    g = generate(index, split, seed, max_side)
+    stem = f"{split}_{index:06d}"
+    Image.fromarray(g.image).save(out / "images" / f"{stem}.png")
+    gt = out / "gt" / stem
+    gt.mkdir(parents=True, exist_ok=True)
+    for name, mask in g.masks.items():
+        Image.fromarray(mask.astype(np.uint8) * 255).save(gt / f"{get(name).key}.png")
+    rng = np.random.default_rng([seed, 7, index])
+    return {
+        "id": stem,
+        "image": f"images/{stem}.png",
+        "photo": g.photo,
+        "size": list(g.image.shape[:2]),
+        "classes": list(g.masks),
+        "severity": g.severity,
+        "area": {n: float(m.mean()) for n, m in g.masks.items()},
+        "location": {n: location(m) for n, m in g.masks.items()},
+        "scores": scores(g),
+        "description": describe(g, rng),
+        "caption": caption(g),
+        "question": str(rng.choice(DESCRIBE_QUESTIONS)),
+    }
+
+
+def write_dataset(
+    out: Path, num: int, split: str, seed: int, comparisons: int, workers: int = 1, max_side: int = 640
+) -> None:
+    """Generate ``num`` images and every JSON file of the layout into ``out``."""
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    jobs = [(out, i, split, seed, max_side) for i in range(num)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            metas = list(tqdm(pool.map(write_one, jobs, chunksize=8), total=num, desc=f"synth {split}"))
+    else:
+        metas = [write_one(j) for j in tqdm(jobs, desc=f"synth {split}")]
+    group_text = SegTokens().group_text()
+    records = [
+        {
+            "id": m["id"],
+            "image": m["image"],
+            "ann_list": [{"label": n, "mask": f"gt/{m['id']}/{get(n).key}.png"} for n in m["classes"]],
+        }
+        for m in metas
+    ]
+    describe_json = [_conv(m["id"], m["image"], m["question"], m["description"]) for m in metas]
+    caption_json = [
+        _conv(m["id"], m["image"], "Render a clear and concise summary of the photo.", m["caption"]) for m in metas
+    ]
+    rng = np.random.default_rng([seed, 11, 0 if split == "train" else 1])
+    compare_json = []
+    while len(compare_json) < comparisons:
+        group = [metas[i] for i in rng.choice(num, size=int(rng.integers(2, 5)), replace=False)]
+        qa = comparison(group, rng)
+        if qa is not None:
+            compare_json.append(_conv(f"cmp_{split}_{len(compare_json):06d}", [m["image"] for m in group], *qa))
+    for name, data in (
+        ("qground.json", records),
+        ("describe.json", describe_json),
+        ("caption.json", caption_json),
+        ("compare.json", compare_json),
+    ):
+        (out / name).write_text(json.dumps(data, indent=1))
+    for m in metas:  # the grounding answer is what the reader builds from qground.json; kept here for inspection
+        m["grounding_answer"] = grounding_answer(m["classes"], group_text)
+    (out / "meta.json").write_text(json.dumps({"split": split, "seed": seed, "images": metas}, indent=1))
+
+
+def _conv(sample_id: str, image: str | list[str], question: str, answer: str) -> dict:
+    """A LLaVA-schema record; several images get Co-Instruct's "The first image: <image>" lines."""
+    slots = "".join(f"{h}<image>\n" for h in image_header(len(image))) if isinstance(image, list) else "<image>\n"
+    return {
+        "id": sample_id,
+        "image": image,
+        "conversations": [{"from": "human", "value": slots + question}, {"from": "gpt", "value": answer}],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.data.synth", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--num", type=int, required=True)
+    parser.add_argument("--split", choices=("train", "eval"), required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--comparisons", type=int, default=None, help="default: as many as images")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--max-side", type=int, default=640)
+    args = parser.parse_args(argv)
+    write_dataset(args.out, args.num, args.split, args.seed, args.comparisons or args.num, args.workers, args.max_side)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The qground-nano recipe, end to end on a CPU: ``python -m training.nano --out runs/nano --install``.
+
+1. synthetic data from package photos (``training.data.synth``): train split and held-out eval split;
+2. a byte-level BPE tokenizer trained on that data's text, and the random ``qground-nano`` model (``init/``);
+3. vision-tower pretraining (``training.pretrain_vision``), then the tower is frozen (``vision/``);
+4. stages 1–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{1,2,3}.yaml``);
+5. evaluation on the held-out split (``metrics.json``) and, with ``--install``, the final checkpoint copied to
+   ``assets/qground-nano``.
+Each step is skipped when its output exists, so a rerun continues where a killed run stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from qground.builder import ASSETS, build_model, config_nano
+from qground.checkpoint import save_checkpoint
+from qground.config import CONFIG_NAME
+from qground.tokenizer import basic_corpus, bind_tokenizer, train_bpe_tokenizer
+from training.config import load_config
+from training.train import train
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def corpus(data_dir: Path) -> list[str]:
+    """Every question and answer text of the synthetic data (LLaVA-schema JSON files) + the built-in corpus."""
+    texts = basic_corpus()
+    for name in ("caption.json", "describe.json", "compare.json"):
+        for record in json.loads((data_dir / name).read_text()):
+            texts += [turn["value"].replace("<image>", "") for turn in record["conversations"]]
+    return texts
+
+
+def make_init(data_dir: Path, out: Path, seed: int) -> None:
+    config = config_nano()
+    tokenizer = train_bpe_tokenizer(corpus(data_dir), vocab_size=config.llm.vocab_size - 16)
+    config = bind_tokenizer(config, tokenizer)
+    save_checkpoint(build_model(config, seed=seed), tokenizer, out)
+
+
+def stage_config(i: int, root: Path, scale: float):
+    """A nano stage config with every ``runs/nano`` path moved under ``root`` and its steps scaled."""
+    text = (CONFIGS / f"nano_stage{i}.yaml").read_text().replace("runs/nano", str(root))
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    cfg = load_config(f.name)
+    Path(f.name).unlink()
+    cfg.steps_per_epoch = max(2, round(cfg.steps_per_epoch * scale))
+    cfg.save_every = max(1, round(cfg.save_every * scale))
+    cfg.optim.warmup_steps = min(cfg.optim.warmup_steps, cfg.steps_per_epoch // 2)
+    return cfg
+
+
+def _done(folder: Path) -> bool:
+    return (folder / CONFIG_NAME).exists()
+
+
+def run(args: argparse.Namespace) -> Path:
+    from training.data import synth
+    from training.pretrain_vision import main as pretrain_vision
+
+    out: Path = args.out
+    timings = {}
+    for split, num in (("train", args.train_images), ("eval", args.eval_images)):
+        data = out / "data" / split
+        if not (data / "qground.json").exists():
+            t0 = time.perf_counter()
+            synth.main(
+                [
+                    "--out",
+                    str(data),
+                    "--num",
+                    str(num),
+                    "--split",
+                    split,
+                    "--seed",
+                    str(args.seed),
+                    "--workers",
+                    str(args.workers),
+                ]
+            )
+            timings[f"synth_{split}"] = time.perf_counter() - t0
+    if not _done(out / "init"):
+        make_init(out / "data" / "train", out / "init", args.seed)
+    if not _done(out / "vision"):
+        t0 = time.perf_counter()
+        pretrain_vision(
+            [
+                "--model",
+                str(out / "init"),
+                "--data",
+                str(out / "data" / "train"),
+                "--out",
+                str(out / "vision"),
+                "--epochs",
+                str(args.vision_epochs),
+            ]
+        )
+        timings["vision"] = time.perf_counter() - t0
+    final = out / "vision"
+    for i in (1, 2, 3):
+        cfg = stage_config(i, out, args.scale)
+        if not _done(Path(cfg.output_dir) / "final"):
+            t0 = time.perf_counter()
+            train(cfg)
+            timings[f"stage{i}"] = time.perf_counter() - t0
+        final = Path(cfg.output_dir) / "final"
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    if args.install:
+        target = ASSETS / "qground-nano"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(final, target, ignore=shutil.ignore_patterns("README.md"))
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.nano", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/nano"))
+    parser.add_argument("--train-images", type=int, default=3000)
+    parser.add_argument("--eval-images", type=int, default=300)
+    parser.add_argument("--vision-epochs", type=int, default=8)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.02: smoke run)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--install", action="store_true", help="copy the result to assets/qground-nano")
+    args = parser.parse_args(argv)
+    final = run(args)
+    print(f"qground-nano: {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
