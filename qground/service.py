@@ -1,0 +1,578 @@
+"""The UI-facing layer between ``QGroundEngine`` and the Gradio app: plain values in, plain values out.
+
+Nothing here imports gradio or loads a model at import. ``load_engine_from_env`` picks the model to serve (with
+fallbacks); the rest are per-request functions the app wires to events: a chat ``Thread`` (one photo, its exchanges,
+the last result) advanced by the streaming ``chat_turn``; views of a ``GroundingResult`` (annotated image, highlighted
+answer, area/score rows, masks zip); multi-image comparison with a ranking parsed from the answer; single-shot API
+requests. Problems the person can fix raise ``UserError`` with a message that says what to do.
+
+Frames: photos are read with ``qground.imageio.load_image`` (full resolution, EXIF-upright); every mask is bool (H, W)
+in that frame, every image written is a lossless PNG of it. Files handed to Gradio are written under a ``Scratch``
+folder (Gradio copies them into its own cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from qground.checkpoint import QUANT_CHOICES, CheckpointError, load_model
+from qground.imageio import ImageLoadError, load_image
+from qground.inference import GROUNDING_QUESTION, GenerationSettings, GroundingResult, QGroundEngine
+from qground.processor import PromptTooLongError, QGroundProcessor
+from qground.prompts import Turn
+from qground.sam import AnnotationError, write_atomically
+from qground.taxonomy import DISTORTIONS, get, match_class
+from qground.visualize import area_percent, masks_to_annotations, overlay
+
+__all__ = [
+    "ASSESS_QUESTION",
+    "COMPARE_PRESETS",
+    "DEFAULT_MODEL",
+    "GROUNDING_QUESTION",
+    "RANDOM_MODEL",
+    "RANKING_HEADERS",
+    "SLOTS",
+    "TABLE_HEADERS",
+    "USER_ERRORS",
+    "Exchange",
+    "Scratch",
+    "ServedModel",
+    "Thread",
+    "UserError",
+    "annotated_image",
+    "chat_turn",
+    "class_choices",
+    "clear_thread",
+    "compare_photos",
+    "compare_turn",
+    "default_quant",
+    "describe_request",
+    "generation_settings",
+    "ground_each",
+    "ground_request",
+    "highlight_spans",
+    "load_engine",
+    "load_engine_from_env",
+    "load_photo",
+    "mask_note",
+    "masks_zip",
+    "new_thread",
+    "parse_ranking",
+    "ranking_rows",
+    "table_rows",
+    "thread_messages",
+    "undo_turn",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "qground-nano"
+RANDOM_MODEL = "qground-tiny"
+ASSESS_QUESTION = "How is the quality of this image? Describe its distortions and where they are."
+COMPARE_PRESETS = {
+    "Overall quality": "Which image has the best overall quality?",
+    "Sharpness": "Which image is the sharpest?",
+    "Noise": "Which image has the least noise?",
+    "Exposure": "Which image is the best exposed?",
+}
+SLOTS = "ABCD"
+MIN_COMPARE, MAX_COMPARE = 2, len(SLOTS)
+TABLE_HEADERS = ["Distortion", "Area %", "Score"]
+RANKING_HEADERS = ["Rank", "Image", "Named as"]
+_LOAD_ERRORS = (CheckpointError, OSError, ValueError, RuntimeError, ImportError, KeyError)
+
+
+class UserError(ValueError):
+    """A problem the person using the app can fix; the message says what to do."""
+
+
+USER_ERRORS = (UserError, AnnotationError)
+
+
+# -- the served model --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServedModel:
+    """The model actually served: registry name / folder / Hub id, revision, quantization, device, and a ``notice``
+    when it is not the one requested. ``random`` is True for the untrained test model."""
+
+    name: str
+    revision: str | None
+    quant: str
+    device: str
+    notice: str = ""
+    random: bool = False
+
+    def footer(self) -> str:
+        """One Markdown line for the app's footer (a loud warning first when the model is random)."""
+        line = f"Model **{self.name}** · revision {self.revision or '—'} · {self.quant} quantization · {self.device}"
+        warning = "**WARNING: RANDOM UNTRAINED MODEL — its answers and masks are meaningless.** " if self.random else ""
+        notice = f"<br>{self.notice}" if self.notice else ""
+        return warning + line + notice
+
+
+def default_quant() -> str:
+    """4-bit on CUDA, none on CPU."""
+    return "4bit" if torch.cuda.is_available() else "none"
+
+
+def load_engine(source: str, revision: str | None = None, quant: str = "none") -> QGroundEngine:
+    """An engine for a registry name, checkpoint folder or Hub repo id (``qground.checkpoint.load_model``)."""
+    model, tokenizer = load_model(source, revision=revision, quant=quant)
+    return QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name=str(source))
+
+
+def load_engine_from_env(
+    model: str | None = None,
+    revision: str | None = None,
+    quant: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[QGroundEngine, ServedModel]:
+    """The engine to serve and what it is. Arguments win over ``QGROUND_MODEL``, ``QGROUND_REVISION``,
+    ``QGROUND_QUANT`` (4bit | 8bit | none; default 4bit on CUDA, none on CPU).
+
+    When the requested model cannot be loaded (offline, missing, damaged) the failure is logged and the embedded
+    default ``qground-nano`` is served; when that is unavailable too, the random ``qground-tiny``.
+    ``ServedModel.notice`` says what happened and what to set. Raises ValueError for an unknown quantization.
+    """
+    env = os.environ if env is None else env
+    requested = model or env.get("QGROUND_MODEL") or DEFAULT_MODEL
+    revision = revision or env.get("QGROUND_REVISION") or None
+    quant = (quant or env.get("QGROUND_QUANT") or default_quant()).lower()
+    if quant not in QUANT_CHOICES:
+        raise ValueError(f"QGROUND_QUANT must be one of {', '.join(QUANT_CHOICES)}, got {quant!r}")
+    candidates = [(requested, revision)]
+    candidates += [(name, None) for name in (DEFAULT_MODEL, RANDOM_MODEL) if name != requested]
+    failures: list[str] = []
+    for name, rev in candidates:
+        try:
+            engine = load_engine(name, rev, quant)
+        except _LOAD_ERRORS as err:
+            if name == RANDOM_MODEL:
+                raise
+            log.warning("could not load model %s: %s", name, err)
+            failures.append(f"{name!r} could not be loaded ({err})")
+            continue
+        random = name == RANDOM_MODEL
+        device = str(next(engine.model.parameters()).device)
+        served = ServedModel(name, rev, "none" if random else quant, device, _notice(failures, name), random)
+        log.info("serving %s", served)
+        return engine, served
+    raise AssertionError("unreachable: the random model always loads or raises")
+
+
+def _notice(failures: list[str], served: str) -> str:
+    if not failures:
+        return ""
+    how = (
+        "Set QGROUND_MODEL (registry name, checkpoint folder or Hub repo id), QGROUND_REVISION and QGROUND_QUANT "
+        "(4bit | 8bit | none) to serve another model."
+    )
+    return f"{'; '.join(failures)}. Serving {served} instead. {how}"
+
+
+# -- requests ----------------------------------------------------------------------------------------------------------
+def generation_settings(max_new_tokens: float, temperature: float, top_p: float) -> GenerationSettings:
+    """Validated settings from UI values; UserError naming the bad setting."""
+    try:
+        return GenerationSettings(
+            max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p)
+        )
+    except (TypeError, ValueError) as err:
+        raise UserError(f"Generation settings: {err}.") from None
+
+
+def load_photo(path: str | os.PathLike | None, what: str = "photo") -> Image.Image:
+    """The upright RGB photo at ``path``; UserError (naming the file, not the server path) when it is unusable."""
+    if not path:
+        raise UserError(f"Upload a {what} first.")
+    name = Path(path).name
+    try:
+        return load_image(path)
+    except ImageLoadError as err:
+        raise UserError(str(err).replace(str(path), name)) from None
+    except FileNotFoundError:
+        raise UserError(f"{name} is no longer on the server; upload it again.") from None
+
+
+def _stream(
+    engine: QGroundEngine, photos: list[Image.Image], turns: list[Turn], settings: GenerationSettings
+) -> Iterator[str | GroundingResult]:
+    """``engine.stream`` with a too-long conversation turned into a UserError."""
+    try:
+        yield from engine.stream(photos, turns, settings)
+    except PromptTooLongError as err:
+        raise UserError(str(err)) from None
+
+
+class Scratch:
+    """A private folder for files handed to Gradio; sub-folders older than ``max_age_s`` are removed whenever a new
+    file is made (Gradio keeps its own copies)."""
+
+    def __init__(self, root: str | os.PathLike | None = None, max_age_s: float = 3600.0) -> None:
+        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="qground-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_age_s = max_age_s
+
+    def folder(self) -> Path:
+        """A fresh, empty sub-folder (old ones are removed first)."""
+        cutoff = time.time() - self.max_age_s
+        for old in self.root.iterdir():
+            if old.is_dir() and old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(dir=self.root))
+
+    def path(self, name: str) -> Path:
+        """A fresh path ``<root>/<unique>/<name>`` (the file name is kept for downloads)."""
+        return self.folder() / name
+
+    def png(self, rgb: np.ndarray, name: str) -> str:
+        """Save a uint8 (H, W, 3) image as a lossless PNG; returns its path."""
+        path = self.path(name)
+        Image.fromarray(rgb).save(path, format="PNG", compress_level=1)
+        return str(path)
+
+
+# -- chat --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Exchange:
+    """One question and the model's answer: ``answer`` is the display text (it grows while streaming), ``raw`` the
+    raw text with seg tokens once finished (what the model sees as history), ``note`` what was drawn."""
+
+    question: str
+    answer: str = ""
+    raw: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Thread:
+    """A conversation about one photo (``image`` path), with a ``notice`` shown first and the last finished answer's
+    ``result`` (its masks feed the overlay)."""
+
+    image: str | None = None
+    exchanges: tuple[Exchange, ...] = ()
+    notice: str = ""
+    result: GroundingResult | None = None
+
+
+def new_thread(image: str | None) -> Thread:
+    """A fresh conversation for a newly uploaded photo (or none). An unusable photo gives a thread without a photo
+    whose notice says why."""
+    if not image:
+        return Thread(notice="Upload a photo to start a conversation about its quality.")
+    try:
+        photo = load_photo(image)
+    except UserError as err:
+        return Thread(notice=f"This photo cannot be used: {err}")
+    return Thread(
+        image=image,
+        notice=f"New photo {Path(image).name} ({photo.width}×{photo.height} px): started a new conversation.",
+    )
+
+
+def thread_messages(thread: Thread) -> list[dict]:
+    """The thread as ``gr.Chatbot`` messages: the notice (in italics), then the question and the answer (followed by
+    what it drew) per exchange; an answer still empty shows "…"."""
+    messages: list[dict] = [{"role": "assistant", "content": f"*{thread.notice}*"}] if thread.notice else []
+    for ex in thread.exchanges:
+        answer = ex.answer or "…"
+        messages.append({"role": "user", "content": ex.question})
+        messages.append({"role": "assistant", "content": f"{answer}\n\n*{ex.note}*" if ex.note else answer})
+    return messages
+
+
+def chat_turn(
+    engine: QGroundEngine, thread: Thread, question: str, settings: GenerationSettings
+) -> Iterator[tuple[Thread, bool]]:
+    """Ask ``question`` about the thread's photo with the conversation so far; yields ``(thread, finished)`` as the
+    answer grows, the last one with the new ``result``. UserError without a photo or question, or when too long."""
+    question = (question or "").strip()
+    if not question:
+        raise UserError("Type a question first (or press “Assess quality” / “Ground distortions”).")
+    photo = load_photo(thread.image)
+    turns = [Turn(ex.question, ex.raw or ex.answer) for ex in thread.exchanges] + [Turn(question)]
+    before = thread.exchanges
+    yield dataclasses.replace(thread, exchanges=(*before, Exchange(question))), False
+    for item in _stream(engine, [photo], turns, settings):
+        if isinstance(item, str):
+            yield dataclasses.replace(thread, exchanges=(*before, Exchange(question, item))), False
+        else:
+            done = Exchange(question, item.text, item.raw_text, mask_note(item))
+            yield dataclasses.replace(thread, exchanges=(*before, done), result=item), True
+
+
+def undo_turn(thread: Thread) -> tuple[Thread, str]:
+    """The thread without its last exchange (and its result), plus that exchange's question to edit and resend."""
+    if not thread.exchanges:
+        raise UserError("There is no answer yet to undo or retry.")
+    return dataclasses.replace(thread, exchanges=thread.exchanges[:-1], result=None), thread.exchanges[-1].question
+
+
+def clear_thread(thread: Thread) -> Thread:
+    """The same photo with an empty conversation."""
+    return Thread(image=thread.image, notice="Conversation cleared; ask a new question about the same photo.")
+
+
+def mask_note(result: GroundingResult) -> str:
+    """What the answer drew, in words ("No distortion masks in this answer." when nothing)."""
+    warnings = "".join(f" ({w})" for w in result.warnings)
+    if not result.masks:
+        return "No distortion masks in this answer." + warnings
+    areas = area_percent(result.masks)
+    parts = [f"{get(name).display.lower()} — {area:.1f} % of the image" for name, area in areas.items()]
+    return f"Drew {len(parts)} mask{'s' if len(parts) > 1 else ''}: " + "; ".join(parts) + "." + warnings
+
+
+# -- result views ------------------------------------------------------------------------------------------------------
+def annotated_image(
+    image: str | Image.Image,
+    result: GroundingResult | None,
+    scratch: Scratch,
+    classes: Sequence[str] | None = None,
+    opacity: float = 0.5,
+) -> tuple[str, list[tuple[np.ndarray, str]]]:
+    """``gr.AnnotatedImage`` value for a photo (path or loaded): (PNG path of the photo with the shown classes'
+    outlines drawn by ``visualize.overlay``, [(float32 (H, W) alpha = ``opacity`` inside the mask, class name)]).
+    The fill comes from the annotations, so hovering the legend highlights one class. ``classes`` None shows all."""
+    name = Path(image).stem if isinstance(image, (str, os.PathLike)) else "photo"
+    rgb = np.asarray(load_photo(image) if isinstance(image, (str, os.PathLike)) else image.convert("RGB"))
+    masks = result.masks if result is not None else {}
+    shown = {cls: m for cls, m in masks.items() if classes is None or cls in classes}
+    base = overlay(rgb, shown, alpha=0.0, outline=True, outline_width=max(2, min(rgb.shape[:2]) // 300))
+    return scratch.png(base, f"{name}-overlay.png"), masks_to_annotations(shown, opacity=opacity)
+
+
+def class_choices(result: GroundingResult | None) -> list[tuple[str, str]]:
+    """(display name, class name) of the result's classes in taxonomy order, for the per-class toggles."""
+    masks = result.masks if result is not None else {}
+    return [(d.display, d.name) for d in DISTORTIONS if d.name in masks]
+
+
+def _phrase_class(phrase: str) -> str | None:
+    """The class a word or short phrase names, allowing 0 edits under 5 letters, 1 under 8, else 2."""
+    letters = len(re.sub(r"[^a-z]", "", phrase.lower()))
+    return match_class(phrase, max_distance=0 if letters < 5 else 1 if letters < 8 else 2)
+
+
+def highlight_spans(text: str) -> list[tuple[str, str | None]]:
+    """The answer as ``gr.HighlightedText`` spans: distortion words and phrases (up to 3 words, longest first:
+    "motion blur" → jitter, "out of focus" → blur) labelled with their class name, the rest unlabelled."""
+    words = list(re.finditer(r"[A-Za-z]+", text))
+    spans: list[tuple[str, str | None]] = []
+    pos = i = 0
+    while i < len(words):
+        for n in (3, 2, 1):
+            if i + n > len(words):
+                continue
+            start, end = words[i].start(), words[i + n - 1].end()
+            phrase = text[start:end]
+            if n > 1 and not re.fullmatch(r"[A-Za-z]+(?:[ \-][A-Za-z]+)*", phrase):
+                continue
+            name = _phrase_class(phrase)
+            if name is not None:
+                if start > pos:
+                    spans.append((text[pos:start], None))
+                spans.append((phrase, name))
+                pos, i = end, i + n
+                break
+        else:
+            i += 1
+    if pos < len(text):
+        spans.append((text[pos:], None))
+    return spans
+
+
+def table_rows(result: GroundingResult | None) -> list[list]:
+    """[[class display name, area % (2 decimals), score (3 decimals)]] in taxonomy order."""
+    if result is None:
+        return []
+    areas = area_percent(result.masks)
+    return [[get(name).display, round(area, 2), round(result.scores.get(name, 0.0), 3)] for name, area in areas.items()]
+
+
+def masks_zip(result: GroundingResult, path: str | os.PathLike, image_name: str = "", model: str = "") -> Path:
+    """Write the masks as a zip, atomically: ``<class key>.png`` (8-bit, 0 / 255, lossless) per class and
+    ``result.json`` (answer, raw text, image size, per-class file/color/area %/score, timings, warnings)."""
+    areas = area_percent(result.masks)
+    classes = [
+        {
+            "name": name,
+            "key": get(name).key,
+            "file": f"{get(name).key}.png",
+            "color": get(name).color,
+            "area_percent": areas[name],
+            "score": result.scores.get(name),
+        }
+        for name in areas
+    ]
+    summary = {
+        "image": image_name,
+        "image_size": list(result.image_size) if result.image_size else None,
+        "model": model,
+        "answer": result.text,
+        "raw_text": result.raw_text,
+        "classes": classes,
+        "timings": result.timings,
+        "warnings": result.warnings,
+    }
+
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w") as zf:  # PNGs are stored as they are (already compressed)
+            for entry in classes:
+                mask = Image.fromarray(result.masks[entry["name"]].astype(np.uint8) * 255)
+                zf.writestr(entry["file"], _png_bytes(mask))
+            zf.writestr("result.json", json.dumps(summary, indent=1), compress_type=zipfile.ZIP_DEFLATED)
+
+    return write_atomically(path, write)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+# -- comparison --------------------------------------------------------------------------------------------------------
+def compare_photos(paths: Sequence[str | None]) -> tuple[list[str], list[Image.Image]]:
+    """Slots A, B, C, D (empty ones None) → (labels, photos) of the filled ones; UserError unless 2 to 4 are filled."""
+    filled = [(SLOTS[i] if i < len(SLOTS) else str(i + 1), path) for i, path in enumerate(paths) if path]
+    if not MIN_COMPARE <= len(filled) <= MAX_COMPARE:
+        raise UserError(f"Compare needs {MIN_COMPARE} to {MAX_COMPARE} images (slots A–D); got {len(filled)}.")
+    return [label for label, _ in filled], [load_photo(path, f"image {label}") for label, path in filled]
+
+
+def compare_turn(
+    engine: QGroundEngine, photos: list[Image.Image], question: str, settings: GenerationSettings
+) -> Iterator[str]:
+    """The answer to a question about 2–4 photos (the processor builds the Co-Instruct "The first image: …" prompt),
+    as it grows."""
+    question = (question or "").strip()
+    if not question:
+        raise UserError("Pick a preset or type a question about the images.")
+    for item in _stream(engine, photos, [Turn(question)], settings):
+        yield item if isinstance(item, str) else item.text
+
+
+_ORDINALS = {"first": 0, "second": 1, "third": 2, "fourth": 3, "1st": 0, "2nd": 1, "3rd": 2, "4th": 3}
+_NUMBERS = {"one": 0, "two": 1, "three": 2, "four": 3, "1": 0, "2": 1, "3": 2, "4": 3}
+_NOUN = r"(?:image|photo|picture|one)"
+_RANKING_PATTERNS = (
+    ("ordinal", re.compile(rf"\b(first|second|third|fourth|1st|2nd|3rd|4th)\s+{_NOUN}\b", re.I)),
+    ("ordinal", re.compile(r"^\W*(?:the\s+)?(first|second|third|fourth)\W*$", re.I)),
+    ("number", re.compile(r"\b(?:image|photo|picture)\s*#?\s*(one|two|three|four|[1-4])\b", re.I)),
+    ("letter", re.compile(r"\b(?i:image|photo|picture|option)\s*\(?([A-D])\)?(?![\w'])")),
+    ("letter", re.compile(r"^\W*\(?([A-D])\)?(?:[.):]|\s*$)")),
+    ("former/latter", re.compile(r"\b(former|latter)\b", re.I)),
+)
+
+
+def parse_ranking(answer: str, labels: Sequence[str]) -> list[tuple[int, str]]:
+    """Which images the answer names, in order of first mention: [(index into ``labels``, phrase)].
+
+    Recognized: "the second image" / "2nd photo" / "the first one" / a lone "Second.", "image 2" / "image two",
+    "image B" / "option B" / an answer starting with a lone letter ("B." / "(B)"), and "the former/latter" with two
+    images. Letters are the slot labels (``labels``), ordinals and numbers count the given images.
+    """
+    hits: list[tuple[int, int, str]] = []
+    for kind, pattern in _RANKING_PATTERNS:
+        for m in pattern.finditer(answer):
+            word = m.group(1)
+            if kind == "ordinal":
+                index = _ORDINALS[word.lower()]
+            elif kind == "number":
+                index = _NUMBERS[word.lower()]
+            elif kind == "letter":
+                index = labels.index(word) if word in labels else -1
+            else:
+                index = (0 if word.lower() == "former" else 1) if len(labels) == 2 else -1
+            if 0 <= index < len(labels):
+                hits.append((m.start(), index, m.group(0).strip()))
+    seen: dict[int, str] = {}
+    for _, index, phrase in sorted(hits):
+        seen.setdefault(index, phrase)
+    return list(seen.items())
+
+
+def ranking_rows(answer: str, labels: Sequence[str]) -> tuple[list[list], str]:
+    """Ranking table rows [rank, image label, phrase] (images in the order the answer names them; the answer's pick
+    first) and a sentence saying how to read it, or that the answer names no image."""
+    named = parse_ranking(answer, labels)
+    if not named:
+        return [], (
+            "The answer does not say which image it means (looked for “the first/second… image”, “image A–D”, "
+            "“image 1–4” or a lone letter), so there is no ranking."
+        )
+    rows = [[rank, labels[index], phrase] for rank, (index, phrase) in enumerate(named, 1)]
+    rest = [label for k, label in enumerate(labels) if k not in dict(named)]
+    note = f"Rank 1 is the image the answer picks. Not named: {', '.join(rest)}." if rest else ""
+    return rows, note or "Rank 1 is the image the answer picks; the others follow in the order the answer names them."
+
+
+def ground_each(
+    engine: QGroundEngine,
+    labels: list[str],
+    photos: list[Image.Image],
+    settings: GenerationSettings,
+    scratch: Scratch,
+    opacity: float = 0.45,
+) -> Iterator[list[tuple[str, str]]]:
+    """Ground every photo separately; yields the gallery so far: [(overlay PNG path, "A — noise 12.3 %")]."""
+    gallery: list[tuple[str, str]] = []
+    for label, photo in zip(labels, photos):
+        *_, result = _stream(engine, [photo], [Turn(GROUNDING_QUESTION)], settings)
+        drawn = overlay(photo, result.masks, alpha=opacity)
+        areas = ", ".join(f"{get(n).display.lower()} {a:.1f} %" for n, a in area_percent(result.masks).items())
+        gallery.append((scratch.png(drawn, f"overlay-{label}.png"), f"{label} — {areas or 'no distortion masks'}"))
+        yield list(gallery)
+
+
+# -- single-shot API requests ------------------------------------------------------------------------------------------
+def describe_request(
+    engine: QGroundEngine, image: str | None, question: str, settings: GenerationSettings
+) -> Iterator[str]:
+    """One photo, one question (``ASSESS_QUESTION`` when blank); yields the answer as it grows."""
+    photo = load_photo(image)
+    for item in _stream(engine, [photo], [Turn((question or "").strip() or ASSESS_QUESTION)], settings):
+        yield item if isinstance(item, str) else item.text
+
+
+def ground_request(
+    engine: QGroundEngine,
+    image: str | None,
+    question: str,
+    settings: GenerationSettings,
+    scratch: Scratch,
+    every_s: float = 0.1,
+) -> Iterator[tuple[tuple | None, str, list[list], str | None]]:
+    """One photo, one grounding question (``GROUNDING_QUESTION`` when blank); yields ``(None, answer so far, [], None)``
+    while streaming (the first partial answer, then at most one every ``every_s`` seconds: each update costs a round
+    of output processing), then ``(annotated image value, answer, table rows, masks zip path or None)``."""
+    photo = load_photo(image)
+    last = -float("inf")
+    for item in _stream(engine, [photo], [Turn((question or "").strip() or GROUNDING_QUESTION)], settings):
+        if isinstance(item, str):
+            if time.perf_counter() - last >= every_s:
+                last = time.perf_counter()
+                yield None, item, [], None
+            continue
+        annotated = annotated_image(photo, item, scratch)
+        archive = None
+        if item.masks:
+            archive = str(masks_zip(item, scratch.path(f"{Path(image).stem}-masks.zip"), Path(image).name, engine.name))
+        yield annotated, item.text, table_rows(item), archive

@@ -1,0 +1,113 @@
+"""The Gradio app end to end through gradio_client: named endpoints, streaming, masks, comparison, SAM export."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from qground import sam as annot
+from qground.taxonomy import CLASS_NAMES, get
+
+ENDPOINTS = {"/ground", "/describe", "/compare", "/segment"}
+
+
+@pytest.fixture(scope="module")
+def sam() -> annot.SamAnnotator:
+    return annot.SamAnnotator.tiny_random()
+
+
+@pytest.fixture(scope="module")
+def photos(overfit_batch, tmp_path_factory) -> list[str]:
+    """The trained model's two overfit photos as PNG files (noise on the first; blur + low light on the second)."""
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for k, (img, _) in enumerate(overfit_batch[0]):
+        img.save(folder / f"overfit{k}.png")
+        paths.append(str(folder / f"overfit{k}.png"))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def client(trained_tiny, sam, tmp_path_factory):
+    """The app on loopback with the trained tiny engine and a tiny SAM, its own GRADIO_TEMP_DIR, no analytics."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+        from app import build_demo
+
+        demo = build_demo(trained_tiny, sam)
+        _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
+        try:
+            yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+        finally:
+            demo.close()
+
+
+def test_only_the_named_endpoints_are_public(client):
+    api = client.view_api(print_info=False, return_format="dict")
+    assert set(api["named_endpoints"]) == ENDPOINTS and not api["unnamed_endpoints"]
+    params = {name: [p["parameter_name"] for p in api["named_endpoints"][name]["parameters"]] for name in ENDPOINTS}
+    assert params == {
+        "/ground": ["image", "question"],
+        "/describe": ["image", "question"],
+        "/compare": ["images", "question"],
+        "/segment": ["image", "regions_json"],
+    }
+
+
+def test_describe_streams_the_answer(client, photos):
+    job = client.submit(handle_file(photos[0]), "", api_name="/describe")
+    final = job.result(timeout=120)
+    outputs = job.outputs()
+    assert len(outputs) > 2 and outputs[-1] == final  # more than one partial answer before the final one
+    assert all(final.startswith(partial) for partial in outputs[:-1] if partial)
+
+
+def test_ground_returns_the_overlay_labelled_masks_and_a_lossless_zip(client, photos, trained_tiny, overfit_batch):
+    job = client.submit(handle_file(photos[0]), "", api_name="/ground")
+    annotated, answer, table, archive = job.result(timeout=120)
+    first = job.outputs()[0]
+    assert len(job.outputs()) >= 2 and first[0] is None and answer.startswith(first[1])  # text first, masks last
+    labels = [a["label"] for a in annotated["annotations"]]
+    assert labels == ["noise"] and set(labels) <= set(CLASS_NAMES) and "noise" in answer
+    base = Image.open(annotated["image"])
+    assert base.format == "PNG" and base.size == (80, 48)
+    assert table["headers"] == ["Distortion", "Area %", "Score"] and table["data"][0][0] == "Noise"
+    expected = trained_tiny.ground(overfit_batch[0][0][0]).masks
+    with zipfile.ZipFile(archive) as zf:
+        assert sorted(zf.namelist()) == sorted([f"{get(n).key}.png" for n in expected] + ["result.json"])
+        for name, mask in expected.items():
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(zf.read(f"{get(name).key}.png")))) > 0, mask)
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_compare_takes_two_to_four_images(client, photos, count):
+    paths = [photos[k % 2] for k in range(count)]
+    answer, ranking, note = client.predict(
+        [handle_file(p) for p in paths], "Which image is sharper?", api_name="/compare"
+    )
+    assert isinstance(answer, str) and ranking["headers"] == ["Rank", "Image", "Named as"] and note
+
+
+@pytest.mark.parametrize("count", [1, 5])
+def test_compare_rejects_other_counts_clearly(client, photos, count):
+    with pytest.raises(AppError, match=f"Compare needs 2 to 4 images \\(slots A–D\\); got {count}"):
+        client.predict([handle_file(photos[0])] * count, "Which is sharper?", api_name="/compare")
+
+
+def test_segment_export_reimports_to_the_same_masks(client, photos, sam, tmp_path):
+    regions = '[{"label": "blur", "points": [[10, 10], [60, 40, 0]]}, {"label": "low light", "points": [[70, 5]]}]'
+    annotated, archive = client.predict(handle_file(photos[0]), regions, api_name="/segment")
+    assert [a["label"] for a in annotated["annotations"]] == ["blur", "low light"]
+    expected = annot.annotate(sam, photos[0], annot.parse_regions(regions))
+    back = annot.import_zip(sam, archive, tmp_path)
+    assert [(r.label, r.points) for r in back.regions] == [(r.label, r.points) for r in expected.regions]
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(back.regions, expected.regions))
+    with pytest.raises(AppError, match="regions must be JSON like"):
+        client.predict(handle_file(photos[0]), "[{]", api_name="/segment")

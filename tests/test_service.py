@@ -1,0 +1,410 @@
+"""The app's engine layer (qground.service) and the SAM annotation backend (qground.sam), called directly."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qground import sam as annot
+from qground import service as svc
+from qground.inference import GenerationSettings, GroundingResult
+from qground.taxonomy import DISTORTION_COLORS
+from qground.visualize import hex_to_rgb
+
+H, W = 40, 60
+
+
+def rect(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """A bool (H, W) mask, True on rows y0..y1-1 and columns x0..x1-1."""
+    mask = np.zeros((H, W), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def make_result(
+    masks: dict[str, np.ndarray], text: str = "The segmentation results are: noise, low light"
+) -> GroundingResult:
+    return GroundingResult(
+        text=text,
+        raw_text=text,
+        masks=masks,
+        scores={name: 0.8 for name in masks},
+        image_size=(H, W),
+        timings={"total": 0.1},
+        token_ids=[],
+    )
+
+
+@pytest.fixture
+def photo_path(tmp_path) -> str:
+    """A random (H, W) RGB PNG."""
+    path = tmp_path / "street.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def scratch(tmp_path) -> svc.Scratch:
+    return svc.Scratch(tmp_path / "scratch")
+
+
+class FakeEngine:
+    """Streams two partial texts and a fixed result, recording the turns it was asked."""
+
+    name = "fake"
+
+    def __init__(self, result: GroundingResult) -> None:
+        self.result = result
+        self.calls: list[list] = []
+
+    def stream(self, images, turns, settings):
+        self.calls.append(turns)
+        yield "The segmentation"
+        yield "The segmentation results are:"
+        yield self.result
+
+
+# -- result views ------------------------------------------------------------------------------------------------------
+def test_highlight_spans_color_distortion_words_and_keep_the_text():
+    text = "Noise, motion blur and low light; the sky is too dark, out of focus. A blue sky, no noises here."
+    spans = svc.highlight_spans(text)
+    assert "".join(part for part, _ in spans) == text
+    labelled = [(part, label) for part, label in spans if label]
+    assert labelled == [
+        ("Noise", "noise"),
+        ("motion blur", "jitter"),
+        ("low light", "low light"),
+        ("too dark", "low light"),
+        ("out of focus", "blur"),
+        ("noises", "noise"),
+    ]
+    assert all(label in DISTORTION_COLORS for _, label in labelled)
+
+
+def test_annotated_image_outlines_in_png_and_fills_from_annotations(photo_path, scratch):
+    result = make_result({"noise": rect(5, 20, 5, 30), "low light": rect(25, 40, 0, 60)})
+    base_path, annotations = svc.annotated_image(photo_path, result, scratch, opacity=0.4)
+    base = np.asarray(Image.open(base_path))
+    original = np.asarray(Image.open(photo_path))
+    assert Image.open(base_path).format == "PNG" and base.shape == original.shape
+    assert (base[5, 10] == hex_to_rgb(DISTORTION_COLORS["noise"])).all()  # on the noise outline
+    assert (base[12, 15] == original[12, 15]).all() and (base[0, 50] == original[0, 50]).all()  # inside / outside
+    assert [label for _, label in annotations] == ["low light", "noise"]  # taxonomy order
+    assert np.unique(annotations[1][0]).tolist() == pytest.approx([0.0, 0.4])
+    _, only_noise = svc.annotated_image(photo_path, result, scratch, classes=["noise"], opacity=1.0)
+    assert [label for _, label in only_noise] == ["noise"] and only_noise[0][0].max() == 1.0
+
+
+def test_table_rows_note_and_choices():
+    result = make_result({"noise": rect(0, 20, 0, 30), "blur": rect(0, 4, 0, 6)})
+    assert svc.table_rows(result) == [["Blur", 1.0, 0.8], ["Noise", 25.0, 0.8]]
+    assert svc.class_choices(result) == [("Blur", "blur"), ("Noise", "noise")]
+    assert svc.mask_note(result) == "Drew 2 masks: blur — 1.0 % of the image; noise — 25.0 % of the image."
+    empty = make_result({}, "The image is clean.")
+    empty.warnings.append("a mask had no distortion name before it and was left out")
+    assert svc.mask_note(empty).startswith("No distortion masks in this answer.")
+    assert "left out" in svc.mask_note(empty)
+    assert svc.table_rows(empty) == [] and svc.table_rows(None) == []
+
+
+def test_masks_zip_holds_one_lossless_png_per_class_and_result_json(tmp_path):
+    masks = {"noise": rect(0, 20, 0, 30), "low light": rect(25, 40, 0, 60)}
+    path = svc.masks_zip(make_result(masks), tmp_path / "out" / "masks.zip", "street.png", "fake")
+    with zipfile.ZipFile(path) as zf:
+        assert sorted(zf.namelist()) == ["low_light.png", "noise.png", "result.json"]
+        for name, key in (("noise", "noise"), ("low light", "low_light")):
+            png = Image.open(zf.open(f"{key}.png"))
+            assert png.mode == "L" and set(np.unique(png)) <= {0, 255}
+            assert np.array_equal(np.asarray(png) == 255, masks[name])
+        summary = json.loads(zf.read("result.json"))
+    assert summary["image"] == "street.png" and summary["image_size"] == [H, W] and summary["model"] == "fake"
+    assert [c["name"] for c in summary["classes"]] == ["low light", "noise"]
+    assert summary["classes"][1] == {
+        "name": "noise",
+        "key": "noise",
+        "file": "noise.png",
+        "color": DISTORTION_COLORS["noise"],
+        "area_percent": 25.0,
+        "score": 0.8,
+    }
+    assert os.listdir(tmp_path / "out") == ["masks.zip"]  # no temporary file left
+
+
+# -- requests ----------------------------------------------------------------------------------------------------------
+def test_user_errors_are_specific(tmp_path):
+    with pytest.raises(svc.UserError, match="temperature must be between 0"):
+        svc.generation_settings(256, -1, 1.0)
+    with pytest.raises(svc.UserError, match="top-p"):
+        svc.generation_settings(256, 0, 0)
+    assert svc.generation_settings(64, 0.7, 0.9) == GenerationSettings(max_new_tokens=64, temperature=0.7, top_p=0.9)
+    with pytest.raises(svc.UserError, match="Upload a photo first"):
+        svc.load_photo(None)
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(svc.UserError) as err:
+        svc.load_photo(str(bad))
+    assert str(err.value).startswith("cannot read notes.png: not an image") and str(tmp_path) not in str(err.value)
+    with pytest.raises(svc.UserError, match="no longer on the server"):
+        svc.load_photo(str(tmp_path / "gone.png"))
+    thread = svc.new_thread(str(bad))
+    assert thread.image is None and "cannot be used" in thread.notice
+
+
+def test_chat_turn_streams_and_keeps_the_raw_answer_as_history(photo_path):
+    raw = "The segmentation results are: noise [SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5]"
+    result = make_result({"noise": rect(0, 20, 0, 30)}, "The segmentation results are: noise")
+    result.raw_text = raw
+    engine = FakeEngine(result)
+    thread = svc.new_thread(photo_path)
+    assert thread.notice.startswith("New photo street.png (60×40 px)")
+    updates = list(svc.chat_turn(engine, thread, "  Where is the noise? ", GenerationSettings()))
+    assert [done for _, done in updates] == [False, False, False, True]
+    assert [u.exchanges[-1].answer for u, _ in updates[:3]] == ["", "The segmentation", "The segmentation results are:"]
+    final = updates[-1][0]
+    assert final.result is result and final.exchanges[-1].raw == raw
+    messages = svc.thread_messages(final)
+    assert [m["role"] for m in messages] == ["assistant", "user", "assistant"]
+    assert messages[2]["content"].endswith("*Drew 1 mask: noise — 25.0 % of the image.*")
+    *_, (second, _) = svc.chat_turn(engine, final, "And blur?", GenerationSettings())
+    assert [(t.question, t.answer) for t in engine.calls[1]] == [("Where is the noise?", raw), ("And blur?", None)]
+    previous, question = svc.undo_turn(second)
+    assert question == "And blur?" and len(previous.exchanges) == 1 and previous.result is None
+    cleared = svc.clear_thread(second)
+    assert cleared.image == photo_path and cleared.exchanges == () and "cleared" in cleared.notice
+    with pytest.raises(svc.UserError, match="no answer yet to undo or retry"):
+        svc.undo_turn(cleared)
+    with pytest.raises(svc.UserError, match="Type a question"):
+        next(svc.chat_turn(engine, thread, "  ", GenerationSettings()))
+    with pytest.raises(svc.UserError, match="Upload a photo"):
+        next(svc.chat_turn(engine, svc.new_thread(None), "Hi", GenerationSettings()))
+
+
+def test_too_long_prompt_is_a_user_error(trained_tiny, photo_path):
+    with pytest.raises(svc.UserError, match="reads at most"):
+        list(svc.describe_request(trained_tiny, photo_path, "blur " * 2000, GenerationSettings(max_new_tokens=2)))
+
+
+def test_ground_request_and_ground_each_with_the_trained_model(trained_tiny, overfit_batch, tmp_path, scratch):
+    img, truth = overfit_batch[0][0]
+    path = tmp_path / "overfit.png"
+    img.save(path)
+    every_token = list(svc.ground_request(trained_tiny, str(path), "", GenerationSettings(), scratch, every_s=0.0))
+    assert len(every_token) > 2 and all(u[0] is None and u[3] is None for u in every_token[:-1])
+    updates = list(svc.ground_request(trained_tiny, str(path), "", GenerationSettings(), scratch, every_s=60.0))
+    assert len(updates) == 2 and updates[0][1] == every_token[0][1]  # throttled: the first partial answer, the end
+    annotated, answer, rows, archive = updates[-1]
+    assert [label for _, label in annotated[1]] == list(truth) and "noise" in answer
+    assert rows[0][0] == "Noise" and Path(archive).name == "overfit-masks.zip"
+    gallery = list(
+        svc.ground_each(trained_tiny, ["A", "B"], [img, overfit_batch[0][1][0]], GenerationSettings(), scratch)
+    )
+    assert len(gallery) == 2 and [caption.split(" — ")[0] for _, caption in gallery[-1]] == ["A", "B"]
+    assert gallery[-1][0][1].startswith("A — noise") and Image.open(gallery[-1][0][0]).size == img.size
+
+
+# -- comparison --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("answer", "labels", "expected"),
+    [
+        ("The second image.", "AB", [1]),
+        ("B", "AB", [1]),
+        ("(C) is the sharpest", "ABC", [2]),
+        ("Image D is better than image A.", "ABCD", [3, 0]),
+        ("The third photo is sharper than the first one.", "ABC", [2, 0]),
+        ("image 2 wins over Image #1", "AB", [1, 0]),
+        ("The latter.", "AB", [1]),
+        ("Third.", "ABC", [2]),
+        ("At first glance the second image wins.", "AB", [1]),
+        ("A blurry picture overall.", "AB", []),  # the article "A" is not a choice
+        ("The fourth image", "AB", []),  # only two images
+        ("Image C", "ABD", []),  # slot C is empty
+        ("Image D", "ABD", [2]),
+    ],
+)
+def test_parse_ranking(answer, labels, expected):
+    assert [index for index, _ in svc.parse_ranking(answer, list(labels))] == expected
+
+
+def test_ranking_rows_and_unparseable_answers():
+    rows, note = svc.ranking_rows("The second image is sharper than the first image.", ["A", "C", "D"])
+    assert rows == [[1, "C", "second image"], [2, "A", "first image"]] and "Not named: D" in note
+    rows, note = svc.ranking_rows("Both look fine.", ["A", "B"])
+    assert rows == [] and "does not say which image" in note
+
+
+def test_compare_needs_two_to_four_images(photo_path):
+    labels, photos = svc.compare_photos([photo_path, None, photo_path])
+    assert labels == ["A", "C"] and [p.size for p in photos] == [(W, H)] * 2
+    for paths in ([photo_path], [photo_path] * 5, [None, None, None, None]):
+        with pytest.raises(svc.UserError, match="Compare needs 2 to 4 images"):
+            svc.compare_photos(paths)
+
+
+# -- model resolution --------------------------------------------------------------------------------------------------
+def test_unloadable_model_falls_back_and_says_what_to_set(tmp_path):
+    engine, served = svc.load_engine_from_env(env={"QGROUND_MODEL": str(tmp_path / "missing"), "QGROUND_QUANT": "none"})
+    assert served.name in (svc.DEFAULT_MODEL, svc.RANDOM_MODEL) and engine.name == served.name
+    assert str(tmp_path / "missing") in served.notice and "QGROUND_MODEL" in served.notice
+    assert served.device == "cpu" and served.quant == "none"
+    if served.name == svc.RANDOM_MODEL:
+        assert served.random and "RANDOM UNTRAINED MODEL" in served.footer()
+    with pytest.raises(ValueError, match="QGROUND_QUANT must be one of"):
+        svc.load_engine_from_env(env={"QGROUND_QUANT": "2bit"})
+
+
+# -- SAM annotation ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sam() -> annot.SamAnnotator:
+    return annot.SamAnnotator.tiny_random()
+
+
+def test_click_draws_a_mask_around_the_clicked_pixel_and_reuses_the_embedding(sam, photo_path, tmp_path):
+    before = sam.embeddings_computed
+    ann = annot.start(sam, photo_path)
+    clicks = [(x, y) for y in range(0, H, 5) for x in range(0, W, 5)]
+    hits = [annot.add_point(sam, ann, x, y).mask[y, x] for x, y in clicks]
+    assert np.mean(hits) >= 0.85  # a random tiny SAM: most clicks, not all, land inside one of its three masks
+    clicked = annot.add_point(sam, ann, 10, 10)
+    assert clicked.mask.shape == (H, W) and clicked.mask[10, 10] and clicked.points == (annot.Point(10, 10, True),)
+    annot.start(sam, photo_path)
+    assert sam.embeddings_computed == before + 1  # same pixels, same cached embedding
+    other = tmp_path / "other.png"
+    Image.fromarray(np.zeros((2 * H, W, 3), np.uint8)).save(other)
+    annot.start(sam, other)
+    assert sam.embeddings_computed == before + 2
+    assert annot.add_point(sam, ann, 10, 10).mask.shape == (H, W)  # the cached embedding keeps its own frame
+    with pytest.raises(annot.AnnotationError, match="outside the 60×40 photo"):
+        annot.add_point(sam, ann, W, 0)
+
+
+def test_clicks_reach_sam_in_pixel_coordinates_and_the_agreeing_mask_wins(sam, photo_path, monkeypatch):
+    ann = annot.start(sam, photo_path)
+    seen = {}
+    inside = rect(20, 40, 40, 60)  # holds (45, 30) but not (5, 5)
+
+    def predict(point_coords, point_labels, multimask_output):
+        seen.update(coords=point_coords.tolist(), labels=point_labels.tolist(), multi=multimask_output)
+        return np.stack([~inside, inside, np.ones((H, W), bool)]), np.array([0.9, 0.1, 0.8]), None
+
+    monkeypatch.setattr(sam.predictor, "predict", predict)
+    ann = annot.add_point(sam, annot.add_point(sam, ann, 45, 30), 5, 5, include=False)
+    assert seen == {"coords": [[45, 30], [5, 5]], "labels": [1, 0], "multi": True}
+    assert np.array_equal(ann.mask, inside)  # the only candidate with the include point in and the exclude point out
+
+
+def test_regions_undo_delete_and_preview(sam, photo_path):
+    ann = annot.start(sam, photo_path)
+    with pytest.raises(annot.AnnotationError, match="click on the photo first"):
+        annot.add_region(ann, "blur")
+    ann = annot.add_point(sam, ann, 20, 15)
+    ann = annot.add_point(sam, ann, 50, 35, include=False)
+    assert "(20, 15) include · (50, 35) exclude" in annot.status(ann)
+    preview = annot.render(ann)
+    assert tuple(preview[15, 20]) == annot.INCLUDE_COLOR and tuple(preview[35, 50]) == annot.EXCLUDE_COLOR
+    ann = annot.undo(sam, ann)
+    assert ann.points == (annot.Point(20, 15),)
+    ann = annot.add_region(ann, "Low light")
+    ann = annot.add_region(annot.add_point(sam, ann, 5, 5), "noise")
+    assert [r.label for r in ann.regions] == ["low light", "noise"] and ann.points == () and ann.mask is None
+    assert [row[:3] for row in annot.region_rows(ann)] == [[1, "Low light", 1], [2, "Noise", 1]]
+    assert [r.label for r in annot.delete_region(ann, 1).regions] == ["noise"]
+    assert [r.label for r in annot.undo(sam, ann).regions] == ["low light"]
+    with pytest.raises(annot.AnnotationError, match="no region 3"):
+        annot.delete_region(ann, 3)
+
+
+def annotated(sam, photo_path) -> annot.Annotation:
+    regions = annot.parse_regions(
+        '[{"label": "blur", "points": [[10, 10], [50, 30, 0]]}, {"label": "noise", "points": [[40, 5]]}]'
+    )
+    return annot.annotate(sam, photo_path, regions)
+
+
+def test_export_import_round_trip_is_bit_exact(sam, photo_path, tmp_path):
+    ann = annotated(sam, photo_path)
+    path = annot.export_zip(ann, tmp_path / "out" / "street-annotation.zip")
+    with zipfile.ZipFile(path) as zf:
+        record = json.loads(zf.read("record.json"))
+        assert sorted(zf.namelist()) == ["images/street.png", "masks/street_1.png", "masks/street_2.png", "record.json"]
+        assert zf.read("images/street.png") == Path(photo_path).read_bytes()
+    assert record["id"] == "street" and record["image"] == "images/street.png"
+    assert [(a["label"], a["mask"], a["points"]) for a in record["ann_list"]] == [
+        ("blur", "street_1.png", [[10, 10, 1], [50, 30, 0]]),
+        ("noise", "street_2.png", [[40, 5, 1]]),
+    ]
+    back = annot.import_zip(sam, path, tmp_path / "imported")
+    assert Path(back.image_path).read_bytes() == Path(photo_path).read_bytes() and back.size == (H, W)
+    assert [(r.label, r.points) for r in back.regions] == [(r.label, r.points) for r in ann.regions]
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(back.regions, ann.regions))
+
+
+def test_export_is_atomic(sam, photo_path, tmp_path, monkeypatch):
+    ann = annotated(sam, photo_path)
+    path = annot.export_zip(ann, tmp_path / "out" / "a.zip")
+    good = path.read_bytes()
+    calls = []
+
+    def failing_writestr(self, name, data, *args, **kwargs):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return original(self, name, data, *args, **kwargs)
+
+    original = zipfile.ZipFile.writestr
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", failing_writestr)
+    with pytest.raises(OSError, match="disk full"):
+        annot.export_zip(ann, path)
+    assert path.read_bytes() == good and os.listdir(path.parent) == ["a.zip"]
+
+
+def test_import_rejects_broken_zips(sam, photo_path, tmp_path):
+    not_zip = tmp_path / "x.zip"
+    not_zip.write_text("hello")
+    with pytest.raises(annot.AnnotationError, match="is not a zip file"):
+        annot.import_zip(sam, not_zip, tmp_path)
+    path = annot.export_zip(annotated(sam, photo_path), tmp_path / "a.zip")
+    with zipfile.ZipFile(path) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    record = json.loads(members["record.json"])
+    record["ann_list"][0]["rle"] = record["ann_list"][1]["rle"]
+    members["record.json"] = json.dumps(record).encode()
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(tampered, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    with pytest.raises(annot.AnnotationError, match="region 1: its PNG and RLE masks differ"):
+        annot.import_zip(sam, tampered, tmp_path / "w")
+
+
+def test_parse_regions_explains_the_format():
+    assert annot.parse_regions('[{"label": "Low light", "points": [[1, 2], [3, 4, 0]]}]') == [
+        ("low light", (annot.Point(1, 2), annot.Point(3, 4, False)))
+    ]
+    for text in ("[", '[{"points": [[1, 2]]}]', '[{"label": "smog", "points": [[1, 2]]}]', "[]"):
+        with pytest.raises(annot.AnnotationError, match="label"):
+            annot.parse_regions(text)
+
+
+class Payload:
+    """Anything that is not a tensor: unpickling it would run code."""
+
+
+def test_checkpoints_are_read_without_unpickling_code(sam, tmp_path):
+    assert annot.SamAnnotator.from_env({}) == (None, annot.SAM_HELP)
+    none, message = annot.SamAnnotator.from_env({"QGROUND_SAM": str(tmp_path / "nope.pth")})
+    assert none is None and "QGROUND_SAM=" in message and "no such file" in message
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": Payload()}, evil)
+    with pytest.raises(annot.SamUnavailable, match="not a plain tensor checkpoint"):
+        annot.SamAnnotator.from_checkpoint(str(evil))
+    tiny = tmp_path / "tiny.pth"
+    torch.save(sam.predictor.model.state_dict(), tiny)
+    with pytest.raises(annot.SamUnavailable, match="not a SAM ViT-B/L/H state dict"):
+        annot.SamAnnotator.from_checkpoint(str(tiny))
