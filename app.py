@@ -75,6 +75,33 @@ def _model(fn):
     return _gpu(_friendly(fn))
 
 
+@functools.cache
+def _photo_component() -> type:
+    """``gr.Image`` whose uploads always reach ``qground.service.load_photo``: Gradio's own check (``PIL.Image.open``)
+    would answer an empty, foreign or oversized file with a bare "Error" before our loader can say what is wrong with
+    it. A template of Image, so the browser draws it as one."""
+    import gradio as gr
+    from PIL import Image
+
+    class Photo(gr.Image):
+        is_template = True
+
+        def preprocess(self, payload):
+            try:
+                return super().preprocess(payload)
+            except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+                if payload is None or payload.path is None:
+                    raise
+                return str(payload.path)
+
+    return Photo
+
+
+def _photo(**kwargs):
+    """A photo input handing the uploaded file's path, untouched, to the handler (see ``_photo_component``)."""
+    return _photo_component()(type="filepath", image_mode=None, **kwargs)
+
+
 def build_demo(engine, sam=None, served=None, sam_message: str = ""):
     """The Gradio Blocks for a ``QGroundEngine`` and an optional ``qground.sam.SamAnnotator`` (queue enabled)."""
     import gradio as gr
@@ -106,7 +133,7 @@ def _chat_tab(gr, svc, engine, scratch) -> list:
     thread = gr.State(svc.Thread())
     with gr.Row():
         with gr.Column(scale=2):
-            photo = gr.Image(type="filepath", image_mode=None, label="Photo", height=300, elem_id="chat-photo")
+            photo = _photo(label="Photo", height=300, elem_id="chat-photo")
             with gr.Row():
                 assess, ground = gr.Button("Assess quality"), gr.Button("Ground distortions", variant="primary")
             with gr.Accordion("Generation settings", open=False):
@@ -196,14 +223,7 @@ def _compare_tab(gr, svc, engine, scratch, settings: list) -> None:
     """Slots A–D, preset or free question, streamed answer + ranking, per-image masks, A/B slider."""
     with gr.Row():
         slots = [
-            gr.Image(
-                type="filepath",
-                image_mode=None,
-                label=f"Image {s}",
-                height=220,
-                sources=["upload", "clipboard"],
-                elem_id=f"slot-{s}",
-            )  # fmt: skip
+            _photo(label=f"Image {s}", height=220, sources=["upload", "clipboard"], elem_id=f"slot-{s}")
             for s in svc.SLOTS
         ]
     with gr.Row():
@@ -250,8 +270,8 @@ def _annotate_tab(gr, svc, sam, scratch, sam_message: str) -> None:
     ann = gr.State(None)
     gr.Markdown(f"Regions are drawn by {sam.name}; each click adds an include or exclude point.")
     with gr.Row():
-        canvas = gr.Image(
-            type="filepath", image_mode=None, label="Photo: click to add points", sources=["upload"], format="png",
+        canvas = _photo(
+            label="Photo: click to add points", sources=["upload"], format="png",
             elem_id="annotate-canvas", scale=3,
         )  # fmt: skip
         with gr.Column(scale=2):
@@ -300,7 +320,7 @@ def _api_tab(gr, svc, engine, sam, scratch) -> None:
 
     gr.Markdown(API_DOC)
     with gr.Accordion("Try /ground and /describe", open=False):
-        photo, ask = gr.Image(type="filepath", image_mode=None, label="image"), gr.Textbox(label="question")
+        photo, ask = _photo(label="image"), gr.Textbox(label="question")
         with gr.Row():
             ground_btn, describe_btn = gr.Button("/ground"), gr.Button("/describe")
         annotated = gr.AnnotatedImage(label="masks", format="png", color_map=color_map())
@@ -340,7 +360,7 @@ def _api_tab(gr, svc, engine, sam, scratch) -> None:
     compare_btn.click(_model(compare), [files, compare_q], compare_outputs, api_name="compare", **api)
     if sam is not None:
         with gr.Accordion("Try /segment", open=False):
-            seg_image = gr.Image(type="filepath", image_mode=None, label="image")
+            seg_image = _photo(label="image")
             regions = gr.Textbox('[{"label": "blur", "points": [[10, 10]]}]', label="regions (JSON)")
             seg_btn, seg_out = gr.Button("/segment"), gr.AnnotatedImage(label="regions", format="png")
             seg_zip = gr.File(label="annotation zip")

@@ -32,6 +32,7 @@ DEFAULT_MODEL = "qground-nano"
 DESCRIBE_QUESTION = "Describe the quality of this image and the distortions in it."
 COMPARE_QUESTION = "Which image has the better quality?"
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_QUESTIONS = {"ground": GROUNDING_QUESTION, "describe": DESCRIBE_QUESTION, "compare": COMPARE_QUESTION}
 
 
 class UsageError(Exception):
@@ -306,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "compare" and not 2 <= len(args.images) <= 4:
         parser.error("compare takes 2 to 4 images")
+    if args.command in DEFAULT_QUESTIONS and not args.question.strip():
+        args.question = DEFAULT_QUESTIONS[args.command]  # a blank --question asks the default one, as the app does
     try:
         if args.command == "info":
             print(summary(args.name))

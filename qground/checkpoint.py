@@ -8,6 +8,7 @@ adapter (``adapter_config.json`` + ``adapter_model.safetensors``, with the train
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
 from qground.builder import REGISTRY, assemble, build_from_registry, build_tokenizer
-from qground.config import CONFIG_NAME, ConfigError, LoraSettings, QGroundConfig
+from qground.config import CONFIG_NAME, FORMAT_VERSION, ConfigError, LoraSettings, QGroundConfig
 from qground.modeling import QGroundModel
 from qground.tokenizer import bind_tokenizer
 
@@ -126,6 +127,7 @@ def resolve(source: str | os.PathLike, revision: str | None = None) -> Path:
 
 def download(repo_id: str, revision: str | None = None) -> Path:
     """``snapshot_download`` of the files our layout uses (safetensors, json, tokenizer), with clear errors."""
+    import httpx2  # huggingface_hub's HTTP client: a connection lost mid-download surfaces as its TransportError
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -151,6 +153,11 @@ def download(repo_id: str, revision: str | None = None) -> Path:
         raise CheckpointError(
             f"{at} is not in the local cache and the Hub cannot be reached (offline or HF_HUB_OFFLINE=1). "
             "Connect once to download it, or point QGROUND_MODEL at a local checkpoint folder"
+        ) from None
+    except (httpx2.TransportError, OSError) as e:  # connection lost or refused, proxy, server or disk errors
+        raise CheckpointError(
+            f"{at}: the download failed ({type(e).__name__}: {e}). Check the network (or HF_ENDPOINT and proxy "
+            "settings) and try again, or point QGROUND_MODEL at a local checkpoint folder"
         ) from None
 
 
@@ -214,6 +221,7 @@ def load_model(
         _heads_to(model, device, dtype)
         return model.eval(), tokenizer
     folder = resolve(source, revision)
+    _check_format(folder / CONFIG_NAME)
     try:
         config = QGroundConfig.load(folder)
     except ConfigError as e:
@@ -234,6 +242,25 @@ def load_model(
     return model.eval(), tokenizer
 
 
+def _check_format(path: Path) -> None:
+    """Refuse a missing config, one that is not text, and one written by a newer qground (before reading any field it
+    may have added or changed)."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:  # a Hub repo that is not ours
+        raise CheckpointError(f"{path.parent} is not a qground checkpoint: it has no {CONFIG_NAME}") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is damaged (not text); delete the checkpoint and download it again") from None
+    except json.JSONDecodeError:
+        return  # QGroundConfig.load says where the JSON breaks
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer qground (format {version} > {FORMAT_VERSION}); upgrade qground "
+            "(pip install -U -r requirements.txt) to load it"
+        )
+
+
 def _heads_to(model: QGroundModel, device: torch.device, dtype: torch.dtype) -> None:
     """φv and the qground heads follow the device and compute dtype (they are never quantized)."""
     for part in (model.seg_head, model.pixel_decoder, model.projector):
@@ -249,7 +276,7 @@ def _base_folder(config: QGroundConfig) -> Path | str:
 
 def _load_llava(base, quant: str, device: torch.device, dtype: torch.dtype) -> LlavaForConditionalGeneration:
     qconfig = quantization_config(quant, dtype)
-    kwargs = {"dtype": dtype}
+    kwargs = {"dtype": dtype, "use_safetensors": True}  # never a pickled pytorch_model.bin
     if qconfig is not None:
         kwargs |= {"quantization_config": qconfig, "device_map": {"": device}}
     try:

@@ -72,7 +72,10 @@ def _select(logits: torch.Tensor, settings: GenerationSettings, generator: torch
     """Next token from (V,) logits: argmax when greedy, else temperature + nucleus sampling."""
     if settings.temperature == 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
+    # Shifted so the top logit is 0 before dividing: a temperature close to 0 then tends to greedy instead of
+    # overflowing to inf - inf = NaN probabilities.
+    logits = logits.float()
+    probs = torch.softmax((logits - logits.max()) / settings.temperature, dim=-1)
     if settings.top_p < 1.0:
         sorted_p, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_p, 0) - sorted_p < settings.top_p

@@ -24,6 +24,7 @@ Export zip (written atomically: a temporary file in the target folder, then ``os
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -254,14 +255,14 @@ def _checkpoint_file(spec: str) -> Path:
 
     try:
         return Path(hf_hub_download(repo_id, filename))
+    except LocalEntryNotFoundError:  # first: it is also an EntryNotFoundError
+        raise SamUnavailable(
+            f"{spec} is not cached and the Hub cannot be reached: download it once, or use a path"
+        ) from None
     except EntryNotFoundError:
         raise SamUnavailable(f"the Hub repo {repo_id} has no file {filename}") from None
     except RepositoryNotFoundError:
         raise SamUnavailable(f"no Hub repo {repo_id} (or it is private: set HF_TOKEN)") from None
-    except LocalEntryNotFoundError:
-        raise SamUnavailable(
-            f"{spec} is not cached and the Hub cannot be reached: download it once, or use a path"
-        ) from None
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -441,17 +442,25 @@ def status(ann: Annotation | None) -> str:
 # -- export / import ---------------------------------------------------------------------------------------------------
 def write_atomically(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write a file through ``write(f)`` into a temporary file in the same folder, then ``os.replace`` it into place:
-    readers see the old file or the complete new one, never a partial one; a failure leaves no temporary file."""
+    readers see the old file or the complete new one, never a partial one; a failure leaves no temporary file.
+    A full disk raises AnnotationError saying so."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise AnnotationError(
+            f"the disk is full: {path.name} could not be saved (nothing was written); free some space and try again"
+        ) from None
     return path
 
 

@@ -190,9 +190,11 @@ def _notice(failures: list[str], served: str) -> str:
 def generation_settings(max_new_tokens: float, temperature: float, top_p: float) -> GenerationSettings:
     """Validated settings from UI values; UserError naming the bad setting."""
     try:
-        return GenerationSettings(
-            max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p)
-        )
+        max_new = int(max_new_tokens)
+    except (TypeError, ValueError, OverflowError):  # None, text, NaN, infinity
+        raise UserError(f"Generation settings: max new tokens must be a whole number, got {max_new_tokens}.") from None
+    try:
+        return GenerationSettings(max_new_tokens=max_new, temperature=float(temperature), top_p=float(top_p))
     except (TypeError, ValueError) as err:
         raise UserError(f"Generation settings: {err}.") from None
 
