@@ -273,6 +273,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m qground", description="Q-Ground image-quality grounding")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the Gradio app (same options as `python app.py`)")
     info = sub.add_parser("info", help="architecture summary and parameter counts (no download)")
     info.add_argument("name", choices=sorted(REGISTRY))
 
@@ -302,7 +303,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def serve(argv: list[str]) -> int:
+    """``python -m qground serve [app options]`` = ``python app.py [app options]`` (the repository's app.py)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "app.py"
+    spec = importlib.util.spec_from_file_location("app", path)
+    if spec is None or not path.exists():
+        raise UsageError(f"{path} not found: serve runs the app.py of a qground checkout")
+    app = sys.modules.setdefault("app", importlib.util.module_from_spec(spec))  # gradio inspects the module
+    spec.loader.exec_module(app)
+    app.main(argv)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        return serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "compare" and not 2 <= len(args.images) <= 4:

@@ -150,3 +150,23 @@ def test_describe_and_compare_print_the_answer(checkpoint, photos, capsys):
 def test_info_in_process(capsys):
     assert main(["info", "qground-tiny"]) == 0
     assert "qground-tiny" in capsys.readouterr().out
+
+
+def test_serve_is_app_main(monkeypatch):
+    import sys
+
+    seen = {}
+    monkeypatch.setattr(sys, "argv", ["app.py"])
+
+    def fake_launch(self, *args, **kwargs):
+        seen["launched"] = kwargs
+        return None
+
+    import gradio as gr
+
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
+    monkeypatch.setenv("QGROUND_MODEL", "qground-tiny")
+    from qground.__main__ import main
+
+    assert main(["serve", "--model", "qground-tiny", "--port", "7999"]) == 0
+    assert seen["launched"].get("server_port") == 7999
