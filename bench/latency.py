@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qground.checkpoint import load_model
-from qground.inference import QGroundEngine
-from qground.processor import QGroundProcessor
+from qground.service import load_engine
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,8 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path("runs/nano/data/eval/images"))
     parser.add_argument("--limit", type=int, default=50)
     args = parser.parse_args(argv)
-    model, tokenizer = load_model(args.model)
-    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config))
+    engine = load_engine(args.model)
     files = sorted(args.data.glob("*.png"))[: args.limit]
     if not files:
         raise SystemExit(f"no images in {args.data}: run `python -m training.nano` first or pass --data")

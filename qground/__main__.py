@@ -19,12 +19,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from qground.builder import REGISTRY, build_model, build_tokenizer
-from qground.checkpoint import QUANT_CHOICES, CheckpointError, load_model
+from qground.checkpoint import QUANT_CHOICES, CheckpointError
 from qground.evaluate import IMAGE_EXTENSIONS, TASKS, evaluate, report_table
 from qground.imageio import ImageLoadError, load_image
 from qground.inference import GROUNDING_QUESTION, GroundingResult, QGroundEngine
-from qground.processor import PromptTooLongError, QGroundProcessor
+from qground.processor import PromptTooLongError
 from qground.prompts import Turn
+from qground.service import load_engine as service_load_engine
 from qground.taxonomy import CLASS_NAMES, get
 from qground.visualize import overlay
 
@@ -82,7 +83,7 @@ def load_engine(source: str | None, revision: str | None, quant: str) -> QGround
     or ``qground-nano``. Raises UsageError with what to set when the model cannot be loaded."""
     chosen = source or os.environ.get("QGROUND_MODEL") or DEFAULT_MODEL
     try:
-        model, tokenizer = load_model(chosen, revision=revision, quant=quant)
+        return service_load_engine(chosen, revision=revision, quant=quant)
     except CheckpointError as e:
         hint = (
             ""
@@ -90,7 +91,6 @@ def load_engine(source: str | None, revision: str | None, quant: str) -> QGround
             else " — pass --model NAME_OR_FOLDER_OR_REPO or set QGROUND_MODEL to a checkpoint folder or Hub repo id"
         )
         raise UsageError(f"cannot load the model {chosen!r}: {e}{hint}") from None
-    return QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name=chosen)
 
 
 # -- ground ------------------------------------------------------------------------------------------------------------

@@ -329,7 +329,7 @@ def made(monkeypatch) -> list[RecordingProcessor]:
         made.append(RecordingProcessor(tokenizer, config))
         return made[-1]
 
-    monkeypatch.setattr("qground.__main__.QGroundProcessor", recording)
+    monkeypatch.setattr("qground.service.QGroundProcessor", recording)  # the CLI builds its engine there
     return made
 
 
