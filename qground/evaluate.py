@@ -14,7 +14,8 @@ G_c = Σ |gt| (pixels).
 
 Descriptions: `named_classes(text)` finds the distortion classes a sentence names (negated mentions excluded) and
 `description_f1` is the micro-F1 of the classes named by predicted vs reference descriptions over (item, class) pairs.
-Comparisons: `parse_choice` reads which image an answer picks; `comparison_accuracy` scores answers against truths.
+Comparisons: `named_images` reads which images an answer names, `parse_choice` the one it picks;
+`comparison_accuracy` scores answers against truths.
 
 Evaluation folder (``evaluate``): ``images/STEM.png`` (any image extension), ``gt/STEM/<class key>.png`` (8-bit, image
 size, non-zero = the class; only present classes; a clean image has none), optional ``describe.json`` and
@@ -51,6 +52,7 @@ __all__ = [
     "grounding_table",
     "load_gt",
     "named_classes",
+    "named_images",
     "parse_choice",
     "question_options",
     "report_table",
@@ -360,15 +362,43 @@ _ORDINALS = {
 }
 _NUMBERS = {"one": 0, "two": 1, "three": 2, "four": 3} | {str(i + 1): i for i in range(8)}
 _IMAGE_WORD = r"(?i:image|picture|photo|img)"
-_CHOICE_PATTERNS = (
-    ("option", re.compile(r"^\s*[(\[]?([A-Ha-h])(?:[.)\]:,]|\s*$)")),
-    ("option", re.compile(r"\b(?i:option|choice|answer(?:\s+is)?)\s*[:#]?\s*\(?([A-H])\b")),
-    ("image", re.compile(rf"\b{_IMAGE_WORD}\s*\(?([A-H])\)?(?![A-Za-z])")),
+_ORDINAL = "|".join(_ORDINALS)
+_NAMING_PATTERNS = (
+    ("letter", re.compile(r"^\s*[(\[]?([A-Ha-h])(?:[.)\]:,]|\s*$)")),  # "B", "B.", "(B) is …"
+    ("letter", re.compile(r"\b(?i:option|choice|answer(?:\s+is)?)\s*[:#]?\s*\(?([A-H])\b")),
+    ("letter", re.compile(rf"\b{_IMAGE_WORD}\s*\(?([A-H])\)?(?![\w'])")),  # "image B"
     ("number", re.compile(rf"\b{_IMAGE_WORD}\s*(?:no\.?|number|#)?\s*(\d|(?i:one|two|three|four))\b")),
     ("number", re.compile(r"^\s*(\d)\s*[.)]?\s*$")),
-    ("ordinal", re.compile(r"\b(?i:(" + "|".join(_ORDINALS) + r"|latter|last))\b")),
+    ("ordinal", re.compile(rf"\b(?i:({_ORDINAL}))\s+(?i:image|picture|photo|img|one)\b")),  # not "at first glance"
+    ("ordinal", re.compile(rf"^\W*(?i:the\s+)?(?i:({_ORDINAL}|last))\W*$")),  # the whole answer: "Third."
+    ("ordinal", re.compile(r"\b(?i:(former|latter))\b")),
 )
 _OPTION_LINE = re.compile(r"(?:^|\s)\(?([A-H])[.)]\s+(.+?)(?=\s+\(?[A-H][.)]\s|\n|$)", re.M)
+
+
+def named_images(answer: str, num_images: int, letters: Mapping[str, int] | None = None) -> list[tuple[int, str]]:
+    """Every image an answer names, in order of first mention: ``[(index 0..num_images − 1, phrase)]``.
+
+    Understood: "The second image.", "the 2nd one", a whole answer "Third." / "first", "former"/"latter"/"last",
+    "Image 2", "image two", "image #1", "Image B", and letters "B", "B.", "(B)", "B. The second image", "Option B",
+    "The answer is A". Letters map through ``letters`` (an MCQ's options, or the app's slot labels), else A → 0, B → 1,
+    …; ordinals and numbers count the images. Names out of range (or unknown letters) are ignored."""
+    hits = []
+    for kind, pattern in _NAMING_PATTERNS:
+        for match in pattern.finditer(answer):
+            token = match.group(1)
+            if kind == "letter":
+                index = letters.get(token.upper(), -1) if letters else ord(token.upper()) - ord("A")
+            elif kind == "number":
+                index = _NUMBERS[token.lower()]
+            else:
+                index = _ORDINALS[token.lower()] if token.lower() in _ORDINALS else num_images - 1
+            if 0 <= index < num_images:
+                hits.append((match.start(), index, match.group(0).strip()))
+    named: dict[int, str] = {}
+    for _, index, phrase in sorted(hits):
+        named.setdefault(index, phrase)
+    return list(named.items())
 
 
 def question_options(question: str, num_images: int) -> dict[str, int]:
@@ -384,28 +414,9 @@ def question_options(question: str, num_images: int) -> dict[str, int]:
 
 
 def parse_choice(answer: str, num_images: int, options: Mapping[str, int] | None = None) -> int | None:
-    """The image index (0..num_images − 1) an answer picks, or None when it picks none (or one out of range).
-
-    Understood: "The second image.", "the 2nd one", "first", "latter"/"last", "Image 2", "image two", "Image B", and
-    option letters "B", "B.", "(B)", "B. The second image", "Option B" — letters map through ``options`` (from
-    `question_options`) when given, else A → 0, B → 1, …. The earliest such phrase in the answer decides."""
-    hits = []
-    for kind, pattern in _CHOICE_PATTERNS:
-        match = pattern.search(answer)
-        if match is not None:
-            hits.append((match.start(), kind, match.group(1)))
-    if not hits:
-        return None
-    _, kind, token = min(hits, key=lambda h: h[0])
-    if kind == "option" and options:
-        index = options.get(token.upper())
-    elif kind in ("option", "image"):
-        index = ord(token.upper()) - ord("A")
-    elif kind == "number":
-        index = _NUMBERS[token.lower()]
-    else:
-        index = _ORDINALS.get(token.lower(), num_images - 1)
-    return index if index is not None and 0 <= index < num_images else None
+    """The image an answer picks — the first one it names (``named_images``) — or None when it names none."""
+    named = named_images(answer, num_images, options)
+    return named[0][0] if named else None
 
 
 def comparison_accuracy(

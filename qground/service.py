@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from qground.checkpoint import QUANT_CHOICES, CheckpointError, load_model
+from qground.evaluate import named_images
 from qground.imageio import ImageLoadError, load_image
 from qground.inference import GROUNDING_QUESTION, GenerationSettings, GroundingResult, QGroundEngine
 from qground.processor import PromptTooLongError, QGroundProcessor
@@ -73,7 +74,6 @@ __all__ = [
     "mask_note",
     "masks_zip",
     "new_thread",
-    "parse_ranking",
     "ranking_rows",
     "table_rows",
     "thread_messages",
@@ -471,50 +471,10 @@ def compare_turn(
         yield item if isinstance(item, str) else item.text
 
 
-_ORDINALS = {"first": 0, "second": 1, "third": 2, "fourth": 3, "1st": 0, "2nd": 1, "3rd": 2, "4th": 3}
-_NUMBERS = {"one": 0, "two": 1, "three": 2, "four": 3, "1": 0, "2": 1, "3": 2, "4": 3}
-_NOUN = r"(?:image|photo|picture|one)"
-_RANKING_PATTERNS = (
-    ("ordinal", re.compile(rf"\b(first|second|third|fourth|1st|2nd|3rd|4th)\s+{_NOUN}\b", re.I)),
-    ("ordinal", re.compile(r"^\W*(?:the\s+)?(first|second|third|fourth)\W*$", re.I)),
-    ("number", re.compile(r"\b(?:image|photo|picture)\s*#?\s*(one|two|three|four|[1-4])\b", re.I)),
-    ("letter", re.compile(r"\b(?i:image|photo|picture|option)\s*\(?([A-D])\)?(?![\w'])")),
-    ("letter", re.compile(r"^\W*\(?([A-D])\)?(?:[.):]|\s*$)")),
-    ("former/latter", re.compile(r"\b(former|latter)\b", re.I)),
-)
-
-
-def parse_ranking(answer: str, labels: Sequence[str]) -> list[tuple[int, str]]:
-    """Which images the answer names, in order of first mention: [(index into ``labels``, phrase)].
-
-    Recognized: "the second image" / "2nd photo" / "the first one" / a lone "Second.", "image 2" / "image two",
-    "image B" / "option B" / an answer starting with a lone letter ("B." / "(B)"), and "the former/latter" with two
-    images. Letters are the slot labels (``labels``), ordinals and numbers count the given images.
-    """
-    hits: list[tuple[int, int, str]] = []
-    for kind, pattern in _RANKING_PATTERNS:
-        for m in pattern.finditer(answer):
-            word = m.group(1)
-            if kind == "ordinal":
-                index = _ORDINALS[word.lower()]
-            elif kind == "number":
-                index = _NUMBERS[word.lower()]
-            elif kind == "letter":
-                index = labels.index(word) if word in labels else -1
-            else:
-                index = (0 if word.lower() == "former" else 1) if len(labels) == 2 else -1
-            if 0 <= index < len(labels):
-                hits.append((m.start(), index, m.group(0).strip()))
-    seen: dict[int, str] = {}
-    for _, index, phrase in sorted(hits):
-        seen.setdefault(index, phrase)
-    return list(seen.items())
-
-
 def ranking_rows(answer: str, labels: Sequence[str]) -> tuple[list[list], str]:
     """Ranking table rows [rank, image label, phrase] (images in the order the answer names them; the answer's pick
     first) and a sentence saying how to read it, or that the answer names no image."""
-    named = parse_ranking(answer, labels)
+    named = named_images(answer, len(labels), {label: k for k, label in enumerate(labels)})
     if not named:
         return [], (
             "The answer does not say which image it means (looked for “the first/second… image”, “image A–D”, "

@@ -1,7 +1,11 @@
-"""Shared fixtures: the tiny model, its processor, synthetic photos with known regions, and a tiny model overfit to
-one grounding batch (trained once per session)."""
+"""Shared fixtures: the tiny model, its processor, synthetic photos with known regions, a tiny model overfit to
+one grounding batch (trained once per session), and the app launched on loopback."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,23 @@ from qground.prompts import Turn, grounding_answer
 from qground.tokenizer import seg_tokens
 
 torch.set_num_threads(2)
+
+
+@contextlib.contextmanager
+def served_app(engine, temp_dir: Path, sam=None) -> Iterator[str]:
+    """``app.build_demo(engine, sam)`` launched on 127.0.0.1 with ``temp_dir`` as GRADIO_TEMP_DIR and analytics off;
+    yields its URL and closes it afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        mp.setenv("GRADIO_TEMP_DIR", str(temp_dir))
+        from app import build_demo
+
+        demo = build_demo(engine, sam)
+        _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+        try:
+            yield url
+        finally:
+            demo.close()
 
 
 def photo(h: int, w: int, seed: int) -> Image.Image:

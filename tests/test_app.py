@@ -11,6 +11,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from conftest import served_app
 from qground import sam as annot
 from qground.taxonomy import CLASS_NAMES, get
 
@@ -36,17 +37,8 @@ def photos(overfit_batch, tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="module")
 def client(trained_tiny, sam, tmp_path_factory):
     """The app on loopback with the trained tiny engine and a tiny SAM, its own GRADIO_TEMP_DIR, no analytics."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
-        from app import build_demo
-
-        demo = build_demo(trained_tiny, sam)
-        _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
-        try:
-            yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
-        finally:
-            demo.close()
+    with served_app(trained_tiny, tmp_path_factory.mktemp("gradio"), sam) as url:
+        yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
 
 
 def test_only_the_named_endpoints_are_public(client):

@@ -23,7 +23,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from conftest import photo
+from conftest import photo, served_app
 from qground import service as svc
 from qground.__main__ import main
 from qground.checkpoint import save_checkpoint
@@ -194,17 +194,8 @@ def checkpoint(trained_tiny, tmp_path_factory) -> str:
 def app(engine, tmp_path_factory):
     """``(client, gradio temp dir)``: the app on loopback with the recording engine, launched once for the module."""
     temp = tmp_path_factory.mktemp("gradio")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        mp.setenv("GRADIO_TEMP_DIR", str(temp))
-        from app import build_demo
-
-        demo = build_demo(engine)
-        _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
-        try:
-            yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads"))), str(temp)
-        finally:
-            demo.close()
+    with served_app(engine, temp) as url:
+        yield Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads"))), str(temp)
 
 
 # -- (a) the service functions the app calls ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import served_app
 from qground import sam as annot
 
 pytestmark = pytest.mark.slow
@@ -36,17 +37,8 @@ TIMEOUT_MS = 120_000
 @pytest.fixture(scope="module")
 def url(trained_tiny, tmp_path_factory):
     """The app on loopback with the trained tiny engine and a tiny SAM."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
-        from app import build_demo
-
-        demo = build_demo(trained_tiny, annot.SamAnnotator.tiny_random())
-        _, address, _ = demo.launch(prevent_thread_lock=True, quiet=True)
-        try:
-            yield address
-        finally:
-            demo.close()
+    with served_app(trained_tiny, tmp_path_factory.mktemp("gradio"), annot.SamAnnotator.tiny_random()) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from qground import sam as annot
 from qground import service as svc
+from qground.evaluate import named_images
 from qground.inference import GenerationSettings, GroundingResult
 from qground.taxonomy import DISTORTION_COLORS
 from qground.visualize import hex_to_rgb
@@ -228,8 +229,9 @@ def test_ground_request_and_ground_each_with_the_trained_model(trained_tiny, ove
         ("Image D", "ABD", [2]),
     ],
 )
-def test_parse_ranking(answer, labels, expected):
-    assert [index for index, _ in svc.parse_ranking(answer, list(labels))] == expected
+def test_named_images_with_slot_labels(answer, labels, expected):
+    slots = {label: k for k, label in enumerate(labels)}
+    assert [index for index, _ in named_images(answer, len(labels), slots)] == expected
 
 
 def test_ranking_rows_and_unparseable_answers():
