@@ -15,7 +15,16 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from qground.config import CLIP_MEAN, CLIP_STD, DecoderConfig, LLMConfig, QGroundConfig, TokenIds, VisionConfig
+from qground.config import (
+    CLIP_MEAN,
+    CLIP_STD,
+    NUM_DETAIL_CHANNELS,
+    DecoderConfig,
+    LLMConfig,
+    QGroundConfig,
+    TokenIds,
+    VisionConfig,
+)
 from qground.modeling import MultiLayerProjector, PixelDecoder, QGroundModel, SegHead
 from qground.tokenizer import basic_corpus, bind_tokenizer, train_bpe_tokenizer
 
@@ -65,7 +74,7 @@ def config_tiny() -> QGroundConfig:
 def config_nano() -> QGroundConfig:
     """Our small offline model: a 4-layer ViT on 128-px RGB + native-resolution detail channels (pretrained by us on
     synthetic distortions, then frozen like CLIP), a 4-layer Llama of width 256 with its own BPE tokenizer (trained by
-    ``training.nano``), 64 image tokens, masks predicted at 64×64."""
+    ``training.nano``), 16 pooled image tokens + 1 whole-image token, masks predicted at 64×64."""
     return QGroundConfig(
         name="qground-nano",
         vision=VisionConfig(
@@ -75,7 +84,7 @@ def config_nano() -> QGroundConfig:
             num_heads=4,
             patch_size=8,
             native_image_size=128,
-            num_channels=6,
+            num_channels=3 + NUM_DETAIL_CHANNELS,
             hub_id=None,
         ),
         llm=LLMConfig(
@@ -90,9 +99,11 @@ def config_nano() -> QGroundConfig:
         decoder=DecoderConfig(dim=64, depth=1, num_heads=4, mlp_dim=256, layers=(4, 3)),
         image_size=128,
         detail_channels=True,
-        image_mean=(*CLIP_MEAN, 0.0, 0.0, 0.0),
-        image_std=(*CLIP_STD, 1.0, 1.0, 1.0),
+        image_mean=(*CLIP_MEAN, *[0.0] * NUM_DETAIL_CHANNELS),
+        image_std=(*CLIP_STD, *[1.0] * NUM_DETAIL_CHANNELS),
         feature_layers=(2, 3, 4),
+        projector_pool=4,
+        global_token=True,
         base_model_id=None,
         tokenizer_id=None,
     )
@@ -167,6 +178,7 @@ def assemble(config: QGroundConfig, llava: LlavaForConditionalGeneration) -> QGr
             config.llm.hidden_size,
             config.grid,
             config.projector_pool,
+            config.global_token,
         )
         if device.type != "meta" and _same_shapes(old, projector):
             projector.load_state_dict(old.state_dict())

@@ -17,6 +17,7 @@ from typing import Any
 CONFIG_NAME = "qground_config.json"
 FORMAT_VERSION = 1
 
+NUM_DETAIL_CHANNELS = 8  # qground.detail: native-resolution channels appended to RGB when detail_channels is set
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -135,7 +136,8 @@ class QGroundConfig:
 
     Image frame: inputs are resized (longest side) and padded bottom-right to ``image_size``²; the vision tower yields a
     ``grid × grid`` patch map (``grid = image_size // patch_size``); φv pools it by ``projector_pool`` to
-    ``num_image_tokens`` tokens per image.
+    ``token_grid²`` tokens per image, followed by one token from the tower's class (CLS) position when
+    ``global_token`` is set (``num_image_tokens`` in all).
     """
 
     name: str = "qground"
@@ -149,9 +151,10 @@ class QGroundConfig:
     image_size: int = 448
     image_mean: tuple[float, ...] = CLIP_MEAN
     image_std: tuple[float, ...] = CLIP_STD
-    detail_channels: bool = False  # append qground.detail's native-resolution channels to RGB (vision input 3 + 3)
+    detail_channels: bool = False  # append qground.detail's native-resolution channels to RGB
     feature_layers: tuple[int, ...] = (6, 14, 23)
     projector_pool: int = 2
+    global_token: bool = False  # φv also maps the CLS position (a whole-image summary) to one more image token
     seg_levels: int = 2
     seg_tokens_per_level: int = 3
     base_model_id: str | None = "llava-hf/llava-1.5-7b-hf"
@@ -170,7 +173,7 @@ class QGroundConfig:
 
     @property
     def num_image_tokens(self) -> int:
-        return self.token_grid**2
+        return self.token_grid**2 + self.global_token
 
     @property
     def seg_count(self) -> int:
@@ -190,8 +193,8 @@ class QGroundConfig:
         )
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(
-            self.vision.num_channels == 3 + 3 * self.detail_channels,
-            f"vision.num_channels must be {3 + 3 * self.detail_channels} (RGB + detail channels)",
+            self.vision.num_channels == 3 + NUM_DETAIL_CHANNELS * self.detail_channels,
+            f"vision.num_channels must be {3 + NUM_DETAIL_CHANNELS * self.detail_channels} (RGB + detail channels)",
         )
         _check(
             len(self.image_mean) == len(self.image_std) == self.vision.num_channels,

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from qground.config import NUM_DETAIL_CHANNELS
 from qground.detail import detail_channels
 
 
@@ -16,7 +17,7 @@ def texture() -> np.ndarray:
 
 def test_shapes_and_finite(texture):
     d = detail_channels(texture, (32, 48))
-    assert d.shape == (3, 32, 48) and d.dtype.is_floating_point and bool(d.isfinite().all())
+    assert d.shape == (NUM_DETAIL_CHANNELS, 32, 48) and d.dtype.is_floating_point and bool(d.isfinite().all())
 
 
 def test_noise_raises_residual_energy(texture):
@@ -35,4 +36,38 @@ def test_motion_blur_raises_coherence(texture):
     moved = np.stack(
         [np.apply_along_axis(lambda r: np.convolve(r, kernel, "same"), 1, texture[..., c]) for c in range(3)], -1
     ).astype(np.uint8)
-    assert detail_channels(moved, (8, 12))[2, 1:-1, 1:-1].mean() > detail_channels(texture, (8, 12))[2].mean() + 0.2
+    assert detail_channels(moved, (8, 12))[3, 1:-1, 1:-1].mean() > detail_channels(texture, (8, 12))[3].mean() + 0.2
+
+
+def test_blur_lowers_fine_scale_more_than_coarse():
+    rng = np.random.default_rng(2)
+    small = (rng.random((160, 240, 3)) * 255).astype(np.uint8)  # detail down to 2 pixels
+    fine = np.asarray(Image.fromarray(small).resize((480, 320), Image.Resampling.BICUBIC))
+    blurred = np.asarray(Image.fromarray(fine).filter(ImageFilter.GaussianBlur(2)))
+    sharp, soft = detail_channels(fine, (8, 12)), detail_channels(blurred, (8, 12))
+    assert (sharp[1] - soft[1]).mean() > (sharp[2] - soft[2]).mean() + 0.2
+
+
+def test_motion_blur_is_directional_and_defocus_is_not():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    small = (rng.random((160, 240, 3)) * 255).astype(np.uint8)
+    fine = np.asarray(Image.fromarray(small).resize((480, 320), Image.Resampling.BICUBIC)).astype(np.float32)
+    diagonal = np.eye(13) / 13  # camera shake at 45°
+    shaken = np.stack([ndimage.convolve(fine[..., c], diagonal) for c in range(3)], -1).astype(np.uint8)
+    defocused = np.asarray(Image.fromarray(fine.astype(np.uint8)).filter(ImageFilter.GaussianBlur(3)))
+    values = [detail_channels(a, (8, 12))[5].mean() for a in (fine.astype(np.uint8), shaken, defocused)]
+    assert values[1] > 2 * max(values[0], values[2])
+
+
+def test_clipped_and_dark_fractions(texture):
+    bright = np.clip(texture.astype(np.float32) * 3, 0, 255).astype(np.uint8)
+    dark = (texture * 0.1).astype(np.uint8)
+    assert detail_channels(bright, (8, 12))[6].mean() > 0.5 > detail_channels(texture, (8, 12))[6].mean()
+    assert detail_channels(dark, (8, 12))[7].mean() > 0.5 > detail_channels(texture, (8, 12))[7].mean()
+
+
+def test_tiny_image_has_every_channel():
+    d = detail_channels(np.full((2, 3, 3), 128, np.uint8), (2, 3))
+    assert d.shape == (NUM_DETAIL_CHANNELS, 2, 3) and bool(d.isfinite().all())

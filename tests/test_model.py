@@ -122,3 +122,24 @@ def test_grounding_answer_format(tiny):
         "blur [SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5]"
     )
     assert grounding_answer([], "") == "There is no obvious distortion in the image."
+
+
+def test_global_token_adds_one_whole_image_token(tiny):
+    """With ``global_token`` φv appends the CLS position after the pooled patches: it moves with CLS only."""
+    import dataclasses
+
+    from qground.builder import build_model
+
+    model, _, _ = tiny
+    config = dataclasses.replace(model.config, global_token=True)
+    assert config.num_image_tokens == model.config.num_image_tokens + 1
+    projector = build_model(config, seed=0).projector
+    feats = torch.randn(2, 1 + config.grid**2, projector.linear_1.in_features)
+    out = projector(feats)
+    assert out.shape == (2, config.num_image_tokens, config.llm.hidden_size)
+    moved = feats.clone()
+    moved[:, 0] += 1.0
+    changed = (projector(moved) - out).abs().amax(dim=(0, 2)) > 0
+    assert changed.tolist() == [False] * (config.num_image_tokens - 1) + [True]
+    with pytest.raises(ValueError, match="CLS"):
+        projector(feats[:, 1:])

@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> Path:
                     str(args.seed),
                     "--workers",
                     str(args.workers),
+                    "--comparisons",
+                    str(args.comparisons_per_image * num),
                 ]
             )
             timings[f"synth_{split}"] = time.perf_counter() - t0
@@ -123,9 +125,10 @@ def run(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.nano", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/nano"))
-    parser.add_argument("--train-images", type=int, default=3000)
+    parser.add_argument("--train-images", type=int, default=4000)
     parser.add_argument("--eval-images", type=int, default=300)
-    parser.add_argument("--vision-epochs", type=int, default=4)
+    parser.add_argument("--comparisons-per-image", type=int, default=3, help="comparison groups per generated image")
+    parser.add_argument("--vision-epochs", type=int, default=12)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.02: smoke run)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

@@ -3,6 +3,9 @@
 Objective: dense distortion recognition. For every patch the last hidden state predicts, through a throw-away linear
 head, the fraction of each of its ``sub × sub`` sub-cells covered by each distortion class (soft BCE over the image
 content, padding ignored). The tower thus learns the per-patch evidence the φv tokens and the pixel decoder read.
+With ``config.global_token`` the CLS position also learns a whole-image summary through a second throw-away head: per
+class, presence (BCE), and the covered fraction of the content and severity × fraction (both squared error; severity
+1–3 from the data's ``meta.json``, scaled to 1/3–1) — what "is there noise?" and "which image is noisier?" ask.
 
 ``python -m training.pretrain_vision --model runs/nano/init --data runs/nano/data/train --out runs/nano/vision``
 """
@@ -10,6 +13,7 @@ content, padding ignored). The tower thus learns the per-patch evidence the φv 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -43,26 +47,43 @@ def dense_targets(processor: QGroundProcessor, sample, meta, sub: int) -> tuple[
     return frac, F.avg_pool2d(valid[None], cfg.vision.patch_size)[0]
 
 
+def global_targets(frac: torch.Tensor, weight: torch.Tensor, severity: dict[str, int]) -> torch.Tensor:
+    """(3C,) whole-image targets from ``dense_targets``' outputs: presence, covered fraction, severity/3 × fraction."""
+    n = len(CLASS_NAMES)
+    area = (frac.view(n, -1, *weight.shape).mean(1) * weight).sum((1, 2)) / weight.sum()  # (C,)
+    sev = torch.tensor([severity.get(name, 0) / 3 for name in CLASS_NAMES])
+    return torch.cat([(area > 0).float(), area, sev * area])
+
+
 def build_tensors(processor: QGroundProcessor, data_dir: Path, sub: int):
-    """Every training image preprocessed once: inputs (N, C, S, S), targets (N, K, g, g), weights (N, g, g)."""
+    """Every training image preprocessed once: inputs (N, C, S, S), dense targets (N, K, g, g), content weights
+    (N, g, g) and whole-image targets (N, 3·classes)."""
     samples, report = read_qground100k(data_dir / "qground.json", data_dir, data_dir)
-    xs, ys, ws = [], [], []
+    meta_file = data_dir / "meta.json"
+    severity = (
+        {m["id"]: m["severity"] for m in json.loads(meta_file.read_text())["images"]} if meta_file.exists() else {}
+    )
+    xs, ys, ws, gs = [], [], [], []
     for s in tqdm(samples, desc="preprocess", dynamic_ncols=True):
         pixels, meta = processor.preprocess_image(s.images[0])
         y, w = dense_targets(processor, s, meta, sub)
         xs.append(pixels)
         ys.append(y)
         ws.append(w)
-    return torch.stack(xs), torch.stack(ys), torch.stack(ws)
+        gs.append(global_targets(y, w, severity.get(s.id, {name: 2 for name in s.mask_labels})))
+    return torch.stack(xs), torch.stack(ys), torch.stack(ws), torch.stack(gs)
 
 
 def pretrain(model, processor, data_dir: Path, epochs: int, batch: int, lr: float, sub: int = 2, seed: int = 0):
     """Train ``model.vision_tower`` in place; returns per-epoch mean losses."""
     torch.manual_seed(seed)
-    x, y, w = build_tensors(processor, data_dir, sub)
+    x, y, w, glob = build_tensors(processor, data_dir, sub)
     tower = model.vision_tower
-    head = torch.nn.Linear(model.config.vision.hidden_size, y.shape[1])
-    params = [*tower.parameters(), *head.parameters()]
+    width = model.config.vision.hidden_size
+    head = torch.nn.Linear(width, y.shape[1])
+    global_head = torch.nn.Linear(width, glob.shape[1]) if model.config.global_token else None
+    params = [*tower.parameters(), *head.parameters(), *(global_head.parameters() if global_head else [])]
+    n = len(CLASS_NAMES)
     for p in tower.parameters():
         p.requires_grad = True
     steps = epochs * (-(-len(x) // batch))
@@ -77,10 +98,14 @@ def pretrain(model, processor, data_dir: Path, epochs: int, batch: int, lr: floa
         total = 0.0
         for i in range(0, len(x), batch):
             idx = order[i : i + batch]
-            hidden = tower(x[idx]).last_hidden_state[:, 1:]  # (B, g², D)
-            logits = head(hidden).transpose(1, 2).reshape(len(idx), -1, g, g)
+            hidden = tower(x[idx]).last_hidden_state  # (B, 1 + g², D): CLS, then patches
+            logits = head(hidden[:, 1:]).transpose(1, 2).reshape(len(idx), -1, g, g)
             loss = (F.binary_cross_entropy_with_logits(logits, y[idx], reduction="none").mean(1) * w[idx]).sum()
             loss = loss / w[idx].sum()
+            if global_head is not None:
+                out, target = global_head(hidden[:, 0]), glob[idx]
+                loss = loss + F.binary_cross_entropy_with_logits(out[:, :n], target[:, :n])
+                loss = loss + 4 * F.mse_loss(out[:, n:].sigmoid(), target[:, n:])
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -8,24 +8,29 @@ from torch import nn
 
 
 class MultiLayerProjector(nn.Module):
-    """Concatenated patch features of several vision layers → pooled image tokens in the LLM's embedding space.
+    """Concatenated features of several vision layers → pooled image tokens in the LLM's embedding space.
 
-    Input ``(M, grid², L·Dv)`` (patch tokens without CLS, row-major over the ``grid × grid`` patch map, the L layers
-    concatenated channel-wise) → ``(grid/pool)²`` average-pooled tokens → Linear–GELU–Linear → ``(M, (grid/pool)², D)``.
+    Input ``(M, 1 + grid², L·Dv)``: the CLS position, then the patch tokens row-major over the ``grid × grid`` patch
+    map, the L layers concatenated channel-wise. The patches are average-pooled to ``(grid/pool)²`` tokens; with
+    ``global_token`` the CLS position follows them as one more token. Each goes through Linear–GELU–Linear →
+    ``(M, (grid/pool)² [+ 1], D)``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, grid: int, pool: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, grid: int, pool: int, global_token: bool = False) -> None:
         super().__init__()
         self.grid = grid
         self.pool = pool
+        self.global_token = global_token
         self.linear_1 = nn.Linear(in_dim, out_dim)
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(out_dim, out_dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         m, n, c = features.shape
-        if n != self.grid * self.grid:
-            raise ValueError(f"φv expects {self.grid}×{self.grid} = {self.grid**2} patch features, got {n}")
-        x = features.transpose(1, 2).reshape(m, c, self.grid, self.grid)
+        if n != 1 + self.grid * self.grid:
+            raise ValueError(f"φv expects CLS + {self.grid}×{self.grid} = {1 + self.grid**2} features, got {n}")
+        x = features[:, 1:].transpose(1, 2).reshape(m, c, self.grid, self.grid)
         x = F.avg_pool2d(x, self.pool).flatten(2).transpose(1, 2)
+        if self.global_token:
+            x = torch.cat([x, features[:, :1]], dim=1)
         return self.linear_2(self.act(self.linear_1(x)))

@@ -85,7 +85,7 @@ class QGroundModel(nn.Module):
                 interpolate_pos_encoding=cfg.image_size != cfg.vision.native_image_size,
             )
         hs = out.hidden_states
-        stacked = torch.cat([hs[i][:, 1:] for i in cfg.feature_layers], dim=-1)
+        stacked = torch.cat([hs[i] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype
         tokens = self.projector(stacked.to(proj_dtype))
         decoder = tuple(hs[i][:, 1:] for i in cfg.decoder.layers)

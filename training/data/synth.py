@@ -49,10 +49,16 @@ PHOTOS = (
     PhotoSource("chelsea", "skimage.data.chelsea()", "CC0 (Stefan van der Walt)", "train"),
     PhotoSource("rocket", "skimage.data.rocket()", "public domain (SpaceX, CC0 release)", "train"),
     PhotoSource("immunohistochemistry", "skimage.data.immunohistochemistry()", "public domain", "train"),
+    PhotoSource("camera", "skimage.data.camera() (gray)", "CC0 (Lav Varshney)", "train"),
+    PhotoSource("coins", "skimage.data.coins() (gray)", "no known copyright restrictions (Brooklyn Museum)", "train"),
+    PhotoSource("grass", "skimage.data.grass() (gray)", "CC0", "train"),
+    PhotoSource("gravel", "skimage.data.gravel() (gray)", "CC0 (CC0Textures)", "train"),
+    PhotoSource("brick", "skimage.data.brick() (gray)", "CC0 (CC0Textures)", "train"),
     PhotoSource("china", "sklearn.datasets.load_sample_images() china.jpg", "CC BY 2.0 (scikit-learn)", "train"),
     PhotoSource("flower", "sklearn.datasets.load_sample_images() flower.jpg", "CC BY 2.0 (scikit-learn)", "train"),
-    PhotoSource("cheetah", "gradio/media_assets/images/cheetah.jpg", "Apache-2.0 (gradio package asset)", "train"),
     PhotoSource("tower", "gradio/media_assets/images/tower.jpg", "Apache-2.0 (gradio package asset)", "train"),
+    PhotoSource("groot", "gradio/media_assets/images/groot.jpeg", "Apache-2.0 (gradio package asset)", "train"),
+    PhotoSource("lion", "gradio/media_assets/images/lion.jpg", "Apache-2.0 (gradio package asset)", "train"),
     PhotoSource("grace_hopper", "matplotlib sample_data/grace_hopper.jpg", "public domain (US Navy)", "eval"),
     PhotoSource("coffee", "skimage.data.coffee()", "CC0 (Rachel Michetti)", "eval"),
 )
@@ -60,11 +66,15 @@ PHOTOS = (
 
 @cache
 def load_photo(name: str) -> np.ndarray:
-    """The clean photo as (H, W, 3) uint8."""
+    """The clean photo as (H, W, 3) uint8 (gray photos repeated over the three channels)."""
     if name in ("astronaut", "chelsea", "rocket", "immunohistochemistry", "coffee"):
         import skimage.data
 
         return getattr(skimage.data, name)()[..., :3]
+    if name in ("camera", "coins", "grass", "gravel", "brick"):
+        import skimage.data
+
+        return np.repeat(getattr(skimage.data, name)()[..., None], 3, axis=-1)
     if name in ("china", "flower"):
         from sklearn.datasets import load_sample_image
 
@@ -76,9 +86,8 @@ def load_photo(name: str) -> np.ndarray:
             return np.asarray(Image.open(f).convert("RGB"))
     import gradio
 
-    return np.asarray(
-        Image.open(Path(gradio.__file__).parent / "media_assets" / "images" / f"{name}.jpg").convert("RGB")
-    )
+    folder = Path(gradio.__file__).parent / "media_assets" / "images"
+    return np.asarray(Image.open(next(folder.glob(f"{name}.jp*g"))).convert("RGB"))
 
 
 def photos(split: str) -> list[PhotoSource]:
@@ -87,7 +96,8 @@ def photos(split: str) -> list[PhotoSource]:
 
 # -- image generation --------------------------------------------------------------------------------------------------
 def augment(photo: np.ndarray, rng: np.random.Generator, max_side: int) -> np.ndarray:
-    """Random crop (≥ 50 % area), flip, resize to a longest side in [max_side/2.5, max_side], mild color jitter."""
+    """Random crop (≥ 50 % area), flip, shrink to a longest side in [max_side/2.5, max_side] (never enlarged: upscaling
+    would smooth the photo's own detail and blur every pixel), mild color jitter."""
     h, w = photo.shape[:2]
     scale = np.sqrt(rng.uniform(0.5, 1.0))
     ch, cw = int(h * scale * rng.uniform(0.85, 1.15)), int(w * scale * rng.uniform(0.85, 1.15))
@@ -97,7 +107,7 @@ def augment(photo: np.ndarray, rng: np.random.Generator, max_side: int) -> np.nd
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     side = int(rng.uniform(max_side / 2.5, max_side))
-    s = side / max(ch, cw)
+    s = min(1.0, side / max(ch, cw))
     img = Image.fromarray(np.ascontiguousarray(crop)).resize(
         (max(8, round(cw * s)), max(8, round(ch * s))), Image.Resampling.LANCZOS
     )
@@ -180,11 +190,11 @@ class Generated:
 
 
 def generate(index: int, split: str, seed: int, max_side: int = 640) -> Generated:
-    """Image ``index`` of a split: 0 classes (15 %), else 1–3 classes on disjoint regions (whole image sometimes)."""
+    """Image ``index`` of a split: 0 classes (25 %), else 1–3 classes on disjoint regions (whole image sometimes)."""
     rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
     source = photos(split)[int(rng.integers(len(photos(split))))]
     clean = augment(load_photo(source.name), rng, max_side)
-    k = int(rng.choice([0, 1, 2, 3], p=[0.15, 0.4, 0.3, 0.15]))
+    k = int(rng.choice([0, 1, 2, 3], p=[0.25, 0.4, 0.25, 0.1]))
     classes = sorted(rng.choice(len(CLASS_NAMES), size=k, replace=False).tolist())
     shape = clean.shape[:2]
     free = np.ones(shape, dtype=bool)
@@ -303,6 +313,8 @@ def comparison(group: list[dict], rng: np.random.Generator) -> tuple[str, str] |
         if values[order[0]] - values[order[1]] < MARGIN:
             continue
         best = int(order[0])
+        if kind == "low light" and group[best]["luma"] > min(m["luma"] for m in group):
+            continue  # "darker" must also hold for the pixels, not only for the applied distortion
         if rng.random() < 0.5:
             return question, f"The {ORDINALS[best]} image."
         perm = rng.permutation(len(group))
@@ -343,6 +355,7 @@ def write_one(args: tuple[Path, int, str, int, int]) -> dict:
         "area": {n: float(m.mean()) for n, m in g.masks.items()},
         "location": {n: location(m) for n, m in g.masks.items()},
         "scores": scores(g),
+        "luma": float((g.image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).mean() / 255),
         "description": describe(g, rng),
         "caption": caption(g),
         "question": str(rng.choice(DESCRIBE_QUESTIONS)),
