@@ -104,6 +104,7 @@ def config_nano() -> QGroundConfig:
         feature_layers=(2, 3, 4),
         projector_pool=4,
         global_token=True,
+        image_ordinals=8,
         base_model_id=None,
         tokenizer_id=None,
     )
@@ -179,6 +180,7 @@ def assemble(config: QGroundConfig, llava: LlavaForConditionalGeneration) -> QGr
             config.grid,
             config.projector_pool,
             config.global_token,
+            config.image_ordinals,
         )
         if device.type != "meta" and _same_shapes(old, projector):
             projector.load_state_dict(old.state_dict())

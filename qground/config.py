@@ -155,6 +155,7 @@ class QGroundConfig:
     feature_layers: tuple[int, ...] = (6, 14, 23)
     projector_pool: int = 2
     global_token: bool = False  # φv also maps the CLS position (a whole-image summary) to one more image token
+    image_ordinals: int = 0  # > 0: φv adds a learned embedding of each image's place in its sample (first, second, …)
     seg_levels: int = 2
     seg_tokens_per_level: int = 3
     base_model_id: str | None = "llava-hf/llava-1.5-7b-hf"
@@ -191,6 +192,7 @@ class QGroundConfig:
             self.image_size % self.vision.patch_size == 0,
             f"image_size {self.image_size} must be a multiple of vision.patch_size {self.vision.patch_size}",
         )
+        _check(self.image_ordinals >= 0, "image_ordinals must be ≥ 0 (0 disables the ordinal embedding)")
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(
             self.vision.num_channels == 3 + NUM_DETAIL_CHANNELS * self.detail_channels,

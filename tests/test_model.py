@@ -143,3 +143,23 @@ def test_global_token_adds_one_whole_image_token(tiny):
     assert changed.tolist() == [False] * (config.num_image_tokens - 1) + [True]
     with pytest.raises(ValueError, match="CLS"):
         projector(feats[:, 1:])
+
+
+def test_image_ordinals_tell_identical_images_apart(tiny):
+    """With ``image_ordinals`` the same photo as first and second image gets different tokens (its place), and the
+    first image of every sample gets the same ones."""
+    import dataclasses
+
+    from qground.builder import build_model
+
+    model, tokenizer, _ = tiny
+    config = dataclasses.replace(model.config, image_ordinals=2)
+    model = build_model(config, seed=0)
+    t, image = config.num_image_tokens, config.token_ids.image
+    ids = torch.tensor([[1] + [image] * t + [2] + [image] * t, [1] + [image] * t + [2] * (t + 1)])
+    tokens = torch.zeros(3, t, config.llm.hidden_size)
+    embeds = model.embed(ids, tokens)
+    first, second, other_first = embeds[0, 1 : 1 + t], embeds[0, 2 + t :], embeds[1, 1 : 1 + t]
+    assert torch.equal(first, other_first) and not torch.allclose(first, second)
+    with pytest.raises(ValueError, match="numbers at most 2"):
+        model.embed(torch.tensor([[image] * (3 * t)]), torch.zeros(3, t, config.llm.hidden_size))

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.nano", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/nano"))
-    parser.add_argument("--train-images", type=int, default=4000)
+    parser.add_argument("--train-images", type=int, default=3000)
     parser.add_argument("--eval-images", type=int, default=300)
     parser.add_argument("--comparisons-per-image", type=int, default=3, help="comparison groups per generated image")
     parser.add_argument("--vision-epochs", type=int, default=12)

@@ -13,14 +13,20 @@ class MultiLayerProjector(nn.Module):
     Input ``(M, 1 + grid², L·Dv)``: the CLS position, then the patch tokens row-major over the ``grid × grid`` patch
     map, the L layers concatenated channel-wise. The patches are average-pooled to ``(grid/pool)²`` tokens; with
     ``global_token`` the CLS position follows them as one more token. Each goes through Linear–GELU–Linear →
-    ``(M, (grid/pool)² [+ 1], D)``.
+    ``(M, (grid/pool)² [+ 1], D)``. With ``ordinals`` > 0, ``ordinal`` holds a learned embedding per place of an image
+    in its sample (first, second, …) that the model adds to all of that image's tokens.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, grid: int, pool: int, global_token: bool = False) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, grid: int, pool: int, global_token: bool = False, ordinals: int = 0
+    ) -> None:
         super().__init__()
         self.grid = grid
         self.pool = pool
         self.global_token = global_token
+        self.ordinal = nn.Embedding(ordinals, out_dim) if ordinals else None
+        if self.ordinal is not None:
+            nn.init.normal_(self.ordinal.weight, std=0.02)
         self.linear_1 = nn.Linear(in_dim, out_dim)
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(out_dim, out_dim)

@@ -92,7 +92,8 @@ class QGroundModel(nn.Module):
         return ImageFeatures(tokens=tokens, decoder=decoder)
 
     def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings (B, L, D) with image-token positions replaced by ``image_tokens`` (M, T, D) in order."""
+        """Token embeddings (B, L, D) with image-token positions replaced by ``image_tokens`` (M, T, D) in order (plus
+        φv's ordinal embedding of each image's place in its sample, when the config has ``image_ordinals``)."""
         embeds = self.llava.get_input_embeddings()(input_ids)
         is_image = input_ids == self.config.token_ids.image
         found = int(is_image.sum())
@@ -105,6 +106,15 @@ class QGroundModel(nn.Module):
             )
         if image_tokens is None:
             return embeds
+        ordinal = self.projector.ordinal
+        if ordinal is not None:
+            per_sample = (is_image.sum(dim=1) // self.config.num_image_tokens).tolist()
+            if max(per_sample) > ordinal.num_embeddings:
+                raise ValueError(
+                    f"a sample holds {max(per_sample)} images; this model numbers at most {ordinal.num_embeddings}"
+                )
+            places = torch.cat([torch.arange(n) for n in per_sample]).to(ordinal.weight.device)
+            image_tokens = image_tokens + ordinal(places)[:, None, :].to(image_tokens.dtype)
         return embeds.masked_scatter(is_image[..., None], image_tokens.to(embeds.dtype))
 
     def seg_groups(self, input_ids: torch.Tensor, strict: bool = True) -> list[SegGroup]:

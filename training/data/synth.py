@@ -115,6 +115,61 @@ def augment(photo: np.ndarray, rng: np.random.Generator, max_side: int) -> np.nd
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def recolor(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Train-time content variety: channels permuted (30 %), gray (10 %), a mild tone curve (gain 0.85–1.1,
+    γ 0.85–1.2 — far from the weakest low light, gain 0.5 and γ 1.6)."""
+    out = img.astype(np.float32) / 255
+    if rng.random() < 0.3:
+        out = out[..., rng.permutation(3)]
+    if rng.random() < 0.1:
+        out = np.repeat(out.mean(-1, keepdims=True), 3, axis=-1)
+    out = rng.uniform(0.85, 1.1) * out ** rng.uniform(0.85, 1.2)
+    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _window(img: np.ndarray, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A random (h, w) window of ``img``, mirrored at its borders when it is smaller (never resampled)."""
+    ih, iw = img.shape[:2]
+    if ih < h or iw < w:
+        img = np.pad(img, ((0, max(0, h - ih)), (0, max(0, w - iw)), (0, 0)), mode="symmetric")
+        ih, iw = img.shape[:2]
+    y0, x0 = rng.integers(0, ih - h + 1), rng.integers(0, iw - w + 1)
+    return img[y0 : y0 + h, x0 : x0 + w]
+
+
+def leaves(pool: list[PhotoSource], rng: np.random.Generator, max_side: int) -> np.ndarray:
+    """A "dead leaves" collage: disks of photo texture occluding each other, radii drawn from p(r) ∝ r⁻³ (the
+    scale-invariant statistics of natural images), each filled with a window of a randomly chosen, augmented photo.
+    New layouts of real textures and sharp occlusion edges, so the model cannot learn what each photo looks like."""
+    base = recolor(augment(load_photo(pool[int(rng.integers(len(pool)))].name), rng, max_side), rng)
+    h, w = base.shape[:2]
+    out = base.copy()
+    rmin, rmax = 0.03 * min(h, w), 0.4 * min(h, w)
+    for _ in range(int(rng.integers(8, 25))):
+        r = (rmin**-2 - rng.random() * (rmin**-2 - rmax**-2)) ** -0.5
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        y0, y1 = max(0, int(cy - r)), min(h, int(cy + r) + 1)
+        x0, x1 = max(0, int(cx - r)), min(w, int(cx + r) + 1)
+        if y1 - y0 < 2 or x1 - x0 < 2:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        photo = recolor(augment(load_photo(pool[int(rng.integers(len(pool)))].name), rng, max_side), rng)
+        out[y0:y1, x0:x1][disk] = _window(photo, y1 - y0, x1 - x0, rng)[disk]
+    return out
+
+
+def clean_base(split: str, rng: np.random.Generator, max_side: int) -> tuple[np.ndarray, str]:
+    """The undistorted image and where it comes from. Eval: an augmented held-out photo. Train: 35 % dead-leaves
+    collages (photo ``"leaves"``), else an augmented, recolored training photo."""
+    pool = photos(split)
+    if split == "train" and rng.random() < 0.35:
+        return leaves(pool, rng, max_side), "leaves"
+    source = pool[int(rng.integers(len(pool)))]
+    clean = augment(load_photo(source.name), rng, max_side)
+    return (recolor(clean, rng) if split == "train" else clean), source.name
+
+
 def region(shape: tuple[int, int], free: np.ndarray, area: float, rng: np.random.Generator) -> np.ndarray:
     """A blob or polygon covering about ``area`` of the image, inside ``free``."""
     h, w = shape
@@ -192,8 +247,7 @@ class Generated:
 def generate(index: int, split: str, seed: int, max_side: int = 640) -> Generated:
     """Image ``index`` of a split: 0 classes (25 %), else 1–3 classes on disjoint regions (whole image sometimes)."""
     rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
-    source = photos(split)[int(rng.integers(len(photos(split))))]
-    clean = augment(load_photo(source.name), rng, max_side)
+    clean, photo = clean_base(split, rng, max_side)
     k = int(rng.choice([0, 1, 2, 3], p=[0.25, 0.4, 0.25, 0.1]))
     classes = sorted(rng.choice(len(CLASS_NAMES), size=k, replace=False).tolist())
     shape = clean.shape[:2]
@@ -213,7 +267,7 @@ def generate(index: int, split: str, seed: int, max_side: int = 640) -> Generate
         out[mask] = distort(img, name, sev, rng)[mask]
         free &= ~mask
         masks[name], severity[name] = mask, sev
-    return Generated((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8), masks, severity, source.name)
+    return Generated((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8), masks, severity, photo)
 
 
 # -- text --------------------------------------------------------------------------------------------------------------
