@@ -40,18 +40,22 @@ def _diff(p: torch.Tensor, dim: int) -> torch.Tensor:
     return (p.narrow(dim, 2, n - 2) - p.narrow(dim, 0, n - 2)) * 0.5
 
 
-def _structure(y: torch.Tensor, pool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(H, W) luminance → pooled residual energy, gradient energy, coherence (each (h, w)) and the directional
-    gradient energies (4, h, w) at 0°, 45°, 90°, 135°."""
-    p = F.pad(y[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]  # (H + 2, W + 2)
-    residual = pool((y - _smooth(_smooth(p, 0), 1)).square_())
+def _pad(y: torch.Tensor) -> torch.Tensor:
+    """(H, W) → (H + 2, W + 2), borders replicated."""
+    return F.pad(y[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+
+
+def _structure(y: torch.Tensor, pool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(H, W) luminance → pooled gradient energy, coherence (each (h, w)) and the directional gradient energies
+    (4, h, w) at 0°, 45°, 90°, 135°."""
+    p = _pad(y)
     gx = _smooth(_diff(p, 1), 0)  # Sobel / 8
     gy = _smooth(_diff(p, 0), 1)
     jxx, jyy, jxy = pool(gx * gx), pool(gy * gy), pool(gx.mul_(gy))
     energy = jxx + jyy
     coherence = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (energy + 1e-8)
     directional = torch.stack([jxx, energy / 2 + jxy, jyy, energy / 2 - jxy])
-    return residual, energy, coherence, directional
+    return energy, coherence, directional
 
 
 def detail_channels(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -63,9 +67,11 @@ def detail_channels(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         def pool(t: torch.Tensor) -> torch.Tensor:
             return F.adaptive_avg_pool2d(t[None, None], size)[0, 0]
 
-        noise, energy1, coherence1, dir1 = _structure(y, pool)
+        p = _pad(y)
+        noise = pool((y - _smooth(_smooth(p, 0), 1)).square_())  # finest residual, scale 1 only
+        energy1, coherence1, dir1 = _structure(y, pool)
         if min(y.shape) >= 4:
-            _, energy2, coherence2, dir2 = _structure(F.avg_pool2d(y[None, None], 2)[0, 0], pool)
+            energy2, coherence2, dir2 = _structure(F.avg_pool2d(y[None, None], 2)[0, 0], pool)
         else:  # too small to downsample: scale 2 repeats scale 1
             energy2, coherence2, dir2 = energy1, coherence1, dir1
         ratio = torch.log((dir1 + _LOG_EPS) / (dir2 + _LOG_EPS))  # (4, h, w)

@@ -95,6 +95,16 @@ def train_steps(model, batch, steps: int, lr: float = 3e-3) -> list[float]:
 
 
 @pytest.fixture(scope="session")
+def overfit_photo_files(overfit_batch, tmp_path_factory) -> list[str]:
+    """The overfit batch's two photos as PNG files (noise on the first; blur + low light on the second)."""
+    folder = tmp_path_factory.mktemp("photos")
+    paths = [str(folder / f"overfit{k}.png") for k in range(len(overfit_batch[0]))]
+    for (img, _), path in zip(overfit_batch[0], paths, strict=True):
+        img.save(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
 def trained_tiny(overfit_batch):
     """A fresh tiny model overfit for 200 steps on ``overfit_batch`` (it then answers and segments those photos)."""
     model, tokenizer = build_from_registry("qground-tiny")

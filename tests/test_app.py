@@ -24,14 +24,8 @@ def sam() -> annot.SamAnnotator:
 
 
 @pytest.fixture(scope="module")
-def photos(overfit_batch, tmp_path_factory) -> list[str]:
-    """The trained model's two overfit photos as PNG files (noise on the first; blur + low light on the second)."""
-    folder = tmp_path_factory.mktemp("photos")
-    paths = []
-    for k, (img, _) in enumerate(overfit_batch[0]):
-        img.save(folder / f"overfit{k}.png")
-        paths.append(str(folder / f"overfit{k}.png"))
-    return paths
+def photos(overfit_photo_files) -> list[str]:
+    return overfit_photo_files
 
 
 @pytest.fixture(scope="module")

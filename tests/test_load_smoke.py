@@ -8,13 +8,9 @@ from bench.load import ENDPOINTS, User, run, verdict
 
 
 @pytest.fixture(scope="module")
-def users(overfit_batch, tmp_path_factory) -> list[User]:
+def users(overfit_photo_files) -> list[User]:
     """User 0 sends the 'noise' photo first, user 1 the 'blur + low light' one (and both, swapped, to /compare)."""
-    folder = tmp_path_factory.mktemp("photos")
-    paths = []
-    for k, (img, _) in enumerate(overfit_batch[0]):
-        img.save(folder / f"user{k}.png")
-        paths.append(str(folder / f"user{k}.png"))
+    paths = overfit_photo_files
     known = ("noise", "blur + low light")
     return [User((paths[0], paths[1]), known), User((paths[1], paths[0]), known[::-1])]
 
