@@ -19,13 +19,15 @@ from qground.config import (
     CLIP_MEAN,
     CLIP_STD,
     NUM_DETAIL_CHANNELS,
+    READOUT_SUB,
     DecoderConfig,
     LLMConfig,
     QGroundConfig,
     TokenIds,
     VisionConfig,
 )
-from qground.modeling import MultiLayerProjector, PixelDecoder, QGroundModel, SegHead
+from qground.modeling import DistortionReadout, MultiLayerProjector, PixelDecoder, QGroundModel, SegHead
+from qground.taxonomy import CLASS_NAMES
 from qground.tokenizer import basic_corpus, bind_tokenizer, train_bpe_tokenizer
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -104,6 +106,7 @@ def config_nano() -> QGroundConfig:
         feature_layers=(2, 3, 4),
         projector_pool=4,
         global_token=True,
+        readout=True,
         image_ordinals=8,
         base_model_id=None,
         tokenizer_id=None,
@@ -174,13 +177,17 @@ def assemble(config: QGroundConfig, llava: LlavaForConditionalGeneration) -> QGr
     device = llava.lm_head.weight.device
     old = llava.model.multi_modal_projector
     with torch.device(device):
+        readout = None
+        if config.readout:
+            readout = DistortionReadout(config.vision.hidden_size, len(CLASS_NAMES), READOUT_SUB)
         projector = MultiLayerProjector(
-            config.vision.hidden_size * len(config.feature_layers),
+            readout.width if readout else config.vision.hidden_size * len(config.feature_layers),
             config.llm.hidden_size,
             config.grid,
             config.projector_pool,
             config.global_token,
             config.image_ordinals,
+            slots=config.readout,
         )
         if device.type != "meta" and _same_shapes(old, projector):
             projector.load_state_dict(old.state_dict())
@@ -188,7 +195,7 @@ def assemble(config: QGroundConfig, llava: LlavaForConditionalGeneration) -> QGr
         d = config.decoder
         decoder = PixelDecoder(config.vision.hidden_size, d.dim, d.depth, d.num_heads, d.mlp_dim)
     llava.model.multi_modal_projector = projector
-    return QGroundModel(config, llava, seg_head, decoder)
+    return QGroundModel(config, llava, seg_head, decoder, readout)
 
 
 def _same_shapes(a: torch.nn.Module, b: torch.nn.Module) -> bool:

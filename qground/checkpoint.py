@@ -1,8 +1,8 @@
 """Our checkpoint layout (DESIGN §2): save, resolve (registry / folder / Hub repo + revision) and load.
 
-A folder holds ``qground_config.json``, tokenizer files, ``qground_heads.safetensors`` (φv, seg head, pixel decoder) and
-either the full LLaVA weights (``config.json`` + ``model.safetensors``, loadable by plain transformers too) or a LoRA
-adapter (``adapter_config.json`` + ``adapter_model.safetensors``, with the trained seg-token rows) over
+A folder holds ``qground_config.json``, tokenizer files, ``qground_heads.safetensors`` (φv, seg head, pixel decoder,
+readout) and either the full LLaVA weights (``config.json`` + ``model.safetensors``, loadable by plain transformers too)
+or a LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``, with the trained seg-token rows) over
 ``config.base_model_id``. Only safetensors are read; nothing is ever unpickled.
 """
 
@@ -40,11 +40,18 @@ class CheckpointError(RuntimeError):
 
 # -- saving ------------------------------------------------------------------------------------------------------------
 def head_state(model: QGroundModel) -> dict[str, torch.Tensor]:
-    """φv, seg head and pixel decoder weights, keyed ``projector.*``, ``seg_head.*``, ``pixel_decoder.*``."""
-    parts = {"projector": model.projector, "seg_head": model.seg_head, "pixel_decoder": model.pixel_decoder}
+    """φv, seg head, pixel decoder (and readout) weights, keyed ``projector.*``, ``seg_head.*``, ``pixel_decoder.*``
+    (``readout.*``)."""
     return {
-        f"{name}.{k}": v.detach().contiguous() for name, part in parts.items() for k, v in part.state_dict().items()
+        f"{name}.{k}": v.detach().contiguous()
+        for name, part in _head_parts(model).items()
+        for k, v in part.state_dict().items()
     }
+
+
+def _head_parts(model: QGroundModel) -> dict[str, torch.nn.Module]:
+    parts = {"projector": model.projector, "seg_head": model.seg_head, "pixel_decoder": model.pixel_decoder}
+    return parts | ({"readout": model.readout} if model.readout is not None else {})
 
 
 def apply_lora(model: QGroundModel, settings: LoraSettings, train_token_rows: bool = True) -> LoraConfig:
@@ -81,7 +88,10 @@ def save_checkpoint(model: QGroundModel, tokenizer, folder: str | Path, include_
             lora.save_pretrained(tmp)
             save_file(_contiguous(get_peft_model_state_dict(model)), tmp / ADAPTER_NAME)
         elif include_base:
-            model.llava.save_pretrained(tmp, safe_serialization=True)
+            state = None
+            if config.readout:  # φv's readout-sized weights fit no LLaVA projector; the heads file holds them
+                state = {k: v for k, v in model.llava.state_dict().items() if ".multi_modal_projector." not in k}
+            model.llava.save_pretrained(tmp, safe_serialization=True, state_dict=state)
         config.save(tmp)
         tokenizer.save_pretrained(tmp)
         save_file(head_state(model), tmp / HEADS_NAME)
@@ -263,7 +273,7 @@ def _check_format(path: Path) -> None:
 
 def _heads_to(model: QGroundModel, device: torch.device, dtype: torch.dtype) -> None:
     """φv and the qground heads follow the device and compute dtype (they are never quantized)."""
-    for part in (model.seg_head, model.pixel_decoder, model.projector):
+    for part in _head_parts(model).values():
         part.to(device=device, dtype=dtype)
 
 
@@ -317,8 +327,7 @@ def _load_safetensors(model: QGroundModel, path: Path, apply) -> None:
 
 
 def _load_heads(model: QGroundModel, state: dict[str, torch.Tensor], path: Path) -> None:
-    parts = {"projector": model.projector, "seg_head": model.seg_head, "pixel_decoder": model.pixel_decoder}
-    for name, part in parts.items():
+    for name, part in _head_parts(model).items():
         sub = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
         try:
             part.load_state_dict(sub, strict=True)

@@ -18,6 +18,7 @@ CONFIG_NAME = "qground_config.json"
 FORMAT_VERSION = 1
 
 NUM_DETAIL_CHANNELS = 8  # qground.detail: native-resolution channels appended to RGB when detail_channels is set
+READOUT_SUB = 2  # qground.modeling.readout: sub-cells per patch side whose class coverage the readout predicts
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -137,7 +138,9 @@ class QGroundConfig:
     Image frame: inputs are resized (longest side) and padded bottom-right to ``image_size``²; the vision tower yields a
     ``grid × grid`` patch map (``grid = image_size // patch_size``); φv pools it by ``projector_pool`` to
     ``token_grid²`` tokens per image, followed by one token from the tower's class (CLS) position when
-    ``global_token`` is set (``num_image_tokens`` in all).
+    ``global_token`` is set (``num_image_tokens`` in all). φv's input is the ``feature_layers`` hidden states
+    concatenated, or with ``readout`` the scores of ``qground.modeling.readout`` on the last one (which carry no
+    position, so φv then adds a learned embedding per token slot).
     """
 
     name: str = "qground"
@@ -155,6 +158,7 @@ class QGroundConfig:
     feature_layers: tuple[int, ...] = (6, 14, 23)
     projector_pool: int = 2
     global_token: bool = False  # φv also maps the CLS position (a whole-image summary) to one more image token
+    readout: bool = False  # φv reads the frozen tower's distortion readout scores instead of its hidden states
     image_ordinals: int = 0  # > 0: φv adds a learned embedding of each image's place in its sample (first, second, …)
     seg_levels: int = 2
     seg_tokens_per_level: int = 3

@@ -1,11 +1,12 @@
 """Pretrain a small vision tower where no CLIP is available (qground-nano), then it is frozen like CLIP.
 
-Objective: dense distortion recognition. For every patch the last hidden state predicts, through a throw-away linear
-head, the fraction of each of its ``sub × sub`` sub-cells covered by each distortion class (soft BCE over the image
-content, padding ignored). The tower thus learns the per-patch evidence the φv tokens and the pixel decoder read.
-With ``config.global_token`` the CLS position also learns a whole-image summary through a second throw-away head: per
-class, presence (BCE), and the covered fraction of the content and severity × fraction (both squared error; severity
-1–3 from the data's ``meta.json``, scaled to 1/3–1) — what "is there noise?" and "which image is noisier?" ask.
+Objective: dense distortion recognition, read from the last hidden state by a ``DistortionReadout``
+(``qground.modeling.readout``). For every patch it predicts the fraction of each of its ``sub × sub`` sub-cells
+covered by each distortion class (soft BCE over the image content, padding ignored); at the CLS position a whole-image
+summary per class: presence (BCE), the covered fraction of the content and severity × fraction (both squared error on
+the sigmoid; severity 1–3 from the data's ``meta.json``, scaled to 1/3–1) — what "is there noise?" and "which image is
+noisier?" ask. The tower thus learns the evidence φv and the pixel decoder read. A model with ``config.readout`` keeps
+the trained readout (frozen, it feeds φv); otherwise it is thrown away.
 
 ``python -m training.pretrain_vision --model runs/nano/init --data runs/nano/data/train --out runs/nano/vision``
 """
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from qground.checkpoint import load_model, save_checkpoint
+from qground.config import READOUT_SUB
+from qground.modeling import DistortionReadout
 from qground.processor import QGroundProcessor
 from qground.taxonomy import CLASS_NAMES
 from training.data.dataset import load_mask
@@ -74,22 +77,19 @@ def build_tensors(processor: QGroundProcessor, data_dir: Path, sub: int):
     return torch.stack(xs), torch.stack(ys), torch.stack(ws), torch.stack(gs)
 
 
-def pretrain(model, processor, data_dir: Path, epochs: int, batch: int, lr: float, sub: int = 2, seed: int = 0):
-    """Train ``model.vision_tower`` in place; returns per-epoch mean losses."""
+def pretrain(model, processor, data_dir: Path, epochs: int, batch: int, lr: float, seed: int = 0):
+    """Train ``model.vision_tower`` (and ``model.readout``) in place; returns per-epoch mean losses."""
     torch.manual_seed(seed)
-    x, y, w, glob = build_tensors(processor, data_dir, sub)
-    tower = model.vision_tower
-    width = model.config.vision.hidden_size
-    head = torch.nn.Linear(width, y.shape[1])
-    global_head = torch.nn.Linear(width, glob.shape[1]) if model.config.global_token else None
-    params = [*tower.parameters(), *head.parameters(), *(global_head.parameters() if global_head else [])]
     n = len(CLASS_NAMES)
-    for p in tower.parameters():
+    tower = model.vision_tower
+    readout = model.readout or DistortionReadout(model.config.vision.hidden_size, n, READOUT_SUB)
+    x, y, w, glob = build_tensors(processor, data_dir, readout.sub)
+    params = [*tower.parameters(), *readout.parameters()]
+    for p in params:
         p.requires_grad = True
     steps = epochs * (-(-len(x) // batch))
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    g = model.config.grid
     tower.train()
     losses = []
     bar = tqdm(total=steps, desc="vision", dynamic_ncols=True)
@@ -98,14 +98,11 @@ def pretrain(model, processor, data_dir: Path, epochs: int, batch: int, lr: floa
         total = 0.0
         for i in range(0, len(x), batch):
             idx = order[i : i + batch]
-            hidden = tower(x[idx]).last_hidden_state  # (B, 1 + g², D): CLS, then patches
-            logits = head(hidden[:, 1:]).transpose(1, 2).reshape(len(idx), -1, g, g)
+            logits, whole = readout.logits(tower(x[idx]).last_hidden_state)
             loss = (F.binary_cross_entropy_with_logits(logits, y[idx], reduction="none").mean(1) * w[idx]).sum()
             loss = loss / w[idx].sum()
-            if global_head is not None:
-                out, target = global_head(hidden[:, 0]), glob[idx]
-                loss = loss + F.binary_cross_entropy_with_logits(out[:, :n], target[:, :n])
-                loss = loss + 4 * F.mse_loss(out[:, n:].sigmoid(), target[:, n:])
+            loss = loss + F.binary_cross_entropy_with_logits(whole[:, :n], glob[idx, :n])
+            loss = loss + 4 * F.mse_loss(whole[:, n:].sigmoid(), glob[idx, n:])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -116,7 +113,8 @@ def pretrain(model, processor, data_dir: Path, epochs: int, batch: int, lr: floa
         losses.append(total / len(x))
     bar.close()
     tower.eval()
-    for p in tower.parameters():
+    readout.eval()
+    for p in params:
         p.requires_grad = False
     return losses
 

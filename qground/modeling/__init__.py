@@ -3,6 +3,7 @@
 from qground.modeling.pixel_decoder import PixelDecoder
 from qground.modeling.projector import MultiLayerProjector
 from qground.modeling.qground import QGroundModel
+from qground.modeling.readout import DistortionReadout
 from qground.modeling.seg_head import SegHead
 
-__all__ = ["MultiLayerProjector", "PixelDecoder", "QGroundModel", "SegHead"]
+__all__ = ["DistortionReadout", "MultiLayerProjector", "PixelDecoder", "QGroundModel", "SegHead"]

@@ -14,16 +14,27 @@ class MultiLayerProjector(nn.Module):
     map, the L layers concatenated channel-wise. The patches are average-pooled to ``(grid/pool)²`` tokens; with
     ``global_token`` the CLS position follows them as one more token. Each goes through Linear–GELU–Linear →
     ``(M, (grid/pool)² [+ 1], D)``. With ``ordinals`` > 0, ``ordinal`` holds a learned embedding per place of an image
-    in its sample (first, second, …) that the model adds to all of that image's tokens.
+    in its sample (first, second, …) that the model adds to all of that image's tokens. With ``slots``, a learned
+    embedding per output token (its place in the pooled grid, or the whole-image token) is added to the output: inputs
+    that carry no position of their own (the readout's scores) need it to say *where*.
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, grid: int, pool: int, global_token: bool = False, ordinals: int = 0
+        self,
+        in_dim: int,
+        out_dim: int,
+        grid: int,
+        pool: int,
+        global_token: bool = False,
+        ordinals: int = 0,
+        slots: bool = False,
     ) -> None:
         super().__init__()
         self.grid = grid
         self.pool = pool
         self.global_token = global_token
+        n_tokens = (grid // pool) ** 2 + global_token
+        self.slot = nn.Parameter(torch.randn(n_tokens, out_dim) * 0.02) if slots else None
         self.ordinal = nn.Embedding(ordinals, out_dim) if ordinals else None
         if self.ordinal is not None:
             nn.init.normal_(self.ordinal.weight, std=0.02)
@@ -39,4 +50,5 @@ class MultiLayerProjector(nn.Module):
         x = F.avg_pool2d(x, self.pool).flatten(2).transpose(1, 2)
         if self.global_token:
             x = torch.cat([x, features[:, :1]], dim=1)
-        return self.linear_2(self.act(self.linear_1(x)))
+        out = self.linear_2(self.act(self.linear_1(x)))
+        return out + self.slot if self.slot is not None else out

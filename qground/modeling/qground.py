@@ -19,6 +19,7 @@ from transformers import LlavaForConditionalGeneration
 from qground.config import QGroundConfig
 from qground.modeling.losses import dice_loss, sigmoid_bce
 from qground.modeling.pixel_decoder import PixelDecoder
+from qground.modeling.readout import DistortionReadout
 from qground.modeling.seg_head import SegHead
 
 
@@ -39,7 +40,8 @@ class SegGroup:
 
 
 class QGroundModel(nn.Module):
-    """Receives its parts: ``llava`` (whose ``model.multi_modal_projector`` is φv), ``seg_head``, ``pixel_decoder``."""
+    """Receives its parts: ``llava`` (whose ``model.multi_modal_projector`` is φv), ``seg_head``, ``pixel_decoder``
+    and, when ``config.readout``, the frozen ``readout`` that feeds φv."""
 
     def __init__(
         self,
@@ -47,14 +49,18 @@ class QGroundModel(nn.Module):
         llava: LlavaForConditionalGeneration,
         seg_head: SegHead,
         pixel_decoder: PixelDecoder,
+        readout: DistortionReadout | None = None,
     ) -> None:
         super().__init__()
         if config.token_ids.image < 0:
             raise ValueError("config.token_ids is not bound to a tokenizer; build the model with qground.builder")
+        if config.readout != (readout is not None):
+            raise ValueError(f"config.readout is {config.readout} but a readout was {'not ' * (readout is None)}given")
         self.config = config
         self.llava = llava
         self.seg_head = seg_head
         self.pixel_decoder = pixel_decoder
+        self.readout = readout
 
     # -- parts -------------------------------------------------------------------------------------------------------
     @property
@@ -75,7 +81,8 @@ class QGroundModel(nn.Module):
 
     # -- stages ------------------------------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> ImageFeatures:
-        """``pixel_values`` (M, C, S, S) normalized, padded model inputs → ``ImageFeatures``. The tower is frozen."""
+        """``pixel_values`` (M, C, S, S) normalized, padded model inputs → ``ImageFeatures``. The tower and the readout
+        are frozen."""
         cfg = self.config
         tower_param = next(self.vision_tower.parameters())
         with torch.no_grad():
@@ -84,8 +91,11 @@ class QGroundModel(nn.Module):
                 output_hidden_states=True,
                 interpolate_pos_encoding=cfg.image_size != cfg.vision.native_image_size,
             )
-        hs = out.hidden_states
-        stacked = torch.cat([hs[i] for i in cfg.feature_layers], dim=-1)  # CLS + patches
+            hs = out.hidden_states
+            if self.readout is not None:
+                stacked = self.readout(hs[-1].to(next(self.readout.parameters()).dtype))  # CLS + patches
+        if self.readout is None:
+            stacked = torch.cat([hs[i] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype
         tokens = self.projector(stacked.to(proj_dtype))
         decoder = tuple(hs[i][:, 1:] for i in cfg.decoder.layers)

@@ -1,0 +1,52 @@
+"""The distortion readout: linear heads on the frozen vision tower's last hidden state (nano's φv input).
+
+Trained with the tower (``training.pretrain_vision``) and frozen with it. Per patch it predicts the covered fraction of
+each of ``sub × sub`` sub-cells for each distortion class; at the CLS position, per class: presence, the covered
+fraction of the image content, and severity (1/3–1) × fraction. A projector fed these scores instead of the hidden
+states sees distortion evidence only, not which photo it is looking at, so what the LLM learns from a few training
+photos carries over to new ones.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class DistortionReadout(nn.Module):
+    """``hidden`` ``(M, 1 + g², Dv)`` (CLS, then patches row-major) → scores in [0, 1].
+
+    ``logits(hidden)`` is the training view: dense ``(M, classes·sub², g, g)``, where channel
+    ``class·sub² + i·sub + j`` covers sub-cell row ``i``, column ``j`` of each patch; whole-image ``(M, 3·classes)``:
+    presence per class, then fraction per class, then severity × fraction per class. ``forward`` returns their sigmoids
+    as one ``(M, 1 + g², classes·sub²)`` map: row 0 holds the whole-image scores zero-padded to the width, rows 1… the
+    patches' coverage.
+    """
+
+    def __init__(self, vision_dim: int, num_classes: int, sub: int) -> None:
+        super().__init__()
+        if num_classes * sub * sub < 3 * num_classes:
+            raise ValueError(f"readout sub-cells per side must be ≥ 2 to hold the whole-image scores, got {sub}")
+        self.num_classes = num_classes
+        self.sub = sub
+        self.dense = nn.Linear(vision_dim, num_classes * sub * sub)
+        self.whole = nn.Linear(vision_dim, 3 * num_classes)
+
+    @property
+    def width(self) -> int:
+        return self.dense.out_features
+
+    def logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m, n, _ = hidden.shape
+        g = int((n - 1) ** 0.5)
+        if g * g != n - 1:
+            raise ValueError(f"the readout expects CLS + a square patch map, got {n} positions")
+        dense = self.dense(hidden[:, 1:]).transpose(1, 2).reshape(m, -1, g, g)
+        return dense, self.whole(hidden[:, 0])
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        dense, whole = self.logits(hidden)
+        patches = dense.sigmoid().flatten(2).transpose(1, 2)  # (M, g², K)
+        pad = patches.new_zeros(hidden.shape[0], 1, self.width)
+        pad[:, 0, : whole.shape[1]] = whole.sigmoid()
+        return torch.cat([pad, patches], dim=1)

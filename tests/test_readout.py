@@ -1,0 +1,113 @@
+"""The distortion readout: φv's input in readout mode, frozen in every stage, saved with the heads, trained with the
+vision tower."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from qground.builder import build_model
+from qground.checkpoint import HEADS_NAME, load_model, save_checkpoint
+from qground.config import CONFIG_NAME
+from qground.modeling import QGroundModel
+from qground.processor import QGroundProcessor
+from qground.taxonomy import CLASS_NAMES
+from training.stages import set_trainable
+
+
+@pytest.fixture(scope="module")
+def readout_model(tiny):
+    _, tokenizer, _ = tiny
+    config = dataclasses.replace(tiny[0].config, readout=True, global_token=True)
+    return build_model(config, seed=0), tokenizer
+
+
+def test_readout_layout(readout_model):
+    model, _ = readout_model
+    g, n = model.config.grid, len(CLASS_NAMES)
+    hidden = torch.randn(3, 1 + g * g, model.config.vision.hidden_size)
+    scores = model.readout(hidden)
+    dense, whole = model.readout.logits(hidden)
+    assert scores.shape == (3, 1 + g * g, n * 4) and dense.shape == (3, n * 4, g, g) and whole.shape == (3, 3 * n)
+    assert torch.allclose(scores[:, 0, : 3 * n], whole.sigmoid()) and not scores[:, 0, 3 * n :].any()
+    assert torch.allclose(scores[:, 1:].transpose(1, 2).reshape(3, -1, g, g), dense.sigmoid())
+    with pytest.raises(ValueError, match="square patch map"):
+        model.readout(hidden[:, :-1])
+
+
+def test_phi_v_reads_the_readout(readout_model, overfit_batch):
+    """In readout mode φv's tokens depend on the readout's scores (changing its weights changes them) and nothing
+    else of the tower's output reaches the LLM; the decoder still gets the hidden states."""
+    model, _ = readout_model
+    pixels = overfit_batch[1]["pixel_values"]
+    cfg = model.config
+    feats = model.encode_images(pixels)
+    assert feats.tokens.shape == (2, cfg.num_image_tokens, cfg.llm.hidden_size)
+    assert feats.decoder[0].shape == (2, cfg.grid**2, cfg.vision.hidden_size)
+    assert model.projector.linear_1.in_features == model.readout.width
+    saved = model.readout.dense.bias.detach().clone()
+    with torch.no_grad():
+        model.readout.dense.bias += 1.0
+    moved = model.encode_images(pixels)
+    with torch.no_grad():
+        model.readout.dense.bias.copy_(saved)
+    changed = (moved.tokens - feats.tokens).abs().amax(dim=(0, 2)) > 0
+    assert changed.tolist() == [True] * (cfg.num_image_tokens - 1) + [False]  # the whole-image token reads CLS
+    assert torch.equal(moved.decoder[0], feats.decoder[0])
+
+
+def test_readout_is_frozen_in_every_stage(readout_model):
+    model, _ = readout_model
+    model = build_model(model.config, seed=0)
+    for groups in (["projector"], ["projector", "llm", "seg_head", "pixel_decoder"]):
+        names = set_trainable(model, groups, model.config.lora)
+        assert names and not any(n.startswith("readout.") for n in names)
+        assert not any(p.requires_grad for p in model.readout.parameters())
+
+
+def test_config_and_parts_must_agree(readout_model):
+    model, _ = readout_model
+    with pytest.raises(ValueError, match="config.readout is True but a readout was not given"):
+        QGroundModel(model.config, model.llava, model.seg_head, model.pixel_decoder)
+
+
+def test_readout_checkpoint_round_trip(readout_model, overfit_batch, tmp_path):
+    model, tokenizer = readout_model
+    with torch.no_grad():
+        model.readout.whole.bias.fill_(0.5)  # not the initialization
+    folder = save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    from safetensors.torch import load_file
+
+    assert {"readout.dense.weight", "readout.whole.bias"} <= set(load_file(folder / HEADS_NAME))
+    assert (folder / CONFIG_NAME).exists()
+    loaded, _ = load_model(folder, device="cpu", dtype=torch.float32)
+    assert loaded.config.readout
+    pixels = overfit_batch[1]["pixel_values"]
+    assert torch.equal(loaded.encode_images(pixels).tokens, model.encode_images(pixels).tokens)
+
+
+def test_pretraining_trains_and_keeps_the_readout(readout_model, tmp_path):
+    from training.data import synth
+    from training.pretrain_vision import pretrain
+
+    model, tokenizer = readout_model
+    model = build_model(model.config, seed=0)
+    synth.write_dataset(tmp_path, num=12, split="train", seed=1, comparisons=2, max_side=96)
+    before = model.readout.dense.weight.detach().clone()
+    losses = pretrain(model, QGroundProcessor(tokenizer, model.config), tmp_path, epochs=4, batch=4, lr=3e-3)
+    assert losses[-1] < losses[0]
+    assert not torch.equal(model.readout.dense.weight, before)
+    assert not any(p.requires_grad for p in [*model.readout.parameters(), *model.vision_tower.parameters()])
+
+
+def test_slots_tell_token_places_apart(readout_model):
+    """The readout's scores carry no position: the same scores everywhere still give each token slot its own
+    embedding (so the LLM can say where), and a model without ``readout`` has no slots."""
+    model, _ = readout_model
+    cfg = model.config
+    same = torch.full((1, 1 + cfg.grid**2, model.readout.width), 0.5)
+    tokens = model.projector(same)[0]
+    assert tokens.shape == (cfg.num_image_tokens, cfg.llm.hidden_size)
+    assert all(not torch.allclose(tokens[i], tokens[j]) for i in range(len(tokens)) for j in range(i))
+    plain = build_model(dataclasses.replace(cfg, readout=False), seed=0)
+    assert plain.projector.slot is None
