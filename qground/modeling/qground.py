@@ -91,10 +91,11 @@ class QGroundModel(nn.Module):
                 output_hidden_states=True,
                 interpolate_pos_encoding=cfg.image_size != cfg.vision.native_image_size,
             )
-            hs = out.hidden_states
-            if self.readout is not None:
+        hs = out.hidden_states
+        if self.readout is not None:  # frozen like the tower
+            with torch.no_grad():
                 stacked = self.readout(hs[-1].to(next(self.readout.parameters()).dtype))  # CLS + patches
-        if self.readout is None:
+        else:
             stacked = torch.cat([hs[i] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype
         tokens = self.projector(stacked.to(proj_dtype))
