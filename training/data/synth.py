@@ -36,60 +36,80 @@ ORDINALS = ("first", "second", "third", "fourth")
 
 @dataclass(frozen=True)
 class PhotoSource:
-    """A clean photo inside an installed package: ``origin`` says where, ``license`` under which terms."""
+    """A clean photo inside an installed package: ``package`` (skimage, sklearn, matplotlib or gradio) and ``item``
+    say where (a ``skimage.data`` function, or a file in the package's sample folder), ``license`` under which
+    terms."""
 
     name: str
-    origin: str
+    package: str
+    item: str
     license: str
     split: str
 
+    @property
+    def origin(self) -> str:
+        if self.package == "skimage":
+            return f"skimage.data.{self.item}()"
+        folder = {"sklearn": "sklearn.datasets sample images", "matplotlib": "matplotlib sample_data"}
+        return f"{folder.get(self.package, 'gradio/media_assets/images')}/{self.item}"
+
 
 PHOTOS = (
-    PhotoSource("astronaut", "skimage.data.astronaut()", "public domain (NASA)", "train"),
-    PhotoSource("chelsea", "skimage.data.chelsea()", "CC0 (Stefan van der Walt)", "train"),
-    PhotoSource("rocket", "skimage.data.rocket()", "public domain (SpaceX, CC0 release)", "train"),
-    PhotoSource("immunohistochemistry", "skimage.data.immunohistochemistry()", "public domain", "train"),
-    PhotoSource("camera", "skimage.data.camera() (gray)", "CC0 (Lav Varshney)", "train"),
-    PhotoSource("coins", "skimage.data.coins() (gray)", "no known copyright restrictions (Brooklyn Museum)", "train"),
-    PhotoSource("grass", "skimage.data.grass() (gray)", "CC0", "train"),
-    PhotoSource("gravel", "skimage.data.gravel() (gray)", "CC0 (CC0Textures)", "train"),
-    PhotoSource("brick", "skimage.data.brick() (gray)", "CC0 (CC0Textures)", "train"),
-    PhotoSource("china", "sklearn.datasets.load_sample_images() china.jpg", "CC BY 2.0 (scikit-learn)", "train"),
-    PhotoSource("flower", "sklearn.datasets.load_sample_images() flower.jpg", "CC BY 2.0 (scikit-learn)", "train"),
-    PhotoSource("tower", "gradio/media_assets/images/tower.jpg", "Apache-2.0 (gradio package asset)", "train"),
-    PhotoSource("groot", "gradio/media_assets/images/groot.jpeg", "Apache-2.0 (gradio package asset)", "train"),
-    PhotoSource("lion", "gradio/media_assets/images/lion.jpg", "Apache-2.0 (gradio package asset)", "train"),
-    PhotoSource("retina", "skimage.data.retina()", "CC0 (Mikael Häggström)", "train"),
-    PhotoSource("hubble_deep_field", "skimage.data.hubble_deep_field()", "public domain (NASA)", "train"),
-    PhotoSource("grace_hopper", "matplotlib sample_data/grace_hopper.jpg", "public domain (US Navy)", "eval"),
-    PhotoSource("coffee", "skimage.data.coffee()", "CC0 (Rachel Michetti)", "eval"),
+    PhotoSource("astronaut", "skimage", "astronaut", "public domain (NASA)", "train"),
+    PhotoSource("chelsea", "skimage", "chelsea", "CC0 (Stefan van der Walt)", "train"),
+    PhotoSource("rocket", "skimage", "rocket", "public domain (SpaceX, CC0 release)", "train"),
+    PhotoSource("immunohistochemistry", "skimage", "immunohistochemistry", "public domain", "train"),
+    PhotoSource("camera", "skimage", "camera", "CC0 (Lav Varshney)", "train"),
+    PhotoSource("coins", "skimage", "coins", "no known copyright restrictions (Brooklyn Museum)", "train"),
+    PhotoSource("grass", "skimage", "grass", "CC0", "train"),
+    PhotoSource("gravel", "skimage", "gravel", "CC0 (CC0Textures)", "train"),
+    PhotoSource("brick", "skimage", "brick", "CC0 (CC0Textures)", "train"),
+    PhotoSource("moon", "skimage", "moon", "public domain (as distributed by scikit-image)", "train"),
+    PhotoSource("page", "skimage", "page", "public domain (as distributed by scikit-image)", "train"),
+    PhotoSource(
+        "motorcycle",
+        "skimage",
+        "stereo_motorcycle",
+        "Middlebury 2014 stereo benchmark (Scharstein et al.), as distributed by scikit-image",
+        "train",
+    ),
+    PhotoSource("china", "sklearn", "china.jpg", "CC BY 2.0 (scikit-learn)", "train"),
+    PhotoSource("flower", "sklearn", "flower.jpg", "CC BY 2.0 (scikit-learn)", "train"),
+    PhotoSource("tower", "gradio", "tower.jpg", "Apache-2.0 (gradio package asset)", "train"),
+    PhotoSource("groot", "gradio", "groot.jpeg", "Apache-2.0 (gradio package asset)", "train"),
+    PhotoSource("lion", "gradio", "lion.jpg", "Apache-2.0 (gradio package asset)", "train"),
+    PhotoSource("cheetah_portrait", "gradio", "cheetah1.jpg", "Apache-2.0 (gradio package asset)", "train"),
+    PhotoSource("retina", "skimage", "retina", "CC0 (Mikael Häggström)", "train"),
+    PhotoSource("hubble_deep_field", "skimage", "hubble_deep_field", "public domain (NASA)", "train"),
+    PhotoSource("grace_hopper", "matplotlib", "grace_hopper.jpg", "public domain (US Navy)", "eval"),
+    PhotoSource("coffee", "skimage", "coffee", "CC0 (Rachel Michetti)", "eval"),
 )
 
 
 @cache
 def load_photo(name: str) -> np.ndarray:
     """The clean photo as (H, W, 3) uint8 (gray photos repeated over the three channels)."""
-    if name in ("astronaut", "chelsea", "rocket", "immunohistochemistry", "coffee", "retina", "hubble_deep_field"):
+    source = next(p for p in PHOTOS if p.name == name)
+    if source.package == "skimage":
         import skimage.data
 
-        return getattr(skimage.data, name)()[..., :3]
-    if name in ("camera", "coins", "grass", "gravel", "brick"):
-        import skimage.data
-
-        return np.repeat(getattr(skimage.data, name)()[..., None], 3, axis=-1)
-    if name in ("china", "flower"):
+        photo = getattr(skimage.data, source.item)()
+        photo = photo[0] if isinstance(photo, tuple) else photo  # stereo_motorcycle: (left, right, disparity)
+    elif source.package == "sklearn":
         from sklearn.datasets import load_sample_image
 
-        return load_sample_image(f"{name}.jpg")
-    if name == "grace_hopper":
+        photo = load_sample_image(source.item)
+    elif source.package == "matplotlib":
         import matplotlib.cbook
 
-        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
-            return np.asarray(Image.open(f).convert("RGB"))
-    import gradio
+        with matplotlib.cbook.get_sample_data(source.item) as f:
+            photo = np.asarray(Image.open(f).convert("RGB"))
+    else:
+        import gradio
 
-    folder = Path(gradio.__file__).parent / "media_assets" / "images"
-    return np.asarray(Image.open(next(folder.glob(f"{name}.jp*g"))).convert("RGB"))
+        photo = np.asarray(Image.open(Path(gradio.__file__).parent / "media_assets" / "images" / source.item))
+    photo = np.repeat(photo[..., None], 3, axis=-1) if photo.ndim == 2 else photo
+    return np.ascontiguousarray(photo[..., :3])
 
 
 def photos(split: str) -> list[PhotoSource]:
