@@ -142,7 +142,7 @@ class QGroundConfig:
     concatenated, or with ``readout`` the scores of ``qground.modeling.readout`` on the last one (which carry no
     position, so φv then adds a learned embedding per token slot). With ``group_margins``, each image of a multi-image
     prompt also gets, on its whole-image token, how far its readout evidence lies above and below the other images'
-    (``qground.modeling.projector.group_margins``).
+    (``qground.modeling.projector.group_margins``), embedded per image place.
     """
 
     name: str = "qground"
@@ -201,9 +201,9 @@ class QGroundConfig:
         )
         _check(self.image_ordinals >= 0, "image_ordinals must be ≥ 0 (0 disables the ordinal embedding)")
         _check(
-            not self.group_margins or (self.readout and self.global_token),
-            "group_margins compares the readout's whole-image scores and adds them to the whole-image token: "
-            "it needs readout and global_token",
+            not self.group_margins or (self.readout and self.global_token and self.image_ordinals > 0),
+            "group_margins compares the readout's whole-image scores per numbered image and adds them to the "
+            "whole-image token: it needs readout, global_token and image_ordinals > 0",
         )
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(

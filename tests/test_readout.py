@@ -20,7 +20,7 @@ from training.stages import set_trainable
 @pytest.fixture(scope="module")
 def readout_model(tiny):
     _, tokenizer, _ = tiny
-    config = dataclasses.replace(tiny[0].config, readout=True, global_token=True, group_margins=True)
+    config = dataclasses.replace(tiny[0].config, readout=True, global_token=True, image_ordinals=4, group_margins=True)
     return build_model(config, seed=0), tokenizer
 
 
@@ -157,5 +157,5 @@ def test_group_margins_reach_only_the_whole_image_tokens(readout_model, overfit_
     assert torch.equal(model.embed(ids, other)[1], embeds[1])
     with pytest.raises(ValueError, match="carry no evidence"):
         model.embed(ids, ImageFeatures(feats.tokens, feats.decoder))
-    with pytest.raises(ConfigError, match="needs readout and global_token"):
+    with pytest.raises(ConfigError, match="needs readout, global_token and image_ordinals"):
         dataclasses.replace(config, readout=False)

@@ -40,9 +40,10 @@ class MultiLayerProjector(nn.Module):
     ``(M, (grid/pool)² [+ 1], D)``. With ``ordinals`` > 0, ``ordinal`` holds a learned embedding per place of an image
     in its sample (first, second, …) that the model adds to all of that image's tokens. With ``slots``, a learned
     embedding per output token (its place in the pooled grid, or the whole-image token) is added to the output: inputs
-    that carry no position of their own (the readout's scores) need it to say *where*. With ``margins`` = K > 0,
-    ``compare`` (Linear–GELU–Linear) maps an image's ``group_margins`` (2K) to an embedding that the model adds to that
-    image's whole-image token.
+    that carry no position of their own (the readout's scores) need it to say *where*. With ``margins`` = K > 0 (and
+    ``ordinals``), ``compare`` (Linear–GELU–Linear) maps an image's ``group_margins`` (2K), placed in the block of its
+    place (``ordinals`` × 2K, zeros elsewhere), to an embedding that the model adds to that image's whole-image token:
+    "the second image has the most noise" then has its own direction, which survives averaging over the images.
     """
 
     def __init__(
@@ -65,8 +66,12 @@ class MultiLayerProjector(nn.Module):
         self.ordinal = nn.Embedding(ordinals, out_dim) if ordinals else None
         if self.ordinal is not None:
             nn.init.normal_(self.ordinal.weight, std=0.02)
+        if margins and not ordinals:
+            raise ValueError("φv's group margins are embedded per image place: they need ordinals > 0")
         self.compare = (
-            nn.Sequential(nn.Linear(2 * margins, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim)) if margins else None
+            nn.Sequential(nn.Linear(2 * margins * ordinals, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+            if margins
+            else None
         )
         self.linear_1 = nn.Linear(in_dim, out_dim)
         self.act = nn.GELU()

@@ -110,8 +110,8 @@ class QGroundModel(nn.Module):
     def embed(self, input_ids: torch.Tensor, features: ImageFeatures | None) -> torch.Tensor:
         """Token embeddings (B, L, D) with image-token positions replaced by ``features.tokens`` (M, T, D) in order,
         plus, with ``config.image_ordinals``, φv's embedding of each image's place in its sample and, with
-        ``config.group_margins``, φv's embedding of how its evidence compares with its sample's other images (added to
-        its whole-image token, the last of its T)."""
+        ``config.group_margins``, φv's embedding of how its evidence compares with its sample's other images, per
+        place (added to its whole-image token, the last of its T)."""
         embeds = self.llava.get_input_embeddings()(input_ids)
         is_image = input_ids == self.config.token_ids.image
         found = int(is_image.sum())
@@ -137,8 +137,9 @@ class QGroundModel(nn.Module):
         if compare is not None:
             if features.evidence is None:
                 raise ValueError("this model compares the images of a prompt but the features carry no evidence")
-            margins = group_margins(features.evidence, per_sample).to(image_tokens.dtype)
-            whole = image_tokens[:, -1:] + compare(margins)[:, None, :]
+            margins = group_margins(features.evidence, per_sample).to(image_tokens.dtype)  # (M, 2K)
+            placed = F.one_hot(places, ordinal.num_embeddings).to(margins)[:, :, None] * margins[:, None, :]
+            whole = image_tokens[:, -1:] + compare(placed.flatten(1))[:, None, :]
             image_tokens = torch.cat([image_tokens[:, :-1], whole], dim=1)
         return embeds.masked_scatter(is_image[..., None], image_tokens.to(embeds.dtype))
 
