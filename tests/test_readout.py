@@ -155,6 +155,14 @@ def test_group_margins_reach_only_the_whole_image_tokens(readout_model, overfit_
     assert changed[0].nonzero().flatten().tolist() == [t, 2 * t]  # both images' last (whole-image) token
     other.evidence[2] += 0.3  # sample 1's only image
     assert torch.equal(model.embed(ids, other)[1], embeds[1])
+    two = torch.tensor([[1] + [image] * (2 * t)])
+    zeros = torch.zeros(2, t, config.llm.hidden_size)
+    noisy, clean = torch.zeros(1, len(CLASS_NAMES) + 1), torch.zeros(1, len(CLASS_NAMES) + 1)
+    noisy[0, 4] = noisy[0, -1] = 0.6
+    ordinal = model.projector.ordinal.weight
+    as_first = model.embed(two, ImageFeatures(zeros, (), torch.cat([noisy, clean])))[0, t] - ordinal[0]
+    as_second = model.embed(two, ImageFeatures(zeros, (), torch.cat([clean, noisy])))[0, 2 * t] - ordinal[1]
+    assert not torch.allclose(as_first, as_second)  # "the noisiest" is told apart by place, not only by ordinal
     with pytest.raises(ValueError, match="carry no evidence"):
         model.embed(ids, ImageFeatures(feats.tokens, feats.decoder))
     with pytest.raises(ConfigError, match="needs readout, global_token and image_ordinals"):
