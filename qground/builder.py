@@ -108,7 +108,6 @@ def config_nano() -> QGroundConfig:
         global_token=True,
         readout=True,
         image_ordinals=8,
-        group_margins=True,
         base_model_id=None,
         tokenizer_id=None,
     )
@@ -189,7 +188,6 @@ def assemble(config: QGroundConfig, llava: LlavaForConditionalGeneration) -> QGr
             config.global_token,
             config.image_ordinals,
             slots=config.readout,
-            margins=len(CLASS_NAMES) + 1 if config.group_margins else 0,
         )
         if device.type != "meta" and _same_shapes(old, projector):
             projector.load_state_dict(old.state_dict())

@@ -140,9 +140,7 @@ class QGroundConfig:
     ``token_grid²`` tokens per image, followed by one token from the tower's class (CLS) position when
     ``global_token`` is set (``num_image_tokens`` in all). φv's input is the ``feature_layers`` hidden states
     concatenated, or with ``readout`` the scores of ``qground.modeling.readout`` on the last one (which carry no
-    position, so φv then adds a learned embedding per token slot). With ``group_margins``, each image of a multi-image
-    prompt also gets, on its whole-image token, how far its readout evidence lies above and below the other images'
-    (``qground.modeling.projector.group_margins``), embedded per image place.
+    position, so φv then adds a learned embedding per token slot).
     """
 
     name: str = "qground"
@@ -162,7 +160,6 @@ class QGroundConfig:
     global_token: bool = False  # φv also maps the CLS position (a whole-image summary) to one more image token
     readout: bool = False  # φv reads the frozen tower's distortion readout scores instead of its hidden states
     image_ordinals: int = 0  # > 0: φv adds a learned embedding of each image's place in its sample (first, second, …)
-    group_margins: bool = False  # φv adds, per image of a multi-image prompt, its readout evidence vs the others'
     seg_levels: int = 2
     seg_tokens_per_level: int = 3
     base_model_id: str | None = "llava-hf/llava-1.5-7b-hf"
@@ -200,11 +197,6 @@ class QGroundConfig:
             f"image_size {self.image_size} must be a multiple of vision.patch_size {self.vision.patch_size}",
         )
         _check(self.image_ordinals >= 0, "image_ordinals must be ≥ 0 (0 disables the ordinal embedding)")
-        _check(
-            not self.group_margins or (self.readout and self.global_token and self.image_ordinals > 0),
-            "group_margins compares the readout's whole-image scores per numbered image and adds them to the "
-            "whole-image token: it needs readout, global_token and image_ordinals > 0",
-        )
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(
             self.vision.num_channels == 3 + NUM_DETAIL_CHANNELS * self.detail_channels,

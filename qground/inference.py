@@ -96,7 +96,7 @@ def decode(
     eos = model.config.token_ids.eos
     generator = torch.Generator().manual_seed(settings.seed)
     with torch.inference_mode():
-        embeds = model.embed(input_ids.to(model.device), features)
+        embeds = model.embed(input_ids.to(model.device), features.tokens if features is not None else None)
         cache = DynamicCache(config=lm.config) if settings.use_cache else None
         hidden = lm(inputs_embeds=embeds, past_key_values=cache, use_cache=settings.use_cache).last_hidden_state
         for step in range(settings.max_new_tokens):

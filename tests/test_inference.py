@@ -50,7 +50,7 @@ def test_predicting_states_match_a_full_forward(trained_tiny, overfit_batch):
     steps = list(decode(model, ids, feats, GenerationSettings(max_new_tokens=12)))
     full = torch.cat([ids, torch.tensor([[t for t, _ in steps]])], dim=1)
     with torch.no_grad():
-        hidden = model.language_model(inputs_embeds=model.embed(full, feats)).last_hidden_state[0]
+        hidden = model.language_model(inputs_embeds=model.embed(full, feats.tokens)).last_hidden_state[0]
     for i, (_, state) in enumerate(steps):
         assert torch.allclose(state, hidden[ids.shape[1] - 1 + i], atol=1e-4)
 

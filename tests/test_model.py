@@ -6,7 +6,6 @@ import torch
 from conftest import photo, train_steps
 from qground.builder import build_from_registry
 from qground.inference import GROUNDING_QUESTION
-from qground.modeling.qground import ImageFeatures
 from qground.prompts import Turn, grounding_answer
 from qground.tokenizer import seg_tokens
 
@@ -159,8 +158,8 @@ def test_image_ordinals_tell_identical_images_apart(tiny):
     t, image = config.num_image_tokens, config.token_ids.image
     ids = torch.tensor([[1] + [image] * t + [2] + [image] * t, [1] + [image] * t + [2] * (t + 1)])
     tokens = torch.zeros(3, t, config.llm.hidden_size)
-    embeds = model.embed(ids, ImageFeatures(tokens, ()))
+    embeds = model.embed(ids, tokens)
     first, second, other_first = embeds[0, 1 : 1 + t], embeds[0, 2 + t :], embeds[1, 1 : 1 + t]
     assert torch.equal(first, other_first) and not torch.allclose(first, second)
     with pytest.raises(ValueError, match="numbers at most 2"):
-        model.embed(torch.tensor([[image] * (3 * t)]), ImageFeatures(torch.zeros(3, t, config.llm.hidden_size), ()))
+        model.embed(torch.tensor([[image] * (3 * t)]), torch.zeros(3, t, config.llm.hidden_size))

@@ -8,10 +8,8 @@ import torch
 
 from qground.builder import build_model
 from qground.checkpoint import HEADS_NAME, load_model, save_checkpoint
-from qground.config import CONFIG_NAME, ConfigError
+from qground.config import CONFIG_NAME
 from qground.modeling import QGroundModel
-from qground.modeling.projector import group_margins
-from qground.modeling.qground import ImageFeatures
 from qground.processor import QGroundProcessor
 from qground.taxonomy import CLASS_NAMES
 from training.stages import set_trainable
@@ -20,7 +18,7 @@ from training.stages import set_trainable
 @pytest.fixture(scope="module")
 def readout_model(tiny):
     _, tokenizer, _ = tiny
-    config = dataclasses.replace(tiny[0].config, readout=True, global_token=True, image_ordinals=4, group_margins=True)
+    config = dataclasses.replace(tiny[0].config, readout=True, global_token=True)
     return build_model(config, seed=0), tokenizer
 
 
@@ -80,15 +78,12 @@ def test_readout_checkpoint_round_trip(readout_model, overfit_batch, tmp_path):
     folder = save_checkpoint(model, tokenizer, tmp_path / "ckpt")
     from safetensors.torch import load_file
 
-    assert {"readout.dense.weight", "readout.whole.bias", "projector.compare.0.weight"} <= set(
-        load_file(folder / HEADS_NAME)
-    )
+    assert {"readout.dense.weight", "readout.whole.bias"} <= set(load_file(folder / HEADS_NAME))
     assert (folder / CONFIG_NAME).exists()
     loaded, _ = load_model(folder, device="cpu", dtype=torch.float32)
-    assert loaded.config.readout and loaded.config.group_margins
+    assert loaded.config.readout
     pixels = overfit_batch[1]["pixel_values"]
-    ids = torch.tensor([[1] + [model.config.token_ids.image] * (2 * model.config.num_image_tokens)])
-    assert torch.equal(loaded.embed(ids, loaded.encode_images(pixels)), model.embed(ids, model.encode_images(pixels)))
+    assert torch.equal(loaded.encode_images(pixels).tokens, model.encode_images(pixels).tokens)
 
 
 def test_pretraining_trains_and_keeps_the_readout(readout_model, tmp_path):
@@ -114,56 +109,5 @@ def test_slots_tell_token_places_apart(readout_model):
     tokens = model.projector(same)[0]
     assert tokens.shape == (cfg.num_image_tokens, cfg.llm.hidden_size)
     assert all(not torch.allclose(tokens[i], tokens[j]) for i in range(len(tokens)) for j in range(i))
-    plain = build_model(dataclasses.replace(cfg, readout=False, group_margins=False), seed=0)
+    plain = build_model(dataclasses.replace(cfg, readout=False), seed=0)
     assert plain.projector.slot is None
-
-
-def test_group_margins():
-    """Per sample: the image with the most of a score is the only one with a positive first margin, the one with the
-    least the only one with a positive second margin; a sample's only image gets zeros."""
-    evidence = torch.tensor([[0.1, 0.5], [0.3, 0.2], [0.3, 0.0], [0.9, 0.9], [0.2, 0.4], [0.6, 0.1]])
-    m = group_margins(evidence, [3, 1, 2])
-    assert m.shape == (6, 4)
-    expected = [
-        [0.1 - 0.3, 0.5 - 0.2, 0.3 - 0.1, 0.0 - 0.5],
-        [0.0, 0.2 - 0.5, 0.1 - 0.3, 0.0 - 0.2],
-        [0.0, 0.0 - 0.5, 0.1 - 0.3, 0.2 - 0.0],
-        [0.0, 0.0, 0.0, 0.0],
-        [0.2 - 0.6, 0.4 - 0.1, 0.6 - 0.2, 0.1 - 0.4],
-        [0.6 - 0.2, 0.1 - 0.4, 0.2 - 0.6, 0.4 - 0.1],
-    ]
-    assert torch.allclose(m, torch.tensor(expected))
-    with pytest.raises(ValueError, match="per_sample counts 5 images but evidence holds 6"):
-        group_margins(evidence, [3, 2])
-
-
-def test_group_margins_reach_only_the_whole_image_tokens(readout_model, overfit_batch):
-    """With ``group_margins`` the evidence of a prompt's other images changes each image's whole-image token (and
-    nothing else); a single-image prompt never depends on the rest of the batch."""
-    model, _ = readout_model
-    config = model.config
-    feats = model.encode_images(overfit_batch[1]["pixel_values"][[0, 1, 0]])
-    assert feats.evidence.shape == (3, len(CLASS_NAMES) + 1)
-    assert torch.allclose(feats.evidence[:, -1], feats.evidence[:, :-1].sum(1))
-    t, image = config.num_image_tokens, config.token_ids.image
-    ids = torch.tensor([[1] + [image] * (2 * t), [1, 2] + [image] * t + [2] * (t - 1)])  # two images, then one
-    embeds = model.embed(ids, feats)
-    other = ImageFeatures(feats.tokens, feats.decoder, feats.evidence.clone())
-    other.evidence[1, 0] += 0.5  # the second image of sample 0 gets more blur
-    moved = model.embed(ids, other)
-    changed = (moved - embeds).abs().amax(-1) > 0
-    assert changed[0].nonzero().flatten().tolist() == [t, 2 * t]  # both images' last (whole-image) token
-    other.evidence[2] += 0.3  # sample 1's only image
-    assert torch.equal(model.embed(ids, other)[1], embeds[1])
-    two = torch.tensor([[1] + [image] * (2 * t)])
-    zeros = torch.zeros(2, t, config.llm.hidden_size)
-    noisy, clean = torch.zeros(1, len(CLASS_NAMES) + 1), torch.zeros(1, len(CLASS_NAMES) + 1)
-    noisy[0, 4] = noisy[0, -1] = 0.6
-    ordinal = model.projector.ordinal.weight
-    as_first = model.embed(two, ImageFeatures(zeros, (), torch.cat([noisy, clean])))[0, t] - ordinal[0]
-    as_second = model.embed(two, ImageFeatures(zeros, (), torch.cat([clean, noisy])))[0, 2 * t] - ordinal[1]
-    assert not torch.allclose(as_first, as_second)  # "the noisiest" is told apart by place, not only by ordinal
-    with pytest.raises(ValueError, match="carry no evidence"):
-        model.embed(ids, ImageFeatures(feats.tokens, feats.decoder))
-    with pytest.raises(ConfigError, match="needs readout, global_token and image_ordinals"):
-        dataclasses.replace(config, readout=False)

@@ -19,19 +19,16 @@ from transformers import LlavaForConditionalGeneration
 from qground.config import QGroundConfig
 from qground.modeling.losses import dice_loss, sigmoid_bce
 from qground.modeling.pixel_decoder import PixelDecoder
-from qground.modeling.projector import group_margins
 from qground.modeling.readout import DistortionReadout
 from qground.modeling.seg_head import SegHead
 
 
 @dataclass
 class ImageFeatures:
-    """Vision outputs for M images: ``tokens`` (M, T, D) for the LLM, ``decoder`` two (M, g², Dv) patch maps and, with
-    ``config.group_margins``, the readout's ``evidence`` (M, classes + 1) that images of one prompt are compared on."""
+    """Vision outputs for M images: ``tokens`` (M, T, D) for the LLM, ``decoder`` two (M, g², Dv) patch maps."""
 
     tokens: torch.Tensor
     decoder: tuple[torch.Tensor, torch.Tensor]
-    evidence: torch.Tensor | None = None
 
 
 @dataclass
@@ -95,27 +92,22 @@ class QGroundModel(nn.Module):
                 interpolate_pos_encoding=cfg.image_size != cfg.vision.native_image_size,
             )
         hs = out.hidden_states
-        evidence = None
         if self.readout is not None:  # frozen like the tower
             with torch.no_grad():
                 stacked = self.readout(hs[-1].to(next(self.readout.parameters()).dtype))  # CLS + patches
-                evidence = self.readout.evidence(stacked) if cfg.group_margins else None
         else:
             stacked = torch.cat([hs[i] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype
         tokens = self.projector(stacked.to(proj_dtype))
         decoder = tuple(hs[i][:, 1:] for i in cfg.decoder.layers)
-        return ImageFeatures(tokens=tokens, decoder=decoder, evidence=evidence)
+        return ImageFeatures(tokens=tokens, decoder=decoder)
 
-    def embed(self, input_ids: torch.Tensor, features: ImageFeatures | None) -> torch.Tensor:
-        """Token embeddings (B, L, D) with image-token positions replaced by ``features.tokens`` (M, T, D) in order,
-        plus, with ``config.image_ordinals``, φv's embedding of each image's place in its sample and, with
-        ``config.group_margins``, φv's embedding of how its evidence compares with its sample's other images, per
-        place (added to its whole-image token, the last of its T)."""
+    def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings (B, L, D) with image-token positions replaced by ``image_tokens`` (M, T, D) in order (plus
+        φv's ordinal embedding of each image's place in its sample, when the config has ``image_ordinals``)."""
         embeds = self.llava.get_input_embeddings()(input_ids)
         is_image = input_ids == self.config.token_ids.image
         found = int(is_image.sum())
-        image_tokens = None if features is None else features.tokens
         expected = 0 if image_tokens is None else image_tokens.shape[0] * image_tokens.shape[1]
         if found != expected:
             n_img = 0 if image_tokens is None else image_tokens.shape[0]
@@ -125,22 +117,15 @@ class QGroundModel(nn.Module):
             )
         if image_tokens is None:
             return embeds
-        per_sample = (is_image.sum(dim=1) // self.config.num_image_tokens).tolist()
-        ordinal, compare = self.projector.ordinal, self.projector.compare
+        ordinal = self.projector.ordinal
         if ordinal is not None:
+            per_sample = (is_image.sum(dim=1) // self.config.num_image_tokens).tolist()
             if max(per_sample) > ordinal.num_embeddings:
                 raise ValueError(
                     f"a sample holds {max(per_sample)} images; this model numbers at most {ordinal.num_embeddings}"
                 )
             places = torch.cat([torch.arange(n) for n in per_sample]).to(ordinal.weight.device)
             image_tokens = image_tokens + ordinal(places)[:, None, :].to(image_tokens.dtype)
-        if compare is not None:
-            if features.evidence is None:
-                raise ValueError("this model compares the images of a prompt but the features carry no evidence")
-            margins = group_margins(features.evidence, per_sample).to(image_tokens.dtype)  # (M, 2K)
-            placed = F.one_hot(places, ordinal.num_embeddings).to(margins)[:, :, None] * margins[:, None, :]
-            whole = image_tokens[:, -1:] + compare(placed.flatten(1))[:, None, :]
-            image_tokens = torch.cat([image_tokens[:, :-1], whole], dim=1)
         return embeds.masked_scatter(is_image[..., None], image_tokens.to(embeds.dtype))
 
     def seg_groups(self, input_ids: torch.Tensor, strict: bool = True) -> list[SegGroup]:
@@ -204,7 +189,7 @@ class QGroundModel(nn.Module):
         sees that region. Returns ``logits`` and, with labels, ``ce``, ``bce``, ``dice``, ``loss``.
         """
         features = self.encode_images(pixel_values) if pixel_values is not None else None
-        embeds = self.embed(input_ids, features)
+        embeds = self.embed(input_ids, features.tokens if features is not None else None)
         hidden = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
         logits = self.llava.lm_head(hidden)
         if labels is None:

@@ -44,13 +44,6 @@ class DistortionReadout(nn.Module):
         dense = self.dense(hidden[:, 1:]).transpose(1, 2).reshape(m, -1, g, g)
         return dense, self.whole(hidden[:, 0])
 
-    def evidence(self, scores: torch.Tensor) -> torch.Tensor:
-        """``forward``'s output ``(M, 1 + g², width)`` → ``(M, classes + 1)``: each class's whole-image severity ×
-        fraction, then their sum (how distorted the image is overall) — what "which image is noisier / best?" asks."""
-        n = self.num_classes
-        amount = scores[:, 0, 2 * n : 3 * n]
-        return torch.cat([amount, amount.sum(1, keepdim=True)], dim=1)
-
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         dense, whole = self.logits(hidden)
         patches = dense.sigmoid().flatten(2).transpose(1, 2)  # (M, g², K)
