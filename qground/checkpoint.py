@@ -9,6 +9,7 @@ or a LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``, with
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -241,7 +242,7 @@ def load_model(
     if bound.token_ids != config.token_ids:
         raise CheckpointError(f"{folder}: tokenizer ids {bound.token_ids} ≠ {CONFIG_NAME} ids {config.token_ids}")
     base = folder if (folder / FULL_WEIGHTS).exists() else _base_folder(config)
-    llava = _load_llava(base, quant, device, dtype)
+    llava = _load_llava(base, quant, device, dtype, without_projector=config.readout and base == folder)
     _check_architecture(config, llava, base)
     model = assemble(config, llava)
     _load_safetensors(model, folder / HEADS_NAME, _load_heads)
@@ -284,13 +285,37 @@ def _base_folder(config: QGroundConfig) -> Path | str:
     return path if path.is_dir() else config.base_model_id
 
 
-def _load_llava(base, quant: str, device: torch.device, dtype: torch.dtype) -> LlavaForConditionalGeneration:
+def _drop_projector_report(record: logging.LogRecord) -> bool:
+    """transformers' load report that lists the projector keys (checked by ``_load_llava`` itself) is not printed."""
+    return "multi_modal_projector" not in record.getMessage()
+
+
+def _load_llava(
+    base, quant: str, device: torch.device, dtype: torch.dtype, without_projector: bool = False
+) -> LlavaForConditionalGeneration:
+    """``without_projector``: the weights leave LLaVA's projector out by design (a readout checkpoint keeps φv in the
+    heads file); then any other missing or unexpected key is an error, and transformers' load report about the
+    projector is not printed."""
     qconfig = quantization_config(quant, dtype)
     kwargs = {"dtype": dtype, "use_safetensors": True}  # never a pickled pytorch_model.bin
     if qconfig is not None:
         kwargs |= {"quantization_config": qconfig, "device_map": {"": device}}
     try:
-        llava = LlavaForConditionalGeneration.from_pretrained(base, **kwargs)
+        if without_projector:
+            log = logging.getLogger("transformers.modeling_utils")
+            log.addFilter(_drop_projector_report)
+            try:
+                llava, info = LlavaForConditionalGeneration.from_pretrained(base, output_loading_info=True, **kwargs)
+            finally:
+                log.removeFilter(_drop_projector_report)
+            wrong = sorted(k for k in info["missing_keys"] if ".multi_modal_projector." not in k)
+            wrong += sorted(info["unexpected_keys"])
+            if wrong:
+                raise CheckpointError(
+                    f"{base}/{FULL_WEIGHTS} does not fit {CONFIG_NAME}: missing or unexpected {wrong}"
+                )
+        else:
+            llava = LlavaForConditionalGeneration.from_pretrained(base, **kwargs)
     except SafetensorError as e:
         raise CheckpointError(
             f"{base}/{FULL_WEIGHTS} is damaged ({e}); delete it and download or save it again"

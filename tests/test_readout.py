@@ -111,3 +111,23 @@ def test_slots_tell_token_places_apart(readout_model):
     assert all(not torch.allclose(tokens[i], tokens[j]) for i in range(len(tokens)) for j in range(i))
     plain = build_model(dataclasses.replace(cfg, readout=False), seed=0)
     assert plain.projector.slot is None
+
+
+def test_readout_checkpoint_loads_quietly_and_checks_its_keys(readout_model, tmp_path, capfd):
+    """Its LLaVA weights leave the projector out by design: loading prints no report about that, but any other
+    missing weight is an error."""
+    from safetensors.torch import load_file, save_file
+
+    from qground.checkpoint import FULL_WEIGHTS, CheckpointError
+
+    model, tokenizer = readout_model
+    folder = save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    capfd.readouterr()
+    load_model(folder, device="cpu", dtype=torch.float32)
+    assert "multi_modal_projector" not in capfd.readouterr().err
+    state = load_file(folder / FULL_WEIGHTS)
+    dropped = next(k for k in state if k.endswith("layers.0.self_attn.o_proj.weight"))
+    del state[dropped]
+    save_file(state, folder / FULL_WEIGHTS, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="does not fit qground_config.json: missing or unexpected"):
+        load_model(folder, device="cpu", dtype=torch.float32)
