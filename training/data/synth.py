@@ -50,8 +50,12 @@ class PhotoSource:
     def origin(self) -> str:
         if self.package == "skimage":
             return f"skimage.data.{self.item}()"
-        folder = {"sklearn": "sklearn.datasets sample images", "matplotlib": "matplotlib sample_data"}
-        return f"{folder.get(self.package, 'gradio/media_assets/images')}/{self.item}"
+        folder = {
+            "sklearn": "sklearn.datasets sample images",
+            "matplotlib": "matplotlib sample_data",
+            "gradio": "gradio/media_assets/images",
+        }
+        return f"{folder[self.package]}/{self.item}"
 
 
 PHOTOS = (
@@ -84,7 +88,6 @@ def load_photo(name: str) -> np.ndarray:
         import skimage.data
 
         photo = getattr(skimage.data, source.item)()
-        photo = photo[0] if isinstance(photo, tuple) else photo  # stereo_motorcycle: (left, right, disparity)
     elif source.package == "sklearn":
         from sklearn.datasets import load_sample_image
 
@@ -97,7 +100,8 @@ def load_photo(name: str) -> np.ndarray:
     else:
         import gradio
 
-        photo = np.asarray(Image.open(Path(gradio.__file__).parent / "media_assets" / "images" / source.item))
+        folder = Path(gradio.__file__).parent / "media_assets" / "images"
+        photo = np.asarray(Image.open(folder / source.item).convert("RGB"))
     photo = np.repeat(photo[..., None], 3, axis=-1) if photo.ndim == 2 else photo
     return np.ascontiguousarray(photo[..., :3])
 
