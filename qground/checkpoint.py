@@ -290,30 +290,34 @@ def _drop_projector_report(record: logging.LogRecord) -> bool:
     return "multi_modal_projector" not in record.getMessage()
 
 
+def _from_pretrained_without_projector(base, kwargs: dict) -> LlavaForConditionalGeneration:
+    """LLaVA weights that leave the projector out by design: any other missing or unexpected key is an error, and
+    transformers' load report about the projector is not printed."""
+    log = logging.getLogger("transformers.modeling_utils")
+    log.addFilter(_drop_projector_report)
+    try:
+        llava, info = LlavaForConditionalGeneration.from_pretrained(base, output_loading_info=True, **kwargs)
+    finally:
+        log.removeFilter(_drop_projector_report)
+    wrong = sorted(k for k in info["missing_keys"] if ".multi_modal_projector." not in k)
+    wrong += sorted(info["unexpected_keys"])
+    if wrong:
+        raise CheckpointError(f"{base}/{FULL_WEIGHTS} does not fit {CONFIG_NAME}: missing or unexpected {wrong}")
+    return llava
+
+
 def _load_llava(
     base, quant: str, device: torch.device, dtype: torch.dtype, without_projector: bool = False
 ) -> LlavaForConditionalGeneration:
     """``without_projector``: the weights leave LLaVA's projector out by design (a readout checkpoint keeps φv in the
-    heads file); then any other missing or unexpected key is an error, and transformers' load report about the
-    projector is not printed."""
+    heads file; see ``_from_pretrained_without_projector``)."""
     qconfig = quantization_config(quant, dtype)
     kwargs = {"dtype": dtype, "use_safetensors": True}  # never a pickled pytorch_model.bin
     if qconfig is not None:
         kwargs |= {"quantization_config": qconfig, "device_map": {"": device}}
     try:
         if without_projector:
-            log = logging.getLogger("transformers.modeling_utils")
-            log.addFilter(_drop_projector_report)
-            try:
-                llava, info = LlavaForConditionalGeneration.from_pretrained(base, output_loading_info=True, **kwargs)
-            finally:
-                log.removeFilter(_drop_projector_report)
-            wrong = sorted(k for k in info["missing_keys"] if ".multi_modal_projector." not in k)
-            wrong += sorted(info["unexpected_keys"])
-            if wrong:
-                raise CheckpointError(
-                    f"{base}/{FULL_WEIGHTS} does not fit {CONFIG_NAME}: missing or unexpected {wrong}"
-                )
+            llava = _from_pretrained_without_projector(base, kwargs)
         else:
             llava = LlavaForConditionalGeneration.from_pretrained(base, **kwargs)
     except SafetensorError as e:
