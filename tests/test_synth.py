@@ -90,3 +90,9 @@ def test_same_seed_same_bytes(tmp_path):
 def test_train_and_eval_photos_are_disjoint():
     assert not {p.name for p in synth.photos("train")} & {p.name for p in synth.photos("eval")}
     assert all(p.license and p.origin for p in synth.PHOTOS)
+
+
+def test_comparisons_without_an_answer_fail_clearly():
+    same = {"image": "images/x.png", "scores": dict.fromkeys(CLASS_NAMES, 0.5), "luma": 0.5}
+    with pytest.raises(ValueError, match="only 0 of 3 comparison groups have an unambiguous answer"):
+        synth.comparison_records([same] * 4, 3, np.random.default_rng(0), "cmp_train")

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> Path:
     from training.pretrain_vision import main as pretrain_vision
 
     out: Path = args.out
-    timings = {}
+    timings_file = out / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}  # seconds per step that ran
     for split, num in (("train", args.train_images), ("eval", args.eval_images)):
         data = out / "data" / split
         if not (data / "qground.json").exists():
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> Path:
             train(cfg)
             timings[f"stage{i}"] = time.perf_counter() - t0
         final = Path(cfg.output_dir) / "final"
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    timings_file.write_text(json.dumps(timings, indent=2))
     if args.install:
         target = ASSETS / "qground-nano"
         shutil.rmtree(target, ignore_errors=True)

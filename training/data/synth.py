@@ -435,7 +435,7 @@ def write_one(args: tuple[Path, int, str, int, int]) -> dict:
 def write_dataset(
     out: Path, num: int, split: str, seed: int, comparisons: int, workers: int = 1, max_side: int = 640
 ) -> None:
-    """Generate ``num`` images and every JSON file of the layout into ``out``."""
+    """Generate ``num`` images and every JSON file of the layout into ``out`` (``comparisons`` groups of 2–4 images)."""
     (out / "images").mkdir(parents=True, exist_ok=True)
     jobs = [(out, i, split, seed, max_side) for i in range(num)]
     if workers > 1:
@@ -457,12 +457,7 @@ def write_dataset(
         _conv(m["id"], m["image"], "Render a clear and concise summary of the photo.", m["caption"]) for m in metas
     ]
     rng = np.random.default_rng([seed, 11, 0 if split == "train" else 1])
-    compare_json = []
-    while len(compare_json) < comparisons:
-        group = [metas[i] for i in rng.choice(num, size=int(rng.integers(2, 5)), replace=False)]
-        qa = comparison(group, rng)
-        if qa is not None:
-            compare_json.append(_conv(f"cmp_{split}_{len(compare_json):06d}", [m["image"] for m in group], *qa))
+    compare_json = comparison_records(metas, comparisons, rng, f"cmp_{split}")
     for name, data in (
         ("qground.json", records),
         ("describe.json", describe_json),
@@ -473,6 +468,26 @@ def write_dataset(
     for m in metas:  # the grounding answer is what the reader builds from qground.json; kept here for inspection
         m["grounding_answer"] = grounding_answer(m["classes"], group_text)
     (out / "meta.json").write_text(json.dumps({"split": split, "seed": seed, "images": metas}, indent=1))
+
+
+def comparison_records(metas: list[dict], count: int, rng: np.random.Generator, prefix: str) -> list[dict]:
+    """``count`` LLaVA-schema comparison records over random groups of 2–4 of ``metas``; groups without an
+    unambiguous answer are skipped."""
+    records = []
+    draws = 1000 + 100 * count
+    for _ in range(draws):
+        if len(records) == count:
+            return records
+        group = [metas[i] for i in rng.choice(len(metas), size=int(rng.integers(2, 5)), replace=False)]
+        qa = comparison(group, rng)
+        if qa is not None:
+            records.append(_conv(f"{prefix}_{len(records):06d}", [m["image"] for m in group], *qa))
+    if len(records) < count:
+        raise ValueError(
+            f"{prefix}: only {len(records)} of {count} comparison groups have an unambiguous answer after {draws} "
+            f"draws from {len(metas)} images; generate more images or ask for fewer comparisons"
+        )
+    return records
 
 
 def _conv(sample_id: str, image: str | list[str], question: str, answer: str) -> dict:
