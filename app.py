@@ -140,6 +140,15 @@ def _chat_tab(gr, svc, engine, scratch) -> list:
                 max_tokens = gr.Slider(16, 1024, 256, step=16, label="Max new tokens")
                 temperature = gr.Slider(0.0, 2.0, 0.0, step=0.05, label="Temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Top-p")
+                strictness = gr.Slider(
+                    0.0,
+                    svc.MAX_STRICTNESS,
+                    0.0,
+                    step=0.5,
+                    label="Detection strictness (0 = as trained; higher: fewer false alarms, fewer distortions found)",
+                    visible=engine.config.readout,  # a readout-model setting (qground-nano)
+                    elem_id="strictness",
+                )
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(label="Conversation", height=340, buttons=["copy"], elem_id="chatbot")
             question = gr.Textbox(placeholder="Ask about the photo's quality…", show_label=False, elem_id="chat-q")
@@ -184,25 +193,26 @@ def _chat_tab(gr, svc, engine, scratch) -> list:
     def show(t: svc.Thread, text: str = "") -> tuple:
         return t, svc.thread_messages(t), text, *results(t, 0.5)
 
-    def ask(t, text, max_new, temp, p, alpha):
-        for new, finished in svc.chat_turn(engine, t, text, svc.generation_settings(max_new, temp, p)):
+    def ask(t, text, max_new, temp, p, strict, alpha):
+        settings = svc.generation_settings(max_new, temp, p, strict, engine.config.readout)
+        for new, finished in svc.chat_turn(engine, t, text, settings):
             yield new, svc.thread_messages(new), "", *(results(new, alpha) if finished else [gr.skip()] * 6)
 
     def preset(text: str):
-        def run(t, max_new, temp, p, alpha):
-            yield from ask(t, text, max_new, temp, p, alpha)
+        def run(t, max_new, temp, p, strict, alpha):
+            yield from ask(t, text, max_new, temp, p, strict, alpha)
 
         return run
 
-    def retry(t, max_new, temp, p, alpha):
+    def retry(t, max_new, temp, p, strict, alpha):
         previous, text = svc.undo_turn(t)
-        yield from ask(previous, text, max_new, temp, p, alpha)
+        yield from ask(previous, text, max_new, temp, p, strict, alpha)
 
     def rerender(t: svc.Thread, classes: list[str], alpha: float):
         return svc.annotated_image(t.image, t.result, scratch, classes, alpha) if t.result else gr.skip()
 
     outputs = [thread, chatbot, question, annotated, shown, highlights, table, download, mask_status]
-    knobs = [max_tokens, temperature, top_p, opacity]
+    knobs = [max_tokens, temperature, top_p, strictness, opacity]
     photo.change(lambda path: show(svc.new_thread(path)), photo, outputs, **INSTANT)
     runs = [
         send.click(_model(ask), [thread, question, *knobs], outputs, **MODEL),
@@ -216,7 +226,7 @@ def _chat_tab(gr, svc, engine, scratch) -> list:
     clear_btn.click(lambda t: show(svc.clear_thread(t)), thread, outputs, **INSTANT)
     shown.input(_friendly(rerender), [thread, shown, opacity], annotated, **PRIVATE)
     opacity.release(_friendly(rerender), [thread, shown, opacity], annotated, **PRIVATE)
-    return knobs[:3]
+    return knobs[:4]
 
 
 def _compare_tab(gr, svc, engine, scratch, settings: list) -> None:
@@ -240,16 +250,18 @@ def _compare_tab(gr, svc, engine, scratch, settings: list) -> None:
         slider = gr.ImageSlider(label="A / B", type="filepath", format="png")
     gallery = gr.Gallery(label="Distortion masks per image", format="png", columns=4, object_fit="contain")
 
-    def compare_slots(text, max_new, temp, p, *paths):
+    def compare_slots(text, max_new, temp, p, strict, *paths):
         labels, photos = svc.compare_photos(paths)
         answer_text = ""
-        for answer_text in svc.compare_turn(engine, photos, text, svc.generation_settings(max_new, temp, p)):
+        settings = svc.generation_settings(max_new, temp, p, strict, engine.config.readout)
+        for answer_text in svc.compare_turn(engine, photos, text, settings):
             yield answer_text, gr.skip(), gr.skip()
         yield answer_text, *svc.ranking_rows(answer_text, labels)
 
-    def ground_slots(max_new, temp, p, *paths):
+    def ground_slots(max_new, temp, p, strict, *paths):
         labels, photos = svc.compare_photos(paths)
-        yield from svc.ground_each(engine, labels, photos, svc.generation_settings(max_new, temp, p), scratch)
+        settings = svc.generation_settings(max_new, temp, p, strict, engine.config.readout)
+        yield from svc.ground_each(engine, labels, photos, settings, scratch)
 
     preset.input(svc.COMPARE_PRESETS.get, preset, question, **INSTANT)
     compare_btn.click(_model(compare_slots), [question, *settings, *slots], [answer, ranking, note], **MODEL)

@@ -22,7 +22,7 @@ from qground.builder import REGISTRY, build_model, build_tokenizer
 from qground.checkpoint import QUANT_CHOICES, CheckpointError
 from qground.evaluate import IMAGE_EXTENSIONS, TASKS, evaluate, report_table
 from qground.imageio import ImageLoadError, load_image
-from qground.inference import GROUNDING_QUESTION, GroundingResult, QGroundEngine
+from qground.inference import GROUNDING_QUESTION, MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
 from qground.processor import PromptTooLongError
 from qground.prompts import Turn
 from qground.service import load_engine as service_load_engine
@@ -181,22 +181,29 @@ def write_result(
     (folder / "result.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
 
-def _answer(engine: QGroundEngine, images: list[Image.Image], question: str) -> GroundingResult:
+def _answer(
+    engine: QGroundEngine, images: list[Image.Image], question: str, settings: GenerationSettings
+) -> GroundingResult:
     """``engine.chat`` on one question; a question too long for the model is a usage error."""
     try:
-        return engine.chat(images, [Turn(question)])
+        return engine.chat(images, [Turn(question)], settings)
     except PromptTooLongError as e:
         raise UsageError(str(e)) from None
 
 
 def ground_one(
-    engine: QGroundEngine, path: Path, loaded: Image.Image | Exception, folder: Path, question: str
+    engine: QGroundEngine,
+    path: Path,
+    loaded: Image.Image | Exception,
+    folder: Path,
+    question: str,
+    settings: GenerationSettings,
 ) -> str | None:
     """Ground one loaded image and write its outputs into ``folder``; returns the error message, or None on
     success."""
     if isinstance(loaded, Exception):
         return error_message(path, loaded)
-    result = _answer(engine, [loaded], question)
+    result = _answer(engine, [loaded], question, settings)
     try:
         write_result(folder, loaded, result, path, engine, question)
     except OSError as e:
@@ -209,12 +216,12 @@ def run_ground(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise UsageError("--batch must be at least 1")
     paths = expand_inputs(args.inputs)
-    engine = load_engine(args.model, args.revision, args.quant)
+    engine, settings = load_engine_and_settings(args)
     out = Path(args.out)
     failed = 0
     with tqdm(total=len(paths), unit="image", desc="ground", dynamic_ncols=True) as bar:
         for (path, loaded), name in zip(prefetch(paths, args.batch), output_names(paths)):
-            error = ground_one(engine, path, loaded, out / name, args.question)
+            error = ground_one(engine, path, loaded, out / name, args.question, settings)
             if error is not None:
                 failed += 1
                 tqdm.write(f"error: {error}", file=sys.stderr)
@@ -234,9 +241,9 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.data} is not an evaluation folder: it has no images/ folder")
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be at least 1")
-    engine = load_engine(args.model, args.revision, args.quant)
+    engine, settings = load_engine_and_settings(args)
     try:
-        report = evaluate(engine, args.data, tasks, args.limit)
+        report = evaluate(engine, args.data, tasks, args.limit, settings=settings)
     except (ValueError, FileNotFoundError) as e:  # malformed data (ImageLoadError and JSON errors included)
         raise UsageError(f"{args.data}: {e}") from None
     print(report_table(report))
@@ -255,8 +262,8 @@ def run_chat(args: argparse.Namespace) -> int:
         except (ImageLoadError, OSError) as e:
             print(f"error: {error_message(path, e)}", file=sys.stderr)
             return EXIT_SOME_FAILED
-    engine = load_engine(args.model, args.revision, args.quant)
-    print(_answer(engine, images, args.question).text)
+    engine, settings = load_engine_and_settings(args)
+    print(_answer(engine, images, args.question, settings).text)
     return EXIT_OK
 
 
@@ -268,6 +275,27 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--revision", default=os.environ.get("QGROUND_REVISION"), help="Hub revision (tag/commit)")
     parser.add_argument("--quant", choices=QUANT_CHOICES, default="none", help="load the LLM in 4 or 8 bits")
+    parser.add_argument(
+        "--strictness",
+        type=float,
+        default=0.0,
+        help=f"0–{MAX_STRICTNESS:g}, models with a distortion readout (qground-nano): higher = fewer false alarms on "
+        "clean photos, fewer distortions found (default 0: as trained)",
+    )
+
+
+def load_engine_and_settings(args: argparse.Namespace) -> tuple[QGroundEngine, GenerationSettings]:
+    """The model of ``--model`` and the generation settings of the command line, checked against each other."""
+    try:
+        settings = GenerationSettings(strictness=args.strictness)
+    except ValueError as e:
+        raise UsageError(f"--strictness: {e}") from None
+    engine = load_engine(args.model, args.revision, args.quant)
+    if settings.strictness and not engine.config.readout:
+        raise UsageError(
+            f"--strictness needs a model with a distortion readout (such as qground-nano); {engine.name} has none"
+        )
+    return engine, settings
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from qground.baseline import baseline_masks
 from qground.imageio import load_image
-from qground.inference import GROUNDING_QUESTION, QGroundEngine
+from qground.inference import GROUNDING_QUESTION, GenerationSettings, QGroundEngine
 from qground.prompts import Turn
 from qground.taxonomy import CLASS_NAMES, DISTORTIONS, get, match_class, normalize
 
@@ -482,7 +482,9 @@ def _conversations(path: Path) -> list[tuple[list[Path], str, str]]:
     return out
 
 
-def _run_grounding(engine: QGroundEngine, data_dir: Path, limit: int | None, progress: bool) -> dict:
+def _run_grounding(
+    engine: QGroundEngine, data_dir: Path, limit: int | None, progress: bool, settings: GenerationSettings
+) -> dict:
     """Model, classical baseline and all-empty predictions over ``images/`` vs ``gt/``."""
     methods = {"model": GroundingMetrics(), "baseline": GroundingMetrics(), "all-empty": GroundingMetrics()}
     seconds: dict[str, list[float]] = {"model": [], "baseline": []}
@@ -491,7 +493,7 @@ def _run_grounding(engine: QGroundEngine, data_dir: Path, limit: int | None, pro
         image = load_image(path)
         gt = load_gt(data_dir, path.stem, (image.height, image.width))
         t0 = time.perf_counter()
-        result = engine.ground(image, GROUNDING_QUESTION)
+        result = engine.ground(image, GROUNDING_QUESTION, settings)
         t1 = time.perf_counter()
         classical = baseline_masks(image)
         t2 = time.perf_counter()
@@ -516,25 +518,29 @@ def _run_grounding(engine: QGroundEngine, data_dir: Path, limit: int | None, pro
     }
 
 
-def _run_describe(engine: QGroundEngine, path: Path, limit: int | None, progress: bool) -> dict:
+def _run_describe(
+    engine: QGroundEngine, path: Path, limit: int | None, progress: bool, settings: GenerationSettings
+) -> dict:
     answers, refs, seconds = [], [], []
     for images, question, reference in tqdm(
         _conversations(path)[:limit], desc="describe", disable=not progress, dynamic_ncols=True
     ):
         t0 = time.perf_counter()
-        answers.append(engine.chat(images, [Turn(question)]).text)
+        answers.append(engine.chat(images, [Turn(question)], settings).text)
         seconds.append(time.perf_counter() - t0)
         refs.append(reference)
     return description_f1(answers, refs) | {"seconds_per_item": _mean(seconds), "answers": answers}
 
 
-def _run_compare(engine: QGroundEngine, path: Path, limit: int | None, progress: bool) -> dict:
+def _run_compare(
+    engine: QGroundEngine, path: Path, limit: int | None, progress: bool, settings: GenerationSettings
+) -> dict:
     answers, truths, counts, questions, seconds = [], [], [], [], []
     for images, question, truth in tqdm(
         _conversations(path)[:limit], desc="compare", disable=not progress, dynamic_ncols=True
     ):
         t0 = time.perf_counter()
-        answers.append(engine.chat(images, [Turn(question)]).text)
+        answers.append(engine.chat(images, [Turn(question)], settings).text)
         seconds.append(time.perf_counter() - t0)
         truths.append(truth)
         counts.append(len(images))
@@ -549,26 +555,29 @@ def evaluate(
     tasks: Sequence[str] = TASKS,
     limit: int | None = None,
     progress: bool = True,
+    settings: GenerationSettings | None = None,
 ) -> dict:
     """Run ``engine`` over an evaluation folder (module docstring); JSON-ready report.
 
     ``ground``: the grounding question on every image, scored with `GroundingMetrics` next to the classical baseline
     (`qground.baseline`) and the all-empty prediction; ``describe``/``compare``: each entry's question (with its
     images) from describe.json / compare.json. ``limit`` caps the items of each task. A task whose JSON file is
-    missing is listed under ``"skipped"`` with the reason."""
+    missing is listed under ``"skipped"`` with the reason. ``settings``: the engine's generation settings (default:
+    greedy, strictness 0), recorded in the report."""
     data_dir = Path(data_dir)
+    settings = settings or GenerationSettings()
     unknown = set(tasks) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown tasks {sorted(unknown)}; choose from {list(TASKS)}")
-    report: dict = {"model": engine.name, "data": str(data_dir), "skipped": {}}
+    report: dict = {"model": engine.name, "data": str(data_dir), "strictness": settings.strictness, "skipped": {}}
     if "ground" in tasks:
-        report["ground"] = _run_grounding(engine, data_dir, limit, progress)
+        report["ground"] = _run_grounding(engine, data_dir, limit, progress, settings)
     for task, runner in (("describe", _run_describe), ("compare", _run_compare)):
         if task not in tasks:
             continue
         path = data_dir / f"{task}.json"
         if path.exists():
-            report[task] = runner(engine, path, limit, progress)
+            report[task] = runner(engine, path, limit, progress, settings)
         else:
             report["skipped"][task] = f"no {path.name} in {data_dir}"
     return report
@@ -577,7 +586,7 @@ def evaluate(
 def report_table(report: dict) -> str:
     """The ``evaluate`` report as text: the grounding table (model vs classical baseline vs all-empty), description
     F1 and comparison accuracy."""
-    lines = [f"model {report['model']} on {report['data']}"]
+    lines = [f"model {report['model']} on {report['data']}, strictness {report['strictness']:g}"]
     if "ground" in report:
         g = report["ground"]
         lines += ["", grounding_table(g["methods"], g["seconds_per_image"])]

@@ -34,7 +34,7 @@ from PIL import Image
 from qground.checkpoint import QUANT_CHOICES, CheckpointError, load_model
 from qground.evaluate import named_images
 from qground.imageio import ImageLoadError, load_image
-from qground.inference import GROUNDING_QUESTION, GenerationSettings, GroundingResult, QGroundEngine
+from qground.inference import GROUNDING_QUESTION, MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
 from qground.processor import PromptTooLongError, QGroundProcessor
 from qground.prompts import Turn
 from qground.sam import AnnotationError, write_atomically
@@ -46,6 +46,7 @@ __all__ = [
     "COMPARE_PRESETS",
     "DEFAULT_MODEL",
     "GROUNDING_QUESTION",
+    "MAX_STRICTNESS",
     "RANDOM_MODEL",
     "RANKING_HEADERS",
     "SLOTS",
@@ -187,16 +188,26 @@ def _notice(failures: list[str], served: str) -> str:
 
 
 # -- requests ----------------------------------------------------------------------------------------------------------
-def generation_settings(max_new_tokens: float, temperature: float, top_p: float) -> GenerationSettings:
-    """Validated settings from UI values; UserError naming the bad setting."""
+def generation_settings(
+    max_new_tokens: float, temperature: float, top_p: float, strictness: float = 0.0, readout: bool = True
+) -> GenerationSettings:
+    """Validated settings from UI values (``readout``: whether the served model has a distortion readout, which
+    ``strictness`` needs); UserError naming the bad setting."""
     try:
         max_new = int(max_new_tokens)
     except (TypeError, ValueError, OverflowError):  # None, text, NaN, infinity
         raise UserError(f"Generation settings: max new tokens must be a whole number, got {max_new_tokens}.") from None
     try:
-        return GenerationSettings(max_new_tokens=max_new, temperature=float(temperature), top_p=float(top_p))
+        settings = GenerationSettings(
+            max_new_tokens=max_new, temperature=float(temperature), top_p=float(top_p), strictness=float(strictness)
+        )
     except (TypeError, ValueError) as err:
         raise UserError(f"Generation settings: {err}.") from None
+    if settings.strictness and not readout:
+        raise UserError(
+            "Generation settings: strictness needs a model with a distortion readout (such as qground-nano)."
+        )
+    return settings
 
 
 def load_photo(path: str | os.PathLike | None, what: str = "photo") -> Image.Image:

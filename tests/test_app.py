@@ -97,3 +97,11 @@ def test_segment_export_reimports_to_the_same_masks(client, photos, sam, tmp_pat
     assert all(np.array_equal(a.mask, b.mask) for a, b in zip(back.regions, expected.regions))
     with pytest.raises(AppError, match="regions must be JSON like"):
         client.predict(handle_file(photos[0]), "[{]", api_name="/segment")
+
+
+def test_strictness_slider_only_for_readout_models(trained_tiny):
+    """The tiny model has no distortion readout, so the strictness setting is hidden (and refused by the service)."""
+    from app import build_demo
+
+    slider = next(b for b in build_demo(trained_tiny).blocks.values() if getattr(b, "elem_id", None) == "strictness")
+    assert not slider.visible

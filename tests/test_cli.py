@@ -72,6 +72,14 @@ def test_ground_usage_errors(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["ground", str(tmp_path / "x.png")])  # --out missing
     assert exit_info.value.code == 2
+    assert main(["ground", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--strictness", "9"]) == 2
+    assert "--strictness: strictness must be between 0 and 8, got 9.0" in capsys.readouterr().err
+
+
+def test_strictness_needs_a_readout_model(checkpoint, photos, capsys):
+    argv = ["ground", str(photos / "a.png"), "--out", "unused", "--model", checkpoint, "--strictness", "2"]
+    assert main(argv) == 2
+    assert "--strictness needs a model with a distortion readout" in capsys.readouterr().err
 
 
 def write_eval_folder(root, overfit_batch):
@@ -126,7 +134,7 @@ def test_eval_writes_metrics_and_the_model_beats_all_empty(checkpoint, overfit_b
     assert report["ground"]["seconds_per_image"]["model"] > 0
     assert [r["gt"] for r in report["ground"]["per_image"]] == [["noise"], ["blur", "low light"], []]
     assert report["describe"]["items"] == 1 and report["compare"]["items"] == 1
-    assert report["skipped"] == {}
+    assert report["skipped"] == {} and report["strictness"] == 0.0
 
 
 def test_eval_usage_errors(tmp_path, capsys):

@@ -105,6 +105,9 @@ def test_parsing_maps_typos_and_merges_repeats(trained_tiny):
         ({"temperature": float("nan")}, "temperature"),
         ({"top_p": 0.0}, "top-p"),
         ({"min_new_tokens": 9, "max_new_tokens": 4}, "min new tokens"),
+        ({"strictness": -0.5}, "strictness must be between 0 and 8"),
+        ({"strictness": 8.5}, "strictness must be between 0 and 8"),
+        ({"strictness": float("nan")}, "strictness"),
     ],
 )
 def test_settings_validation(kwargs, message):

@@ -35,6 +35,19 @@ def test_readout_layout(readout_model):
         model.readout(hidden[:, :-1])
 
 
+def test_strictness_shifts_every_readout_logit(readout_model, tiny, overfit_batch):
+    """``strictness`` s: every score is sigmoid(logit − s); a model without a readout refuses it."""
+    model, _ = readout_model
+    hidden = torch.randn(2, 1 + model.config.grid**2, model.config.vision.hidden_size)
+    dense, whole = model.readout.logits(hidden)
+    strict = model.readout(hidden, 2.5)
+    assert torch.allclose(strict[:, 0, : whole.shape[1]], (whole - 2.5).sigmoid())
+    g = model.config.grid
+    assert torch.allclose(strict[:, 1:].transpose(1, 2).reshape(2, -1, g, g), (dense - 2.5).sigmoid())
+    with pytest.raises(ValueError, match="strictness 1.0 needs a model with a distortion readout"):
+        tiny[0].encode_images(overfit_batch[1]["pixel_values"], strictness=1.0)
+
+
 def test_phi_v_reads_the_readout(readout_model, overfit_batch):
     """In readout mode φv's tokens depend on the readout's scores (changing its weights changes them) and nothing
     else of the tower's output reaches the LLM; the decoder still gets the hidden states."""

@@ -145,6 +145,11 @@ def test_user_errors_are_specific(tmp_path):
     with pytest.raises(svc.UserError, match="top-p"):
         svc.generation_settings(256, 0, 0)
     assert svc.generation_settings(64, 0.7, 0.9) == GenerationSettings(max_new_tokens=64, temperature=0.7, top_p=0.9)
+    assert svc.generation_settings(64, 0, 1, 2.5, readout=True).strictness == 2.5
+    with pytest.raises(svc.UserError, match="strictness must be between 0 and 8"):
+        svc.generation_settings(64, 0, 1, 12, readout=True)
+    with pytest.raises(svc.UserError, match="strictness needs a model with a distortion readout"):
+        svc.generation_settings(64, 0, 1, 2.5, readout=False)
     with pytest.raises(svc.UserError, match="Upload a photo first"):
         svc.load_photo(None)
     bad = tmp_path / "notes.png"

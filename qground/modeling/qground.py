@@ -80,9 +80,13 @@ class QGroundModel(nn.Module):
         return self.llava.lm_head.weight.device
 
     # -- stages ------------------------------------------------------------------------------------------------------
-    def encode_images(self, pixel_values: torch.Tensor) -> ImageFeatures:
+    def encode_images(self, pixel_values: torch.Tensor, strictness: float = 0.0) -> ImageFeatures:
         """``pixel_values`` (M, C, S, S) normalized, padded model inputs → ``ImageFeatures``. The tower and the readout
-        are frozen."""
+        are frozen. ``strictness`` > 0 (models with a readout only) makes the readout ask for stronger evidence."""
+        if strictness and self.readout is None:
+            raise ValueError(
+                f"strictness {strictness} needs a model with a distortion readout (config.readout); this one has none"
+            )
         cfg = self.config
         tower_param = next(self.vision_tower.parameters())
         with torch.no_grad():
@@ -94,7 +98,7 @@ class QGroundModel(nn.Module):
         hs = out.hidden_states
         if self.readout is not None:  # frozen like the tower
             with torch.no_grad():
-                stacked = self.readout(hs[-1].to(next(self.readout.parameters()).dtype))  # CLS + patches
+                stacked = self.readout(hs[-1].to(next(self.readout.parameters()).dtype), strictness)  # CLS + patches
         else:
             stacked = torch.cat([hs[i] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype
