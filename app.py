@@ -26,12 +26,15 @@ overlay, answer, table, masks_zip = client.predict(handle_file("photo.jpg"), "",
 answer = client.predict(handle_file("photo.jpg"), "How sharp is this photo?", api_name="/describe")
 answer, ranking, note = client.predict([handle_file("a.jpg"), handle_file("b.jpg")], "Which is sharper?",
                                       api_name="/compare")
+overlay, answer, table, masks_zip = client.predict(handle_file("photo.jpg"), "", 4.0, api_name="/ground")
 regions, annotation_zip = client.predict(handle_file("photo.jpg"), '[{"label": "blur", "points": [[120, 80]]}]',
                                          api_name="/segment")
 ```
 `/ground` returns `{"image", "annotations": [{"image", "label"}]}` (labels are class names), the answer, the rows
 (class, area %, score) and a zip of one lossless PNG mask per class + `result.json`; a blank question asks the default
-grounding (/ground) or assessment (/describe) question. `client.submit(...)` streams the answer (`job.outputs()`)."""
+grounding (/ground) or assessment (/describe) question. `client.submit(...)` streams the answer (`job.outputs()`).
+/ground, /describe and /compare take an optional third input, the detection strictness (0–8, default 0; models with
+a distortion readout such as qground-nano): higher means fewer false alarms on clean photos, fewer distortions found."""
 
 
 def _gpu(fn):
@@ -327,10 +330,12 @@ def _annotate_tab(gr, svc, sam, scratch, sam_message: str) -> None:
 def _api_tab(gr, svc, engine, sam, scratch) -> None:
     """Usage notes and small forms whose buttons are the public, named endpoints (plain inputs: file(s) + text)."""
     from qground import sam as annot
-    from qground.inference import GenerationSettings
     from qground.visualize import color_map
 
     gr.Markdown(API_DOC)
+    strictness_slider = gr.Slider(
+        0.0, svc.MAX_STRICTNESS, 0.0, step=0.5, label="strictness", visible=engine.config.readout
+    )
     with gr.Accordion("Try /ground and /describe", open=False):
         photo, ask = _photo(label="image"), gr.Textbox(label="question")
         with gr.Row():
@@ -347,16 +352,19 @@ def _api_tab(gr, svc, engine, sam, scratch) -> None:
         compare_answer, ranking = gr.Textbox(label="answer"), gr.Dataframe(headers=svc.RANKING_HEADERS, label="ranking")
         ranking_note = gr.Textbox(label="how to read the ranking")
 
-    def ground(image: str, question: str):
-        yield from svc.ground_request(engine, image, question, GenerationSettings(), scratch)
+    def settings(strictness: float):
+        return svc.generation_settings(256, 0.0, 1.0, strictness, engine.config.readout)
 
-    def describe(image: str, question: str):
-        yield from svc.describe_request(engine, image, question, GenerationSettings())
+    def ground(image: str, question: str, strictness: float):
+        yield from svc.ground_request(engine, image, question, settings(strictness), scratch)
 
-    def compare(images: list[str], question: str):
+    def describe(image: str, question: str, strictness: float):
+        yield from svc.describe_request(engine, image, question, settings(strictness))
+
+    def compare(images: list[str], question: str, strictness: float):
         labels, photos = svc.compare_photos(images or [])
         text = ""
-        for text in svc.compare_turn(engine, photos, question, GenerationSettings()):
+        for text in svc.compare_turn(engine, photos, question, settings(strictness)):
             yield text, gr.skip(), gr.skip()
         yield text, *svc.ranking_rows(text, labels)
 
@@ -366,10 +374,14 @@ def _api_tab(gr, svc, engine, sam, scratch) -> None:
         return (svc.load_photo(image), annotations), str(annot.export_zip(done, scratch.path("annotation.zip")))
 
     api = {"concurrency_id": "model"}
-    ground_btn.click(_model(ground), [photo, ask], [annotated, answer, table, masks], api_name="ground", **api)
-    describe_btn.click(_model(describe), [photo, ask], answer, api_name="describe", **api)
+    ground_btn.click(
+        _model(ground), [photo, ask, strictness_slider], [annotated, answer, table, masks], api_name="ground", **api
+    )
+    describe_btn.click(_model(describe), [photo, ask, strictness_slider], answer, api_name="describe", **api)
     compare_outputs = [compare_answer, ranking, ranking_note]
-    compare_btn.click(_model(compare), [files, compare_q], compare_outputs, api_name="compare", **api)
+    compare_btn.click(
+        _model(compare), [files, compare_q, strictness_slider], compare_outputs, api_name="compare", **api
+    )
     if sam is not None:
         with gr.Accordion("Try /segment", open=False):
             seg_image = _photo(label="image")

@@ -40,11 +40,20 @@ def test_only_the_named_endpoints_are_public(client):
     assert set(api["named_endpoints"]) == ENDPOINTS and not api["unnamed_endpoints"]
     params = {name: [p["parameter_name"] for p in api["named_endpoints"][name]["parameters"]] for name in ENDPOINTS}
     assert params == {
-        "/ground": ["image", "question"],
-        "/describe": ["image", "question"],
-        "/compare": ["images", "question"],
+        "/ground": ["image", "question", "strictness"],
+        "/describe": ["image", "question", "strictness"],
+        "/compare": ["images", "question", "strictness"],
         "/segment": ["image", "regions_json"],
     }
+    strict = {name: api["named_endpoints"][name]["parameters"][-1] for name in ("/ground", "/describe", "/compare")}
+    assert all(p["parameter_has_default"] and p["parameter_default"] == 0 for p in strict.values())
+
+
+def test_strictness_through_the_api_needs_a_readout_model(client, photos):
+    """The tiny model has no readout: strictness 0 (the default, also when left out) serves; any other is refused."""
+    client.predict(handle_file(photos[0]), "", 0.0, api_name="/describe")
+    with pytest.raises(AppError, match="strictness needs a model with a distortion readout"):
+        client.predict(handle_file(photos[0]), "", 2.0, api_name="/ground")
 
 
 def test_describe_streams_the_answer(client, photos):

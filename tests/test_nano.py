@@ -74,9 +74,12 @@ def test_strictness_keeps_clean_held_out_photos_clean(nano):
 
 
 def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):
-    """``ground --strictness`` reaches the model (a clean held-out image flagged as trained gets no mask file at 4),
-    and the app shows the strictness slider for this readout model."""
+    """``ground --strictness`` and the app's /ground reach the model: a clean held-out image that the nano flags as
+    trained gets no mask at strictness 4; the app shows the strictness slider for this readout model."""
+    from gradio_client import Client, handle_file
+
     from app import build_demo
+    from conftest import served_app
     from qground.__main__ import main
 
     flagged = next(
@@ -92,3 +95,8 @@ def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):
         assert bool(masks) == expect_masks, (strictness, masks)
     slider = next(b for b in build_demo(nano).blocks.values() if getattr(b, "elem_id", None) == "strictness")
     assert slider.visible and slider.maximum == 8
+    with served_app(nano, tmp_path / "gradio") as url:
+        client = Client(url, verbose=False)
+        for strictness, expect_masks in ((0.0, True), (4.0, False)):
+            annotated, *_ = client.predict(handle_file(tmp_path / "clean.png"), "", strictness, api_name="/ground")
+            assert bool(annotated["annotations"]) == expect_masks, strictness
