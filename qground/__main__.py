@@ -175,6 +175,7 @@ def write_result(
         "classes": list(result.masks),
         "area_percent": result.area_percent(),
         "scores": result.scores,
+        "strictness": result.strictness,
         "timings": result.timings,
         "warnings": result.warnings,
     }

@@ -61,7 +61,8 @@ class GroundingResult:
     """What the model said and drew for one image.
 
     ``masks``: class name → bool (H, W) in the original (EXIF-oriented) frame, merged when a class repeats;
-    ``scores``: class → mean mask probability inside the mask; ``timings``: seconds per stage.
+    ``scores``: class → mean mask probability inside the mask; ``timings``: seconds per stage; ``strictness``: the
+    detection strictness it was made with (``GenerationSettings``).
     """
 
     text: str
@@ -72,6 +73,7 @@ class GroundingResult:
     timings: dict[str, float]
     token_ids: list[int]
     warnings: list[str] = field(default_factory=list)
+    strictness: float = 0.0
 
     def area_percent(self) -> dict[str, float]:
         return {name: 100.0 * float(m.mean()) for name, m in self.masks.items()}
@@ -163,6 +165,7 @@ class QGroundEngine:
                 yield text
         t2 = time.perf_counter()
         result = self._finish(tokens, states, features, metas[0] if metas else None)
+        result.strictness = settings.strictness
         t3 = time.perf_counter()
         result.timings = {
             "preprocess": t1 - t0,

@@ -421,7 +421,7 @@ def table_rows(result: GroundingResult | None) -> list[list]:
 
 def masks_zip(result: GroundingResult, path: str | os.PathLike, image_name: str = "", model: str = "") -> Path:
     """Write the masks as a zip, atomically: ``<class key>.png`` (8-bit, 0 / 255, lossless) per class and
-    ``result.json`` (answer, raw text, image size, per-class file/color/area %/score, timings, warnings)."""
+    ``result.json`` (answer, raw text, image size, per-class file/color/area %/score, strictness, timings, warnings)."""
     areas = area_percent(result.masks)
     classes = [
         {
@@ -441,6 +441,7 @@ def masks_zip(result: GroundingResult, path: str | os.PathLike, image_name: str 
         "answer": result.text,
         "raw_text": result.raw_text,
         "classes": classes,
+        "strictness": result.strictness,
         "timings": result.timings,
         "warnings": result.warnings,
     }

@@ -1,5 +1,7 @@
 """The shipped qground-nano: loads with no network, stays small, and really grounds a held-out photo."""
 
+import json
+
 import pytest
 from PIL import Image
 
@@ -93,6 +95,7 @@ def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):
         assert main(["ground", str(tmp_path / "clean.png"), "--out", str(out), "--strictness", strictness]) == 0
         masks = [p for p in (out / "clean").iterdir() if p.name not in ("overlay.png", "result.json")]
         assert bool(masks) == expect_masks, (strictness, masks)
+        assert json.loads((out / "clean" / "result.json").read_text())["strictness"] == float(strictness)
     slider = next(b for b in build_demo(nano).blocks.values() if getattr(b, "elem_id", None) == "strictness")
     assert slider.visible and slider.maximum == 8
     with served_app(nano, tmp_path / "gradio") as url:

@@ -126,6 +126,7 @@ def test_masks_zip_holds_one_lossless_png_per_class_and_result_json(tmp_path):
             assert np.array_equal(np.asarray(png) == 255, masks[name])
         summary = json.loads(zf.read("result.json"))
     assert summary["image"] == "street.png" and summary["image_size"] == [H, W] and summary["model"] == "fake"
+    assert summary["strictness"] == 0.0
     assert [c["name"] for c in summary["classes"]] == ["low light", "noise"]
     assert summary["classes"][1] == {
         "name": "noise",
