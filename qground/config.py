@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qground.taxonomy import CLASS_NAMES
+
 CONFIG_NAME = "qground_config.json"
 FORMAT_VERSION = 1
 
@@ -159,6 +161,10 @@ class QGroundConfig:
     projector_pool: int = 2
     global_token: bool = False  # φv also maps the CLS position (a whole-image summary) to one more image token
     readout: bool = False  # φv reads the frozen tower's distortion readout scores instead of its hidden states
+    # Per class (CLASS_NAMES order): the readout's median whole-image presence logit on the training images that have
+    # the class (set by training.pretrain_vision). Detection strictness s then shifts class k's logits by
+    # s × confidence_k / mean(confidence), so classes the readout is less sure of are not silenced first. None: s alike.
+    readout_confidence: tuple[float, ...] | None = None
     image_ordinals: int = 0  # > 0: φv adds a learned embedding of each image's place in its sample (first, second, …)
     seg_levels: int = 2
     seg_tokens_per_level: int = 3
@@ -197,6 +203,13 @@ class QGroundConfig:
             f"image_size {self.image_size} must be a multiple of vision.patch_size {self.vision.patch_size}",
         )
         _check(self.image_ordinals >= 0, "image_ordinals must be ≥ 0 (0 disables the ordinal embedding)")
+        if self.readout_confidence is not None:
+            _check(self.readout, "readout_confidence needs readout: true")
+            _check(
+                len(self.readout_confidence) == len(CLASS_NAMES) and min(self.readout_confidence) > 0,
+                f"readout_confidence must hold {len(CLASS_NAMES)} positive logits (one per class), "
+                f"got {list(self.readout_confidence)}",
+            )
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(
             self.vision.num_channels == 3 + NUM_DETAIL_CHANNELS * self.detail_channels,

@@ -32,8 +32,8 @@ MAX_STRICTNESS = 8.0
 class GenerationSettings:
     """``temperature`` 0 means greedy; ``min_new_tokens`` suppresses end-of-sequence before that many tokens.
     ``strictness`` (models with a distortion readout, such as qground-nano): how much stronger than trained the
-    readout's evidence must be, as a logit offset; higher means fewer false alarms on clean photos and fewer
-    distortions found (README, "Detection strictness")."""
+    readout's evidence must be, as a logit offset (per class scaled by ``config.readout_confidence`` when set); higher
+    means fewer false alarms on clean photos and fewer distortions found (README, "Detection strictness")."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0

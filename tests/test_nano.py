@@ -60,7 +60,7 @@ def test_nano_describes_the_distortion(nano):
 
 def test_strictness_keeps_clean_held_out_photos_clean(nano):
     """The first 12 clean held-out images: as trained (strictness 0) the nano draws masks on some of them; at
-    strictness 4 on none, and it still finds the held-out example's severe distortion."""
+    strictness 5 on none, and it still finds the held-out example's severe distortion."""
     clean = [g for g in (synth.generate(i, "eval", seed=0) for i in range(60)) if not g.masks][:12]
     assert len(clean) == 12
 
@@ -68,16 +68,16 @@ def test_strictness_keeps_clean_held_out_photos_clean(nano):
         settings = GenerationSettings(strictness=strictness)
         return sum(bool(nano.ground(Image.fromarray(g.image), settings=settings).masks) for g in clean)
 
-    assert flagged(0.0) >= 6 and flagged(4.0) == 0
+    assert flagged(0.0) >= 6 and flagged(5.0) == 0
     g = held_out_example()
     ((name, truth),) = g.masks.items()
-    pred = nano.ground(Image.fromarray(g.image), settings=GenerationSettings(strictness=4.0)).masks[name]
+    pred = nano.ground(Image.fromarray(g.image), settings=GenerationSettings(strictness=5.0)).masks[name]
     assert float((pred & truth).sum() / (pred | truth).sum()) >= 0.5
 
 
 def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):
     """``ground --strictness`` and the app's /ground reach the model: a clean held-out image that the nano flags as
-    trained gets no mask at strictness 4; the app shows the strictness slider for this readout model."""
+    trained gets no mask at strictness 5; the app shows the strictness slider for this readout model."""
     from gradio_client import Client, handle_file
 
     from app import build_demo
@@ -90,7 +90,7 @@ def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):
         if not g.masks and nano.ground(Image.fromarray(g.image)).masks
     )
     Image.fromarray(flagged.image).save(tmp_path / "clean.png")
-    for strictness, expect_masks in (("0", True), ("4", False)):
+    for strictness, expect_masks in (("0", True), ("5", False)):
         out = tmp_path / f"out{strictness}"
         assert main(["ground", str(tmp_path / "clean.png"), "--out", str(out), "--strictness", strictness]) == 0
         masks = [p for p in (out / "clean").iterdir() if p.name not in ("overlay.png", "result.json")]
@@ -100,6 +100,6 @@ def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):
     assert slider.visible and slider.maximum == 8
     with served_app(nano, tmp_path / "gradio") as url:
         client = Client(url, verbose=False)
-        for strictness, expect_masks in ((0.0, True), (4.0, False)):
+        for strictness, expect_masks in ((0.0, True), (5.0, False)):
             annotated, *_ = client.predict(handle_file(tmp_path / "clean.png"), "", strictness, api_name="/ground")
             assert bool(annotated["annotations"]) == expect_masks, strictness

@@ -8,7 +8,7 @@ import torch
 
 from qground.builder import build_model
 from qground.checkpoint import HEADS_NAME, load_model, save_checkpoint
-from qground.config import CONFIG_NAME
+from qground.config import CONFIG_NAME, ConfigError
 from qground.modeling import QGroundModel
 from qground.processor import QGroundProcessor
 from qground.taxonomy import CLASS_NAMES
@@ -44,8 +44,40 @@ def test_strictness_shifts_every_readout_logit(readout_model, tiny, overfit_batc
     assert torch.allclose(strict[:, 0, : whole.shape[1]], (whole - 2.5).sigmoid())
     g = model.config.grid
     assert torch.allclose(strict[:, 1:].transpose(1, 2).reshape(2, -1, g, g), (dense - 2.5).sigmoid())
+    per_class = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])
+    strict = model.readout(hidden, per_class)
+    n, sub2 = len(CLASS_NAMES), model.readout.sub**2
+    assert torch.allclose(strict[:, 0, : 3 * n], (whole - per_class.repeat(3)).sigmoid())
+    shifted = dense - per_class.repeat_interleave(sub2)[:, None, None]
+    assert torch.allclose(strict[:, 1:].transpose(1, 2).reshape(2, -1, g, g), shifted.sigmoid())
     with pytest.raises(ValueError, match="strictness 1.0 needs a model with a distortion readout"):
         tiny[0].encode_images(overfit_batch[1]["pixel_values"], strictness=1.0)
+
+
+def test_strictness_is_scaled_by_the_readout_confidence(readout_model, overfit_batch):
+    """With ``readout_confidence`` c, class k's logits shift by s × c_k / mean(c) (a class the readout is less sure
+    of is shifted less); without it, by s for every class."""
+    model, _ = readout_model
+    pixels = overfit_batch[1]["pixel_values"]
+    confident = QGroundModel(
+        dataclasses.replace(model.config, readout_confidence=(6.0, 2.0, 6.0, 4.0, 7.0)),
+        model.llava,
+        model.seg_head,
+        model.pixel_decoder,
+        model.readout,
+    )
+    seen = []
+    handle = model.readout.register_forward_hook(lambda module, args, out: seen.append(args[1]))
+    try:
+        confident.encode_images(pixels, strictness=3.0)
+        model.encode_images(pixels, strictness=3.0)
+    finally:
+        handle.remove()
+    assert torch.allclose(seen[0], 3.0 * torch.tensor([6.0, 2.0, 6.0, 4.0, 7.0]) / 5.0) and seen[1] == 3.0
+    with pytest.raises(ConfigError, match="readout_confidence must hold 5 positive logits"):
+        dataclasses.replace(model.config, readout_confidence=(1.0, -1.0, 1.0, 1.0, 1.0))
+    with pytest.raises(ConfigError, match="readout_confidence needs readout: true"):
+        dataclasses.replace(model.config, readout=False, readout_confidence=(1.0,) * 5)
 
 
 def test_phi_v_reads_the_readout(readout_model, overfit_batch):
@@ -111,6 +143,29 @@ def test_pretraining_trains_and_keeps_the_readout(readout_model, tmp_path):
     assert losses[-1] < losses[0]
     assert not torch.equal(model.readout.dense.weight, before)
     assert not any(p.requires_grad for p in [*model.readout.parameters(), *model.vision_tower.parameters()])
+    assert model.config.readout_confidence is None or len(model.config.readout_confidence) == len(CLASS_NAMES)
+
+
+def test_confidence_is_the_median_presence_logit_of_positive_images(readout_model, overfit_batch):
+    from training.pretrain_vision import confidence
+
+    model, _ = readout_model
+    n = len(CLASS_NAMES)
+    x = overfit_batch[1]["pixel_values"].repeat(3, 1, 1, 1)  # (6, C, S, S)
+    present = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 0, 1], [0, 1, 1, 1, 0]] * 2, dtype=torch.float32)
+    saved = model.readout.whole.bias.detach().clone()
+    try:
+        with torch.no_grad():
+            whole = model.readout.logits(model.vision_tower(x).last_hidden_state)[1]
+            model.readout.whole.bias[:n] += 1.0 - whole[:, :n].min()  # every presence logit ≥ 1
+            whole = model.readout.logits(model.vision_tower(x).last_hidden_state)[1]
+        got = confidence(model.vision_tower, model.readout, x, present)
+        assert got == tuple(round(float(whole[present[:, k] > 0, k].median()), 3) for k in range(n))
+        present[:, 2] = 0  # a class no image has: no confidence
+        assert confidence(model.vision_tower, model.readout, x, present) is None
+    finally:
+        with torch.no_grad():
+            model.readout.whole.bias.copy_(saved)
 
 
 def test_slots_tell_token_places_apart(readout_model):

@@ -6,7 +6,8 @@ covered by each distortion class (soft BCE over the image content, padding ignor
 summary per class: presence (BCE), the covered fraction of the content and severity × fraction (both squared error on
 the sigmoid; severity 1–3 from the data's ``meta.json``, scaled to 1/3–1) — what "is there noise?" and "which image is
 noisier?" ask. The tower thus learns the evidence φv and the pixel decoder read. A model with ``config.readout`` keeps
-the trained readout (frozen, it feeds φv); otherwise it is thrown away.
+the trained readout (frozen, it feeds φv) and records how sure it is per class on the training images
+(``config.readout_confidence``, which scales detection strictness); otherwise the readout is thrown away.
 
 ``python -m training.pretrain_vision --model runs/nano/init --data runs/nano/data/train --out runs/nano/vision``
 """
@@ -14,6 +15,7 @@ the trained readout (frozen, it feeds φv); otherwise it is thrown away.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -116,7 +118,20 @@ def pretrain(model, processor, data_dir: Path, epochs: int, batch: int, lr: floa
     readout.eval()
     for p in params:
         p.requires_grad = False
+    if model.readout is not None:
+        model.config = dataclasses.replace(model.config, readout_confidence=confidence(tower, readout, x, glob[:, :n]))
     return losses
+
+
+def confidence(tower, readout: DistortionReadout, x: torch.Tensor, present: torch.Tensor) -> tuple[float, ...] | None:
+    """Per class, the median whole-image presence logit over the images ``x`` that have it (``present`` (N, classes)
+    0/1); None when a class has no such image or its median is not positive (``QGroundConfig.readout_confidence``)."""
+    with torch.no_grad():
+        logits = torch.cat([readout.logits(tower(x[i : i + 64]).last_hidden_state)[1] for i in range(0, len(x), 64)])
+    medians = [logits[present[:, k] > 0.5, k].median() for k in range(present.shape[1]) if (present[:, k] > 0.5).any()]
+    if len(medians) < present.shape[1] or min(medians) <= 0:
+        return None
+    return tuple(round(float(m), 3) for m in medians)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,12 +82,16 @@ class QGroundModel(nn.Module):
     # -- stages ------------------------------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor, strictness: float = 0.0) -> ImageFeatures:
         """``pixel_values`` (M, C, S, S) normalized, padded model inputs → ``ImageFeatures``. The tower and the readout
-        are frozen. ``strictness`` > 0 (models with a readout only) makes the readout ask for stronger evidence."""
+        are frozen. ``strictness`` > 0 (models with a readout only) makes the readout ask for stronger evidence, per
+        class in proportion to ``config.readout_confidence`` when it is set."""
         if strictness and self.readout is None:
             raise ValueError(
                 f"strictness {strictness} needs a model with a distortion readout (config.readout); this one has none"
             )
         cfg = self.config
+        if cfg.readout_confidence is not None:
+            confidence = torch.tensor(cfg.readout_confidence)
+            strictness = strictness * confidence / confidence.mean()
         tower_param = next(self.vision_tower.parameters())
         with torch.no_grad():
             out = self.vision_tower(

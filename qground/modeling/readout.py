@@ -20,8 +20,8 @@ class DistortionReadout(nn.Module):
     ``class·sub² + i·sub + j`` covers sub-cell row ``i``, column ``j`` of each patch; whole-image ``(M, 3·classes)``:
     presence per class, then fraction per class, then severity × fraction per class. ``forward`` returns their sigmoids
     as one ``(M, 1 + g², classes·sub²)`` map: row 0 holds the whole-image scores zero-padded to the width, rows 1… the
-    patches' coverage. ``strictness`` ≥ 0 asks for stronger evidence: every score becomes ``sigmoid(logit −
-    strictness)`` (0: as trained).
+    patches' coverage. ``strictness`` ≥ 0, one value or one per class ``(classes,)``, asks for stronger evidence:
+    every score of class k becomes ``sigmoid(logit − strictness_k)`` (0: as trained).
     """
 
     def __init__(self, vision_dim: int, num_classes: int, sub: int) -> None:
@@ -45,9 +45,12 @@ class DistortionReadout(nn.Module):
         dense = self.dense(hidden[:, 1:]).transpose(1, 2).reshape(m, -1, g, g)
         return dense, self.whole(hidden[:, 0])
 
-    def forward(self, hidden: torch.Tensor, strictness: float = 0.0) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, strictness: float | torch.Tensor = 0.0) -> torch.Tensor:
         dense, whole = self.logits(hidden)
-        patches = (dense - strictness).sigmoid().flatten(2).transpose(1, 2)  # (M, g², K)
+        per_class = torch.as_tensor(strictness, dtype=dense.dtype, device=dense.device).expand(self.num_classes)
+        dense = dense - per_class.repeat_interleave(self.sub * self.sub)[:, None, None]
+        whole = whole - per_class.repeat(3)
+        patches = dense.sigmoid().flatten(2).transpose(1, 2)  # (M, g², K)
         pad = patches.new_zeros(hidden.shape[0], 1, self.width)
-        pad[:, 0, : whole.shape[1]] = (whole - strictness).sigmoid()
+        pad[:, 0, : whole.shape[1]] = whole.sigmoid()
         return torch.cat([pad, patches], dim=1)
