@@ -423,11 +423,14 @@ def comparison_accuracy(
     answers: Sequence[str], truths: Sequence[str], num_images: Sequence[int], questions: Sequence[str] | None = None
 ) -> dict:
     """Share of ``answers`` that pick the image ``truths`` pick (option letters read through each question's options):
-    ``{"accuracy", "correct", "unparsed", "items"}``. A truth that names no image raises ValueError."""
+    ``{"accuracy", "correct", "unparsed", "items", "by_images", "by_form"}``; ``by_images`` maps the group size ("2",
+    "3", "4") and ``by_form`` "free-form" / "multiple choice" to ``{"accuracy", "items"}``. A truth that names no
+    image raises ValueError."""
     questions = questions if questions is not None else [""] * len(answers)
     if not len(answers) == len(truths) == len(num_images) == len(questions):
         raise ValueError("answers, truths, num_images and questions must be aligned")
     correct = unparsed = 0
+    groups: dict[str, dict[str, list[bool]]] = {"by_images": {}, "by_form": {}}
     for answer, truth, n, question in zip(answers, truths, num_images, questions):
         options = question_options(question, n)
         expected = parse_choice(truth, n, options)
@@ -436,7 +439,19 @@ def comparison_accuracy(
         picked = parse_choice(answer, n, options)
         unparsed += picked is None
         correct += picked == expected
-    return {"accuracy": _ratio(correct, len(answers)), "correct": correct, "unparsed": unparsed, "items": len(answers)}
+        groups["by_images"].setdefault(str(n), []).append(picked == expected)
+        groups["by_form"].setdefault("multiple choice" if options else "free-form", []).append(picked == expected)
+    summary = {
+        key: {name: {"accuracy": _ratio(sum(hits), len(hits)), "items": len(hits)} for name, hits in sorted(g.items())}
+        for key, g in groups.items()
+    }
+    return {
+        "accuracy": _ratio(correct, len(answers)),
+        "correct": correct,
+        "unparsed": unparsed,
+        "items": len(answers),
+        **summary,
+    }
 
 
 # -- the evaluation folder ---------------------------------------------------------------------------------------------
@@ -603,6 +618,12 @@ def report_table(report: dict) -> str:
             "",
             f"comparison accuracy {_cell(c['accuracy'])} ({c['correct']}/{c['items']} correct, "
             f"{c['unparsed']} unparsed answers)",
+            "  "
+            + ", ".join(
+                f"{name}{' images' * (key == 'by_images')} {_cell(part['accuracy'])} ({part['items']})"
+                for key in ("by_images", "by_form")
+                for name, part in c[key].items()
+            ),
         ]
     lines += [f"skipped {task}: {why}" for task, why in report["skipped"].items()]
     return "\n".join(lines)

@@ -161,9 +161,19 @@ def test_option_letters_follow_the_questions_options():
     assert parse_choice("A", 2, options) == 1
     assert question_options("Which image is sharper? A. The first image B. The second image", 2) == {"A": 0, "B": 1}
     result = comparison_accuracy(
-        ["A", "The first image.", "I cannot tell."], ["The second image.", "B", "A"], [2, 2, 2], [question] * 3
+        ["A", "The first image.", "I cannot tell.", "The third image."],
+        ["The second image.", "B", "A", "The third image."],
+        [2, 2, 2, 3],
+        [question] * 3 + ["Which image is noisier?"],
     )
-    assert result == {"accuracy": 2 / 3, "correct": 2, "unparsed": 1, "items": 3}
+    assert result == {
+        "accuracy": 3 / 4,
+        "correct": 3,
+        "unparsed": 1,
+        "items": 4,
+        "by_images": {"2": {"accuracy": 2 / 3, "items": 3}, "3": {"accuracy": 1.0, "items": 1}},
+        "by_form": {"free-form": {"accuracy": 1.0, "items": 1}, "multiple choice": {"accuracy": 2 / 3, "items": 3}},
+    }
     with pytest.raises(ValueError, match="names none"):
         comparison_accuracy(["A"], ["neither"], [2])
 
