@@ -330,6 +330,7 @@ def _annotate_tab(gr, svc, sam, scratch, sam_message: str) -> None:
 def _api_tab(gr, svc, engine, sam, scratch) -> None:
     """Usage notes and small forms whose buttons are the public, named endpoints (plain inputs: file(s) + text)."""
     from qground import sam as annot
+    from qground.inference import GenerationSettings
     from qground.visualize import color_map
 
     gr.Markdown(API_DOC)
@@ -353,7 +354,9 @@ def _api_tab(gr, svc, engine, sam, scratch) -> None:
         ranking_note = gr.Textbox(label="how to read the ranking")
 
     def settings(strictness: float):
-        return svc.generation_settings(256, 0.0, 1.0, strictness, engine.config.readout)
+        """The default generation settings with the request's strictness (validated like the Chat tab's)."""
+        d = GenerationSettings()
+        return svc.generation_settings(d.max_new_tokens, d.temperature, d.top_p, strictness, engine.config.readout)
 
     def ground(image: str, question: str, strictness: float):
         yield from svc.ground_request(engine, image, question, settings(strictness), scratch)

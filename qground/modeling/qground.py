@@ -89,7 +89,7 @@ class QGroundModel(nn.Module):
                 f"strictness {strictness} needs a model with a distortion readout (config.readout); this one has none"
             )
         cfg = self.config
-        if cfg.readout_confidence is not None:
+        if strictness and cfg.readout_confidence is not None:
             confidence = torch.tensor(cfg.readout_confidence)
             strictness = strictness * confidence / confidence.mean()
         tower_param = next(self.vision_tower.parameters())
