@@ -37,6 +37,7 @@ def test_shipped_files_are_small_and_safe():
     files = list(NANO.iterdir())
     assert sum(f.stat().st_size for f in files) <= 30 * 2**20
     assert {f.suffix for f in files} <= {".json", ".safetensors", ".txt", ".jinja"}
+    assert json.loads((NANO / "qground_config.json").read_text())["base_model_id"] is None  # full weights
 
 
 def test_nano_grounds_a_held_out_photo(nano):

@@ -22,6 +22,7 @@ def test_recipe_runs_every_step_and_resumes(tmp_path):
     assert set(json.loads((tmp_path / "timings.json").read_text())) >= {"synth_train", "vision", "stage1", "stage3"}
 
     model, tokenizer = load_model(str(tmp_path / "stage3" / "final"), device="cpu", dtype=torch.float32)
+    assert model.config.base_model_id is None  # full weights: the shipped config names no local training folder
     engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config))
     image = Image.open(tmp_path / "data" / "eval" / "images" / "eval_000000.png")
     result = engine.ground(image)

@@ -53,10 +53,12 @@ def init_distributed() -> tuple[int, int]:
 
 
 def prepare_model(cfg: TrainConfig):
-    """Load the starting model; point ``base_model_id`` at the weights a LoRA/heads-only save will sit on."""
+    """Load the starting model; point ``base_model_id`` at the weights a LoRA/heads-only save will sit on. A stage
+    that trains the whole LLM saves all weights, so its checkpoint keeps the starting model's ``base_model_id`` rather
+    than naming a local folder it does not need (and that exists on no other machine)."""
     model, tokenizer = load_model(cfg.model, device="cpu", dtype=torch.float32, allow_untrained=True)
     start = Path(cfg.model)
-    if start.is_dir() and (start / "model.safetensors").exists():
+    if "llm" not in cfg.trainable and start.is_dir() and (start / "model.safetensors").exists():
         model.config = dataclasses.replace(model.config, base_model_id=str(start.resolve()))
     names = set_trainable(model, cfg.trainable, cfg.lora)
     return model, tokenizer, names
