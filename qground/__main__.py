@@ -292,10 +292,10 @@ def load_engine_and_settings(args: argparse.Namespace) -> tuple[QGroundEngine, G
     except ValueError as e:
         raise UsageError(f"--strictness: {e}") from None
     engine = load_engine(args.model, args.revision, args.quant)
-    if settings.strictness and not engine.config.readout:
-        raise UsageError(
-            f"--strictness needs a model with a distortion readout (such as qground-nano); {engine.name} has none"
-        )
+    try:
+        settings.check_model(engine.config.readout)
+    except ValueError as e:
+        raise UsageError(f"--{e}; {engine.name} has none") from None
     return engine, settings
 
 

@@ -55,6 +55,11 @@ class GenerationSettings:
         if not 0.0 <= self.strictness <= MAX_STRICTNESS:  # also refuses NaN
             raise ValueError(f"strictness must be between 0 and {MAX_STRICTNESS:g}, got {self.strictness}")
 
+    def check_model(self, readout: bool) -> None:
+        """Raise ValueError when a model with (``readout``) or without a distortion readout cannot honour these."""
+        if self.strictness and not readout:
+            raise ValueError("strictness needs a model with a distortion readout (such as qground-nano)")
+
 
 @dataclass
 class GroundingResult:

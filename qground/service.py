@@ -201,12 +201,9 @@ def generation_settings(
         settings = GenerationSettings(
             max_new_tokens=max_new, temperature=float(temperature), top_p=float(top_p), strictness=float(strictness)
         )
+        settings.check_model(readout)
     except (TypeError, ValueError) as err:
         raise UserError(f"Generation settings: {err}.") from None
-    if settings.strictness and not readout:
-        raise UserError(
-            "Generation settings: strictness needs a model with a distortion readout (such as qground-nano)."
-        )
     return settings
 
 
