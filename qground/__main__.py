@@ -63,7 +63,7 @@ def summary(name: str) -> str:
         f"  input          {c.image_size}×{c.image_size} px, patch {c.vision.patch_size} → {c.grid}×{c.grid} patches "
         f"(native {c.vision.native_image_size})",
         f"  φv             layers {list(c.feature_layers)} → pool {c.projector_pool} → "
-        f"{c.num_image_tokens} tokens/image",
+        f"{c.num_image_tokens} tokens/image" + (" (1 when several)" if c.multi_image_global_only else ""),
         f"  LLM            {c.llm.num_layers} layers × {c.llm.hidden_size}, vocab {c.llm.vocab_size}",
         f"  seg tokens     {c.seg_levels} levels × {c.seg_tokens_per_level} = {c.seg_count} per target",
         f"  pixel decoder  layers {list(c.decoder.layers)}, dim {c.decoder.dim}, depth {c.decoder.depth}, "

@@ -106,6 +106,7 @@ def config_nano() -> QGroundConfig:
         feature_layers=(2, 3, 4),
         projector_pool=4,
         global_token=True,
+        multi_image_global_only=True,
         readout=True,
         image_ordinals=8,
         base_model_id=None,

@@ -160,6 +160,9 @@ class QGroundConfig:
     feature_layers: tuple[int, ...] = (6, 14, 23)
     projector_pool: int = 2
     global_token: bool = False  # φv also maps the CLS position (a whole-image summary) to one more image token
+    # In a prompt with several images, each image contributes only its whole-image token (needs global_token), as
+    # Co-Instruct shrinks each image's tokens for multi-image prompts: the LLM compares a few summary tokens.
+    multi_image_global_only: bool = False
     readout: bool = False  # φv reads the frozen tower's distortion readout scores instead of its hidden states
     # Per class (CLASS_NAMES order): the readout's median whole-image presence logit on the training images that have
     # the class (set by training.pretrain_vision). Detection strictness s then shifts class k's logits by
@@ -186,6 +189,23 @@ class QGroundConfig:
     def num_image_tokens(self) -> int:
         return self.token_grid**2 + self.global_token
 
+    def tokens_per_image(self, num_images: int) -> int:
+        """Image tokens each image contributes to a prompt that holds ``num_images`` images."""
+        return 1 if self.multi_image_global_only and num_images > 1 else self.num_image_tokens
+
+    def images_in(self, image_token_count: int) -> int:
+        """Number of images of a prompt that holds ``image_token_count`` image tokens; raises when none fits. With
+        ``multi_image_global_only`` a prompt of 2 … ``num_image_tokens`` − 1 images holds one token per image."""
+        n = self.num_image_tokens
+        if self.multi_image_global_only and 2 <= image_token_count < n:
+            return image_token_count
+        if image_token_count % n or (self.multi_image_global_only and image_token_count > n):
+            layout = f"{n} per image"
+            if self.multi_image_global_only:
+                layout = f"{n} for one image, 1 per image for 2–{n - 1}"
+            raise ValueError(f"{image_token_count} image tokens fit no number of images: this model takes {layout}")
+        return image_token_count // n
+
     @property
     def seg_count(self) -> int:
         return self.seg_levels * self.seg_tokens_per_level
@@ -203,6 +223,11 @@ class QGroundConfig:
             f"image_size {self.image_size} must be a multiple of vision.patch_size {self.vision.patch_size}",
         )
         _check(self.image_ordinals >= 0, "image_ordinals must be ≥ 0 (0 disables the ordinal embedding)")
+        _check(
+            not self.multi_image_global_only or (self.global_token and self.num_image_tokens > 2),
+            "multi_image_global_only needs global_token (the whole-image token is what each image keeps) "
+            "and more than 2 image tokens per image",
+        )
         if self.readout_confidence is not None:
             _check(self.readout, "readout_confidence needs readout: true")
             _check(

@@ -6,9 +6,10 @@ config.image_size`` → content (h, w), normalized, and padded bottom-right with
 Masks go through the same mapping (nearest) and come back by ``ImageMeta``: crop [:h, :w] of the S×S frame, resize
 to (H, W).
 
-Token layout: ``<s>`` + the template's pieces; each image slot becomes ``num_image_tokens`` image-token ids inserted
-by id; user text is tokenized with special tokens split (no injection); answers are followed by ``</s>`` and are the
-only labelled tokens (prompt and padding are -100).
+Token layout: ``<s>`` + the template's pieces; each image slot becomes ``config.tokens_per_image(num_images)``
+image-token ids inserted by id (``num_image_tokens``, or 1 per image of a several-image prompt with
+``multi_image_global_only``); user text is tokenized with special tokens split (no injection); answers are followed
+by ``</s>`` and are the only labelled tokens (prompt and padding are -100).
 """
 
 from __future__ import annotations
@@ -114,11 +115,14 @@ class QGroundProcessor:
     def encode(self, turns: list[Turn], num_images: int) -> tuple[list[int], list[int]]:
         """Token ids and labels for a conversation (the last turn may be unanswered: a generation prompt)."""
         ids = self.config.token_ids
+        per_image = self.config.tokens_per_image(num_images)
+        if per_image == 1 and num_images >= self.config.num_image_tokens:
+            raise ValueError(f"this model takes at most {self.config.num_image_tokens - 1} images per prompt")
         input_ids, labels = [ids.bos], [IGNORE_INDEX]
         for piece in self.style.pieces(turns, num_images):
             if isinstance(piece, ImageSlot):
-                input_ids += [ids.image] * self.config.num_image_tokens
-                labels += [IGNORE_INDEX] * self.config.num_image_tokens
+                input_ids += [ids.image] * per_image
+                labels += [IGNORE_INDEX] * per_image
                 continue
             tokens = self.tokenizer(
                 piece.text, add_special_tokens=False, split_special_tokens=not piece.trainable

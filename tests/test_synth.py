@@ -78,12 +78,22 @@ def test_dataset_layout_readers_and_truth(tmp_path):
         if "Which image is noisier?" in question and answer.startswith("The "):
             best = synth.ORDINALS.index(answer.split()[1])
             assert group[best]["scores"]["noise"] == max(g["scores"]["noise"] for g in group)
+    pairs = json.loads((tmp_path / "compare_pairs.json").read_text())
+    assert len(pairs) == 8 and read_coinstruct(tmp_path / "compare_pairs.json", tmp_path)[1].bad == 0
+    kinds = {q: k for k, q in synth.QUESTIONS.items()}
+    for record in pairs:  # two images, free-form answers, the asked class strongest in the named image
+        group = [by_image[p] for p in record["image"]]
+        question, answer = (t["value"].split("\n")[-1] for t in record["conversations"])
+        assert len(group) == 2 and answer in ("The first image.", "The second image.")
+        if question in kinds:
+            values = [g["scores"][kinds[question]] for g in group]
+            assert values[synth.ORDINALS.index(answer.split()[1])] >= max(values) - 1e-9
 
 
 def test_same_seed_same_bytes(tmp_path):
     synth.write_dataset(tmp_path / "a", num=4, split="train", seed=5, comparisons=2, max_side=80)
     synth.write_dataset(tmp_path / "b", num=4, split="train", seed=5, comparisons=2, max_side=80)
-    for name in ("qground.json", "describe.json", "compare.json", "images/train_000003.png"):
+    for name in ("qground.json", "describe.json", "compare.json", "compare_pairs.json", "images/train_000003.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 

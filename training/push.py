@@ -43,7 +43,8 @@ def model_card(folder: Path, repo_id: str) -> str:
         f"| stage | {train_cfg.get('stage', 'n/a')} |",
         f"| trainable | {', '.join(train_cfg.get('trainable', [])) or 'n/a'} |",
         f"| data | {', '.join(d['name'] for d in train_cfg.get('data', [])) or 'n/a'} |",
-        f"| input | {config.image_size} px, {config.num_image_tokens} image tokens, "
+        f"| input | {config.image_size} px, {config.num_image_tokens} image tokens"
+        f"{' (1 per image in several-image prompts)' if config.multi_image_global_only else ''}, "
         f"layers {list(config.feature_layers)} |",
     ]
     if train_cfg:

@@ -1,7 +1,8 @@
 """The top model: a LLaVA (vision tower + φv + Llama) whose seg-token hidden states drive a pixel decoder.
 
 Token contract (the processor builds it, this module checks it):
-- every image contributes exactly ``config.num_image_tokens`` consecutive image-token ids, in ``pixel_values`` order;
+- every image contributes ``config.tokens_per_image(n)`` consecutive image-token ids (n images in its sample), in
+  ``pixel_values`` order;
 - a grounding target is a group of ``config.seg_count`` ids ``[SEG0] … [SEG{n-1}]`` in order; its embedding comes
   from the hidden states at the positions that *predict* those tokens (position ``p - 1`` for a token at ``p``);
 - a sample's targets are segmented in that sample's first image.
@@ -111,30 +112,36 @@ class QGroundModel(nn.Module):
         return ImageFeatures(tokens=tokens, decoder=decoder)
 
     def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings (B, L, D) with image-token positions replaced by ``image_tokens`` (M, T, D) in order (plus
-        φv's ordinal embedding of each image's place in its sample, when the config has ``image_ordinals``)."""
+        """Token embeddings (B, L, D) with image-token positions replaced by ``image_tokens`` (M, T, D) in order: all T
+        tokens of an image, or only its last (whole-image) token in a several-image prompt when the config has
+        ``multi_image_global_only``; plus φv's ordinal embedding of each image's place in its sample, when the config
+        has ``image_ordinals``."""
         embeds = self.llava.get_input_embeddings()(input_ids)
         is_image = input_ids == self.config.token_ids.image
-        found = int(is_image.sum())
-        expected = 0 if image_tokens is None else image_tokens.shape[0] * image_tokens.shape[1]
-        if found != expected:
-            n_img = 0 if image_tokens is None else image_tokens.shape[0]
+        per_sample = [self.config.images_in(int(n)) for n in is_image.sum(dim=1)]
+        n_img = 0 if image_tokens is None else image_tokens.shape[0]
+        if sum(per_sample) != n_img:
             raise ValueError(
-                f"image features and image tokens disagree: input_ids hold {found} image tokens but {n_img} image(s) "
-                f"× {self.config.num_image_tokens} tokens = {expected} features were given"
+                f"image features and image tokens disagree: input_ids hold image tokens of {sum(per_sample)} "
+                f"image(s) but features of {n_img} image(s) were given"
             )
         if image_tokens is None:
             return embeds
         ordinal = self.projector.ordinal
         if ordinal is not None:
-            per_sample = (is_image.sum(dim=1) // self.config.num_image_tokens).tolist()
             if max(per_sample) > ordinal.num_embeddings:
                 raise ValueError(
                     f"a sample holds {max(per_sample)} images; this model numbers at most {ordinal.num_embeddings}"
                 )
             places = torch.cat([torch.arange(n) for n in per_sample]).to(ordinal.weight.device)
             image_tokens = image_tokens + ordinal(places)[:, None, :].to(image_tokens.dtype)
-        return embeds.masked_scatter(is_image[..., None], image_tokens.to(embeds.dtype))
+        rows, start = [], 0
+        for n in per_sample:
+            block = image_tokens[start : start + n]
+            rows.append(block[:, -1:] if n > 1 and self.config.multi_image_global_only else block)
+            start += n
+        flat = torch.cat([r.reshape(-1, r.shape[-1]) for r in rows])
+        return embeds.masked_scatter(is_image[..., None], flat.to(embeds.dtype))
 
     def seg_groups(self, input_ids: torch.Tensor, strict: bool = True) -> list[SegGroup]:
         """Find ``[SEG0] … [SEGn-1]`` groups in (B, L) ids (other tokens, e.g. spaces, may sit between them).
@@ -246,6 +253,9 @@ class QGroundModel(nn.Module):
 
     def _first_image_per_sample(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B,) index into ``pixel_values`` of each sample's first image (-1 for samples without images)."""
-        counts = (input_ids == self.config.token_ids.image).sum(dim=1) // self.config.num_image_tokens
+        counts = torch.tensor(
+            [self.config.images_in(int(n)) for n in (input_ids == self.config.token_ids.image).sum(dim=1)],
+            device=input_ids.device,
+        )
         first = torch.cumsum(counts, 0) - counts
         return torch.where(counts > 0, first, torch.full_like(first, -1))

@@ -3,8 +3,9 @@ quality descriptions, grounding answers and multi-image comparisons whose truth 
 
 ``python -m training.data.synth --out DIR --num N --split train|eval [--seed S] [--workers W] [--comparisons M]``
 writes ``DIR/images/STEM.png``, ``DIR/gt/STEM/<class key>.png`` (255 = that class; the evaluation layout),
-``qground.json`` (QGround-100K-style records), ``describe.json`` / ``caption.json`` / ``compare.json`` (LLaVA schema)
-and ``meta.json``. Everything follows from ``(seed, split, index)``; train and eval use disjoint photos.
+``qground.json`` (QGround-100K-style records), ``describe.json`` / ``caption.json`` / ``compare.json`` (LLaVA schema),
+``compare_pairs.json`` (two-image groups with free-form answers only: the nano recipe's first comparison stage) and
+``meta.json``. Everything follows from ``(seed, split, index)``; train and eval use disjoint photos.
 
 Frames: images are (H, W, 3) uint8, masks (H, W) bool, both at the generated image's size.
 """
@@ -365,8 +366,9 @@ QUESTIONS = {
 MARGIN = 0.15
 
 
-def comparison(group: list[dict], rng: np.random.Generator) -> tuple[str, str] | None:
-    """A question about ``group`` (meta records) whose answer is unambiguous, with its answer; None if none is."""
+def comparison(group: list[dict], rng: np.random.Generator, choices: bool = True) -> tuple[str, str] | None:
+    """A question about ``group`` (meta records) whose answer is unambiguous, with its answer; None if none is. Half
+    are multiple choice when ``choices``, else every answer is free-form ("The second image.")."""
     kinds = [*QUESTIONS, "sharper", "best"]
     for kind in rng.permutation(kinds):
         if kind == "sharper":
@@ -385,7 +387,7 @@ def comparison(group: list[dict], rng: np.random.Generator) -> tuple[str, str] |
         best = int(order[0])
         if kind == "low light" and group[best]["luma"] > min(m["luma"] for m in group):
             continue  # "darker" must also hold for the pixels, not only for the applied distortion
-        if rng.random() < 0.5:
+        if not choices or rng.random() < 0.5:
             return question, f"The {ORDINALS[best]} image."
         perm = rng.permutation(len(group))
         letters = "ABCD"
@@ -458,11 +460,14 @@ def write_dataset(
     ]
     rng = np.random.default_rng([seed, 11, 0 if split == "train" else 1])
     compare_json = comparison_records(metas, comparisons, rng, f"cmp_{split}")
+    pairs_rng = np.random.default_rng([seed, 13, 0 if split == "train" else 1])
+    pairs_json = comparison_records(metas, comparisons, pairs_rng, f"pair_{split}", 2, choices=False)
     for name, data in (
         ("qground.json", records),
         ("describe.json", describe_json),
         ("caption.json", caption_json),
         ("compare.json", compare_json),
+        ("compare_pairs.json", pairs_json),
     ):
         (out / name).write_text(json.dumps(data, indent=1))
     for m in metas:  # the grounding answer is what the reader builds from qground.json; kept here for inspection
@@ -470,16 +475,18 @@ def write_dataset(
     (out / "meta.json").write_text(json.dumps({"split": split, "seed": seed, "images": metas}, indent=1))
 
 
-def comparison_records(metas: list[dict], count: int, rng: np.random.Generator, prefix: str) -> list[dict]:
-    """``count`` LLaVA-schema comparison records over random groups of 2–4 of ``metas``; groups without an
-    unambiguous answer are skipped."""
+def comparison_records(
+    metas: list[dict], count: int, rng: np.random.Generator, prefix: str, max_images: int = 4, choices: bool = True
+) -> list[dict]:
+    """``count`` LLaVA-schema comparison records over random groups of 2–``max_images`` of ``metas``; groups without
+    an unambiguous answer are skipped. ``choices=False``: free-form answers only."""
     records = []
     draws = 1000 + 100 * count
     for _ in range(draws):
         if len(records) == count:
             return records
-        group = [metas[i] for i in rng.choice(len(metas), size=int(rng.integers(2, 5)), replace=False)]
-        qa = comparison(group, rng)
+        group = [metas[i] for i in rng.choice(len(metas), size=int(rng.integers(2, max_images + 1)), replace=False)]
+        qa = comparison(group, rng, choices)
         if qa is not None:
             records.append(_conv(f"{prefix}_{len(records):06d}", [m["image"] for m in group], *qa))
     if len(records) < count:
