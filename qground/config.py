@@ -190,8 +190,14 @@ class QGroundConfig:
         return self.token_grid**2 + self.global_token
 
     def tokens_per_image(self, num_images: int) -> int:
-        """Image tokens each image contributes to a prompt that holds ``num_images`` images."""
-        return 1 if self.multi_image_global_only and num_images > 1 else self.num_image_tokens
+        """Image tokens each image contributes to a prompt that holds ``num_images`` images; with
+        ``multi_image_global_only`` such a prompt holds at most ``num_image_tokens`` − 1 images (ValueError), so that
+        ``images_in`` can tell its layout from one image's."""
+        if not self.multi_image_global_only or num_images <= 1:
+            return self.num_image_tokens
+        if num_images >= self.num_image_tokens:
+            raise ValueError(f"this model takes at most {self.num_image_tokens - 1} images per prompt")
+        return 1
 
     def images_in(self, image_token_count: int) -> int:
         """Number of images of a prompt that holds ``image_token_count`` image tokens; raises when none fits. With

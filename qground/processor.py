@@ -116,8 +116,6 @@ class QGroundProcessor:
         """Token ids and labels for a conversation (the last turn may be unanswered: a generation prompt)."""
         ids = self.config.token_ids
         per_image = self.config.tokens_per_image(num_images)
-        if per_image == 1 and num_images >= self.config.num_image_tokens:
-            raise ValueError(f"this model takes at most {self.config.num_image_tokens - 1} images per prompt")
         input_ids, labels = [ids.bos], [IGNORE_INDEX]
         for piece in self.style.pieces(turns, num_images):
             if isinstance(piece, ImageSlot):

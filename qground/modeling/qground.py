@@ -118,7 +118,7 @@ class QGroundModel(nn.Module):
         has ``image_ordinals``."""
         embeds = self.llava.get_input_embeddings()(input_ids)
         is_image = input_ids == self.config.token_ids.image
-        per_sample = [self.config.images_in(int(n)) for n in is_image.sum(dim=1)]
+        per_sample = self._images_per_sample(input_ids)
         n_img = 0 if image_tokens is None else image_tokens.shape[0]
         if sum(per_sample) != n_img:
             raise ValueError(
@@ -251,11 +251,12 @@ class QGroundModel(nn.Module):
             )
         return torch.stack(bce).mean(), torch.stack(dice).mean()
 
+    def _images_per_sample(self, input_ids: torch.Tensor) -> list[int]:
+        """Number of images of each sample of (B, L) ids, from its image-token count (``config.images_in``)."""
+        return [self.config.images_in(int(n)) for n in (input_ids == self.config.token_ids.image).sum(dim=1)]
+
     def _first_image_per_sample(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B,) index into ``pixel_values`` of each sample's first image (-1 for samples without images)."""
-        counts = torch.tensor(
-            [self.config.images_in(int(n)) for n in (input_ids == self.config.token_ids.image).sum(dim=1)],
-            device=input_ids.device,
-        )
+        counts = torch.tensor(self._images_per_sample(input_ids), device=input_ids.device)
         first = torch.cumsum(counts, 0) - counts
         return torch.where(counts > 0, first, torch.full_like(first, -1))
