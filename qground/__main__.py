@@ -27,7 +27,7 @@ from qground.processor import PromptTooLongError
 from qground.prompts import Turn
 from qground.service import load_engine as service_load_engine
 from qground.taxonomy import CLASS_NAMES, get
-from qground.visualize import overlay
+from qground.visualize import overlay, region_location
 
 DEFAULT_MODEL = "qground-nano"
 DESCRIBE_QUESTION = "Describe the quality of this image and the distortions in it."
@@ -174,6 +174,7 @@ def write_result(
         "answer": result.text,
         "classes": list(result.masks),
         "area_percent": result.area_percent(),
+        "where": {name: region_location(mask) for name, mask in result.masks.items()},
         "scores": result.scores,
         "strictness": result.strictness,
         "timings": result.timings,

@@ -39,7 +39,7 @@ from qground.processor import PromptTooLongError, QGroundProcessor
 from qground.prompts import Turn
 from qground.sam import AnnotationError, write_atomically
 from qground.taxonomy import DISTORTIONS, get, match_class
-from qground.visualize import area_percent, masks_to_annotations, overlay
+from qground.visualize import area_percent, masks_to_annotations, overlay, region_location
 
 __all__ = [
     "ASSESS_QUESTION",
@@ -94,7 +94,7 @@ COMPARE_PRESETS = {
 }
 SLOTS = "ABCD"
 MIN_COMPARE, MAX_COMPARE = 2, len(SLOTS)
-TABLE_HEADERS = ["Distortion", "Area %", "Score"]
+TABLE_HEADERS = ["Distortion", "Area %", "Where", "Score"]
 RANKING_HEADERS = ["Rank", "Image", "Named as"]
 _LOAD_ERRORS = (CheckpointError, OSError, ValueError, RuntimeError, ImportError, KeyError)
 
@@ -345,7 +345,10 @@ def mask_note(result: GroundingResult) -> str:
     if not result.masks:
         return "No distortion masks in this answer." + warnings
     areas = area_percent(result.masks)
-    parts = [f"{get(name).display.lower()} — {area:.1f} % of the image" for name, area in areas.items()]
+    parts = [
+        f"{get(name).display.lower()} — {area:.1f} % of the image, {region_location(result.masks[name])}"
+        for name, area in areas.items()
+    ]
     return f"Drew {len(parts)} mask{'s' if len(parts) > 1 else ''}: " + "; ".join(parts) + "." + warnings
 
 
@@ -409,16 +412,21 @@ def highlight_spans(text: str) -> list[tuple[str, str | None]]:
 
 
 def table_rows(result: GroundingResult | None) -> list[list]:
-    """[[class display name, area % (2 decimals), score (3 decimals)]] in taxonomy order."""
+    """[[class display name, area % (2 decimals), where (``region_location`` of the mask), score (3 decimals)]] in
+    taxonomy order."""
     if result is None:
         return []
     areas = area_percent(result.masks)
-    return [[get(name).display, round(area, 2), round(result.scores.get(name, 0.0), 3)] for name, area in areas.items()]
+    return [
+        [get(name).display, round(area, 2), region_location(result.masks[name]), round(result.scores.get(name, 0.0), 3)]
+        for name, area in areas.items()
+    ]
 
 
 def masks_zip(result: GroundingResult, path: str | os.PathLike, image_name: str = "", model: str = "") -> Path:
     """Write the masks as a zip, atomically: ``<class key>.png`` (8-bit, 0 / 255, lossless) per class and
-    ``result.json`` (answer, raw text, image size, per-class file/color/area %/score, strictness, timings, warnings)."""
+    ``result.json`` (answer, raw text, image size, per-class file/color/area %/where/score, strictness, timings,
+    warnings)."""
     areas = area_percent(result.masks)
     classes = [
         {
@@ -427,6 +435,7 @@ def masks_zip(result: GroundingResult, path: str | os.PathLike, image_name: str 
             "file": f"{get(name).key}.png",
             "color": get(name).color,
             "area_percent": areas[name],
+            "where": region_location(result.masks[name]),
             "score": result.scores.get(name),
         }
         for name in areas

@@ -28,7 +28,15 @@ from PIL import Image
 
 from qground.taxonomy import DISTORTION_COLORS, DISTORTIONS, Distortion, get
 
-__all__ = ["area_percent", "color_map", "hex_to_rgb", "legend_image", "masks_to_annotations", "overlay"]
+__all__ = [
+    "area_percent",
+    "color_map",
+    "hex_to_rgb",
+    "legend_image",
+    "masks_to_annotations",
+    "overlay",
+    "region_location",
+]
 
 _STRIP_ROWS = 64
 
@@ -92,6 +100,29 @@ def area_percent(masks: Mapping[str, np.ndarray]) -> dict[str, float]:
     masks: class name -> bool array of shape (H, W); all masks must share one shape.
     """
     return {cls.name: 100.0 * np.count_nonzero(mask) / mask.size for cls, mask in _layers(masks)}
+
+
+def region_location(mask: np.ndarray) -> str:
+    """Where a region is, in the words the training descriptions use ("the upper left", "the center", "most of the
+    image", …), from its area and centroid; "nowhere" for an empty mask. mask: bool (H, W), row y down, column x
+    right."""
+    area = float(np.mean(mask))
+    if area == 0:
+        return "nowhere"
+    if area > 0.97:
+        return "the whole image"
+    if area > 0.6:
+        return "most of the image"
+    ys, xs = np.nonzero(mask)
+    v = ("upper", "middle", "lower")[min(2, int(3 * ys.mean() / mask.shape[0]))]
+    h = ("left", "center", "right")[min(2, int(3 * xs.mean() / mask.shape[1]))]
+    return {
+        ("middle", "center"): "the center",
+        ("upper", "center"): "the top",
+        ("lower", "center"): "the bottom",
+        ("middle", "left"): "the left side",
+        ("middle", "right"): "the right side",
+    }.get((v, h), f"the {v} {h}")
 
 
 def legend_image(classes: Iterable[str] | None = None, dpi: int = 100) -> Image.Image:

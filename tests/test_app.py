@@ -73,7 +73,7 @@ def test_ground_returns_the_overlay_labelled_masks_and_a_lossless_zip(client, ph
     assert labels == ["noise"] and set(labels) <= set(CLASS_NAMES) and "noise" in answer
     base = Image.open(annotated["image"])
     assert base.format == "PNG" and base.size == (80, 48)
-    assert table["headers"] == ["Distortion", "Area %", "Score"] and table["data"][0][0] == "Noise"
+    assert table["headers"] == ["Distortion", "Area %", "Where", "Score"] and table["data"][0][0] == "Noise"
     expected = trained_tiny.ground(overfit_batch[0][0][0]).masks
     with zipfile.ZipFile(archive) as zf:
         assert sorted(zf.namelist()) == sorted([f"{get(n).key}.png" for n in expected] + ["result.json"])

@@ -53,7 +53,7 @@ def test_ground_writes_good_images_and_reports_the_broken_one(checkpoint, photos
                 assert array.dtype == np.uint8 and set(np.unique(array)) <= {0, 255} and array.max() == 255
         record = json.loads((out / stem / "result.json").read_text())
         assert record["model"] == checkpoint and record["size"] == {"height": h, "width": w}
-        assert set(record["classes"]) == set(record["area_percent"]) == set(record["scores"])
+        assert set(record["classes"]) == set(record["area_percent"]) == set(record["where"]) == set(record["scores"])
         assert "The segmentation results are:" in record["answer"] and "total" in record["timings"]
     assert set(json.loads((out / "b" / "result.json").read_text())["classes"]) == {"blur", "low light"}
 

@@ -105,9 +105,11 @@ def test_annotated_image_outlines_in_png_and_fills_from_annotations(photo_path, 
 
 def test_table_rows_note_and_choices():
     result = make_result({"noise": rect(0, 20, 0, 30), "blur": rect(0, 4, 0, 6)})
-    assert svc.table_rows(result) == [["Blur", 1.0, 0.8], ["Noise", 25.0, 0.8]]
+    assert svc.table_rows(result) == [["Blur", 1.0, "the upper left", 0.8], ["Noise", 25.0, "the upper left", 0.8]]
     assert svc.class_choices(result) == [("Blur", "blur"), ("Noise", "noise")]
-    assert svc.mask_note(result) == "Drew 2 masks: blur — 1.0 % of the image; noise — 25.0 % of the image."
+    assert svc.mask_note(result) == (
+        "Drew 2 masks: blur — 1.0 % of the image, the upper left; noise — 25.0 % of the image, the upper left."
+    )
     empty = make_result({}, "The image is clean.")
     empty.warnings.append("a mask had no distortion name before it and was left out")
     assert svc.mask_note(empty).startswith("No distortion masks in this answer.")
@@ -134,6 +136,7 @@ def test_masks_zip_holds_one_lossless_png_per_class_and_result_json(tmp_path):
         "file": "noise.png",
         "color": DISTORTION_COLORS["noise"],
         "area_percent": 25.0,
+        "where": "the upper left",
         "score": 0.8,
     }
     assert os.listdir(tmp_path / "out") == ["masks.zip"]  # no temporary file left
@@ -178,7 +181,7 @@ def test_chat_turn_streams_and_keeps_the_raw_answer_as_history(photo_path):
     assert final.result is result and final.exchanges[-1].raw == raw
     messages = svc.thread_messages(final)
     assert [m["role"] for m in messages] == ["assistant", "user", "assistant"]
-    assert messages[2]["content"].endswith("*Drew 1 mask: noise — 25.0 % of the image.*")
+    assert messages[2]["content"].endswith("*Drew 1 mask: noise — 25.0 % of the image, the upper left.*")
     *_, (second, _) = svc.chat_turn(engine, final, "And blur?", GenerationSettings())
     assert [(t.question, t.answer) for t in engine.calls[1]] == [("Where is the noise?", raw), ("And blur?", None)]
     previous, question = svc.undo_turn(second)

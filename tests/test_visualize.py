@@ -14,6 +14,7 @@ from qground.visualize import (
     legend_image,
     masks_to_annotations,
     overlay,
+    region_location,
 )
 
 H, W = 24, 32
@@ -153,6 +154,18 @@ def test_area_percent_exact():
     areas = area_percent({"noise": rect(0, 6, 0, 8), "blur": rect(0, H, 0, W), "jitter": rect(0, 0, 0, 0)})
     assert list(areas) == ["blur", "jitter", "noise"]  # taxonomy order
     assert areas == {"blur": 100.0, "jitter": 0.0, "noise": 100.0 * 48 / (H * W)}
+
+
+def test_region_location_words():
+    h3, w3 = H // 3, W // 3  # the 3 × 3 cells of the words
+    assert region_location(rect(0, H, 0, W)) == "the whole image"
+    assert region_location(rect(0, 2 * h3, 0, W)) == "most of the image"
+    assert region_location(rect(0, h3, 0, w3)) == "the upper left"
+    assert region_location(rect(H - h3, H, W - w3, W)) == "the lower right"
+    assert region_location(rect(h3, 2 * h3, w3, 2 * w3)) == "the center"
+    assert region_location(rect(0, h3, w3, 2 * w3)) == "the top"
+    assert region_location(rect(h3, 2 * h3, 0, w3)) == "the left side"
+    assert region_location(rect(0, 0, 0, 0)) == "nowhere"
 
 
 def test_legend_is_rgb_with_every_class_color():

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from qground.prompts import grounding_answer, image_header
 from qground.taxonomy import CLASS_NAMES, get
 from qground.tokens import SegTokens
+from qground.visualize import region_location
 
 SEVERITY_WORDS = ("mild", "moderate", "severe")
 ORDINALS = ("first", "second", "third", "fourth")
@@ -288,25 +289,6 @@ def generate(index: int, split: str, seed: int, max_side: int = 640) -> Generate
 
 
 # -- text --------------------------------------------------------------------------------------------------------------
-def location(mask: np.ndarray) -> str:
-    """Where a region is, in words, from its extent and centroid (row y down, column x right)."""
-    area = mask.mean()
-    if area > 0.97:
-        return "the whole image"
-    if area > 0.6:
-        return "most of the image"
-    ys, xs = np.nonzero(mask)
-    v = ("upper", "middle", "lower")[min(2, int(3 * ys.mean() / mask.shape[0]))]
-    h = ("left", "center", "right")[min(2, int(3 * xs.mean() / mask.shape[1]))]
-    return {
-        ("middle", "center"): "the center",
-        ("upper", "center"): "the top",
-        ("lower", "center"): "the bottom",
-        ("middle", "left"): "the left side",
-        ("middle", "right"): "the right side",
-    }.get((v, h), f"the {v} {h}")
-
-
 def scores(g: Generated) -> dict[str, float]:
     """Per class severity × area fraction (0 when absent)."""
     return {
@@ -342,7 +324,7 @@ def describe(g: Generated, rng: np.random.Generator) -> str:
         )
     parts = []
     for name in g.masks:
-        sev, where = SEVERITY_WORDS[g.severity[name] - 1], location(g.masks[name])
+        sev, where = SEVERITY_WORDS[g.severity[name] - 1], region_location(g.masks[name])
         parts.append(str(rng.choice([f"{sev} {name} in {where}", f"{sev} {name} covering {where}"])))
     listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     opener = str(rng.choice(["The image suffers from", "This image shows", "There is"]))
@@ -352,7 +334,7 @@ def describe(g: Generated, rng: np.random.Generator) -> str:
 def caption(g: Generated) -> str:
     if not g.masks:
         return "A clean photo with no obvious distortion."
-    items = [f"{SEVERITY_WORDS[g.severity[n] - 1]} {n} in {location(g.masks[n])}" for n in g.masks]
+    items = [f"{SEVERITY_WORDS[g.severity[n] - 1]} {n} in {region_location(g.masks[n])}" for n in g.masks]
     return "A photo with " + " and ".join(items) + "."
 
 
@@ -425,7 +407,7 @@ def write_one(args: tuple[Path, int, str, int, int]) -> dict:
         "classes": list(g.masks),
         "severity": g.severity,
         "area": {n: float(m.mean()) for n, m in g.masks.items()},
-        "location": {n: location(m) for n, m in g.masks.items()},
+        "location": {n: region_location(m) for n, m in g.masks.items()},
         "scores": scores(g),
         "luma": float((g.image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).mean() / 255),
         "description": describe(g, rng),
