@@ -106,16 +106,20 @@ def region_location(mask: np.ndarray) -> str:
     """Where a region is, in the words the training descriptions use ("the upper left", "the center", "most of the
     image", …), from its area and centroid; "nowhere" for an empty mask. mask: bool (H, W), row y down, column x
     right."""
-    area = float(np.mean(mask))
-    if area == 0:
+    rows = np.count_nonzero(mask, axis=1)  # (H,) pixels per row: the centroid without listing every pixel
+    total = int(rows.sum())
+    if total == 0:
         return "nowhere"
+    area = total / mask.size
     if area > 0.97:
         return "the whole image"
     if area > 0.6:
         return "most of the image"
-    ys, xs = np.nonzero(mask)
-    v = ("upper", "middle", "lower")[min(2, int(3 * ys.mean() / mask.shape[0]))]
-    h = ("left", "center", "right")[min(2, int(3 * xs.mean() / mask.shape[1]))]
+    cols = np.count_nonzero(mask, axis=0)
+    y = float(rows @ np.arange(mask.shape[0])) / total
+    x = float(cols @ np.arange(mask.shape[1])) / total
+    v = ("upper", "middle", "lower")[min(2, int(3 * y / mask.shape[0]))]
+    h = ("left", "center", "right")[min(2, int(3 * x / mask.shape[1]))]
     return {
         ("middle", "center"): "the center",
         ("upper", "center"): "the top",
