@@ -3,7 +3,8 @@
 1. synthetic data from package photos (``training.data.synth``): train split and held-out eval split;
 2. a byte-level BPE tokenizer trained on that data's text, and the random ``qground-nano`` model (``init/``);
 3. vision-tower pretraining (``training.pretrain_vision``), then the tower is frozen (``vision/``);
-4. stages 1–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{1,2,3}.yaml``);
+4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
+   trains two-image comparisons only, before the paper's stage 1);
 5. evaluation on the held-out split (``metrics.json``) and, with ``--install``, the final checkpoint copied to
    ``assets/qground-nano``.
 Each step is skipped when its output exists, so a rerun continues where a killed run stopped.
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> Path:
         )
         timings["vision"] = time.perf_counter() - t0
     final = out / "vision"
-    for i in (1, 2, 3):
+    for i in (0, 1, 2, 3):
         cfg = stage_config(i, out, args.scale)
         if not _done(Path(cfg.output_dir) / "final"):
             t0 = time.perf_counter()
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-images", type=int, default=3000)
     parser.add_argument("--eval-images", type=int, default=300)
     parser.add_argument("--comparisons-per-image", type=int, default=3, help="comparison groups per generated image")
-    parser.add_argument("--vision-epochs", type=int, default=12)
+    parser.add_argument("--vision-epochs", type=int, default=24)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.02: smoke run)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
