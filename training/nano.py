@@ -5,8 +5,8 @@
 3. vision-tower pretraining (``training.pretrain_vision``), then the tower is frozen (``vision/``);
 4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
    trains two-image comparisons only, before the paper's stage 1);
-5. evaluation on the held-out split (``metrics.json``) and, with ``--install``, the final checkpoint copied to
-   ``assets/qground-nano``.
+5. with ``--install``, the final checkpoint copied to ``assets/qground-nano``. Evaluation on the held-out split is
+   its own command: ``python -m qground eval --data runs/nano/data/eval --out runs/nano/metrics.json``.
 Each step is skipped when its output exists, so a rerun continues where a killed run stopped.
 """
 
