@@ -27,7 +27,7 @@ from qground.processor import PromptTooLongError
 from qground.prompts import Turn
 from qground.service import load_engine as service_load_engine
 from qground.taxonomy import CLASS_NAMES, get
-from qground.visualize import overlay, region_location
+from qground.visualize import overlay
 
 DEFAULT_MODEL = "qground-nano"
 DESCRIBE_QUESTION = "Describe the quality of this image and the distortions in it."
@@ -173,8 +173,8 @@ def write_result(
         "question": question,
         "answer": result.text,
         "classes": list(result.masks),
-        "area_percent": result.area_percent(),
-        "where": {name: region_location(mask) for name, mask in result.masks.items()},
+        "area_percent": {name: r.area_percent for name, r in result.regions.items()},
+        "where": {name: r.where for name, r in result.regions.items()},
         "scores": result.scores,
         "strictness": result.strictness,
         "timings": result.timings,

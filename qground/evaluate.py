@@ -520,7 +520,7 @@ def _run_grounding(
             {
                 "image": path.name,
                 "gt": sorted(gt),
-                "model": result.area_percent(),
+                "model": {name: r.area_percent for name, r in result.regions.items()},
                 "baseline": {k: 100.0 * float(m.mean()) for k, m in classical.items()},
                 "answer": result.text,
                 "seconds": {"model": t1 - t0, "baseline": t2 - t1},

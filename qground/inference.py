@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from qground.modeling.qground import ImageFeatures, QGroundModel
 from qground.processor import ImageMeta, QGroundProcessor
 from qground.prompts import Turn
 from qground.taxonomy import match_class
+from qground.visualize import area_percent, region_location
 
 GROUNDING_QUESTION = "Please segment out distorted regions in the image."
 _SEPARATORS = re.compile(r"[,;:\n]|\band\b|\bare\b|\bis\b")
@@ -61,6 +63,14 @@ class GenerationSettings:
             raise ValueError("strictness needs a model with a distortion readout (such as qground-nano)")
 
 
+@dataclass(frozen=True)
+class Region:
+    """One class's mask in words: ``area_percent`` of the image's pixels (0..100), ``where`` (``region_location``)."""
+
+    area_percent: float
+    where: str
+
+
 @dataclass
 class GroundingResult:
     """What the model said and drew for one image.
@@ -80,8 +90,12 @@ class GroundingResult:
     warnings: list[str] = field(default_factory=list)
     strictness: float = 0.0
 
-    def area_percent(self) -> dict[str, float]:
-        return {name: 100.0 * float(m.mean()) for name, m in self.masks.items()}
+    @cached_property
+    def regions(self) -> dict[str, Region]:
+        """Class → its mask's area and place in words, in taxonomy order. Computed once, on first use (a 12 MP mask
+        takes ≈ 9 ms), so read it only after the result is complete."""
+        areas = area_percent(self.masks)
+        return {name: Region(area, region_location(self.masks[name])) for name, area in areas.items()}
 
 
 def _select(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator) -> int:

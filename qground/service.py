@@ -39,7 +39,7 @@ from qground.processor import PromptTooLongError, QGroundProcessor
 from qground.prompts import Turn
 from qground.sam import AnnotationError, write_atomically
 from qground.taxonomy import DISTORTIONS, get, match_class
-from qground.visualize import area_percent, masks_to_annotations, overlay, region_location
+from qground.visualize import masks_to_annotations, overlay
 
 __all__ = [
     "ASSESS_QUESTION",
@@ -344,10 +344,9 @@ def mask_note(result: GroundingResult) -> str:
     warnings = "".join(f" ({w})" for w in result.warnings)
     if not result.masks:
         return "No distortion masks in this answer." + warnings
-    areas = area_percent(result.masks)
     parts = [
-        f"{get(name).display.lower()} — {area:.1f} % of the image, {region_location(result.masks[name])}"
-        for name, area in areas.items()
+        f"{get(name).display.lower()} — {r.area_percent:.1f} % of the image, {r.where}"
+        for name, r in result.regions.items()
     ]
     return f"Drew {len(parts)} mask{'s' if len(parts) > 1 else ''}: " + "; ".join(parts) + "." + warnings
 
@@ -416,10 +415,9 @@ def table_rows(result: GroundingResult | None) -> list[list]:
     taxonomy order."""
     if result is None:
         return []
-    areas = area_percent(result.masks)
     return [
-        [get(name).display, round(area, 2), region_location(result.masks[name]), round(result.scores.get(name, 0.0), 3)]
-        for name, area in areas.items()
+        [get(name).display, round(r.area_percent, 2), r.where, round(result.scores.get(name, 0.0), 3)]
+        for name, r in result.regions.items()
     ]
 
 
@@ -427,18 +425,17 @@ def masks_zip(result: GroundingResult, path: str | os.PathLike, image_name: str 
     """Write the masks as a zip, atomically: ``<class key>.png`` (8-bit, 0 / 255, lossless) per class and
     ``result.json`` (answer, raw text, image size, per-class file/color/area %/where/score, strictness, timings,
     warnings)."""
-    areas = area_percent(result.masks)
     classes = [
         {
             "name": name,
             "key": get(name).key,
             "file": f"{get(name).key}.png",
             "color": get(name).color,
-            "area_percent": areas[name],
-            "where": region_location(result.masks[name]),
+            "area_percent": r.area_percent,
+            "where": r.where,
             "score": result.scores.get(name),
         }
-        for name in areas
+        for name, r in result.regions.items()
     ]
     summary = {
         "image": image_name,
@@ -517,7 +514,7 @@ def ground_each(
     for label, photo in zip(labels, photos):
         *_, result = _stream(engine, [photo], [Turn(GROUNDING_QUESTION)], settings)
         drawn = overlay(photo, result.masks, alpha=opacity)
-        areas = ", ".join(f"{get(n).display.lower()} {a:.1f} %" for n, a in area_percent(result.masks).items())
+        areas = ", ".join(f"{get(n).display.lower()} {r.area_percent:.1f} %" for n, r in result.regions.items())
         gallery.append((scratch.png(drawn, f"overlay-{label}.png"), f"{label} — {areas or 'no distortion masks'}"))
         yield list(gallery)
 

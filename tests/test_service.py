@@ -142,6 +142,20 @@ def test_masks_zip_holds_one_lossless_png_per_class_and_result_json(tmp_path):
     assert os.listdir(tmp_path / "out") == ["masks.zip"]  # no temporary file left
 
 
+def test_the_result_views_share_one_summary_of_each_mask(tmp_path, monkeypatch):
+    from qground import inference
+
+    calls = []
+    monkeypatch.setattr(inference, "region_location", lambda m: calls.append(m) or "somewhere")
+    result = make_result({"noise": rect(0, 20, 0, 30), "low light": rect(25, 40, 0, 60)})
+    note = svc.mask_note(result)
+    rows = svc.table_rows(result)
+    svc.masks_zip(result, tmp_path / "masks.zip")
+    assert len(calls) == 2, "each class's place is worked out once, not once per view"
+    assert note == "Drew 2 masks: low light — 37.5 % of the image, somewhere; noise — 25.0 % of the image, somewhere."
+    assert rows == [["Low light", 37.5, "somewhere", 0.8], ["Noise", 25.0, "somewhere", 0.8]]
+
+
 # -- requests ----------------------------------------------------------------------------------------------------------
 def test_user_errors_are_specific(tmp_path):
     with pytest.raises(svc.UserError, match="temperature must be between 0"):
