@@ -33,8 +33,9 @@ regions, annotation_zip = client.predict(handle_file("photo.jpg"), '[{"label": "
 `/ground` returns `{"image", "annotations": [{"image", "label"}]}` (labels are class names), the answer, the rows
 (class, area %, score) and a zip of one lossless PNG mask per class + `result.json`; a blank question asks the default
 grounding (/ground) or assessment (/describe) question. `client.submit(...)` streams the answer (`job.outputs()`).
-/ground, /describe and /compare take an optional third input, the detection strictness (0–8, default 0; models with
-a distortion readout such as qground-nano): higher means fewer false alarms on clean photos, fewer distortions found."""
+/ground, /describe and /compare take an optional third input, the detection strictness (0–8; models with a distortion
+readout such as qground-nano; default: the model's `default_strictness`, chosen on validation photos): higher means
+fewer false alarms on clean photos, fewer distortions found; 0 = as trained."""
 
 
 def _gpu(fn):
@@ -139,6 +140,10 @@ def _chat_tab(gr, svc, engine, scratch) -> list:
             photo = _photo(label="Photo", height=300, elem_id="chat-photo")
             with gr.Row():
                 assess, ground = gr.Button("Assess quality"), gr.Button("Ground distortions", variant="primary")
+            default = engine.config.default_strictness
+            strictness_label = "Detection strictness (0 = as trained; higher: fewer false alarms, fewer finds)"
+            if default:
+                strictness_label += f"; default {default:g}, chosen on validation photos"
             with gr.Accordion("Generation settings", open=False):
                 max_tokens = gr.Slider(16, 1024, 256, step=16, label="Max new tokens")
                 temperature = gr.Slider(0.0, 2.0, 0.0, step=0.05, label="Temperature (0 = greedy)")
@@ -146,9 +151,9 @@ def _chat_tab(gr, svc, engine, scratch) -> list:
                 strictness = gr.Slider(
                     0.0,
                     svc.MAX_STRICTNESS,
-                    0.0,
+                    default,
                     step=0.5,
-                    label="Detection strictness (0 = as trained; higher: fewer false alarms, fewer distortions found)",
+                    label=strictness_label,
                     visible=engine.config.readout,  # a readout-model setting (qground-nano)
                     elem_id="strictness",
                 )
@@ -335,7 +340,12 @@ def _api_tab(gr, svc, engine, sam, scratch) -> None:
 
     gr.Markdown(API_DOC)
     strictness_slider = gr.Slider(
-        0.0, svc.MAX_STRICTNESS, 0.0, step=0.5, label="strictness", visible=engine.config.readout
+        0.0,
+        svc.MAX_STRICTNESS,
+        engine.config.default_strictness,
+        step=0.5,
+        label="strictness",
+        visible=engine.config.readout,
     )
     with gr.Accordion("Try /ground and /describe", open=False):
         photo, ask = _photo(label="image"), gr.Textbox(label="question")

@@ -280,19 +280,21 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strictness",
         type=float,
-        default=0.0,
         help=f"0–{MAX_STRICTNESS:g}, models with a distortion readout (qground-nano): higher = fewer false alarms on "
-        "clean photos, fewer distortions found (default 0: as trained)",
+        "clean photos, fewer distortions found (default: the model's default_strictness, chosen on validation photos; "
+        "0 = as trained)",
     )
 
 
 def load_engine_and_settings(args: argparse.Namespace) -> tuple[QGroundEngine, GenerationSettings]:
-    """The model of ``--model`` and the generation settings of the command line, checked against each other."""
-    try:
-        settings = GenerationSettings(strictness=args.strictness)
+    """The model of ``--model`` and the generation settings of the command line, checked against each other. Without
+    ``--strictness`` the model's ``default_strictness`` applies."""
+    try:  # checked before the (slow) model load
+        requested = None if args.strictness is None else GenerationSettings(strictness=args.strictness)
     except ValueError as e:
         raise UsageError(f"--strictness: {e}") from None
     engine = load_engine(args.model, args.revision, args.quant)
+    settings = requested or GenerationSettings(strictness=engine.config.default_strictness)
     try:
         settings.check_model(engine.config.readout)
     except ValueError as e:

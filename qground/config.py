@@ -18,6 +18,7 @@ from qground.taxonomy import CLASS_NAMES
 
 CONFIG_NAME = "qground_config.json"
 FORMAT_VERSION = 1
+MAX_STRICTNESS = 8.0  # detection strictness range: 0..MAX_STRICTNESS (README, "Detection strictness")
 
 NUM_DETAIL_CHANNELS = 8  # qground.detail: native-resolution channels appended to RGB when detail_channels is set
 READOUT_SUB = 2  # qground.modeling.readout: sub-cells per patch side whose class coverage the readout predicts
@@ -168,6 +169,9 @@ class QGroundConfig:
     # the class (set by training.pretrain_vision). Detection strictness s then shifts class k's logits by
     # s × confidence_k / mean(confidence), so classes the readout is less sure of are not silenced first. None: s alike.
     readout_confidence: tuple[float, ...] | None = None
+    # The detection strictness front ends (app, CLI, eval) start from, 0..MAX_STRICTNESS: chosen on validation photos
+    # by training.calibrate (0 = as trained). Models without a readout keep 0.
+    default_strictness: float = 0.0
     image_ordinals: int = 0  # > 0: φv adds a learned embedding of each image's place in its sample (first, second, …)
     seg_levels: int = 2
     seg_tokens_per_level: int = 3
@@ -241,6 +245,11 @@ class QGroundConfig:
                 f"readout_confidence must hold {len(CLASS_NAMES)} positive logits (one per class), "
                 f"got {list(self.readout_confidence)}",
             )
+        _check(
+            0.0 <= self.default_strictness <= MAX_STRICTNESS,  # also refuses NaN
+            f"default_strictness must be between 0 and {MAX_STRICTNESS:g}, got {self.default_strictness}",
+        )
+        _check(self.readout or not self.default_strictness, "default_strictness needs readout: true")
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(
             self.vision.num_channels == 3 + NUM_DETAIL_CHANNELS * self.detail_channels,

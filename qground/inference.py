@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from qground.config import MAX_STRICTNESS
 from qground.modeling.qground import ImageFeatures, QGroundModel
 from qground.processor import ImageMeta, QGroundProcessor
 from qground.prompts import Turn
@@ -25,9 +26,6 @@ from qground.visualize import area_percent, region_location
 
 GROUNDING_QUESTION = "Please segment out distorted regions in the image."
 _SEPARATORS = re.compile(r"[,;:\n]|\band\b|\bare\b|\bis\b")
-
-
-MAX_STRICTNESS = 8.0
 
 
 @dataclass(frozen=True)

@@ -97,10 +97,27 @@ def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):
         masks = [p for p in (out / "clean").iterdir() if p.name not in ("overlay.png", "result.json")]
         assert bool(masks) == expect_masks, (strictness, masks)
         assert json.loads((out / "clean" / "result.json").read_text())["strictness"] == float(strictness)
+    default = nano.model.config.default_strictness
+    assert main(["ground", str(tmp_path / "clean.png"), "--out", str(tmp_path / "default")]) == 0
+    assert json.loads((tmp_path / "default" / "clean" / "result.json").read_text())["strictness"] == default
     slider = next(b for b in build_demo(nano).blocks.values() if getattr(b, "elem_id", None) == "strictness")
-    assert slider.visible and slider.maximum == 8
+    assert slider.visible and slider.maximum == 8 and slider.value == default
     with served_app(nano, tmp_path / "gradio") as url:
         client = Client(url, verbose=False)
         for strictness, expect_masks in ((0.0, True), (5.0, False)):
             annotated, *_ = client.predict(handle_file(tmp_path / "clean.png"), "", strictness, api_name="/ground")
             assert bool(annotated["annotations"]) == expect_masks, strictness
+        left_out = client.predict(handle_file(tmp_path / "clean.png"), "", api_name="/ground")
+        at_default = client.predict(handle_file(tmp_path / "clean.png"), "", default, api_name="/ground")
+        assert left_out[1:3] == at_default[1:3], "left out, the strictness is the model's default"
+
+
+def test_the_shipped_default_strictness_was_chosen_on_validation_photos():
+    """``training.calibrate`` chose it on the val split (photos neither trained on nor held out) by mIoU."""
+    config = json.loads((NANO / "qground_config.json").read_text())
+    record = json.loads((NANO / "calibration.json").read_text())
+    assert record["chosen"] == config["default_strictness"] > 0 and record["criterion"] == "mIoU"
+    best = max(record["sweep"].values(), key=lambda summary: summary["mIoU"])
+    assert best["mIoU"] == record["sweep"][f"{config['default_strictness']:g}"]["mIoU"]
+    assert record["sweep"][f"{config['default_strictness']:g}"]["mIoU"] > record["sweep"]["0"]["mIoU"]
+    assert {p.name for p in synth.photos("val")}.isdisjoint(p.name for p in synth.PHOTOS if p.split != "val")

@@ -1,5 +1,6 @@
 """The qground-nano recipe (``python -m training.nano``) end to end at toy scale: synthetic data, tokenizer + random
-model, vision pretraining, stages 1–3 under DeepSpeed, a loadable result; a rerun redoes nothing."""
+model, vision pretraining, stages 0–3 under DeepSpeed, the strictness chosen on validation photos, a loadable result;
+a rerun redoes nothing."""
 
 import json
 
@@ -14,15 +15,19 @@ from training.config import load_config
 
 
 def test_recipe_runs_every_step_and_resumes(tmp_path):
-    argv = ["--out", str(tmp_path), "--train-images", "10", "--eval-images", "4", "--vision-epochs", "1"]
+    argv = ["--out", str(tmp_path), "--train-images", "10", "--eval-images", "4", "--val-images", "4"]
+    argv += ["--vision-epochs", "1"]
     argv += ["--scale", "0.004", "--workers", "1"]
     assert nano.main(argv) == 0
     assert len(json.loads((tmp_path / "data" / "train" / "compare.json").read_text())) == 30
     assert load_config(tmp_path / "stage3" / "train_config.yaml").model == str(tmp_path / "stage2" / "final")
-    assert set(json.loads((tmp_path / "timings.json").read_text())) >= {"synth_train", "vision", "stage1", "stage3"}
+    assert set(json.loads((tmp_path / "timings.json").read_text())) >= {"synth_val", "vision", "stage3", "calibrate"}
+    calibration = json.loads((tmp_path / "stage3" / "final" / "calibration.json").read_text())
+    assert set(calibration["sweep"]) == {"0", "1", "2", "3", "4", "5", "6"}
 
     model, tokenizer = load_model(str(tmp_path / "stage3" / "final"), device="cpu", dtype=torch.float32)
     assert model.config.base_model_id is None  # full weights: the shipped config names no local training folder
+    assert model.config.default_strictness == calibration["chosen"]
     engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config))
     image = Image.open(tmp_path / "data" / "eval" / "images" / "eval_000000.png")
     result = engine.ground(image)

@@ -1,11 +1,12 @@
 """The qground-nano recipe, end to end on a CPU: ``python -m training.nano --out runs/nano --install``.
 
-1. synthetic data from package photos (``training.data.synth``): train split and held-out eval split;
+1. synthetic data from package photos (``training.data.synth``): train, held-out eval and validation splits;
 2. a byte-level BPE tokenizer trained on that data's text, and the random ``qground-nano`` model (``init/``);
 3. vision-tower pretraining (``training.pretrain_vision``), then the tower is frozen (``vision/``);
 4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
    trains two-image comparisons only, before the paper's stage 1);
-5. with ``--install``, the final checkpoint copied to ``assets/qground-nano``. Evaluation on the held-out split is
+5. the default detection strictness chosen on the validation split (``training.calibrate``);
+6. with ``--install``, the final checkpoint copied to ``assets/qground-nano``. Evaluation on the held-out split is
    its own command: ``python -m qground eval --data runs/nano/data/eval --out runs/nano/metrics.json``.
 Each step is skipped when its output exists, so a rerun continues where a killed run stopped.
 """
@@ -64,13 +65,15 @@ def _done(folder: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> Path:
+    from training.calibrate import CALIBRATION_NAME
+    from training.calibrate import main as calibrate
     from training.data import synth
     from training.pretrain_vision import main as pretrain_vision
 
     out: Path = args.out
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}  # seconds per step that ran
-    for split, num in (("train", args.train_images), ("eval", args.eval_images)):
+    for split, num in (("train", args.train_images), ("eval", args.eval_images), ("val", args.val_images)):
         data = out / "data" / split
         if not (data / "qground.json").exists():
             t0 = time.perf_counter()
@@ -116,6 +119,10 @@ def run(args: argparse.Namespace) -> Path:
             train(cfg)
             timings[f"stage{i}"] = time.perf_counter() - t0
         final = Path(cfg.output_dir) / "final"
+    if not (final / CALIBRATION_NAME).exists():
+        t0 = time.perf_counter()
+        calibrate(["--model", str(final), "--data", str(out / "data" / "val")])
+        timings["calibrate"] = time.perf_counter() - t0
     timings_file.write_text(json.dumps(timings, indent=2))
     if args.install:
         target = ASSETS / "qground-nano"
@@ -129,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/nano"))
     parser.add_argument("--train-images", type=int, default=3000)
     parser.add_argument("--eval-images", type=int, default=300)
+    parser.add_argument("--val-images", type=int, default=200, help="validation images (choosing the strictness)")
     parser.add_argument("--comparisons-per-image", type=int, default=3, help="comparison groups per generated image")
     parser.add_argument("--vision-epochs", type=int, default=24)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.02: smoke run)")

@@ -1,11 +1,12 @@
 """Synthetic distortion data engine: clean photos shipped inside packages → region-wise distortions with exact masks,
 quality descriptions, grounding answers and multi-image comparisons whose truth follows from what was applied.
 
-``python -m training.data.synth --out DIR --num N --split train|eval [--seed S] [--workers W] [--comparisons M]``
+``python -m training.data.synth --out DIR --num N --split train|eval|val [--seed S] [--workers W] [--comparisons M]``
 writes ``DIR/images/STEM.png``, ``DIR/gt/STEM/<class key>.png`` (255 = that class; the evaluation layout),
 ``qground.json`` (QGround-100K-style records), ``describe.json`` / ``caption.json`` / ``compare.json`` (LLaVA schema),
 ``compare_pairs.json`` (two-image groups with free-form answers only: the nano recipe's first comparison stage) and
-``meta.json``. Everything follows from ``(seed, split, index)``; train and eval use disjoint photos.
+``meta.json``. Everything follows from ``(seed, split, index)``; the three splits use disjoint photos (``val``: for
+choosing inference settings on photos neither trained on nor held out, as ``training.calibrate`` does).
 
 Frames: images are (H, W, 3) uint8, masks (H, W) bool, both at the generated image's size.
 """
@@ -13,6 +14,7 @@ Frames: images are (H, W, 3) uint8, masks (H, W) bool, both at the generated ima
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -31,16 +33,32 @@ from qground.prompts import grounding_answer, image_header
 from qground.taxonomy import CLASS_NAMES, get
 from qground.tokens import SegTokens
 from qground.visualize import region_location
+from training.data.archives import Archive, read_member
 
 SEVERITY_WORDS = ("mild", "moderate", "severe")
+SPLITS = ("train", "eval", "val")  # disjoint photos: training, held-out evaluation, validation (choosing settings)
 ORDINALS = ("first", "second", "third", "fourth")
+
+
+OPENCV_SDIST = Archive(
+    "https://files.pythonhosted.org/packages/79/4c/a438d23e09ce2033c09f7b784ad2fbdb0adf529e434101ed28f142226f98/"
+    "opencv_python-5.0.0.93.tar.gz",
+    "66aac3e5b5faa48d4025816592f3af19e4bfc2c68dec067bae2dbb4ca10aa9e2",
+)
+ULTRALYTICS_WHEEL = Archive(
+    "https://files.pythonhosted.org/packages/d5/15/9843a1e0a100fc329f6545f9128d88a3ff172a2527a4111972c3ae568c13/"
+    "ultralytics-8.4.190-py3-none-any.whl",
+    "bd309728efa168af64d39040136828edd2dbcb4aeceb4510bdff4f3ca0ea01b8",
+)
+ARCHIVES = {"opencv-python": OPENCV_SDIST, "ultralytics": ULTRALYTICS_WHEEL}
+OPENCV_SAMPLES = "opencv_python-5.0.0.93/opencv/samples/data"
 
 
 @dataclass(frozen=True)
 class PhotoSource:
-    """A clean photo inside an installed package: ``package`` (skimage, sklearn, matplotlib or gradio) and ``item``
-    say where (a ``skimage.data`` function, or a file in the package's sample folder), ``license`` under which
-    terms."""
+    """A clean photo shipped inside a package. ``package`` is an installed one (skimage, sklearn, matplotlib, gradio;
+    ``item`` a ``skimage.data`` function or a file in the package's sample folder) or a key of ``ARCHIVES`` (a PyPI
+    file read without installing it; ``item`` the member's path inside it); ``license`` says under which terms."""
 
     name: str
     package: str
@@ -50,14 +68,21 @@ class PhotoSource:
 
     @property
     def origin(self) -> str:
-        if self.package == "skimage":
+        if self.package in ARCHIVES:
+            return f"{ARCHIVES[self.package].filename} (PyPI): {self.item}"
+        if self.package == "skimage" and "." not in self.item:
             return f"skimage.data.{self.item}()"
         folder = {
+            "skimage": "skimage/data",
             "sklearn": "sklearn.datasets sample images",
             "matplotlib": "matplotlib sample_data",
             "gradio": "gradio/media_assets/images",
         }
         return f"{folder[self.package]}/{self.item}"
+
+
+def _opencv(name: str, file: str) -> PhotoSource:
+    return PhotoSource(name, "opencv-python", f"{OPENCV_SAMPLES}/{file}", "Apache-2.0 (OpenCV sample data)", "val")
 
 
 PHOTOS = (
@@ -77,6 +102,21 @@ PHOTOS = (
     PhotoSource("lion", "gradio", "lion.jpg", "Apache-2.0 (gradio package asset)", "train"),
     PhotoSource("retina", "skimage", "retina", "CC0 (Mikael Häggström)", "train"),
     PhotoSource("hubble_deep_field", "skimage", "hubble_deep_field", "public domain (NASA)", "train"),
+    PhotoSource("motorcycle", "skimage", "motorcycle_left.png", "BSD-3 (scikit-image; Middlebury 2014 stereo)", "val"),
+    PhotoSource("bus", "ultralytics", "ultralytics/assets/bus.jpg", "AGPL-3.0 (ultralytics package asset)", "val"),
+    _opencv("aerial", "aero1.jpg"),
+    _opencv("aloe", "aloeL.jpg"),
+    _opencv("circuit_board", "board.jpg"),
+    _opencv("building", "building.jpg"),
+    _opencv("butterfly", "butterfly.jpg"),
+    _opencv("castle", "castle.jpg"),
+    _opencv("dog", "chicky_512.png"),
+    _opencv("fruits", "fruits.jpg"),
+    _opencv("graffiti", "graf1.png"),
+    _opencv("house", "home.jpg"),
+    _opencv("street", "leuvenA.jpg"),
+    _opencv("color_chart", "mcc_ccm_test.jpg"),
+    _opencv("rubber_whale", "rubberwhale1.png"),
     PhotoSource("grace_hopper", "matplotlib", "grace_hopper.jpg", "public domain (US Navy)", "eval"),
     PhotoSource("coffee", "skimage", "coffee", "CC0 (Rachel Michetti)", "eval"),
 )
@@ -86,10 +126,16 @@ PHOTOS = (
 def load_photo(name: str) -> np.ndarray:
     """The clean photo as (H, W, 3) uint8 (gray photos repeated over the three channels)."""
     source = next(p for p in PHOTOS if p.name == name)
-    if source.package == "skimage":
+    if source.package in ARCHIVES:
+        photo = np.asarray(Image.open(io.BytesIO(read_member(ARCHIVES[source.package], source.item))).convert("RGB"))
+    elif source.package == "skimage" and "." not in source.item:
         import skimage.data
 
         photo = getattr(skimage.data, source.item)()
+    elif source.package == "skimage":
+        import skimage.data
+
+        photo = np.asarray(Image.open(Path(skimage.data.data_dir) / source.item).convert("RGB"))
     elif source.package == "sklearn":
         from sklearn.datasets import load_sample_image
 
@@ -264,7 +310,7 @@ class Generated:
 
 def generate(index: int, split: str, seed: int, max_side: int = 640) -> Generated:
     """Image ``index`` of a split: 0 classes (25 %), else 1–3 classes on disjoint regions (whole image sometimes)."""
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
+    rng = np.random.default_rng([seed, SPLITS.index(split), index])
     clean, photo = clean_base(split, rng, max_side)
     k = int(rng.choice([0, 1, 2, 3], p=[0.25, 0.4, 0.25, 0.1]))
     classes = sorted(rng.choice(len(CLASS_NAMES), size=k, replace=False).tolist())
@@ -422,6 +468,8 @@ def write_dataset(
     """Generate ``num`` images and every JSON file of the layout into ``out`` (``comparisons`` groups of 2–4 images)."""
     (out / "images").mkdir(parents=True, exist_ok=True)
     jobs = [(out, i, split, seed, max_side) for i in range(num)]
+    for source in photos(split):  # fetch archived photos once, before workers would race to
+        load_photo(source.name)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             metas = list(tqdm(pool.map(write_one, jobs, chunksize=8), total=num, desc=f"synth {split}"))
@@ -440,9 +488,9 @@ def write_dataset(
     caption_json = [
         _conv(m["id"], m["image"], "Render a clear and concise summary of the photo.", m["caption"]) for m in metas
     ]
-    rng = np.random.default_rng([seed, 11, 0 if split == "train" else 1])
+    rng = np.random.default_rng([seed, 11, SPLITS.index(split)])
     compare_json = comparison_records(metas, comparisons, rng, f"cmp_{split}")
-    pairs_rng = np.random.default_rng([seed, 13, 0 if split == "train" else 1])
+    pairs_rng = np.random.default_rng([seed, 13, SPLITS.index(split)])
     pairs_json = comparison_records(metas, comparisons, pairs_rng, f"pair_{split}", 2, choices=False)
     for name, data in (
         ("qground.json", records),
@@ -493,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.data.synth", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--num", type=int, required=True)
-    parser.add_argument("--split", choices=("train", "eval"), required=True)
+    parser.add_argument("--split", choices=SPLITS, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--comparisons", type=int, default=None, help="default: as many as images")
     parser.add_argument("--workers", type=int, default=1)
