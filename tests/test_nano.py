@@ -121,3 +121,7 @@ def test_the_shipped_default_strictness_was_chosen_on_validation_photos():
     assert best["mIoU"] == record["sweep"][f"{config['default_strictness']:g}"]["mIoU"]
     assert record["sweep"][f"{config['default_strictness']:g}"]["mIoU"] > record["sweep"]["0"]["mIoU"]
     assert {p.name for p in synth.photos("val")}.isdisjoint(p.name for p in synth.PHOTOS if p.split != "val")
+    from training.push import model_card
+
+    card = model_card(NANO, "org/qground-nano")
+    assert f"| default detection strictness | {config['default_strictness']:g} (0 = as trained; chosen on" in card

@@ -47,6 +47,11 @@ def model_card(folder: Path, repo_id: str) -> str:
         f"{' (1 per image in several-image prompts)' if config.multi_image_global_only else ''}, "
         f"layers {list(config.feature_layers)} |",
     ]
+    if config.readout:
+        lines.append(
+            f"| default detection strictness | {config.default_strictness:g} (0 = as trained; "
+            f"{'chosen on validation photos, `calibration.json`' if config.default_strictness else 'not calibrated'}) |"
+        )
     if train_cfg:
         o = train_cfg["optim"]
         lines += [
