@@ -14,6 +14,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from qground.sam import write_atomically
+
 
 @dataclass(frozen=True)
 class Archive:
@@ -40,25 +42,26 @@ def _sha256(path: Path) -> str:
 
 
 def fetch(archive: Archive) -> Path:
-    """The archive's local path, downloading it on first use. Raises ``RuntimeError`` naming the URL when the registry
-    cannot be reached or the download does not match the pinned checksum (nothing unverified is kept)."""
+    """The archive's local path, downloading it on first use (hashed while it streams into a temporary file that
+    ``write_atomically`` moves into place). Raises ``RuntimeError`` naming the URL when the registry cannot be reached
+    or the download does not match the pinned checksum (nothing unverified is kept)."""
     path = cache_dir() / archive.filename
     if path.is_file() and _sha256(path) == archive.sha256:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-    try:
-        with urllib.request.urlopen(archive.url, timeout=120) as response, partial.open("wb") as f:
+
+    def download(f) -> None:
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(archive.url, timeout=120) as response:
             while block := response.read(1 << 20):
+                digest.update(block)
                 f.write(block)
+        if (got := digest.hexdigest()) != archive.sha256:
+            raise RuntimeError(f"{archive.url}: SHA-256 {got} does not match the pinned {archive.sha256}")
+
+    try:
+        return write_atomically(path, download)
     except OSError as e:
-        partial.unlink(missing_ok=True)
-        raise RuntimeError(f"could not download {archive.url} ({e}); it holds training photos") from e
-    if (got := _sha256(partial)) != archive.sha256:
-        partial.unlink()
-        raise RuntimeError(f"{archive.url}: SHA-256 {got} does not match the pinned {archive.sha256}")
-    partial.replace(path)
-    return path
+        raise RuntimeError(f"could not download {archive.url} ({e}); it holds sample photos of the data engine") from e
 
 
 def read_member(archive: Archive, member: str) -> bytes:
@@ -77,8 +80,5 @@ def read_member(archive: Archive, member: str) -> bytes:
             if f is None:
                 raise KeyError(f"{member} is not a file in {path.name}")
             data = f.read()
-    unpacked.parent.mkdir(parents=True, exist_ok=True)
-    partial = unpacked.with_name(unpacked.name + f".{os.getpid()}.part")
-    partial.write_bytes(data)
-    partial.replace(unpacked)
+    write_atomically(unpacked, lambda f: f.write(data))
     return data

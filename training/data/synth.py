@@ -128,14 +128,13 @@ def load_photo(name: str) -> np.ndarray:
     source = next(p for p in PHOTOS if p.name == name)
     if source.package in ARCHIVES:
         photo = np.asarray(Image.open(io.BytesIO(read_member(ARCHIVES[source.package], source.item))).convert("RGB"))
-    elif source.package == "skimage" and "." not in source.item:
+    elif source.package == "skimage":  # a skimage.data function, or a file in its data folder
         import skimage.data
 
-        photo = getattr(skimage.data, source.item)()
-    elif source.package == "skimage":
-        import skimage.data
-
-        photo = np.asarray(Image.open(Path(skimage.data.data_dir) / source.item).convert("RGB"))
+        if "." in source.item:
+            photo = np.asarray(Image.open(Path(skimage.data.data_dir) / source.item).convert("RGB"))
+        else:
+            photo = getattr(skimage.data, source.item)()
     elif source.package == "sklearn":
         from sklearn.datasets import load_sample_image
 
