@@ -260,11 +260,11 @@ def _compare_tab(gr, svc, engine, scratch, settings: list) -> None:
 
     def compare_slots(text, max_new, temp, p, strict, *paths):
         labels, photos = svc.compare_photos(paths)
-        answer_text = ""
+        answer = ("", None)  # (text so far, the choice head's probabilities once complete)
         settings = svc.generation_settings(max_new, temp, p, strict, engine.config.readout)
-        for answer_text in svc.compare_turn(engine, photos, text, settings):
-            yield answer_text, gr.skip(), gr.skip()
-        yield answer_text, *svc.ranking_rows(answer_text, labels)
+        for answer in svc.compare_turn(engine, photos, text, settings):
+            yield answer[0], gr.skip(), gr.skip()
+        yield answer[0], *svc.ranking_rows(answer[0], labels, answer[1])
 
     def ground_slots(max_new, temp, p, strict, *paths):
         labels, photos = svc.compare_photos(paths)
@@ -376,10 +376,10 @@ def _api_tab(gr, svc, engine, sam, scratch) -> None:
 
     def compare(images: list[str], question: str, strictness: float):
         labels, photos = svc.compare_photos(images or [])
-        text = ""
-        for text in svc.compare_turn(engine, photos, question, settings(strictness)):
-            yield text, gr.skip(), gr.skip()
-        yield text, *svc.ranking_rows(text, labels)
+        answer = ("", None)  # (text so far, the choice head's probabilities once complete)
+        for answer in svc.compare_turn(engine, photos, question, settings(strictness)):
+            yield answer[0], gr.skip(), gr.skip()
+        yield answer[0], *svc.ranking_rows(answer[0], labels, answer[1])
 
     def segment(image: str, regions_json: str):
         done = annot.annotate(sam, image, annot.parse_regions(regions_json))

@@ -24,7 +24,7 @@ from qground.evaluate import IMAGE_EXTENSIONS, TASKS, evaluate, report_table
 from qground.imageio import ImageLoadError, load_image
 from qground.inference import GROUNDING_QUESTION, MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
 from qground.processor import PromptTooLongError
-from qground.prompts import Turn
+from qground.prompts import Turn, ordinal
 from qground.service import load_engine as service_load_engine
 from qground.taxonomy import CLASS_NAMES, get
 from qground.visualize import overlay
@@ -256,7 +256,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    """``describe`` / ``compare``: print the model's answer about the given image(s)."""
+    """``describe`` / ``compare``: print the model's answer about the given image(s), then for each image the answer
+    points at with a choice head, the head's probability of every image."""
     images = []
     for path in map(Path, args.images):
         try:
@@ -265,7 +266,10 @@ def run_chat(args: argparse.Namespace) -> int:
             print(f"error: {error_message(path, e)}", file=sys.stderr)
             return EXIT_SOME_FAILED
     engine, settings = load_engine_and_settings(args)
-    print(_answer(engine, images, args.question, settings).text)
+    result = _answer(engine, images, args.question, settings)
+    print(result.text)
+    for probs in result.choices:
+        print("choice probability: " + ", ".join(f"{ordinal(k)} image {p:.2f}" for k, p in enumerate(probs)))
     return EXIT_OK
 
 

@@ -26,7 +26,14 @@ from qground.config import (
     TokenIds,
     VisionConfig,
 )
-from qground.modeling import DistortionReadout, MultiLayerProjector, PixelDecoder, QGroundModel, SegHead
+from qground.modeling import (
+    ChoiceHead,
+    DistortionReadout,
+    MultiLayerProjector,
+    PixelDecoder,
+    QGroundModel,
+    SegHead,
+)
 from qground.taxonomy import CLASS_NAMES
 from qground.tokenizer import basic_corpus, bind_tokenizer, train_bpe_tokenizer
 
@@ -109,6 +116,7 @@ def config_nano() -> QGroundConfig:
         multi_image_global_only=True,
         readout=True,
         image_ordinals=8,
+        choice_head=True,
         base_model_id=None,
         tokenizer_id=None,
     )
@@ -195,8 +203,9 @@ def assemble(config: QGroundConfig, llava: LlavaForConditionalGeneration) -> QGr
         seg_head = SegHead(config.llm.hidden_size, config.decoder.dim, config.seg_levels, config.seg_tokens_per_level)
         d = config.decoder
         decoder = PixelDecoder(config.vision.hidden_size, d.dim, d.depth, d.num_heads, d.mlp_dim)
+        choice_head = ChoiceHead(config.llm.hidden_size) if config.choice_head else None
     llava.model.multi_modal_projector = projector
-    return QGroundModel(config, llava, seg_head, decoder, readout)
+    return QGroundModel(config, llava, seg_head, decoder, readout, choice_head)
 
 
 def _same_shapes(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -41,8 +41,8 @@ class CheckpointError(RuntimeError):
 
 # -- saving ------------------------------------------------------------------------------------------------------------
 def head_state(model: QGroundModel) -> dict[str, torch.Tensor]:
-    """φv, seg head, pixel decoder (and readout) weights, keyed ``projector.*``, ``seg_head.*``, ``pixel_decoder.*``
-    (``readout.*``)."""
+    """φv, seg head, pixel decoder (readout, choice head) weights, keyed ``projector.*``, ``seg_head.*``,
+    ``pixel_decoder.*`` (``readout.*``, ``choice_head.*``)."""
     return {
         f"{name}.{k}": v.detach().contiguous()
         for name, part in _head_parts(model).items()
@@ -52,13 +52,15 @@ def head_state(model: QGroundModel) -> dict[str, torch.Tensor]:
 
 def _head_parts(model: QGroundModel) -> dict[str, torch.nn.Module]:
     parts = {"projector": model.projector, "seg_head": model.seg_head, "pixel_decoder": model.pixel_decoder}
-    return parts | ({"readout": model.readout} if model.readout is not None else {})
+    optional = {"readout": model.readout, "choice_head": model.choice_head}
+    return parts | {name: part for name, part in optional.items() if part is not None}
 
 
 def apply_lora(model: QGroundModel, settings: LoraSettings, train_token_rows: bool = True) -> LoraConfig:
     """Inject LoRA into the LLM's attention (and trainable rows for our special tokens in the embedding and lm_head)
     in place. Freezes everything else, as peft does; callers unfreeze what their stage trains."""
-    ids = [model.config.token_ids.image, *model.config.token_ids.seg]
+    token_ids = model.config.token_ids
+    ids = [token_ids.image, *token_ids.seg, *[token_ids.choice] * model.config.choice_head]
     lora = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,

@@ -96,7 +96,7 @@ class DecoderConfig:
 
 @dataclass
 class LossConfig:
-    """``L = ce·CE + mask·(bce·BCE + dice·DICE)`` (seed eq. 1–2)."""
+    """``L = ce·CE + mask·(bce·BCE + dice·DICE)`` (seed eq. 1–2), ``+ choice·CE_choice`` with a choice head."""
 
     ce: float = 1.0
     mask: float = 1.0
@@ -104,6 +104,7 @@ class LossConfig:
     dice: float = 0.5
     dice_scale: float = 1000.0
     dice_eps: float = 1e-6
+    choice: float = 1.0  # weight of the choice head's cross-entropy over the prompt's images (config.choice_head)
 
 
 @dataclass
@@ -125,13 +126,21 @@ class TokenIds:
     pad: int = -1
     bos: int = -1
     eos: int = -1
+    choice: int = -1  # [CHOICE], bound only for models with a choice head
 
-    def validate(self, seg_count: int) -> None:
+    def validate(self, seg_count: int, choice: bool) -> None:
         if self.image < 0:
             return  # not bound to a tokenizer yet
         _check(len(self.seg) == seg_count, f"token_ids.seg needs {seg_count} ids, got {len(self.seg)}")
         _check(len(set(self.seg)) == seg_count, f"seg token ids must be distinct, got {list(self.seg)}")
         _check(self.image not in self.seg, "the image token id collides with a seg token id")
+        if choice:
+            _check(
+                self.choice >= 0 and self.choice not in (self.image, *self.seg),
+                f"choice_head needs a [CHOICE] token id distinct from the image and seg ids, got {self.choice}",
+            )
+        else:
+            _check(self.choice == -1, "token_ids.choice is set but the config has no choice_head")
 
 
 @dataclass
@@ -172,6 +181,9 @@ class QGroundConfig:
     # The detection strictness front ends (app, CLI, eval) start from, 0..MAX_STRICTNESS: chosen on validation photos
     # by training.calibrate (0 = as trained). Models without a readout keep 0.
     default_strictness: float = 0.0
+    # Answers to "which image?" end in a pointer: the state predicting [CHOICE] scores each image of the prompt against
+    # the LLM's state at that image's last token (qground.modeling.choice_head) instead of spelling its place.
+    choice_head: bool = False
     image_ordinals: int = 0  # > 0: φv adds a learned embedding of each image's place in its sample (first, second, …)
     seg_levels: int = 2
     seg_tokens_per_level: int = 3
@@ -267,7 +279,7 @@ class QGroundConfig:
         _check(len(self.feature_layers) >= 1, "feature_layers needs at least one layer")
         _check(self.seg_levels == 2, "the pixel decoder has exactly two levels (seg_levels = 2)")
         _check(self.seg_tokens_per_level >= 1, "seg_tokens_per_level must be >= 1")
-        self.token_ids.validate(self.seg_count)
+        self.token_ids.validate(self.seg_count, self.choice_head)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

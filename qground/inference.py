@@ -1,4 +1,5 @@
-"""Inference: KV-cached decoding that keeps the seg-token hidden states, answer parsing, masks at original size.
+"""Inference: KV-cached decoding that keeps the seg-token hidden states, answer parsing, masks at original size, and
+(models with a choice head) the image each generated ``[CHOICE]`` points at, shown as its place word.
 
 ``QGroundEngine`` is the stateful predictor the CLI, the app and the benches use (model + processor, no UI). Decoding
 records, for every generated token, the last hidden state that predicted it — exactly the state the seg head reads — so
@@ -20,7 +21,7 @@ from transformers import DynamicCache
 from qground.config import MAX_STRICTNESS
 from qground.modeling.qground import ImageFeatures, QGroundModel
 from qground.processor import ImageMeta, QGroundProcessor
-from qground.prompts import Turn
+from qground.prompts import Turn, ordinal
 from qground.taxonomy import match_class
 from qground.visualize import area_percent, region_location
 
@@ -75,7 +76,8 @@ class GroundingResult:
 
     ``masks``: class name → bool (H, W) in the original (EXIF-oriented) frame, merged when a class repeats;
     ``scores``: class → mean mask probability inside the mask; ``timings``: seconds per stage; ``strictness``: the
-    detection strictness it was made with (``GenerationSettings``).
+    detection strictness it was made with (``GenerationSettings``); ``choices``: per ``[CHOICE]`` in the answer, the
+    choice head's probability of each image of the prompt (the answer names the most probable one).
     """
 
     text: str
@@ -87,6 +89,7 @@ class GroundingResult:
     token_ids: list[int]
     warnings: list[str] = field(default_factory=list)
     strictness: float = 0.0
+    choices: list[list[float]] = field(default_factory=list)
 
     @cached_property
     def regions(self) -> dict[str, Region]:
@@ -113,8 +116,9 @@ def _select(logits: torch.Tensor, settings: GenerationSettings, generator: torch
 
 def decode(
     model: QGroundModel, input_ids: torch.Tensor, features: ImageFeatures | None, settings: GenerationSettings
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Generate for one prompt (1, L); yields ``(token_id, predicting_state (D,))`` per new token.
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+    """Generate for one prompt (1, L); yields ``(token_id, predicting_state (D,), choice)`` per new token, where
+    ``choice`` is the choice head's (n,) logits over the prompt's n images when the token is ``[CHOICE]``, else None.
 
     With ``settings.use_cache`` the prompt is prefilled once and every step feeds one token through the KV cache;
     without it every step re-runs the whole sequence (the PixelLM-style reference).
@@ -127,13 +131,20 @@ def decode(
         embeds = model.embed(input_ids.to(model.device), features.tokens if features is not None else None)
         cache = DynamicCache(config=lm.config) if settings.use_cache else None
         hidden = lm(inputs_embeds=embeds, past_key_values=cache, use_cache=settings.use_cache).last_hidden_state
+        keys = None
+        if model.choice_head is not None:
+            keys = model.image_states(input_ids[0].to(hidden.device), hidden[0])
         for step in range(settings.max_new_tokens):
             state = hidden[0, -1]
             logits = head(state).float()
             if step < settings.min_new_tokens:
                 logits[eos] = -float("inf")
+            if keys is not None and len(keys) == 0:
+                logits[model.config.token_ids.choice] = -float("inf")  # nothing to point at
             token = _select(logits, settings, generator)
-            yield token, state
+            pointed = keys is not None and token == model.config.token_ids.choice
+            choice = model.choice_logits(state, keys) if pointed else None
+            yield token, state, choice
             if token == eos:
                 return
             new = embed_tokens(torch.tensor([[token]], device=embeds.device))
@@ -170,18 +181,21 @@ class QGroundEngine:
             features = self.model.encode_images(sample["pixel_values"], settings.strictness) if metas else None
         tokens: list[int] = []
         states: list[torch.Tensor] = []
+        choices: list[list[float]] = []
         shown = ""
         t_first = None
-        for token, state in decode(self.model, sample["input_ids"][None], features, settings):
+        for token, state, choice in decode(self.model, sample["input_ids"][None], features, settings):
             t_first = t_first or time.perf_counter()
             tokens.append(token)
             states.append(state)
-            text = self.display_text(tokens)
+            if choice is not None:
+                choices.append(torch.softmax(choice, 0).tolist())
+            text = self.display_text(tokens, choices)
             if text != shown:
                 shown = text
                 yield text
         t2 = time.perf_counter()
-        result = self._finish(tokens, states, features, metas[0] if metas else None)
+        result = self._finish(tokens, states, features, metas[0] if metas else None, choices)
         result.strictness = settings.strictness
         t3 = time.perf_counter()
         result.timings = {
@@ -204,26 +218,39 @@ class QGroundEngine:
         return self.chat([image], [Turn(question)], settings)
 
     # -- parsing -----------------------------------------------------------------------------------------------------
-    def display_text(self, tokens: list[int]) -> str:
-        """Decoded answer without special tokens, spaces before punctuation tidied."""
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+    def display_text(self, tokens: list[int], choices: list[list[float]] = ()) -> str:
+        """Decoded answer without special tokens, each ``[CHOICE]`` shown as the place word of the image its
+        ``choices`` entry (probabilities per image) favours; spaces before punctuation tidied."""
+        pieces, start = [], 0
+        for k, p in enumerate(p for p, t in enumerate(tokens) if t == self.config.token_ids.choice):
+            pieces.append(self.tokenizer.decode(tokens[start:p], skip_special_tokens=True))
+            probs = choices[k]
+            pieces.append(ordinal(max(range(len(probs)), key=probs.__getitem__)))
+            start = p + 1
+        text = " ".join([*pieces, self.tokenizer.decode(tokens[start:], skip_special_tokens=True)])
         text = re.sub(r"\s+([,.;:!?])", r"\1", text)
         return re.sub(r"[ \t]+", " ", text).strip()
 
     def _finish(
-        self, tokens: list[int], states: list[torch.Tensor], features: ImageFeatures | None, meta: ImageMeta | None
+        self,
+        tokens: list[int],
+        states: list[torch.Tensor],
+        features: ImageFeatures | None,
+        meta: ImageMeta | None,
+        choices: list[list[float]],
     ) -> GroundingResult:
         model = self.model
         ids = torch.tensor([tokens], dtype=torch.long)
         groups = model.seg_groups(ids, strict=False)
         result = GroundingResult(
-            text=self.display_text(tokens),
+            text=self.display_text(tokens, choices),
             raw_text=self.tokenizer.decode(tokens, skip_special_tokens=False).replace(self.tokenizer.eos_token, ""),
             masks={},
             scores={},
             image_size=meta.original_size if meta else None,
             timings={},
             token_ids=tokens,
+            choices=choices,
         )
         if not groups:
             return result

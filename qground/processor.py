@@ -136,10 +136,17 @@ class QGroundProcessor:
             )
         return input_ids, labels
 
-    def __call__(self, images: list, turns: list[Turn], masks: list[np.ndarray] | None = None) -> dict:
+    def __call__(
+        self,
+        images: list,
+        turns: list[Turn],
+        masks: list[np.ndarray] | None = None,
+        choices: list[int] | None = None,
+    ) -> dict:
         """One sample: ``images`` (paths, bytes or PIL), ``turns``, optional target masks (original frame of the
-        first image, one per seg group of the answers, in order). Returns ``input_ids``/``labels`` (L,),
-        ``pixel_values`` (M, C, S, S), ``image_sizes`` (M, 2) content sizes, ``metas``, ``masks`` (n, S, S)."""
+        first image, one per seg group of the answers, in order) and choices (the image index 0 … M − 1 each
+        ``[CHOICE]`` of the answers picks, in order). Returns ``input_ids``/``labels`` (L,), ``pixel_values``
+        (M, C, S, S), ``image_sizes`` (M, 2) content sizes, ``metas``, ``masks`` (n, S, S), ``choices`` (k,)."""
         tensors, metas = zip(*(self.preprocess_image(im) for im in images)) if images else ((), ())
         input_ids, labels = self.encode(turns, len(images))
         sample = {
@@ -149,6 +156,7 @@ class QGroundProcessor:
             "image_sizes": torch.tensor([m.resized_size for m in metas], dtype=torch.long).view(-1, 2),
             "metas": list(metas),
             "masks": torch.zeros(0, self.config.image_size, self.config.image_size),
+            "choices": torch.tensor(choices or [], dtype=torch.long),
         }
         if masks:
             sample["masks"] = torch.stack([self.preprocess_mask(m, metas[0]) for m in masks])
@@ -172,4 +180,5 @@ class QGroundProcessor:
             "pixel_values": torch.cat(pixels) if pixels else None,
             "image_sizes": torch.cat([s["image_sizes"] for s in samples]),
             "masks": [s["masks"] for s in samples],
+            "choices": [s["choices"] for s in samples],
         }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Turn", "ImageSlot", "Piece", "PromptStyle", "VICUNA_V1", "image_header"]
+__all__ = ["Turn", "ImageSlot", "Piece", "PromptStyle", "VICUNA_V1", "image_header", "ordinal"]
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,20 @@ class Piece:
 _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
 
 
+def ordinal(index: int) -> str:
+    """The place word of image ``index`` (0-based) in a prompt: "first", "second", …"""
+    if not 0 <= index < len(_ORDINALS):
+        raise ValueError(f"at most {len(_ORDINALS)} images per prompt, got image index {index}")
+    return _ORDINALS[index]
+
+
 def image_header(num_images: int) -> list[str]:
     """Co-Instruct interleaving: ``"The first image: "`` … for several images, plain for one image."""
     if num_images == 1:
         return [""]
     if num_images > len(_ORDINALS):
         raise ValueError(f"at most {len(_ORDINALS)} images per prompt, got {num_images}")
-    return [f"The {_ORDINALS[i]} image: " for i in range(num_images)]
+    return [f"The {ordinal(i)} image: " for i in range(num_images)]
 
 
 @dataclass(frozen=True)

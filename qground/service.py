@@ -95,7 +95,7 @@ COMPARE_PRESETS = {
 SLOTS = "ABCD"
 MIN_COMPARE, MAX_COMPARE = 2, len(SLOTS)
 TABLE_HEADERS = ["Distortion", "Area %", "Where", "Score"]
-RANKING_HEADERS = ["Rank", "Image", "Named as"]
+RANKING_HEADERS = ["Rank", "Image", "Named as", "Choice probability"]
 _LOAD_ERRORS = (CheckpointError, OSError, ValueError, RuntimeError, ImportError, KeyError)
 
 
@@ -476,26 +476,37 @@ def compare_photos(paths: Sequence[str | None]) -> tuple[list[str], list[Image.I
 
 def compare_turn(
     engine: QGroundEngine, photos: list[Image.Image], question: str, settings: GenerationSettings
-) -> Iterator[str]:
+) -> Iterator[tuple[str, list[float] | None]]:
     """The answer to a question about 2–4 photos (the processor builds the Co-Instruct "The first image: …" prompt),
-    as it grows."""
+    as it grows: ``(text, None)``, and last ``(text, choice)`` where ``choice`` is the choice head's probability of
+    each photo for the answer's first pick (None for models without a choice head, or answers that pick none)."""
     question = (question or "").strip()
     if not question:
         raise UserError("Pick a preset or type a question about the images.")
     for item in _stream(engine, photos, [Turn(question)], settings):
-        yield item if isinstance(item, str) else item.text
+        yield (item, None) if isinstance(item, str) else (item.text, item.choices[0] if item.choices else None)
 
 
-def ranking_rows(answer: str, labels: Sequence[str]) -> tuple[list[list], str]:
-    """Ranking table rows [rank, image label, phrase] (images in the order the answer names them; the answer's pick
-    first) and a sentence saying how to read it, or that the answer names no image."""
+def ranking_rows(answer: str, labels: Sequence[str], choice: Sequence[float] | None = None) -> tuple[list[list], str]:
+    """Ranking table rows [rank, image label, phrase, probability] and a sentence saying how to read them. With the
+    choice head's ``choice`` (one probability per image) every image is ranked by it; otherwise the images are in the
+    order the answer names them (its pick first), or there is no ranking when it names none."""
     named = named_images(answer, len(labels), {label: k for k, label in enumerate(labels)})
+    if choice is not None:
+        if len(choice) != len(labels):
+            raise ValueError(f"{len(choice)} choice probabilities for {len(labels)} images")
+        order = sorted(range(len(labels)), key=lambda k: -choice[k])
+        phrases = dict(named)
+        rows = [[rank, labels[k], phrases.get(k, ""), f"{choice[k]:.0%}"] for rank, k in enumerate(order, 1)]
+        return rows, (
+            "Ranked by the choice head's probability that each image answers the question; the answer names rank 1."
+        )
     if not named:
         return [], (
             "The answer does not say which image it means (looked for “the first/second… image”, “image A–D”, "
             "“image 1–4” or a lone letter), so there is no ranking."
         )
-    rows = [[rank, labels[index], phrase] for rank, (index, phrase) in enumerate(named, 1)]
+    rows = [[rank, labels[index], phrase, ""] for rank, (index, phrase) in enumerate(named, 1)]
     rest = [label for k, label in enumerate(labels) if k not in dict(named)]
     note = f"Rank 1 is the image the answer picks. Not named: {', '.join(rest)}." if rest else ""
     return rows, note or "Rank 1 is the image the answer picks; the others follow in the order the answer names them."

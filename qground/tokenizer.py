@@ -19,20 +19,23 @@ def seg_tokens(config: QGroundConfig) -> SegTokens:
 
 
 def bind_tokenizer(config: QGroundConfig, tokenizer: PreTrainedTokenizerBase) -> QGroundConfig:
-    """Add ``<image>`` and the seg tokens to ``tokenizer`` (in place, if missing) and return ``config`` with their ids.
+    """Add ``<image>``, the seg tokens and (``config.choice_head``) ``[CHOICE]`` to ``tokenizer`` (in place, if
+    missing) and return ``config`` with their ids.
 
     Raises if the ids are not distinct (PixelLM once gave every seg token the same id).
     """
-    strings = special_tokens(seg_tokens(config))
+    strings = special_tokens(seg_tokens(config), config.choice_head)
     tokenizer.add_tokens([s for s in strings if s not in tokenizer.get_vocab()], special_tokens=True)
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": "<pad>"})
     ids = tokenizer.convert_tokens_to_ids(strings)
     if len(set(ids)) != len(ids) or tokenizer.unk_token_id in ids:
         raise ValueError(f"special tokens {strings} did not get distinct ids: {ids}")
+    seg_end = 1 + config.seg_count
     token_ids = TokenIds(
         image=ids[0],
-        seg=tuple(ids[1:]),
+        seg=tuple(ids[1:seg_end]),
+        choice=ids[seg_end] if config.choice_head else -1,
         pad=tokenizer.pad_token_id,
         bos=tokenizer.bos_token_id,
         eos=tokenizer.eos_token_id,

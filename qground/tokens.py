@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 IMAGE_TOKEN = "<image>"
+# Models with a choice head (config.choice_head) answer "which image?" with this token: the head points at one image of
+# the prompt from the state that predicts it, and the answer text shows that image's ordinal ("The [CHOICE] image." →
+# "The second image.").
+CHOICE_TOKEN = "[CHOICE]"
+CHOICE_ANSWER = f"The {CHOICE_TOKEN} image."  # the one answer form a choice is trained in
 SEG_LEVELS = 2
 SEG_TOKENS_PER_LEVEL = 3
 
@@ -36,6 +41,6 @@ class SegTokens:
         return " ".join(self.strings)
 
 
-def special_tokens(seg: SegTokens) -> list[str]:
-    """Every added special token string, image token first."""
-    return [IMAGE_TOKEN, *seg.strings]
+def special_tokens(seg: SegTokens, choice: bool = False) -> list[str]:
+    """Every added special token string: image token, seg tokens, then the choice token when ``choice``."""
+    return [IMAGE_TOKEN, *seg.strings, *[CHOICE_TOKEN] * choice]

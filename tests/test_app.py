@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import served_app
 from qground import sam as annot
+from qground import service as svc
 from qground.taxonomy import CLASS_NAMES, get
 
 ENDPOINTS = {"/ground", "/describe", "/compare", "/segment"}
@@ -87,7 +88,8 @@ def test_compare_takes_two_to_four_images(client, photos, count):
     answer, ranking, note = client.predict(
         [handle_file(p) for p in paths], "Which image is sharper?", api_name="/compare"
     )
-    assert isinstance(answer, str) and ranking["headers"] == ["Rank", "Image", "Named as"] and note
+    assert isinstance(answer, str) and ranking["headers"] == svc.RANKING_HEADERS and note
+    assert svc.RANKING_HEADERS == ["Rank", "Image", "Named as", "Choice probability"]
 
 
 @pytest.mark.parametrize("count", [1, 5])

@@ -29,7 +29,7 @@ def test_validation_errors():
     with pytest.raises(ConfigError, match="out of range"):
         dataclasses.replace(config_tiny(), feature_layers=(1, 9))
     with pytest.raises(ConfigError, match="distinct"):
-        TokenIds(image=1, seg=(2, 2, 3, 4, 5, 6)).validate(6)
+        TokenIds(image=1, seg=(2, 2, 3, 4, 5, 6)).validate(6, choice=False)
     with pytest.raises(ConfigError, match="default_strictness needs readout"):
         dataclasses.replace(config_tiny(), default_strictness=2.0)
     nano = REGISTRY["qground-nano"].config()

@@ -48,10 +48,10 @@ def test_predicting_states_match_a_full_forward(trained_tiny, overfit_batch):
     ids = sample["input_ids"][None]
     feats = model.encode_images(sample["pixel_values"])
     steps = list(decode(model, ids, feats, GenerationSettings(max_new_tokens=12)))
-    full = torch.cat([ids, torch.tensor([[t for t, _ in steps]])], dim=1)
+    full = torch.cat([ids, torch.tensor([[t for t, *_ in steps]])], dim=1)
     with torch.no_grad():
         hidden = model.language_model(inputs_embeds=model.embed(full, feats.tokens)).last_hidden_state[0]
-    for i, (_, state) in enumerate(steps):
+    for i, (_, state, _) in enumerate(steps):
         assert torch.allclose(state, hidden[ids.shape[1] - 1 + i], atol=1e-4)
 
 
@@ -88,12 +88,12 @@ def test_parsing_maps_typos_and_merges_repeats(trained_tiny):
     states = [torch.randn(model.config.llm.hidden_size) for _ in tokens]
     sample = engine.processor([Image.new("RGB", (30, 20), "gray")], [Turn("x")])
     feats = model.encode_images(sample["pixel_values"])
-    result = engine._finish(tokens, states, feats, sample["metas"][0])
+    result = engine._finish(tokens, states, feats, sample["metas"][0], [])
     assert set(result.masks) == {"noise", "overexposure"}
     assert all(m.shape == (20, 30) and m.dtype == bool for m in result.masks.values())
     assert result.text == "The segmentation results are: nosie, over exposure, noisy"
     nameless = tok(f"{group}", add_special_tokens=False).input_ids
-    result = engine._finish(nameless, [states[0]] * len(nameless), feats, sample["metas"][0])
+    result = engine._finish(nameless, [states[0]] * len(nameless), feats, sample["metas"][0], [])
     assert result.masks == {} and result.warnings
 
 

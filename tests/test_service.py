@@ -259,9 +259,14 @@ def test_named_images_with_slot_labels(answer, labels, expected):
 
 def test_ranking_rows_and_unparseable_answers():
     rows, note = svc.ranking_rows("The second image is sharper than the first image.", ["A", "C", "D"])
-    assert rows == [[1, "C", "second image"], [2, "A", "first image"]] and "Not named: D" in note
+    assert rows == [[1, "C", "second image", ""], [2, "A", "first image", ""]] and "Not named: D" in note
     rows, note = svc.ranking_rows("Both look fine.", ["A", "B"])
     assert rows == [] and "does not say which image" in note
+    rows, note = svc.ranking_rows("The third image.", ["A", "C", "D"], [0.2, 0.1, 0.7])  # a choice head's answer
+    assert rows == [[1, "D", "third image", "70%"], [2, "A", "", "20%"], [3, "C", "", "10%"]]
+    assert "choice head's probability" in note
+    with pytest.raises(ValueError, match="2 choice probabilities for 3 images"):
+        svc.ranking_rows("The third image.", ["A", "C", "D"], [0.5, 0.5])
 
 
 def test_compare_needs_two_to_four_images(photo_path):

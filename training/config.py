@@ -14,13 +14,17 @@ import yaml
 
 from qground.config import ConfigError, LoraSettings, build_dataclass
 
-TRAINABLE_GROUPS = ("projector", "lora", "token_rows", "llm", "seg_head", "pixel_decoder")
+TRAINABLE_GROUPS = ("projector", "lora", "token_rows", "llm", "seg_head", "pixel_decoder", "choice_head")
 DATA_FORMATS = ("llava_pretrain", "llava", "coinstruct", "qground100k")
 
 
 @dataclass
 class DataSource:
-    """One dataset of the mixture. ``json`` and ``image_root`` are resolved relative to the config file's folder."""
+    """One dataset of the mixture. ``json`` and ``image_root`` are resolved relative to the config file's folder.
+
+    ``choice_answers`` (models with a choice head): answers that only name one image of a several-image prompt ("The
+    second image.", or an option's letter) are trained as a pointer, ``qground.tokens.CHOICE_ANSWER`` with that image
+    as the choice head's target."""
 
     name: str
     format: str
@@ -28,10 +32,13 @@ class DataSource:
     image_root: str
     weight: float = 1.0
     mask_root: str | None = None
+    choice_answers: bool = False
 
     def validate(self) -> None:
         if self.format not in DATA_FORMATS:
             raise ConfigError(f"data {self.name!r}: format must be one of {DATA_FORMATS}, got {self.format!r}")
+        if self.choice_answers and self.format not in ("llava", "coinstruct"):
+            raise ConfigError(f"data {self.name!r}: choice_answers needs a conversation format (llava, coinstruct)")
         if self.weight <= 0:
             raise ConfigError(f"data {self.name!r}: weight must be > 0")
 

@@ -48,10 +48,13 @@ def model_card(folder: Path, repo_id: str) -> str:
         f"layers {list(config.feature_layers)} |",
     ]
     if config.readout:
+        chosen = (folder / "calibration.json").exists()
         lines.append(
             f"| default detection strictness | {config.default_strictness:g} (0 = as trained; "
-            f"{'chosen on validation photos, `calibration.json`' if config.default_strictness else 'not calibrated'}) |"
+            f"{'chosen on validation photos, `calibration.json`' if chosen else 'not calibrated'}) |"
         )
+    if config.choice_head:
+        lines.append("| comparisons | a choice head picks the answer's image (`[CHOICE]`, shown as its place word) |")
     if train_cfg:
         o = train_cfg["optim"]
         lines += [

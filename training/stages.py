@@ -22,6 +22,8 @@ def _group(name: str) -> str | None:
         return "seg_head"
     if name.startswith("pixel_decoder."):
         return "pixel_decoder"
+    if name.startswith("choice_head."):
+        return "choice_head"
     return None
 
 

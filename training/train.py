@@ -29,8 +29,8 @@ from training.stages import set_trainable
 
 STATE_DIR = "train_state"
 LATEST = "latest.json"
-BATCH_KEYS = ("input_ids", "pixel_values", "attention_mask", "labels", "masks", "image_sizes")
-LOSS_KEYS = ("loss", "ce", "bce", "dice")
+BATCH_KEYS = ("input_ids", "pixel_values", "attention_mask", "labels", "masks", "image_sizes", "choices")
+LOSS_KEYS = ("loss", "ce", "bce", "dice", "choice")
 
 
 def _free_port() -> int:

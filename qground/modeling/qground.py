@@ -5,7 +5,9 @@ Token contract (the processor builds it, this module checks it):
   ``pixel_values`` order;
 - a grounding target is a group of ``config.seg_count`` ids ``[SEG0] … [SEG{n-1}]`` in order; its embedding comes
   from the hidden states at the positions that *predict* those tokens (position ``p - 1`` for a token at ``p``);
-- a sample's targets are segmented in that sample's first image.
+- a sample's targets are segmented in that sample's first image;
+- with a choice head, each ``[CHOICE]`` id of a sample picks one of that sample's images: the state predicting it is
+  the query, the states at each image's last image token are the keys.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration
 
 from qground.config import QGroundConfig
+from qground.modeling.choice_head import ChoiceHead
 from qground.modeling.losses import dice_loss, sigmoid_bce
 from qground.modeling.pixel_decoder import PixelDecoder
 from qground.modeling.readout import DistortionReadout
@@ -41,8 +44,9 @@ class SegGroup:
 
 
 class QGroundModel(nn.Module):
-    """Receives its parts: ``llava`` (whose ``model.multi_modal_projector`` is φv), ``seg_head``, ``pixel_decoder``
-    and, when ``config.readout``, the frozen ``readout`` that feeds φv."""
+    """Receives its parts: ``llava`` (whose ``model.multi_modal_projector`` is φv), ``seg_head``, ``pixel_decoder``,
+    with ``config.readout`` the frozen ``readout`` that feeds φv, and with ``config.choice_head`` the ``choice_head``.
+    """
 
     def __init__(
         self,
@@ -51,17 +55,22 @@ class QGroundModel(nn.Module):
         seg_head: SegHead,
         pixel_decoder: PixelDecoder,
         readout: DistortionReadout | None = None,
+        choice_head: ChoiceHead | None = None,
     ) -> None:
         super().__init__()
         if config.token_ids.image < 0:
             raise ValueError("config.token_ids is not bound to a tokenizer; build the model with qground.builder")
         if config.readout != (readout is not None):
             raise ValueError(f"config.readout is {config.readout} but a readout was {'not ' * (readout is None)}given")
+        if config.choice_head != (choice_head is not None):
+            given = "a choice head was given" if choice_head is not None else "no choice head was given"
+            raise ValueError(f"config.choice_head is {config.choice_head} but {given}")
         self.config = config
         self.llava = llava
         self.seg_head = seg_head
         self.pixel_decoder = pixel_decoder
         self.readout = readout
+        self.choice_head = choice_head
 
     # -- parts -------------------------------------------------------------------------------------------------------
     @property
@@ -195,13 +204,16 @@ class QGroundModel(nn.Module):
         labels: torch.Tensor | None = None,
         masks: list[torch.Tensor] | None = None,
         image_sizes: torch.Tensor | None = None,
+        choices: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Teacher-forced pass.
 
         ``input_ids``/``attention_mask``/``labels``: (B, L), labels -100 on prompt and padding. ``pixel_values``:
         (M, C, S, S). ``masks``: per sample a (n_b, S, S) {0,1} tensor in the padded input frame, one per seg group of
         that sample's answer, in order. ``image_sizes``: (M, 2) content (h, w) of each padded image; the mask loss only
-        sees that region. Returns ``logits`` and, with labels, ``ce``, ``bce``, ``dice``, ``loss``.
+        sees that region. ``choices``: per sample a (k_b,) long tensor, the image (0 … n_b − 1 within the sample) each
+        of its k_b ``[CHOICE]`` tokens picks. Returns ``logits`` and, with labels, ``ce``, ``bce``, ``dice``, ``choice``
+        (0 without a choice head), ``loss``.
         """
         features = self.encode_images(pixel_values) if pixel_values is not None else None
         embeds = self.embed(input_ids, features.tokens if features is not None else None)
@@ -212,8 +224,48 @@ class QGroundModel(nn.Module):
         w = self.config.loss
         ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         bce, dice = self._mask_losses(input_ids, hidden, features, masks, image_sizes)
-        loss = w.ce * ce + w.mask * (w.bce * bce + w.dice * dice)
-        return {"logits": logits, "ce": ce, "bce": bce, "dice": dice, "loss": loss}
+        choice = self._choice_loss(input_ids, hidden, choices)
+        loss = w.ce * ce + w.mask * (w.bce * bce + w.dice * dice) + w.choice * choice
+        return {"logits": logits, "ce": ce, "bce": bce, "dice": dice, "choice": choice, "loss": loss}
+
+    # -- choices -----------------------------------------------------------------------------------------------------
+    def image_states(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """One sample's (L,) ids and (L, D) LLM states → (n, D) states at each of its n images' last image token
+        (the whole-image token with ``global_token``), in prompt order: the choice head's keys."""
+        positions = (input_ids == self.config.token_ids.image).nonzero()[:, 0]
+        n = self.config.images_in(len(positions))
+        return hidden[positions.view(n, -1)[:, -1]] if n else hidden[:0]
+
+    def choice_logits(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """``query`` (D,) state predicting a ``[CHOICE]``, ``keys`` (n, D) from ``image_states`` → (n,) logits."""
+        if self.choice_head is None:
+            raise ValueError("this model has no choice head (config.choice_head)")
+        dtype = next(self.choice_head.parameters()).dtype
+        return self.choice_head(query.to(dtype), keys.to(dtype)).float()
+
+    def _choice_loss(
+        self, input_ids: torch.Tensor, hidden: torch.Tensor, choices: list[torch.Tensor] | None
+    ) -> torch.Tensor:
+        zero = hidden.sum() * 0.0
+        if self.choice_head is None:
+            if choices is not None and any(len(c) for c in choices):
+                raise ValueError("choice targets were given but this model has no choice head (config.choice_head)")
+            return zero.float()
+        losses = []
+        for b, row in enumerate(input_ids):
+            positions = (row == self.config.token_ids.choice).nonzero()[:, 0].tolist()
+            targets = [] if choices is None else choices[b].tolist()
+            if len(positions) != len(targets):
+                raise ValueError(f"sample {b}: {len(positions)} [CHOICE] token(s) but {len(targets)} choice target(s)")
+            if not positions:
+                continue
+            keys = self.image_states(row, hidden[b])
+            for p, target in zip(positions, targets):
+                if not 0 <= target < len(keys):
+                    raise ValueError(f"sample {b}: choice target {target} but the prompt holds {len(keys)} image(s)")
+                logits = self.choice_logits(hidden[b, p - 1], keys)
+                losses.append(F.cross_entropy(logits[None], torch.tensor([target], device=logits.device)))
+        return torch.stack(losses).mean() if losses else zero.float()
 
     def _mask_losses(
         self,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from qground.evaluate import parse_choice, question_options
 from qground.processor import QGroundProcessor
+from qground.prompts import Turn
+from qground.tokens import CHOICE_ANSWER
 from training.config import DataSource, TrainConfig
 from training.data.readers import (
     MixtureSampler,
@@ -22,11 +27,37 @@ from training.data.sample import Sample
 READERS = {"llava_pretrain": read_llava_pretrain, "llava": read_llava_instruct, "coinstruct": read_coinstruct}
 
 
+# An answer that only names an image: "The second image.", "the 2nd one", "B", "(B)", "B." (any case).
+_ONLY_A_NAME = re.compile(r"^\s*(?:the\s+\w+\s+(?:image|one)|\(?[A-Ha-h]\)?)\s*\.?\s*$", re.I)
+
+
+def as_choice(sample: Sample) -> Sample:
+    """``sample`` with every answer that only names one of its (≥ 2) images replaced by ``CHOICE_ANSWER`` and that
+    image appended to ``choices`` (option letters read through the question's options); other samples unchanged."""
+    n = len(sample.images)
+    if n < 2:
+        return sample
+    turns, choices, options = [], list(sample.choices), {}
+    for turn in sample.turns:
+        options = question_options(turn.question, n) or options  # a follow-up may answer the options asked before
+        picked = parse_choice(turn.answer, n, options) if turn.answer and _ONLY_A_NAME.match(turn.answer) else None
+        if picked is None:
+            turns.append(turn)
+            continue
+        turns.append(Turn(turn.question, CHOICE_ANSWER))
+        choices.append(picked)
+    return dataclasses.replace(sample, turns=turns, choices=choices)
+
+
 def read_source(src: DataSource, max_bad_fraction: float) -> ReadResult:
-    """Read one data source with the reader for its format (problems past the threshold raise)."""
+    """Read one data source with the reader for its format (problems past the threshold raise); with
+    ``src.choice_answers`` its one-image answers become choice-head targets (``as_choice``)."""
     if src.format == "qground100k":
         return read_qground100k(src.json, src.image_root, src.mask_root, max_bad_fraction=max_bad_fraction)
-    return READERS[src.format](src.json, src.image_root, max_bad_fraction=max_bad_fraction)
+    result = READERS[src.format](src.json, src.image_root, max_bad_fraction=max_bad_fraction)
+    if src.choice_answers:
+        result = result._replace(samples=[as_choice(s) for s in result.samples])
+    return result
 
 
 def load_mask(mask: Path | np.ndarray) -> np.ndarray:
@@ -51,7 +82,7 @@ class SampleDataset:
     def __getitem__(self, i: int) -> dict:
         s = self.samples[i]
         try:
-            return self.processor(list(s.images), s.turns, masks=[load_mask(m) for m in s.masks])
+            return self.processor(list(s.images), s.turns, masks=[load_mask(m) for m in s.masks], choices=s.choices)
         except Exception as e:
             raise RuntimeError(f"sample {s.id!r} from {s.source!r}: {e}") from e
 

@@ -1,0 +1,30 @@
+"""The choice head: which image of a prompt does an answer pick? A pointer over the prompt's images.
+
+A Co-Instruct-style answer spells the picked image's place ("The second image."), so the LLM would have to route one
+image's evidence to a place word through attention over all images. A small LLM does not learn that for several
+question kinds at once (README, comparison probes). Here the state that predicts ``[CHOICE]`` is a query that only has
+to say *what* is asked (which quality, which direction); each image is a key; the scores are their scaled dot products.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ChoiceHead(nn.Module):
+    """``query`` ``(D,)`` (the LLM state predicting ``[CHOICE]``) and ``keys`` ``(n, D)`` (the LLM states at each of
+    the prompt's n images' last image token, in prompt order) → ``(n,)`` logits over the images."""
+
+    def __init__(self, llm_dim: int, dim: int = 128) -> None:
+        super().__init__()
+        self.query = nn.Linear(llm_dim, dim)
+        self.key = nn.Linear(llm_dim, dim)
+        self.scale = dim**-0.5
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        if query.dim() != 1 or keys.dim() != 2 or keys.shape[0] == 0:
+            raise ValueError(
+                f"the choice head takes one (D,) query and (n ≥ 1, D) keys, got {query.shape} and {keys.shape}"
+            )
+        return (self.key(keys) @ self.query(query)) * self.scale
