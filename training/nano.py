@@ -4,7 +4,7 @@
 2. a byte-level BPE tokenizer trained on that data's text, and the random ``qground-nano`` model (``init/``);
 3. vision-tower pretraining (``training.pretrain_vision``), then the tower is frozen (``vision/``);
 4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
-   trains two-image comparisons only, before the paper's stage 1);
+   trains comparisons only, answered through the choice head, before the paper's stage 1);
 5. the default detection strictness chosen on the validation split (``training.calibrate``);
 6. with ``--install``, the final checkpoint copied to ``assets/qground-nano``. Evaluation on the held-out split is
    its own command: ``python -m qground eval --data runs/nano/data/eval --out runs/nano/metrics.json``.
