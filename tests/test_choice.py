@@ -25,6 +25,7 @@ from training.config import DataSource
 from training.data.dataset import as_choice, read_source
 from training.data.sample import Sample
 from training.stages import set_trainable
+from training.train import BATCH_KEYS
 
 QUESTIONS = {"Which image is noisier?": np.argmax, "Which image is smoother?": np.argmin}
 ORDINALS = ("first", "second", "third")
@@ -58,10 +59,9 @@ def trained(chooser):
     params = [p for n, p in model.named_parameters() if not n.startswith("llava.model.vision_tower")]
     opt = torch.optim.Adam(params, lr=3e-3)
     model.train()
-    keys = ("input_ids", "pixel_values", "attention_mask", "labels", "masks", "image_sizes", "choices")
     losses = []
     for _ in range(60):
-        out = model(**{k: batch[k] for k in keys})
+        out = model(**{k: batch[k] for k in BATCH_KEYS})
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -90,13 +90,12 @@ def test_choice_loss_and_its_checks(chooser):
     images, question, target = group(0)
     sample = processor(images, [Turn(question, CHOICE_ANSWER)], choices=[target])
     batch = processor.collate([sample, processor(images[:1], [Turn("Describe it.", "Fine.")])])
-    keys = ("input_ids", "pixel_values", "attention_mask", "labels", "masks", "image_sizes", "choices")
-    out = model(**{k: batch[k] for k in keys})
+    out = model(**{k: batch[k] for k in BATCH_KEYS})
     assert float(out["choice"].detach()) > 0
     w = model.config.loss
     expected = w.ce * out["ce"] + w.mask * (w.bce * out["bce"] + w.dice * out["dice"]) + w.choice * out["choice"]
     assert torch.allclose(out["loss"], expected)
-    inputs = {k: batch[k] for k in keys if k != "choices"}
+    inputs = {k: batch[k] for k in BATCH_KEYS if k != "choices"}
     with pytest.raises(ValueError, match="1 \\[CHOICE\\] token\\(s\\) but 0 choice target"):
         model(**inputs, choices=[torch.tensor([], dtype=torch.long)] * 2)
     with pytest.raises(ValueError, match="choice target 7 but the prompt holds"):
@@ -106,9 +105,9 @@ def test_choice_loss_and_its_checks(chooser):
 def test_model_without_a_choice_head_refuses_targets(tiny, overfit_batch):
     model, _, _ = tiny
     batch = overfit_batch[1]
-    keys = ("input_ids", "pixel_values", "attention_mask", "labels", "masks", "image_sizes")
+    inputs = {k: batch[k] for k in BATCH_KEYS if k != "choices"}
     with pytest.raises(ValueError, match="no choice head"):
-        model(**{k: batch[k] for k in keys}, choices=[torch.tensor([0])] * len(batch["masks"]))
+        model(**inputs, choices=[torch.tensor([0])] * len(batch["masks"]))
 
 
 def test_trained_choice_is_decoded_as_the_picked_image(chooser, trained):

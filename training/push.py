@@ -48,7 +48,9 @@ def model_card(folder: Path, repo_id: str) -> str:
         f"layers {list(config.feature_layers)} |",
     ]
     if config.readout:
-        chosen = (folder / "calibration.json").exists()
+        from training.calibrate import CALIBRATION_NAME
+
+        chosen = (folder / CALIBRATION_NAME).exists()
         lines.append(
             f"| default detection strictness | {config.default_strictness:g} (0 = as trained; "
             f"{'chosen on validation photos, `calibration.json`' if chosen else 'not calibrated'}) |"
