@@ -26,16 +26,16 @@ overlay, answer, table, masks_zip = client.predict(handle_file("photo.jpg"), "",
 answer = client.predict(handle_file("photo.jpg"), "How sharp is this photo?", api_name="/describe")
 answer, ranking, note = client.predict([handle_file("a.jpg"), handle_file("b.jpg")], "Which is sharper?",
                                       api_name="/compare")
-overlay, answer, table, masks_zip = client.predict(handle_file("photo.jpg"), "", 4.0, api_name="/ground")
+overlay, answer, table, masks_zip = client.predict(handle_file("photo.jpg"), "", 6.0, api_name="/ground")
 regions, annotation_zip = client.predict(handle_file("photo.jpg"), '[{"label": "blur", "points": [[120, 80]]}]',
                                          api_name="/segment")
 ```
 `/ground` returns `{"image", "annotations": [{"image", "label"}]}` (labels are class names), the answer, the rows
 (class, area %, score) and a zip of one lossless PNG mask per class + `result.json`; a blank question asks the default
 grounding (/ground) or assessment (/describe) question. `client.submit(...)` streams the answer (`job.outputs()`).
-/ground, /describe and /compare take an optional third input, the detection strictness (0–8; models with a distortion
-readout such as qground-nano; default: the model's `default_strictness`, chosen on validation photos): higher means
-fewer false alarms on clean photos, fewer distortions found; 0 = as trained."""
+/ground and /describe take an optional third input, the detection strictness (0–8; models with a distortion readout
+such as qground-nano; default: the model's `default_strictness`, chosen on validation photos): higher means fewer false
+alarms on clean photos, fewer distortions found; 0 = as trained. /compare ranks the images by their evidence as read."""
 
 
 def _gpu(fn):
@@ -374,10 +374,10 @@ def _api_tab(gr, svc, engine, sam, scratch) -> None:
     def describe(image: str, question: str, strictness: float):
         yield from svc.describe_request(engine, image, question, settings(strictness))
 
-    def compare(images: list[str], question: str, strictness: float):
+    def compare(images: list[str], question: str):
         labels, photos = svc.compare_photos(images or [])
         answer = ("", None)  # (text so far, the choice head's probabilities once complete)
-        for answer in svc.compare_turn(engine, photos, question, settings(strictness)):
+        for answer in svc.compare_turn(engine, photos, question, GenerationSettings()):
             yield answer[0], gr.skip(), gr.skip()
         yield answer[0], *svc.ranking_rows(answer[0], labels, answer[1])
 
@@ -392,9 +392,7 @@ def _api_tab(gr, svc, engine, sam, scratch) -> None:
     )
     describe_btn.click(_model(describe), [photo, ask, strictness_slider], answer, api_name="describe", **api)
     compare_outputs = [compare_answer, ranking, ranking_note]
-    compare_btn.click(
-        _model(compare), [files, compare_q, strictness_slider], compare_outputs, api_name="compare", **api
-    )
+    compare_btn.click(_model(compare), [files, compare_q], compare_outputs, api_name="compare", **api)
     if sam is not None:
         with gr.Accordion("Try /segment", open=False):
             seg_image = _photo(label="image")

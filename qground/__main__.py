@@ -274,13 +274,18 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------------------------------------
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def _add_model_options(parser: argparse.ArgumentParser, strictness: bool = True) -> None:
+    """--model, --revision, --quant, and --strictness for commands about one image at a time (comparisons rank images
+    by their evidence as read)."""
     parser.add_argument(
         "--model",
         help=f"registry name, checkpoint folder or Hub repo id (default: $QGROUND_MODEL, else {DEFAULT_MODEL})",
     )
     parser.add_argument("--revision", default=os.environ.get("QGROUND_REVISION"), help="Hub revision (tag/commit)")
     parser.add_argument("--quant", choices=QUANT_CHOICES, default="none", help="load the LLM in 4 or 8 bits")
+    if not strictness:
+        parser.set_defaults(strictness=None)
+        return
     parser.add_argument(
         "--strictness",
         type=float,
@@ -335,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="compare the quality of 2–4 images")
     compare.add_argument("images", nargs="+", metavar="IMG")
     compare.add_argument("--question", default=COMPARE_QUESTION)
-    _add_model_options(compare)
+    _add_model_options(compare, strictness=False)
     return parser
 
 

@@ -175,7 +175,7 @@ class QGroundConfig:
     multi_image_global_only: bool = False
     readout: bool = False  # φv reads the frozen tower's distortion readout scores instead of its hidden states
     # Per class (CLASS_NAMES order): the readout's median whole-image presence logit on the training images that have
-    # the class (set by training.pretrain_vision). Detection strictness s then shifts class k's logits by
+    # the class (set by training.pretrain_vision). Detection strictness s then asks class k for a presence logit of
     # s × confidence_k / mean(confidence), so classes the readout is less sure of are not silenced first. None: s alike.
     readout_confidence: tuple[float, ...] | None = None
     # The detection strictness front ends (app, CLI, eval) start from, 0..MAX_STRICTNESS: chosen on validation photos

@@ -32,9 +32,10 @@ _SEPARATORS = re.compile(r"[,;:\n]|\band\b|\bare\b|\bis\b")
 @dataclass(frozen=True)
 class GenerationSettings:
     """``temperature`` 0 means greedy; ``min_new_tokens`` suppresses end-of-sequence before that many tokens.
-    ``strictness`` (models with a distortion readout, such as qground-nano): how much stronger than trained the
-    readout's evidence must be, as a logit offset (per class scaled by ``config.readout_confidence`` when set); higher
-    means fewer false alarms on clean photos and fewer distortions found (README, "Detection strictness")."""
+    ``strictness`` (models with a distortion readout, such as qground-nano): how sure the readout must be of a
+    distortion for the model to see it (``QGroundModel.encode_images``; 0: as trained); higher means fewer false
+    alarms on clean photos and fewer distortions found. It applies to prompts with one image: comparisons rank images
+    by their evidence as read (README, "Detection strictness")."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -76,8 +77,9 @@ class GroundingResult:
 
     ``masks``: class name → bool (H, W) in the original (EXIF-oriented) frame, merged when a class repeats;
     ``scores``: class → mean mask probability inside the mask; ``timings``: seconds per stage; ``strictness``: the
-    detection strictness it was made with (``GenerationSettings``); ``choices``: per ``[CHOICE]`` in the answer, the
-    choice head's probability of each image of the prompt (the answer names the most probable one).
+    detection strictness it was made with (``GenerationSettings``; 0 for several images); ``choices``: per
+    ``[CHOICE]`` in the answer, the choice head's probability of each image of the prompt (the answer names the most
+    probable one).
     """
 
     text: str
@@ -177,8 +179,9 @@ class QGroundEngine:
         sample = self.processor(images, turns)
         metas: list[ImageMeta] = sample["metas"]
         t1 = time.perf_counter()
+        strictness = settings.strictness if len(metas) == 1 else 0.0
         with torch.inference_mode():
-            features = self.model.encode_images(sample["pixel_values"], settings.strictness) if metas else None
+            features = self.model.encode_images(sample["pixel_values"], strictness) if metas else None
         tokens: list[int] = []
         states: list[torch.Tensor] = []
         choices: list[list[float]] = []
@@ -196,7 +199,7 @@ class QGroundEngine:
                 yield text
         t2 = time.perf_counter()
         result = self._finish(tokens, states, features, metas[0] if metas else None, choices)
-        result.strictness = settings.strictness
+        result.strictness = strictness
         t3 = time.perf_counter()
         result.timings = {
             "preprocess": t1 - t0,

@@ -153,6 +153,9 @@ def test_describe_and_compare_print_the_answer(checkpoint, photos, capsys):
     assert "broken.png" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["compare", str(photos / "a.png")])
+    with pytest.raises(SystemExit):  # comparisons rank by the evidence as read: no strictness to set
+        main(["compare", str(photos / "a.png"), str(photos / "b.png"), "--strictness", "2"])
+    assert "unrecognized arguments: --strictness" in capsys.readouterr().err
 
 
 def test_info_in_process(capsys):

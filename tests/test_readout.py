@@ -5,12 +5,15 @@ import dataclasses
 
 import pytest
 import torch
+from PIL import Image
 
 from qground.builder import build_model
 from qground.checkpoint import HEADS_NAME, load_model, save_checkpoint
 from qground.config import CONFIG_NAME, ConfigError
+from qground.inference import GenerationSettings, QGroundEngine
 from qground.modeling import QGroundModel
 from qground.processor import QGroundProcessor
+from qground.prompts import Turn
 from qground.taxonomy import CLASS_NAMES
 from training.stages import set_trainable
 
@@ -35,28 +38,36 @@ def test_readout_layout(readout_model):
         model.readout(hidden[:, :-1])
 
 
-def test_strictness_shifts_every_readout_logit(readout_model, tiny, overfit_batch):
-    """``strictness`` s: every score is sigmoid(logit − s); a model without a readout refuses it."""
+def test_strictness_hides_the_evidence_of_classes_the_readout_is_not_sure_of(readout_model, tiny, overfit_batch):
+    """A threshold per class: in each image, every score of class k (its three whole-image scores and its coverage of
+    every patch) becomes 0 when its presence logit is below threshold_k; the others stay as they are. None: as trained.
+    A model without a readout refuses strictness."""
     model, _ = readout_model
-    hidden = torch.randn(2, 1 + model.config.grid**2, model.config.vision.hidden_size)
+    g, n, sub2 = model.config.grid, len(CLASS_NAMES), model.readout.sub**2
+    hidden = torch.randn(4, 1 + g * g, model.config.vision.hidden_size)
     dense, whole = model.readout.logits(hidden)
-    strict = model.readout(hidden, 2.5)
-    assert torch.allclose(strict[:, 0, : whole.shape[1]], (whole - 2.5).sigmoid())
-    g = model.config.grid
-    assert torch.allclose(strict[:, 1:].transpose(1, 2).reshape(2, -1, g, g), (dense - 2.5).sigmoid())
-    per_class = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])
-    strict = model.readout(hidden, per_class)
-    n, sub2 = len(CLASS_NAMES), model.readout.sub**2
-    assert torch.allclose(strict[:, 0, : 3 * n], (whole - per_class.repeat(3)).sigmoid())
-    shifted = dense - per_class.repeat_interleave(sub2)[:, None, None]
-    assert torch.allclose(strict[:, 1:].transpose(1, 2).reshape(2, -1, g, g), shifted.sigmoid())
+    plain = model.readout(hidden)
+    threshold = whole[:, :n].median(dim=0).values  # some images keep a class, others lose it
+    gated = model.readout(hidden, threshold)
+    keep = whole[:, :n] >= threshold
+    assert keep.any() and not keep.all()
+    for m in range(4):
+        for k in range(n):
+            whole_cols = [k, n + k, 2 * n + k]
+            patch_cols = slice(k * sub2, (k + 1) * sub2)
+            for got, want in (
+                (gated[m, 0, whole_cols], plain[m, 0, whole_cols]),
+                (gated[m, 1:, patch_cols], plain[m, 1:, patch_cols]),
+            ):
+                assert torch.equal(got, want if keep[m, k] else torch.zeros_like(want)), (m, k)
+    assert torch.equal(model.readout(hidden, -1e9), plain) and not model.readout(hidden, 1e9).any()
     with pytest.raises(ValueError, match="strictness 1.0 needs a model with a distortion readout"):
         tiny[0].encode_images(overfit_batch[1]["pixel_values"], strictness=1.0)
 
 
 def test_strictness_is_scaled_by_the_readout_confidence(readout_model, overfit_batch):
-    """With ``readout_confidence`` c, class k's logits shift by s × c_k / mean(c) (a class the readout is less sure
-    of is shifted less); without it, by s for every class."""
+    """With ``readout_confidence`` c, class k needs a presence logit of s × c_k / mean(c) (a class the readout is
+    less sure of needs less); without it, s for every class; at 0 the readout is not gated."""
     model, _ = readout_model
     pixels = overfit_batch[1]["pixel_values"]
     confident = QGroundModel(
@@ -71,13 +82,32 @@ def test_strictness_is_scaled_by_the_readout_confidence(readout_model, overfit_b
     try:
         confident.encode_images(pixels, strictness=3.0)
         model.encode_images(pixels, strictness=3.0)
+        model.encode_images(pixels)
     finally:
         handle.remove()
-    assert torch.allclose(seen[0], 3.0 * torch.tensor([6.0, 2.0, 6.0, 4.0, 7.0]) / 5.0) and seen[1] == 3.0
+    assert torch.allclose(seen[0], 3.0 * torch.tensor([6.0, 2.0, 6.0, 4.0, 7.0]) / 5.0)
+    assert torch.allclose(seen[1], torch.full((5,), 3.0)) and seen[2] is None
     with pytest.raises(ConfigError, match="readout_confidence must hold 5 positive logits"):
         dataclasses.replace(model.config, readout_confidence=(1.0, -1.0, 1.0, 1.0, 1.0))
     with pytest.raises(ConfigError, match="readout_confidence needs readout: true"):
         dataclasses.replace(model.config, readout=False, readout_confidence=(1.0,) * 5)
+
+
+def test_strictness_applies_to_one_image_prompts_only(readout_model, overfit_photo_files):
+    """Comparisons rank images by their evidence as read: with several images the engine does not gate the readout,
+    and the result records strictness 0; with one image it does and records the setting."""
+    model, tokenizer = readout_model
+    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config))
+    settings = GenerationSettings(max_new_tokens=2, strictness=4.0)
+    seen = []
+    handle = model.readout.register_forward_hook(lambda module, args, out: seen.append(args[1]))
+    try:
+        one = engine.chat([Image.open(overfit_photo_files[0])], [Turn("Is it sharp?")], settings)
+        two = engine.chat([Image.open(p) for p in overfit_photo_files], [Turn("Which image is sharper?")], settings)
+    finally:
+        handle.remove()
+    assert torch.allclose(seen[0], torch.full((5,), 4.0)) and seen[1] is None
+    assert one.strictness == 4.0 and two.strictness == 0.0
 
 
 def test_phi_v_reads_the_readout(readout_model, overfit_batch):

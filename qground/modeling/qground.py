@@ -92,16 +92,18 @@ class QGroundModel(nn.Module):
     # -- stages ------------------------------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor, strictness: float = 0.0) -> ImageFeatures:
         """``pixel_values`` (M, C, S, S) normalized, padded model inputs → ``ImageFeatures``. The tower and the readout
-        are frozen. ``strictness`` > 0 (models with a readout only) makes the readout ask for stronger evidence, per
-        class in proportion to ``config.readout_confidence`` when it is set."""
+        are frozen. ``strictness`` s > 0 (models with a readout only) hides class k's evidence from φv in every image
+        whose readout presence logit is below s × c_k / mean(c), with c = ``config.readout_confidence`` (1 for every
+        class when unset): a class the readout is less sure of needs less. 0: as trained."""
         if strictness and self.readout is None:
             raise ValueError(
                 f"strictness {strictness} needs a model with a distortion readout (config.readout); this one has none"
             )
         cfg = self.config
-        if strictness and cfg.readout_confidence is not None:
-            confidence = torch.tensor(cfg.readout_confidence)
-            strictness = strictness * confidence / confidence.mean()
+        threshold = None
+        if strictness:
+            confidence = torch.tensor(cfg.readout_confidence or (1.0,) * self.readout.num_classes)
+            threshold = strictness * confidence / confidence.mean()
         tower_param = next(self.vision_tower.parameters())
         with torch.no_grad():
             out = self.vision_tower(
@@ -112,7 +114,7 @@ class QGroundModel(nn.Module):
         hs = out.hidden_states
         if self.readout is not None:  # frozen like the tower
             with torch.no_grad():
-                stacked = self.readout(hs[-1].to(next(self.readout.parameters()).dtype), strictness)  # CLS + patches
+                stacked = self.readout(hs[-1].to(next(self.readout.parameters()).dtype), threshold)  # CLS + patches
         else:
             stacked = torch.cat([hs[i] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype

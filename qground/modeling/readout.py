@@ -20,8 +20,9 @@ class DistortionReadout(nn.Module):
     ``class·sub² + i·sub + j`` covers sub-cell row ``i``, column ``j`` of each patch; whole-image ``(M, 3·classes)``:
     presence per class, then fraction per class, then severity × fraction per class. ``forward`` returns their sigmoids
     as one ``(M, 1 + g², classes·sub²)`` map: row 0 holds the whole-image scores zero-padded to the width, rows 1… the
-    patches' coverage. ``strictness`` ≥ 0, one value or one per class ``(classes,)``, asks for stronger evidence:
-    every score of class k becomes ``sigmoid(logit − strictness_k)`` (0: as trained).
+    patches' coverage. ``threshold`` (one logit, or one per class ``(classes,)``; None: as trained) is the detection
+    strictness: an image's every score of class k is set to 0 unless its presence logit is ≥ ``threshold_k``, so
+    φv sees no evidence of a class the readout is not sure enough of.
     """
 
     def __init__(self, vision_dim: int, num_classes: int, sub: int) -> None:
@@ -45,12 +46,15 @@ class DistortionReadout(nn.Module):
         dense = self.dense(hidden[:, 1:]).transpose(1, 2).reshape(m, -1, g, g)
         return dense, self.whole(hidden[:, 0])
 
-    def forward(self, hidden: torch.Tensor, strictness: float | torch.Tensor = 0.0) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, threshold: float | torch.Tensor | None = None) -> torch.Tensor:
         dense, whole = self.logits(hidden)
-        per_class = torch.as_tensor(strictness, dtype=dense.dtype, device=dense.device).expand(self.num_classes)
-        dense = dense - per_class.repeat_interleave(self.sub * self.sub)[:, None, None]
-        whole = whole - per_class.repeat(3)
-        patches = dense.sigmoid().flatten(2).transpose(1, 2)  # (M, g², K)
+        patches = dense.sigmoid().flatten(2).transpose(1, 2)  # (M, g², K·sub²)
         pad = patches.new_zeros(hidden.shape[0], 1, self.width)
         pad[:, 0, : whole.shape[1]] = whole.sigmoid()
+        if threshold is not None:
+            k = self.num_classes
+            per_class = torch.as_tensor(threshold, dtype=whole.dtype, device=whole.device).expand(k)
+            keep = (whole[:, :k] >= per_class).to(patches.dtype)  # (M, K)
+            pad = pad * nn.functional.pad(keep.repeat(1, 3), (0, self.width - 3 * k), value=1.0)[:, None]
+            patches = patches * keep.repeat_interleave(self.sub * self.sub, dim=1)[:, None]
         return torch.cat([pad, patches], dim=1)
