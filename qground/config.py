@@ -167,6 +167,9 @@ class QGroundConfig:
     image_mean: tuple[float, ...] = CLIP_MEAN
     image_std: tuple[float, ...] = CLIP_STD
     detail_channels: bool = False  # append qground.detail's native-resolution channels to RGB
+    # > 0: a photo whose longest side exceeds this is first shrunk to it (Lanczos) for the detail channels, so a 12 MP
+    # photo is read at the scale of the largest photos the tower was trained on (synth's max_side); 0: no limit.
+    detail_max_side: int = 0
     feature_layers: tuple[int, ...] = (6, 14, 23)
     projector_pool: int = 2
     global_token: bool = False  # φv also maps the CLS position (a whole-image summary) to one more image token
@@ -263,6 +266,8 @@ class QGroundConfig:
         )
         _check(self.readout or not self.default_strictness, "default_strictness needs readout: true")
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
+        _check(self.detail_max_side >= 0, f"detail_max_side must be ≥ 0, got {self.detail_max_side}")
+        _check(self.detail_channels or not self.detail_max_side, "detail_max_side needs detail_channels: true")
         _check(
             self.vision.num_channels == 3 + NUM_DETAIL_CHANNELS * self.detail_channels,
             f"vision.num_channels must be {3 + NUM_DETAIL_CHANNELS * self.detail_channels} (RGB + detail channels)",

@@ -2,7 +2,8 @@
 
 Image frame: a photo of original size (H, W) (after EXIF orientation) is resized so its longest side is ``S =
 config.image_size`` → content (h, w), normalized, and padded bottom-right with zeros (the mean color) to S×S. With
-``config.detail_channels`` three channels computed at the photo's native resolution (``qground.detail``) follow RGB.
+``config.detail_channels`` the eight channels of ``qground.detail``, computed at the photo's native resolution (or
+shrunk to ``config.detail_max_side`` when larger), follow RGB.
 Masks go through the same mapping (nearest) and come back by ``ImageMeta``: crop [:h, :w] of the S×S frame, resize
 to (H, W).
 
@@ -83,12 +84,22 @@ class QGroundProcessor:
         resized = np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
         content = torch.from_numpy(resized).permute(2, 0, 1)
         if self.config.detail_channels:
-            content = torch.cat([content, detail_channels(np.asarray(img), (h, w))])
+            content = torch.cat([content, detail_channels(np.asarray(self._detail_source(img)), (h, w))])
         content = (content - self._mean) / self._std
         s = self.config.image_size
         out = torch.zeros(content.shape[0], s, s)
         out[:, :h, :w] = content
         return out, ImageMeta(original_size=original, resized_size=(h, w))
+
+    def _detail_source(self, img: Image.Image) -> Image.Image:
+        """The photo the detail channels are computed on: itself, or shrunk (Lanczos, as the training photos were) so
+        its longest side is ``config.detail_max_side`` when it is larger."""
+        cap = self.config.detail_max_side
+        if not cap or max(img.size) <= cap:
+            return img
+        s = cap / max(img.size)
+        size = (max(1, round(img.width * s)), max(1, round(img.height * s)))
+        return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)  # ≥ 3: as exact, 2.5× faster at 12 MP
 
     def preprocess_mask(self, mask: np.ndarray, meta: ImageMeta) -> torch.Tensor:
         """A bool/0-1 mask (H, W) in the original frame → (S, S) float {0, 1} in the padded input frame."""

@@ -1,11 +1,17 @@
 """Native-resolution detail channels respond to the distortions they are meant to expose."""
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFilter
 
-from qground.config import NUM_DETAIL_CHANNELS
+from qground.builder import config_nano, config_tiny
+from qground.config import NUM_DETAIL_CHANNELS, ConfigError
 from qground.detail import detail_channels
+from qground.processor import QGroundProcessor
+from training.data import synth
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +77,25 @@ def test_clipped_and_dark_fractions(texture):
 def test_tiny_image_has_every_channel():
     d = detail_channels(np.full((2, 3, 3), 128, np.uint8), (2, 3))
     assert d.shape == (NUM_DETAIL_CHANNELS, 2, 3) and bool(d.isfinite().all())
+
+
+def test_photos_larger_than_detail_max_side_are_read_at_that_size(texture):
+    """With ``detail_max_side`` the processor computes the detail channels of a larger photo on the photo shrunk to
+    that longest side (the scale of the largest training photos; qground-nano's matches the data engine's), and of a
+    photo within it at its own resolution; the RGB input does not change."""
+    config = dataclasses.replace(config_nano(), detail_max_side=240)
+    assert config_nano().detail_max_side == synth.MAX_SIDE
+    capped = QGroundProcessor(None, config)
+    native = QGroundProcessor(None, dataclasses.replace(config, detail_max_side=0))
+    big = Image.fromarray(texture)  # 480 × 320
+    x, meta = capped.preprocess_image(big)
+    h, w = meta.resized_size
+    shrunk = np.asarray(big.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    mean, std = config.image_mean[3], config.image_std[3]
+    assert torch.allclose(x[3:, :h, :w], (detail_channels(shrunk, (h, w)) - mean) / std, atol=1e-5)
+    y, _ = native.preprocess_image(big)
+    assert torch.equal(x[:3], y[:3]) and not torch.allclose(x[3:], y[3:], atol=1e-2)
+    small = Image.fromarray(texture[:200, :200])
+    assert torch.equal(capped.preprocess_image(small)[0], native.preprocess_image(small)[0])
+    with pytest.raises(ConfigError, match="detail_max_side needs detail_channels"):
+        dataclasses.replace(config_tiny(), detail_max_side=640)

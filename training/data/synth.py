@@ -36,6 +36,9 @@ from qground.visualize import region_location
 from training.data.archives import Archive, read_member
 
 SEVERITY_WORDS = ("mild", "moderate", "severe")
+# Longest side of the generated photos (each is shrunk to a random side in [MAX_SIDE / 2.5, MAX_SIDE]); qground-nano's
+# detail_max_side reads larger photos at this scale.
+MAX_SIDE = 640
 SPLITS = ("train", "eval", "val")  # disjoint photos: training, held-out evaluation, validation (choosing settings)
 ORDINALS = ("first", "second", "third", "fourth")
 
@@ -307,7 +310,7 @@ class Generated:
     photo: str
 
 
-def generate(index: int, split: str, seed: int, max_side: int = 640) -> Generated:
+def generate(index: int, split: str, seed: int, max_side: int = MAX_SIDE) -> Generated:
     """Image ``index`` of a split: 0 classes (25 %), else 1–3 classes on disjoint regions (whole image sometimes)."""
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     clean, photo = clean_base(split, rng, max_side)
@@ -462,7 +465,7 @@ def write_one(args: tuple[Path, int, str, int, int]) -> dict:
 
 
 def write_dataset(
-    out: Path, num: int, split: str, seed: int, comparisons: int, workers: int = 1, max_side: int = 640
+    out: Path, num: int, split: str, seed: int, comparisons: int, workers: int = 1, max_side: int = MAX_SIDE
 ) -> None:
     """Generate ``num`` images and every JSON file of the layout into ``out`` (``comparisons`` groups of 2–4 images)."""
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -544,7 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--comparisons", type=int, default=None, help="default: as many as images")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--max-side", type=int, default=640)
+    parser.add_argument(
+        "--max-side", type=int, default=MAX_SIDE, help="longest side of the photos (default %(default)s)"
+    )
     args = parser.parse_args(argv)
     write_dataset(args.out, args.num, args.split, args.seed, args.comparisons or args.num, args.workers, args.max_side)
     return 0
