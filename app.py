@@ -264,7 +264,7 @@ def _compare_tab(gr, svc, engine, scratch, settings: list) -> None:
         settings = svc.generation_settings(max_new, temp, p, strict, engine.config.readout)
         for answer in svc.compare_turn(engine, photos, text, settings):
             yield answer[0], gr.skip(), gr.skip()
-        yield answer[0], *svc.ranking_rows(answer[0], labels, answer[1])
+        yield answer[0], *svc.ranking_rows(answer[0], labels, answer[1], text)
 
     def ground_slots(max_new, temp, p, strict, *paths):
         labels, photos = svc.compare_photos(paths)
@@ -379,7 +379,7 @@ def _api_tab(gr, svc, engine, sam, scratch) -> None:
         answer = ("", None)  # (text so far, the choice head's probabilities once complete)
         for answer in svc.compare_turn(engine, photos, question, GenerationSettings()):
             yield answer[0], gr.skip(), gr.skip()
-        yield answer[0], *svc.ranking_rows(answer[0], labels, answer[1])
+        yield answer[0], *svc.ranking_rows(answer[0], labels, answer[1], question)
 
     def segment(image: str, regions_json: str):
         done = annot.annotate(sam, image, annot.parse_regions(regions_json))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -20,6 +20,7 @@ from transformers import DynamicCache
 
 from qground.config import MAX_STRICTNESS
 from qground.modeling.qground import ImageFeatures, QGroundModel
+from qground.naming import question_options
 from qground.processor import ImageMeta, QGroundProcessor
 from qground.prompts import Turn, ordinal
 from qground.taxonomy import match_class
@@ -180,6 +181,7 @@ class QGroundEngine:
         metas: list[ImageMeta] = sample["metas"]
         t1 = time.perf_counter()
         strictness = settings.strictness if len(metas) == 1 else 0.0
+        letters = {image: letter for letter, image in question_options(turns[-1].question, len(metas)).items()}
         with torch.inference_mode():
             features = self.model.encode_images(sample["pixel_values"], strictness) if metas else None
         tokens: list[int] = []
@@ -193,12 +195,12 @@ class QGroundEngine:
             states.append(state)
             if choice is not None:
                 choices.append(torch.softmax(choice, 0).tolist())
-            text = self.display_text(tokens, choices)
+            text = self.display_text(tokens, choices, letters)
             if text != shown:
                 shown = text
                 yield text
         t2 = time.perf_counter()
-        result = self._finish(tokens, states, features, metas[0] if metas else None, choices)
+        result = self._finish(tokens, states, features, metas[0] if metas else None, choices, letters)
         result.strictness = strictness
         t3 = time.perf_counter()
         result.timings = {
@@ -221,9 +223,13 @@ class QGroundEngine:
         return self.chat([image], [Turn(question)], settings)
 
     # -- parsing -----------------------------------------------------------------------------------------------------
-    def display_text(self, tokens: list[int], choices: list[list[float]] = ()) -> str:
+    def display_text(
+        self, tokens: list[int], choices: list[list[float]] = (), letters: Mapping[int, str] | None = None
+    ) -> str:
         """Decoded answer without special tokens, each ``[CHOICE]`` shown as the place word of the image its
-        ``choices`` entry (probabilities per image) favours; spaces before punctuation tidied."""
+        ``choices`` entry (probabilities per image) favours; spaces before punctuation tidied. ``letters`` (image
+        index → option letter of a multiple-choice question): the answer starts with the letter of the option its first
+        ``[CHOICE]`` picks, as such questions ask ("B. The first image.")."""
         pieces, start = [], 0
         for k, p in enumerate(p for p, t in enumerate(tokens) if t == self.config.token_ids.choice):
             pieces.append(self.tokenizer.decode(tokens[start:p], skip_special_tokens=True))
@@ -232,7 +238,9 @@ class QGroundEngine:
             start = p + 1
         text = " ".join([*pieces, self.tokenizer.decode(tokens[start:], skip_special_tokens=True)])
         text = re.sub(r"\s+([,.;:!?])", r"\1", text)
-        return re.sub(r"[ \t]+", " ", text).strip()
+        text = re.sub(r"[ \t]+", " ", text).strip()
+        picked = max(range(len(choices[0])), key=choices[0].__getitem__) if choices else None
+        return f"{letters[picked]}. {text}" if letters and picked in letters else text
 
     def _finish(
         self,
@@ -241,12 +249,13 @@ class QGroundEngine:
         features: ImageFeatures | None,
         meta: ImageMeta | None,
         choices: list[list[float]],
+        letters: Mapping[int, str] | None = None,
     ) -> GroundingResult:
         model = self.model
         ids = torch.tensor([tokens], dtype=torch.long)
         groups = model.seg_groups(ids, strict=False)
         result = GroundingResult(
-            text=self.display_text(tokens, choices),
+            text=self.display_text(tokens, choices, letters),
             raw_text=self.tokenizer.decode(tokens, skip_special_tokens=False).replace(self.tokenizer.eos_token, ""),
             masks={},
             scores={},

@@ -32,9 +32,9 @@ import torch
 from PIL import Image
 
 from qground.checkpoint import QUANT_CHOICES, CheckpointError, load_model
-from qground.evaluate import named_images
 from qground.imageio import ImageLoadError, load_image
 from qground.inference import GROUNDING_QUESTION, MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
+from qground.naming import named_images, question_options
 from qground.processor import PromptTooLongError, QGroundProcessor
 from qground.prompts import Turn
 from qground.sam import AnnotationError, write_atomically
@@ -487,11 +487,15 @@ def compare_turn(
         yield (item, None) if isinstance(item, str) else (item.text, item.choices[0] if item.choices else None)
 
 
-def ranking_rows(answer: str, labels: Sequence[str], choice: Sequence[float] | None = None) -> tuple[list[list], str]:
+def ranking_rows(
+    answer: str, labels: Sequence[str], choice: Sequence[float] | None = None, question: str = ""
+) -> tuple[list[list], str]:
     """Ranking table rows [rank, image label, phrase, probability] and a sentence saying how to read them. With the
     choice head's ``choice`` (one probability per image) every image is ranked by it; otherwise the images are in the
-    order the answer names them (its pick first), or there is no ranking when it names none."""
-    named = named_images(answer, len(labels), {label: k for k, label in enumerate(labels)})
+    order the answer names them (its pick first), or there is no ranking when it names none. A letter in the answer
+    is an option of ``question`` when it lists options ("A. The second image"), else an image's slot label."""
+    letters = question_options(question, len(labels)) or {label: k for k, label in enumerate(labels)}
+    named = named_images(answer, len(labels), letters)
     if choice is not None:
         if len(choice) != len(labels):
             raise ValueError(f"{len(choice)} choice probabilities for {len(labels)} images")

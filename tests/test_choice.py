@@ -17,6 +17,7 @@ from qground.builder import build_model, build_tokenizer, config_tiny
 from qground.checkpoint import apply_lora, load_model, save_checkpoint
 from qground.config import ConfigError, QGroundConfig, TokenIds
 from qground.inference import GenerationSettings, QGroundEngine
+from qground.naming import parse_choice, question_options
 from qground.processor import QGroundProcessor
 from qground.prompts import Turn
 from qground.tokens import CHOICE_ANSWER, CHOICE_TOKEN
@@ -203,3 +204,26 @@ def test_readers_turn_one_image_answers_into_choices(tmp_path):
     assert read.choices == [1] and read.turns[0].answer == CHOICE_ANSWER
     with pytest.raises(TrainConfigError, match="choice_answers needs a conversation format"):
         DataSource("q", "qground100k", "q.json", ".", choice_answers=True).validate()
+
+
+def test_multiple_choice_answers_lead_with_the_picked_option_letter(chooser, trained):
+    """When the question lists options, the answer starts with the letter of the option naming the image the choice
+    head picked ("B. The first image."), which the eval reads like the place word; free-form answers are unchanged."""
+    model_t, groups, _ = trained
+    _, tokenizer, processor = chooser
+    engine = QGroundEngine(model_t, processor)
+    choice = model_t.config.token_ids.choice
+    tokens = tokenizer("The", add_special_tokens=False)["input_ids"] + [choice]
+    tokens += tokenizer("image.", add_special_tokens=False)["input_ids"]
+    assert engine.display_text(tokens, [[0.2, 0.7, 0.1]], {0: "C", 1: "A", 2: "B"}) == "A. The second image."
+    assert engine.display_text(tokens, [[0.2, 0.7, 0.1]], {0: "C"}) == "The second image."  # option not listed
+    assert engine.display_text(tokens, [[0.2, 0.7, 0.1]]) == "The second image."
+    for images, question, _ in groups[:4]:
+        order = np.random.default_rng(len(images)).permutation(len(images))
+        options = "\n".join(f"{'ABC'[k]}. The {ORDINALS[i]} image" for k, i in enumerate(order))
+        mcq = f"{question}\n{options}\nAnswer with the option's letter from the given choices directly."
+        result = engine.chat(images, [Turn(mcq)], GenerationSettings(max_new_tokens=8))
+        picked = int(np.argmax(result.choices[0]))
+        letter = "ABC"[list(order).index(picked)]
+        assert result.text == f"{letter}. The {ORDINALS[picked]} image."
+        assert parse_choice(result.text, len(images), question_options(mcq, len(images))) == picked

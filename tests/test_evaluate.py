@@ -4,14 +4,8 @@ import numpy as np
 import pytest
 
 from qground.baseline import baseline_masks, cell_size
-from qground.evaluate import (
-    GroundingMetrics,
-    comparison_accuracy,
-    description_f1,
-    named_classes,
-    parse_choice,
-    question_options,
-)
+from qground.evaluate import GroundingMetrics, comparison_accuracy, description_f1, named_classes
+from qground.naming import parse_choice, question_options
 
 H, W = 40, 50  # 2000 pixels: 0.1 % is 2 pixels
 

@@ -14,8 +14,8 @@ from PIL import Image
 
 from qground import sam as annot
 from qground import service as svc
-from qground.evaluate import named_images
 from qground.inference import GenerationSettings, GroundingResult
+from qground.naming import named_images
 from qground.taxonomy import DISTORTION_COLORS
 from qground.visualize import hex_to_rgb
 
@@ -267,6 +267,12 @@ def test_ranking_rows_and_unparseable_answers():
     assert "choice head's probability" in note
     with pytest.raises(ValueError, match="2 choice probabilities for 3 images"):
         svc.ranking_rows("The third image.", ["A", "C", "D"], [0.5, 0.5])
+    # a multiple-choice answer: its letter is the question's option, not the slot with that label
+    question = "Which image is sharper?\nA. The second image\nB. The first image\nC. The third image"
+    rows, _ = svc.ranking_rows("C. The third image.", ["A", "B", "C"], [0.1, 0.2, 0.7], question)
+    assert rows[0] == [1, "C", "C.", "70%"] and rows[1][2] == rows[2][2] == ""
+    rows, _ = svc.ranking_rows("A.", ["A", "B", "C"], None, question)
+    assert rows[0][:3] == [1, "B", "A."]
 
 
 def test_compare_needs_two_to_four_images(photo_path):

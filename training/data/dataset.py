@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from qground.evaluate import parse_choice, question_options
+from qground.naming import parse_choice, question_options
 from qground.processor import QGroundProcessor
 from qground.prompts import Turn
 from qground.tokens import CHOICE_ANSWER
