@@ -184,6 +184,9 @@ class QGroundConfig:
     # The detection strictness front ends (app, CLI, eval) start from, 0..MAX_STRICTNESS: chosen on validation photos
     # by training.calibrate (0 = as trained). Models without a readout keep 0.
     default_strictness: float = 0.0
+    # Masks of models with a readout: (1 − w) · the pixel decoder's probability + w · the readout's coverage of the
+    # class (QGroundModel.blend_readout), w in [0, 1] chosen on validation photos by training.calibrate; 0: the decoder.
+    readout_mask_weight: float = 0.0
     # Answers to "which image?" end in a pointer: the state predicting [CHOICE] scores each image of the prompt against
     # the LLM's state at that image's last token (qground.modeling.choice_head) instead of spelling its place.
     choice_head: bool = False
@@ -265,6 +268,11 @@ class QGroundConfig:
             f"default_strictness must be between 0 and {MAX_STRICTNESS:g}, got {self.default_strictness}",
         )
         _check(self.readout or not self.default_strictness, "default_strictness needs readout: true")
+        _check(
+            0.0 <= self.readout_mask_weight <= 1.0,  # also refuses NaN
+            f"readout_mask_weight must be between 0 and 1, got {self.readout_mask_weight}",
+        )
+        _check(self.readout or not self.readout_mask_weight, "readout_mask_weight needs readout: true")
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(self.detail_max_side >= 0, f"detail_max_side must be ≥ 0, got {self.detail_max_side}")
         _check(self.detail_channels or not self.detail_max_side, "detail_max_side needs detail_channels: true")

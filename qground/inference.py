@@ -23,7 +23,7 @@ from qground.modeling.qground import ImageFeatures, QGroundModel
 from qground.naming import question_options
 from qground.processor import ImageMeta, QGroundProcessor
 from qground.prompts import Turn, ordinal
-from qground.taxonomy import match_class
+from qground.taxonomy import CLASS_NAMES, match_class
 from qground.visualize import area_percent, region_location
 
 GROUNDING_QUESTION = "Please segment out distorted regions in the image."
@@ -277,8 +277,11 @@ class QGroundEngine:
             names.append(match_class(phrase[-1]) if phrase else None)
             prev_end = g.positions[-1] + 1
         seg_states = torch.stack([torch.stack([states[p] for p in g.positions]) for g in groups])
+        first_image = torch.zeros(len(groups), dtype=torch.long)
+        classes = torch.tensor([CLASS_NAMES.index(n) if n else -1 for n in names])
         with torch.inference_mode():
-            logits = model.decode_masks(seg_states, features, torch.zeros(len(groups), dtype=torch.long))
+            logits = model.decode_masks(seg_states, features, first_image)
+            logits = model.blend_readout(logits, features, first_image, classes)
             logits = self.processor.postprocess_masks(logits, meta)
         for name, logit in zip(names, logits):
             if name is None:

@@ -139,16 +139,22 @@ def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):
 
 
 def test_the_shipped_default_strictness_was_chosen_on_validation_photos():
-    """``training.calibrate`` chose it on the val split (photos neither trained on nor held out) by mIoU."""
+    """``training.calibrate`` chose it and the readout mask weight on the val split (photos neither trained on nor held
+    out) by mIoU."""
     config = json.loads((NANO / "qground_config.json").read_text())
     record = json.loads((NANO / "calibration.json").read_text())
     assert record["chosen"] == config["default_strictness"] and record["criterion"] == "mIoU"
     best = max(record["sweep"].values(), key=lambda summary: summary["mIoU"])
     assert best["mIoU"] == record["sweep"][f"{config['default_strictness']:g}"]["mIoU"]
     assert len(record["sweep"]) == 7
+    blends = record["readout_mask_weight"]
+    assert blends["chosen"] == config["readout_mask_weight"] and len(blends["sweep"]) == 5
+    best = max(blends["sweep"].values(), key=lambda summary: summary["mIoU"])
+    assert best["mIoU"] == blends["sweep"][f"{config['readout_mask_weight']:g}"]["mIoU"]
     assert {p.name for p in synth.photos("val")}.isdisjoint(p.name for p in synth.PHOTOS if p.split != "val")
     from training.push import model_card
 
     card = model_card(NANO, "org/qground-nano")
     assert f"| default detection strictness | {config['default_strictness']:g} (0 = as trained; chosen on" in card
+    assert f"| readout mask weight | {config['readout_mask_weight']:g} (masks: decoder and readout coverage" in card
     assert "| comparisons | a choice head picks the answer's image" in card

@@ -3,6 +3,7 @@ vision tower."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -15,6 +16,7 @@ from qground.modeling import QGroundModel
 from qground.processor import QGroundProcessor
 from qground.prompts import Turn
 from qground.taxonomy import CLASS_NAMES
+from qground.tokenizer import seg_tokens
 from training.stages import set_trainable
 
 
@@ -108,6 +110,49 @@ def test_strictness_applies_to_one_image_prompts_only(readout_model, overfit_pho
         handle.remove()
     assert torch.allclose(seen[0], torch.full((5,), 4.0)) and seen[1] is None
     assert one.strictness == 4.0 and two.strictness == 0.0
+
+
+def test_coverage_map_lays_the_sub_cells_out_in_the_input_frame(readout_model):
+    """``coverage`` (M, classes, g·sub, g·sub): pixel (y, x) of the map is sub-cell (y mod sub, x mod sub) of patch
+    (y // sub, x // sub); ``encode_images`` hands it to the mask blend."""
+    model, _ = readout_model
+    g, sub = model.config.grid, model.readout.sub
+    hidden = torch.randn(2, 1 + g * g, model.config.vision.hidden_size)
+    dense, _ = model.readout.logits(hidden)
+    cover = model.readout.coverage(hidden)
+    assert cover.shape == (2, len(CLASS_NAMES), g * sub, g * sub)
+    for m, k, y, x in ((0, 0, 0, 0), (1, 3, 5, 2), (1, 4, g * sub - 1, g * sub - 2)):
+        channel = k * sub * sub + (y % sub) * sub + x % sub
+        assert torch.isclose(cover[m, k, y, x], dense[m, channel, y // sub, x // sub].sigmoid())
+
+
+def test_masks_blend_the_decoder_with_the_readout_coverage(readout_model, overfit_batch):
+    """``blend_readout``: logits of (1 − w)·σ(decoder) + w·coverage of the row's class (bilinear to S × S); w = 0,
+    class −1 and models without a readout leave the decoder's logits as they are."""
+    model, _ = readout_model
+    feats = model.encode_images(overfit_batch[1]["pixel_values"])
+    s = model.config.image_size
+    logits = torch.randn(3, s, s)
+    image, classes = torch.tensor([0, 1, 1]), torch.tensor([2, -1, 4])
+    assert torch.equal(model.blend_readout(logits, feats, image, classes), logits)  # the config's weight is 0
+    cover = torch.nn.functional.interpolate(feats.coverage, size=(s, s), mode="bilinear")  # (M, classes, S, S)
+    for w in (0.5, 1.0):
+        blending = QGroundModel(
+            dataclasses.replace(model.config, readout_mask_weight=w),
+            model.llava,
+            model.seg_head,
+            model.pixel_decoder,
+            model.readout,
+        )
+        out = blending.blend_readout(logits, feats, image, classes)
+        assert torch.equal(out[1], logits[1])
+        for row, (m, k) in ((0, (0, 2)), (2, (1, 4))):
+            want = (1 - w) * logits[row].sigmoid() + w * cover[m, k]
+            assert torch.allclose(out[row].sigmoid(), want, atol=1e-5)
+    with pytest.raises(ConfigError, match="readout_mask_weight must be between 0 and 1"):
+        dataclasses.replace(model.config, readout_mask_weight=1.5)
+    with pytest.raises(ConfigError, match="readout_mask_weight needs readout: true"):
+        dataclasses.replace(model.config, readout=False, readout_mask_weight=0.5)
 
 
 def test_phi_v_reads_the_readout(readout_model, overfit_batch):
@@ -229,3 +274,29 @@ def test_readout_checkpoint_loads_quietly_and_checks_its_keys(readout_model, tmp
     save_file(state, folder / FULL_WEIGHTS, metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="does not fit qground_config.json: missing or unexpected"):
         load_model(folder, device="cpu", dtype=torch.float32)
+
+
+def test_the_engine_draws_blended_masks(readout_model):
+    """The engine's masks go through the blend with the class each answer names: at weight 1 the noise mask is where
+    the readout's noise coverage is above one half."""
+    model, tokenizer = readout_model
+    blending = QGroundModel(
+        dataclasses.replace(model.config, readout_mask_weight=1.0),
+        model.llava,
+        model.seg_head,
+        model.pixel_decoder,
+        model.readout,
+    )
+    engine = QGroundEngine(blending, QGroundProcessor(tokenizer, blending.config))
+    group = seg_tokens(blending.config).group_text()
+    tokens = tokenizer(f"The segmentation results are: noise {group}", add_special_tokens=False).input_ids
+    states = [torch.randn(blending.config.llm.hidden_size) for _ in tokens]
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    sample = engine.processor([photo], [Turn("x")])
+    meta = sample["metas"][0]
+    feats = blending.encode_images(sample["pixel_values"])
+    result = engine._finish(tokens, states, feats, meta, [])
+    s = blending.config.image_size
+    cover = torch.nn.functional.interpolate(feats.coverage[:, 4:5], size=(s, s), mode="bilinear")[:, 0]
+    expected = engine.processor.postprocess_masks(torch.logit(cover, eps=1e-6), meta)[0] > 0
+    assert set(result.masks) == {"noise"} and np.array_equal(result.masks["noise"], expected.numpy())

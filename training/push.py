@@ -51,10 +51,12 @@ def model_card(folder: Path, repo_id: str) -> str:
         from training.calibrate import CALIBRATION_NAME
 
         chosen = (folder / CALIBRATION_NAME).exists()
-        lines.append(
-            f"| default detection strictness | {config.default_strictness:g} (0 = as trained; "
-            f"{'chosen on validation photos, `calibration.json`' if chosen else 'not calibrated'}) |"
-        )
+        source = "chosen on validation photos, `calibration.json`" if chosen else "not calibrated"
+        lines += [
+            f"| default detection strictness | {config.default_strictness:g} (0 = as trained; {source}) |",
+            f"| readout mask weight | {config.readout_mask_weight:g} (masks: decoder and readout coverage blended; "
+            f"{source}) |",
+        ]
     if config.choice_head:
         lines.append("| comparisons | a choice head picks the answer's image (`[CHOICE]`, shown as its place word) |")
     if train_cfg:

@@ -29,10 +29,12 @@ from qground.modeling.seg_head import SegHead
 
 @dataclass
 class ImageFeatures:
-    """Vision outputs for M images: ``tokens`` (M, T, D) for the LLM, ``decoder`` two (M, g², Dv) patch maps."""
+    """Vision outputs for M images: ``tokens`` (M, T, D) for the LLM, ``decoder`` two (M, g², Dv) patch maps, and
+    with a readout its ``coverage`` (M, classes, g·sub, g·sub) of the padded input frame (``DistortionReadout``)."""
 
     tokens: torch.Tensor
     decoder: tuple[torch.Tensor, torch.Tensor]
+    coverage: torch.Tensor | None = None
 
 
 @dataclass
@@ -112,15 +114,18 @@ class QGroundModel(nn.Module):
                 interpolate_pos_encoding=cfg.image_size != cfg.vision.native_image_size,
             )
         hs = out.hidden_states
+        coverage = None
         if self.readout is not None:  # frozen like the tower
             with torch.no_grad():
-                stacked = self.readout(hs[-1].to(next(self.readout.parameters()).dtype), threshold)  # CLS + patches
+                last = hs[-1].to(next(self.readout.parameters()).dtype)
+                stacked = self.readout(last, threshold)  # CLS + patches
+                coverage = self.readout.coverage(last)
         else:
             stacked = torch.cat([hs[i] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype
         tokens = self.projector(stacked.to(proj_dtype))
         decoder = tuple(hs[i][:, 1:] for i in cfg.decoder.layers)
-        return ImageFeatures(tokens=tokens, decoder=decoder)
+        return ImageFeatures(tokens=tokens, decoder=decoder, coverage=coverage)
 
     def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings (B, L, D) with image-token positions replaced by ``image_tokens`` (M, T, D) in order: all T
@@ -196,6 +201,24 @@ class QGroundModel(nn.Module):
         logits = self.pixel_decoder(feats, seg.to(dec_dtype))
         size = self.config.image_size
         return F.interpolate(logits[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+    def blend_readout(
+        self, logits: torch.Tensor, features: ImageFeatures, image_index: torch.Tensor, classes: torch.Tensor
+    ) -> torch.Tensor:
+        """Mask ``logits`` (N, S, S) of ``decode_masks`` for classes ``classes`` (N,) (index into the taxonomy; −1:
+        none) → the logits of (1 − w) · their probability + w · the readout's coverage of that class (bilinear to
+        S × S), w = ``config.readout_mask_weight``: two predictors of the same mask, averaged (inference only).
+        Unchanged when w is 0, for class −1, or without a readout."""
+        w = self.config.readout_mask_weight
+        rows = (classes >= 0).nonzero().flatten()
+        if not w or features.coverage is None or not len(rows):
+            return logits
+        size = logits.shape[-2:]
+        cover = features.coverage[image_index[rows], classes[rows]].float()  # (n, g·sub, g·sub)
+        cover = F.interpolate(cover[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        blended = logits.clone()
+        blended[rows] = torch.logit((1 - w) * logits[rows].float().sigmoid() + w * cover, eps=1e-6).to(logits.dtype)
+        return blended
 
     # -- training forward --------------------------------------------------------------------------------------------
     def forward(
