@@ -230,17 +230,15 @@ class QGroundEngine:
         ``choices`` entry (probabilities per image) favours; spaces before punctuation tidied. ``letters`` (image
         index → option letter of a multiple-choice question): the answer starts with the letter of the option its first
         ``[CHOICE]`` picks, as such questions ask ("B. The first image.")."""
+        picks = [max(range(len(probs)), key=probs.__getitem__) for probs in choices]
         pieces, start = [], 0
         for k, p in enumerate(p for p, t in enumerate(tokens) if t == self.config.token_ids.choice):
-            pieces.append(self.tokenizer.decode(tokens[start:p], skip_special_tokens=True))
-            probs = choices[k]
-            pieces.append(ordinal(max(range(len(probs)), key=probs.__getitem__)))
+            pieces += [self.tokenizer.decode(tokens[start:p], skip_special_tokens=True), ordinal(picks[k])]
             start = p + 1
         text = " ".join([*pieces, self.tokenizer.decode(tokens[start:], skip_special_tokens=True)])
         text = re.sub(r"\s+([,.;:!?])", r"\1", text)
         text = re.sub(r"[ \t]+", " ", text).strip()
-        picked = max(range(len(choices[0])), key=choices[0].__getitem__) if choices else None
-        return f"{letters[picked]}. {text}" if letters and picked in letters else text
+        return f"{letters[picks[0]]}. {text}" if picks and letters and picks[0] in letters else text
 
     def _finish(
         self,

@@ -114,7 +114,7 @@ def test_strictness_applies_to_one_image_prompts_only(readout_model, overfit_pho
 
 def test_coverage_map_lays_the_sub_cells_out_in_the_input_frame(readout_model):
     """``coverage`` (M, classes, g·sub, g·sub): pixel (y, x) of the map is sub-cell (y mod sub, x mod sub) of patch
-    (y // sub, x // sub); ``encode_images`` hands it to the mask blend."""
+    (y // sub, x // sub)."""
     model, _ = readout_model
     g, sub = model.config.grid, model.readout.sub
     hidden = torch.randn(2, 1 + g * g, model.config.vision.hidden_size)
@@ -128,14 +128,14 @@ def test_coverage_map_lays_the_sub_cells_out_in_the_input_frame(readout_model):
 
 def test_masks_blend_the_decoder_with_the_readout_coverage(readout_model, overfit_batch):
     """``blend_readout``: logits of (1 − w)·σ(decoder) + w·coverage of the row's class (bilinear to S × S); w = 0,
-    class −1 and models without a readout leave the decoder's logits as they are."""
+    class −1 and models without a readout leave the decoder's logits as they are. ``encode_images`` computes the
+    coverage only for a model that blends (w > 0)."""
     model, _ = readout_model
-    feats = model.encode_images(overfit_batch[1]["pixel_values"])
+    pixels = overfit_batch[1]["pixel_values"]
+    assert model.encode_images(pixels).coverage is None  # the config's weight is 0
     s = model.config.image_size
     logits = torch.randn(3, s, s)
     image, classes = torch.tensor([0, 1, 1]), torch.tensor([2, -1, 4])
-    assert torch.equal(model.blend_readout(logits, feats, image, classes), logits)  # the config's weight is 0
-    cover = torch.nn.functional.interpolate(feats.coverage, size=(s, s), mode="bilinear")  # (M, classes, S, S)
     for w in (0.5, 1.0):
         blending = QGroundModel(
             dataclasses.replace(model.config, readout_mask_weight=w),
@@ -144,6 +144,9 @@ def test_masks_blend_the_decoder_with_the_readout_coverage(readout_model, overfi
             model.pixel_decoder,
             model.readout,
         )
+        feats = blending.encode_images(pixels)
+        assert torch.equal(model.blend_readout(logits, feats, image, classes), logits)  # weight 0
+        cover = torch.nn.functional.interpolate(feats.coverage, size=(s, s), mode="bilinear")  # (M, classes, S, S)
         out = blending.blend_readout(logits, feats, image, classes)
         assert torch.equal(out[1], logits[1])
         for row, (m, k) in ((0, (0, 2)), (2, (1, 4))):

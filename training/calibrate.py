@@ -33,10 +33,10 @@ CALIBRATION_NAME = "calibration.json"
 
 def _summary(engine: QGroundEngine, data: Path, strictness: float, limit: int | None, label: str) -> dict:
     """The model's grounding summary on ``data`` (``GroundingMetrics.summary()``: mIoU, clean rate, …), printed."""
-    settings = GenerationSettings(strictness=strictness)
-    summary = evaluate(engine, data, ("ground",), limit, progress=False, settings=settings)["ground"]["methods"][
-        "model"
-    ]
+    report = evaluate(
+        engine, data, ("ground",), limit, progress=False, settings=GenerationSettings(strictness=strictness)
+    )
+    summary = report["ground"]["methods"]["model"]
     cells = ", ".join(f"{k} {'–' if summary[k] is None else f'{summary[k]:.3f}'}" for k in ("mIoU", "clean_rate"))
     print(f"{label}: {cells}", flush=True)
     return summary

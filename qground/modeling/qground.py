@@ -30,7 +30,8 @@ from qground.modeling.seg_head import SegHead
 @dataclass
 class ImageFeatures:
     """Vision outputs for M images: ``tokens`` (M, T, D) for the LLM, ``decoder`` two (M, g², Dv) patch maps, and
-    with a readout its ``coverage`` (M, classes, g·sub, g·sub) of the padded input frame (``DistortionReadout``)."""
+    when the config blends masks with the readout (``readout_mask_weight`` > 0) its ``coverage`` (M, classes, g·sub,
+    g·sub) of the padded input frame (``DistortionReadout``)."""
 
     tokens: torch.Tensor
     decoder: tuple[torch.Tensor, torch.Tensor]
@@ -119,7 +120,7 @@ class QGroundModel(nn.Module):
             with torch.no_grad():
                 last = hs[-1].to(next(self.readout.parameters()).dtype)
                 stacked = self.readout(last, threshold)  # CLS + patches
-                coverage = self.readout.coverage(last)
+                coverage = self.readout.coverage(last) if cfg.readout_mask_weight else None  # for blend_readout
         else:
             stacked = torch.cat([hs[i] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype
