@@ -118,6 +118,7 @@ def config_nano() -> QGroundConfig:
         readout=True,
         image_ordinals=8,
         choice_head=True,
+        choice_keys="readout",
         base_model_id=None,
         tokenizer_id=None,
     )
@@ -204,7 +205,10 @@ def assemble(config: QGroundConfig, llava: LlavaForConditionalGeneration) -> QGr
         seg_head = SegHead(config.llm.hidden_size, config.decoder.dim, config.seg_levels, config.seg_tokens_per_level)
         d = config.decoder
         decoder = PixelDecoder(config.vision.hidden_size, d.dim, d.depth, d.num_heads, d.mlp_dim)
-        choice_head = ChoiceHead(config.llm.hidden_size) if config.choice_head else None
+        choice_head = None
+        if config.choice_head:
+            key_dim = 3 * len(CLASS_NAMES) if config.choice_keys == "readout" else config.llm.hidden_size
+            choice_head = ChoiceHead(config.llm.hidden_size, key_dim)
     llava.model.multi_modal_projector = projector
     return QGroundModel(config, llava, seg_head, decoder, readout, choice_head)
 

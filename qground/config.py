@@ -21,6 +21,7 @@ FORMAT_VERSION = 1
 MAX_STRICTNESS = 8.0  # detection strictness range: 0..MAX_STRICTNESS (README, "Detection strictness")
 
 NUM_DETAIL_CHANNELS = 8  # qground.detail: native-resolution channels appended to RGB when detail_channels is set
+CHOICE_KEYS = ("llm", "readout")  # QGroundConfig.choice_keys: what the choice head compares the query with
 READOUT_SUB = 2  # qground.modeling.readout: sub-cells per patch side whose class coverage the readout predicts
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -188,8 +189,12 @@ class QGroundConfig:
     # class (QGroundModel.blend_readout), w in [0, 1] chosen on validation photos by training.calibrate; 0: the decoder.
     readout_mask_weight: float = 0.0
     # Answers to "which image?" end in a pointer: the state predicting [CHOICE] scores each image of the prompt against
-    # the LLM's state at that image's last token (qground.modeling.choice_head) instead of spelling its place.
+    # that image's key (qground.modeling.choice_head) instead of spelling its place.
     choice_head: bool = False
+    # The choice head's key per image: "llm", the LLM's state at the image's last token; "readout" (models with a
+    # readout), the image's own whole-image readout scores (presence, area, severity × area per class), so the LLM
+    # only says what is asked and every image is scored on its own evidence, whatever its place in the prompt.
+    choice_keys: str = "llm"
     image_ordinals: int = 0  # > 0: φv adds a learned embedding of each image's place in its sample (first, second, …)
     seg_levels: int = 2
     seg_tokens_per_level: int = 3
@@ -292,6 +297,11 @@ class QGroundConfig:
         _check(len(self.feature_layers) >= 1, "feature_layers needs at least one layer")
         _check(self.seg_levels == 2, "the pixel decoder has exactly two levels (seg_levels = 2)")
         _check(self.seg_tokens_per_level >= 1, "seg_tokens_per_level must be >= 1")
+        _check(self.choice_keys in CHOICE_KEYS, f"choice_keys must be one of {CHOICE_KEYS}, got {self.choice_keys!r}")
+        _check(
+            self.choice_keys == "llm" or (self.choice_head and self.readout),
+            "choice_keys 'readout' needs choice_head: true and readout: true",
+        )
         self.token_ids.validate(self.seg_count, self.choice_head)
 
     def to_dict(self) -> dict[str, Any]:

@@ -136,7 +136,7 @@ def decode(
         hidden = lm(inputs_embeds=embeds, past_key_values=cache, use_cache=settings.use_cache).last_hidden_state
         keys = None
         if model.choice_head is not None:
-            keys = model.image_states(input_ids[0].to(hidden.device), hidden[0])
+            keys = model.image_keys(input_ids[0].to(hidden.device), hidden[0], features, 0)
         for step in range(settings.max_new_tokens):
             state = hidden[0, -1]
             logits = head(state).float()

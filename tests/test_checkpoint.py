@@ -20,6 +20,7 @@ from qground.checkpoint import (
 )
 from qground.inference import GenerationSettings, QGroundEngine
 from qground.processor import QGroundProcessor
+from training.train import BATCH_KEYS
 
 
 def outputs(model, batch):
@@ -141,10 +142,19 @@ def test_4bit_nf4_keeps_listed_modules_and_masks(trained_tiny, saved_full, overf
     ):
         linears = [m for n, m in modules.items() if n.startswith(prefix) and isinstance(m, nn.Linear)]
         assert linears and not any(isinstance(m, bnb.nn.Linear4bit) for m in linears), prefix
+    # Teacher-forced on the training answers, the 4-bit model keeps the full model's text and mask losses.
+    batch = {k: overfit_batch[1][k] for k in BATCH_KEYS}
+    with torch.no_grad():
+        full_out, quant_out = trained_tiny.model(**batch), model(**batch)
+    assert abs(float(quant_out["ce"]) - float(full_out["ce"])) < 0.1
+    assert float(quant_out["dice"]) <= float(full_out["dice"]) + 0.05
+    # Generated freely, the masks of the classes both name agree. Which classes are named can differ: greedy answers
+    # of this overfit width-64 LLM flip a marginal class under NF4 on some CPUs (seen: "low light" dropped).
     engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config))
     for img, _ in overfit_batch[0]:
         full, quant = trained_tiny.ground(img), engine.ground(img, settings=GenerationSettings())
-        assert set(quant.masks) == set(full.masks)
-        for k in full.masks:
+        common = set(quant.masks) & set(full.masks)
+        assert common
+        for k in common:
             inter, union = (full.masks[k] & quant.masks[k]).sum(), (full.masks[k] | quant.masks[k]).sum()
             assert inter / union >= 0.9, k

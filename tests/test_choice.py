@@ -227,3 +227,49 @@ def test_multiple_choice_answers_lead_with_the_picked_option_letter(chooser, tra
         letter = "ABC"[list(order).index(picked)]
         assert result.text == f"{letter}. The {ORDINALS[picked]} image."
         assert parse_choice(result.text, len(images), question_options(mcq, len(images))) == picked
+
+
+def test_readout_keys_score_each_image_on_its_own_evidence(tmp_path):
+    """With ``choice_keys`` "readout" the keys are the images' whole-image readout scores: (n, 3·classes) rows of
+    ``features.evidence``, the same for an image whatever the other images of the prompt; the head trains to answer
+    the comparisons, survives a checkpoint round trip, and the config refuses the keys without a readout."""
+    base = dataclasses.replace(config_tiny(), readout=True, global_token=True, choice_head=True, choice_keys="readout")
+    tokenizer, config = build_tokenizer(base)
+    torch.manual_seed(0)
+    model = build_model(config)
+    processor = QGroundProcessor(tokenizer, config)
+    assert model.choice_head.key.in_features == 15
+    groups = [group(seed) for seed in range(16)]
+    batch = processor.collate([processor(im, [Turn(q, CHOICE_ANSWER)], choices=[c]) for im, q, c in groups])
+    features = model.encode_images(batch["pixel_values"])
+    assert features.evidence.shape == (len(batch["pixel_values"]), 15)
+    n0 = len(groups[0][0])
+    keys = model.image_keys(batch["input_ids"][1], torch.zeros(batch["input_ids"].shape[1], 64), features, n0)
+    alone = model.encode_images(processor([groups[1][0][0]], [Turn("?")])["pixel_values"]).evidence
+    assert keys.shape == (len(groups[1][0]), 15) and torch.allclose(keys[0], alone[0], atol=1e-5)
+
+    params = [p for n, p in model.named_parameters() if not n.startswith(("llava.model.vision_tower", "readout."))]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    model.train()
+    for _ in range(60):
+        out = model(**{k: batch[k] for k in BATCH_KEYS})
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    model.eval()
+    engine = QGroundEngine(model, processor)
+    answers = [engine.chat(im, [Turn(q)], GenerationSettings(max_new_tokens=8)) for im, q, _ in groups]
+    assert sum(int(np.argmax(a.choices[0])) == c for a, (_, _, c) in zip(answers, groups)) >= 14
+
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    loaded, tok = load_model(tmp_path / "ckpt", device="cpu", dtype=torch.float32)
+    assert loaded.config.choice_keys == "readout"
+    images, question, _ = groups[5]
+    again = QGroundEngine(loaded, QGroundProcessor(tok, loaded.config)).chat(
+        images, [Turn(question)], GenerationSettings(max_new_tokens=8)
+    )
+    assert np.allclose(again.choices, answers[5].choices, atol=1e-5)
+    with pytest.raises(ConfigError, match="choice_keys 'readout' needs choice_head: true and readout: true"):
+        dataclasses.replace(config, readout=False)
+    with pytest.raises(ConfigError, match="choice_keys must be one of"):
+        dataclasses.replace(config, choice_keys="pixels")

@@ -58,7 +58,9 @@ def model_card(folder: Path, repo_id: str) -> str:
             f"{source}) |",
         ]
     if config.choice_head:
-        lines.append("| comparisons | a choice head picks the answer's image (`[CHOICE]`, shown as its place word) |")
+        keys = "each image's readout scores" if config.choice_keys == "readout" else "the LLM's state at each image"
+        pick = "a choice head picks the answer's image (`[CHOICE]`, shown as its place word"
+        lines.append(f"| comparisons | {pick}; keys: {keys}) |")
     if train_cfg:
         o = train_cfg["optim"]
         lines += [

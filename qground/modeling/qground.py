@@ -7,7 +7,8 @@ Token contract (the processor builds it, this module checks it):
   from the hidden states at the positions that *predict* those tokens (position ``p - 1`` for a token at ``p``);
 - a sample's targets are segmented in that sample's first image;
 - with a choice head, each ``[CHOICE]`` id of a sample picks one of that sample's images: the state predicting it is
-  the query, the states at each image's last image token are the keys.
+  the query; the keys are the states at each image's last image token, or with ``config.choice_keys`` "readout" each
+  image's whole-image readout scores.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from qground.modeling.seg_head import SegHead
 
 @dataclass
 class ImageFeatures:
-    """Vision outputs for M images: ``tokens`` (M, T, D) for the LLM, ``decoder`` two (M, g², Dv) patch maps, and
+    """Vision outputs for M images: ``tokens`` (M, T, D) for the LLM, ``decoder`` two (M, g², Dv) patch maps;
     when the config blends masks with the readout (``readout_mask_weight`` > 0) its ``coverage`` (M, classes, g·sub,
-    g·sub) of the padded input frame (``DistortionReadout``)."""
+    g·sub) of the padded input frame, and when the choice head compares readouts (``choice_keys`` "readout") the
+    ``evidence`` (M, 3·classes): each image's whole-image readout scores as trained (``DistortionReadout``)."""
 
     tokens: torch.Tensor
     decoder: tuple[torch.Tensor, torch.Tensor]
     coverage: torch.Tensor | None = None
+    evidence: torch.Tensor | None = None
 
 
 @dataclass
@@ -115,18 +118,20 @@ class QGroundModel(nn.Module):
                 interpolate_pos_encoding=cfg.image_size != cfg.vision.native_image_size,
             )
         hs = out.hidden_states
-        coverage = None
+        coverage = evidence = None
         if self.readout is not None:  # frozen like the tower
             with torch.no_grad():
                 last = hs[-1].to(next(self.readout.parameters()).dtype)
                 stacked = self.readout(last, threshold)  # CLS + patches
                 coverage = self.readout.coverage(last) if cfg.readout_mask_weight else None  # for blend_readout
+                if cfg.choice_keys == "readout":  # ungated: comparisons read the evidence as trained
+                    evidence = self.readout.logits(last)[1].sigmoid()
         else:
             stacked = torch.cat([hs[i] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype
         tokens = self.projector(stacked.to(proj_dtype))
         decoder = tuple(hs[i][:, 1:] for i in cfg.decoder.layers)
-        return ImageFeatures(tokens=tokens, decoder=decoder, coverage=coverage)
+        return ImageFeatures(tokens=tokens, decoder=decoder, coverage=coverage, evidence=evidence)
 
     def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings (B, L, D) with image-token positions replaced by ``image_tokens`` (M, T, D) in order: all T
@@ -250,27 +255,39 @@ class QGroundModel(nn.Module):
         w = self.config.loss
         ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         bce, dice = self._mask_losses(input_ids, hidden, features, masks, image_sizes)
-        choice = self._choice_loss(input_ids, hidden, choices)
+        choice = self._choice_loss(input_ids, hidden, features, choices)
         loss = w.ce * ce + w.mask * (w.bce * bce + w.dice * dice) + w.choice * choice
         return {"logits": logits, "ce": ce, "bce": bce, "dice": dice, "choice": choice, "loss": loss}
 
     # -- choices -----------------------------------------------------------------------------------------------------
-    def image_states(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """One sample's (L,) ids and (L, D) LLM states → (n, D) states at each of its n images' last image token
-        (the whole-image token with ``global_token``), in prompt order: the choice head's keys."""
+    def image_keys(
+        self, input_ids: torch.Tensor, hidden: torch.Tensor, features: ImageFeatures | None, first_image: int
+    ) -> torch.Tensor:
+        """One sample's (L,) ids and (L, D) LLM states, the ``features`` of its batch's images and the index of
+        the sample's first image among them → the choice head's keys for its n images, in prompt order: (n, D) LLM
+        states at each image's last image token (the whole-image token with ``global_token``), or with
+        ``config.choice_keys`` "readout" (n, 3·classes) rows of ``features.evidence``."""
         positions = (input_ids == self.config.token_ids.image).nonzero()[:, 0]
         n = self.config.images_in(len(positions))
+        if self.config.choice_keys == "readout":
+            if n and (features is None or features.evidence is None):
+                raise ValueError("choice_keys 'readout' needs the images' readout evidence (encode_images)")
+            return features.evidence[first_image : first_image + n] if n else hidden.new_zeros(0, 0)
         return hidden[positions.view(n, -1)[:, -1]] if n else hidden[:0]
 
     def choice_logits(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """``query`` (D,) state predicting a ``[CHOICE]``, ``keys`` (n, D) from ``image_states`` → (n,) logits."""
+        """``query`` (D,) state predicting a ``[CHOICE]``, ``keys`` (n, key_dim) from ``image_keys`` → (n,) logits."""
         if self.choice_head is None:
             raise ValueError("this model has no choice head (config.choice_head)")
         dtype = next(self.choice_head.parameters()).dtype
         return self.choice_head(query.to(dtype), keys.to(dtype)).float()
 
     def _choice_loss(
-        self, input_ids: torch.Tensor, hidden: torch.Tensor, choices: list[torch.Tensor] | None
+        self,
+        input_ids: torch.Tensor,
+        hidden: torch.Tensor,
+        features: ImageFeatures | None,
+        choices: list[torch.Tensor] | None,
     ) -> torch.Tensor:
         zero = hidden.sum() * 0.0
         if self.choice_head is None:
@@ -278,6 +295,7 @@ class QGroundModel(nn.Module):
                 raise ValueError("choice targets were given but this model has no choice head (config.choice_head)")
             return zero.float()
         losses = []
+        first_image = self._first_image_per_sample(input_ids).tolist()
         for b, row in enumerate(input_ids):
             positions = (row == self.config.token_ids.choice).nonzero()[:, 0].tolist()
             targets = [] if choices is None else choices[b].tolist()
@@ -285,7 +303,7 @@ class QGroundModel(nn.Module):
                 raise ValueError(f"sample {b}: {len(positions)} [CHOICE] token(s) but {len(targets)} choice target(s)")
             if not positions:
                 continue
-            keys = self.image_states(row, hidden[b])
+            keys = self.image_keys(row, hidden[b], features, first_image[b])
             for p, target in zip(positions, targets):
                 if not 0 <= target < len(keys):
                     raise ValueError(f"sample {b}: choice target {target} but the prompt holds {len(keys)} image(s)")
