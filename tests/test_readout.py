@@ -27,6 +27,20 @@ def readout_model(tiny):
     return build_model(config, seed=0), tokenizer
 
 
+@pytest.fixture
+def thresholds(readout_model, monkeypatch) -> list:
+    """The ``threshold`` (detection strictness gate) of every ``readout.scores`` call made while the test runs."""
+    readout = readout_model[0].readout
+    seen, scores = [], readout.scores
+
+    def spy(dense, whole, threshold=None):
+        seen.append(threshold)
+        return scores(dense, whole, threshold)
+
+    monkeypatch.setattr(readout, "scores", spy)
+    return seen
+
+
 def test_readout_layout(readout_model):
     model, _ = readout_model
     g, n = model.config.grid, len(CLASS_NAMES)
@@ -67,7 +81,7 @@ def test_strictness_hides_the_evidence_of_classes_the_readout_is_not_sure_of(rea
         tiny[0].encode_images(overfit_batch[1]["pixel_values"], strictness=1.0)
 
 
-def test_strictness_is_scaled_by_the_readout_confidence(readout_model, overfit_batch):
+def test_strictness_is_scaled_by_the_readout_confidence(readout_model, overfit_batch, thresholds):
     """With ``readout_confidence`` c, class k needs a presence logit of s × c_k / mean(c) (a class the readout is
     less sure of needs less); without it, s for every class; at 0 the readout is not gated."""
     model, _ = readout_model
@@ -79,36 +93,26 @@ def test_strictness_is_scaled_by_the_readout_confidence(readout_model, overfit_b
         model.pixel_decoder,
         model.readout,
     )
-    seen = []
-    handle = model.readout.register_forward_hook(lambda module, args, out: seen.append(args[1]))
-    try:
-        confident.encode_images(pixels, strictness=3.0)
-        model.encode_images(pixels, strictness=3.0)
-        model.encode_images(pixels)
-    finally:
-        handle.remove()
-    assert torch.allclose(seen[0], 3.0 * torch.tensor([6.0, 2.0, 6.0, 4.0, 7.0]) / 5.0)
-    assert torch.allclose(seen[1], torch.full((5,), 3.0)) and seen[2] is None
+    confident.encode_images(pixels, strictness=3.0)
+    model.encode_images(pixels, strictness=3.0)
+    model.encode_images(pixels)
+    assert torch.allclose(thresholds[0], 3.0 * torch.tensor([6.0, 2.0, 6.0, 4.0, 7.0]) / 5.0)
+    assert torch.allclose(thresholds[1], torch.full((5,), 3.0)) and thresholds[2] is None
     with pytest.raises(ConfigError, match="readout_confidence must hold 5 positive logits"):
         dataclasses.replace(model.config, readout_confidence=(1.0, -1.0, 1.0, 1.0, 1.0))
     with pytest.raises(ConfigError, match="readout_confidence needs readout: true"):
         dataclasses.replace(model.config, readout=False, readout_confidence=(1.0,) * 5)
 
 
-def test_strictness_applies_to_one_image_prompts_only(readout_model, overfit_photo_files):
+def test_strictness_applies_to_one_image_prompts_only(readout_model, overfit_photo_files, thresholds):
     """Comparisons rank images by their evidence as read: with several images the engine does not gate the readout,
     and the result records strictness 0; with one image it does and records the setting."""
     model, tokenizer = readout_model
     engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config))
     settings = GenerationSettings(max_new_tokens=2, strictness=4.0)
-    seen = []
-    handle = model.readout.register_forward_hook(lambda module, args, out: seen.append(args[1]))
-    try:
-        one = engine.chat([Image.open(overfit_photo_files[0])], [Turn("Is it sharp?")], settings)
-        two = engine.chat([Image.open(p) for p in overfit_photo_files], [Turn("Which image is sharper?")], settings)
-    finally:
-        handle.remove()
-    assert torch.allclose(seen[0], torch.full((5,), 4.0)) and seen[1] is None
+    one = engine.chat([Image.open(overfit_photo_files[0])], [Turn("Is it sharp?")], settings)
+    two = engine.chat([Image.open(p) for p in overfit_photo_files], [Turn("Which image is sharper?")], settings)
+    assert torch.allclose(thresholds[0], torch.full((5,), 4.0)) and thresholds[1] is None
     assert one.strictness == 4.0 and two.strictness == 0.0
 
 
@@ -119,7 +123,7 @@ def test_coverage_map_lays_the_sub_cells_out_in_the_input_frame(readout_model):
     g, sub = model.config.grid, model.readout.sub
     hidden = torch.randn(2, 1 + g * g, model.config.vision.hidden_size)
     dense, _ = model.readout.logits(hidden)
-    cover = model.readout.coverage(hidden)
+    cover = model.readout.coverage(dense)
     assert cover.shape == (2, len(CLASS_NAMES), g * sub, g * sub)
     for m, k, y, x in ((0, 0, 0, 0), (1, 3, 5, 2), (1, 4, g * sub - 1, g * sub - 2)):
         channel = k * sub * sub + (y % sub) * sub + x % sub

@@ -122,10 +122,11 @@ class QGroundModel(nn.Module):
         if self.readout is not None:  # frozen like the tower
             with torch.no_grad():
                 last = hs[-1].to(next(self.readout.parameters()).dtype)
-                stacked = self.readout(last, threshold)  # CLS + patches
-                coverage = self.readout.coverage(last) if cfg.readout_mask_weight else None  # for blend_readout
+                dense, whole = self.readout.logits(last)
+                stacked = self.readout.scores(dense, whole, threshold)  # CLS + patches
+                coverage = self.readout.coverage(dense) if cfg.readout_mask_weight else None  # for blend_readout
                 if cfg.choice_keys == "readout":  # ungated: comparisons read the evidence as trained
-                    evidence = self.readout.logits(last)[1].sigmoid()
+                    evidence = whole.sigmoid()
         else:
             stacked = torch.cat([hs[i] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype

@@ -46,19 +46,25 @@ class DistortionReadout(nn.Module):
         dense = self.dense(hidden[:, 1:]).transpose(1, 2).reshape(m, -1, g, g)
         return dense, self.whole(hidden[:, 0])
 
-    def coverage(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden`` ``(M, 1 + g², Dv)`` → ``(M, classes, g·sub, g·sub)``: each class's covered fraction of every
-        sub-cell, row y / column x of the padded input frame at ``sub`` cells per patch side (as trained, no gate)."""
-        dense, _ = self.logits(hidden)
+    def coverage(self, dense: torch.Tensor) -> torch.Tensor:
+        """``dense`` logits ``(M, classes·sub², g, g)`` (``logits``) → ``(M, classes, g·sub, g·sub)``: each class's
+        covered fraction of every sub-cell, row y / column x of the padded input frame at ``sub`` cells per patch side
+        (as trained, no gate)."""
         m, _, g, _ = dense.shape
         k, sub = self.num_classes, self.sub
         cells = dense.sigmoid().reshape(m, k, sub, sub, g, g)  # (M, K, i, j, patch row, patch column)
         return cells.permute(0, 1, 4, 2, 5, 3).reshape(m, k, g * sub, g * sub)
 
     def forward(self, hidden: torch.Tensor, threshold: float | torch.Tensor | None = None) -> torch.Tensor:
-        dense, whole = self.logits(hidden)
+        return self.scores(*self.logits(hidden), threshold)
+
+    def scores(
+        self, dense: torch.Tensor, whole: torch.Tensor, threshold: float | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``forward`` on precomputed ``logits``: callers that also need ``coverage`` or the whole-image scores run
+        the heads once."""
         patches = dense.sigmoid().flatten(2).transpose(1, 2)  # (M, g², K·sub²)
-        pad = patches.new_zeros(hidden.shape[0], 1, self.width)
+        pad = patches.new_zeros(dense.shape[0], 1, self.width)
         pad[:, 0, : whole.shape[1]] = whole.sigmoid()
         if threshold is not None:
             k = self.num_classes
