@@ -207,7 +207,7 @@ def assemble(config: QGroundConfig, llava: LlavaForConditionalGeneration) -> QGr
         decoder = PixelDecoder(config.vision.hidden_size, d.dim, d.depth, d.num_heads, d.mlp_dim)
         choice_head = None
         if config.choice_head:
-            key_dim = 3 * len(CLASS_NAMES) if config.choice_keys == "readout" else config.llm.hidden_size
+            key_dim = readout.whole.out_features if config.choice_keys == "readout" else config.llm.hidden_size
             choice_head = ChoiceHead(config.llm.hidden_size, key_dim)
     llava.model.multi_modal_projector = projector
     return QGroundModel(config, llava, seg_head, decoder, readout, choice_head)

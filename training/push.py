@@ -59,8 +59,10 @@ def model_card(folder: Path, repo_id: str) -> str:
         ]
     if config.choice_head:
         keys = "each image's readout scores" if config.choice_keys == "readout" else "the LLM's state at each image"
-        pick = "a choice head picks the answer's image (`[CHOICE]`, shown as its place word"
-        lines.append(f"| comparisons | {pick}; keys: {keys}) |")
+        lines.append(
+            "| comparisons | a choice head picks the answer's image "
+            f"(`[CHOICE]`, shown as its place word; keys: {keys}) |"
+        )
     if train_cfg:
         o = train_cfg["optim"]
         lines += [
