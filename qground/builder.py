@@ -116,6 +116,7 @@ def config_nano() -> QGroundConfig:
         global_token=True,
         multi_image_global_only=True,
         readout=True,
+        overexposure_needs_clipping=True,
         image_ordinals=8,
         choice_head=True,
         choice_keys="readout",

@@ -188,6 +188,11 @@ class QGroundConfig:
     # Masks of models with a readout: (1 − w) · the pixel decoder's probability + w · the readout's coverage of the
     # class (QGroundModel.blend_readout), w in [0, 1] chosen on validation photos by training.calibrate; 0: the decoder.
     readout_mask_weight: float = 0.0
+    # Models with a readout, while detection strictness gates it (> 0): overexposure's evidence reaches φv only in
+    # images holding a clipped white pixel (every RGB channel ≥ qground.modeling.qground.CLIPPED_WHITE in the model
+    # input). Overexposure is clipped highlights; a bright photo that clips nowhere (a white collar, a pale sky kept
+    # in range) is not overexposed, whatever the readout's presence logit says.
+    overexposure_needs_clipping: bool = False
     # Answers to "which image?" end in a pointer: the state predicting [CHOICE] scores each image of the prompt against
     # that image's key (qground.modeling.choice_head) instead of spelling its place.
     choice_head: bool = False
@@ -278,6 +283,9 @@ class QGroundConfig:
             f"readout_mask_weight must be between 0 and 1, got {self.readout_mask_weight}",
         )
         _check(self.readout or not self.readout_mask_weight, "readout_mask_weight needs readout: true")
+        _check(
+            self.readout or not self.overexposure_needs_clipping, "overexposure_needs_clipping needs readout: true"
+        )
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(self.detail_max_side >= 0, f"detail_max_side must be ≥ 0, got {self.detail_max_side}")
         _check(self.detail_channels or not self.detail_max_side, "detail_max_side needs detail_channels: true")

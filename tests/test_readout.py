@@ -13,6 +13,7 @@ from qground.checkpoint import HEADS_NAME, load_model, save_checkpoint
 from qground.config import CONFIG_NAME, ConfigError
 from qground.inference import GenerationSettings, QGroundEngine
 from qground.modeling import QGroundModel
+from qground.modeling.qground import clipped_white
 from qground.processor import QGroundProcessor
 from qground.prompts import Turn
 from qground.taxonomy import CLASS_NAMES
@@ -77,6 +78,10 @@ def test_strictness_hides_the_evidence_of_classes_the_readout_is_not_sure_of(rea
             ):
                 assert torch.equal(got, want if keep[m, k] else torch.zeros_like(want)), (m, k)
     assert torch.equal(model.readout(hidden, -1e9), plain) and not model.readout(hidden, 1e9).any()
+    per_image = threshold.repeat(4, 1)  # (M, K): one image asked for the impossible, the others as before
+    per_image[0] = 1e9
+    by_image = model.readout(hidden, per_image)
+    assert not by_image[0].any() and torch.equal(by_image[1:], gated[1:])
     with pytest.raises(ValueError, match="strictness 1.0 needs a model with a distortion readout"):
         tiny[0].encode_images(overfit_batch[1]["pixel_values"], strictness=1.0)
 
@@ -102,6 +107,34 @@ def test_strictness_is_scaled_by_the_readout_confidence(readout_model, overfit_b
         dataclasses.replace(model.config, readout_confidence=(1.0, -1.0, 1.0, 1.0, 1.0))
     with pytest.raises(ConfigError, match="readout_confidence needs readout: true"):
         dataclasses.replace(model.config, readout=False, readout_confidence=(1.0,) * 5)
+
+
+def test_overexposure_needs_a_clipped_white_pixel(readout_model, thresholds):
+    """With ``overexposure_needs_clipping`` the strictness gate asks an image that clips nowhere for an unreachable
+    overexposure presence logit; an image with a clipped white pixel, and every other class, keep the plain gate;
+    at strictness 0 nothing is gated. The padding (the mean color) never counts as clipped."""
+    model, tokenizer = readout_model
+    config = dataclasses.replace(model.config, overexposure_needs_clipping=True)
+    clipping = QGroundModel(config, model.llava, model.seg_head, model.pixel_decoder, model.readout)
+    processor = QGroundProcessor(tokenizer, config)
+    pale = np.full((40, 60, 3), 245, np.uint8)  # bright, but in range
+    blown = pale.copy()
+    blown[5:25, 10:40] = 255
+    tinted = pale.copy()
+    tinted[5:25, 10:40] = (255, 255, 200)  # two channels clipped: a saturated highlight, not white
+    pixels = torch.stack([processor.preprocess_image(Image.fromarray(a))[0] for a in (pale, blown, tinted)])
+    assert clipped_white(pixels, config).tolist() == [False, True, False]
+    clipping.encode_images(pixels, strictness=2.0)
+    clipping.encode_images(pixels)
+    over, plain = CLASS_NAMES.index("overexposure"), torch.full((len(CLASS_NAMES),), 2.0)
+    gate = thresholds[0]
+    assert gate.shape == (3, len(CLASS_NAMES)) and torch.equal(gate[1], plain)
+    for m in (0, 2):
+        assert gate[m, over] == float("inf") and torch.equal(gate[m, :over], plain[:over])
+        assert torch.equal(gate[m, over + 1 :], plain[over + 1 :])
+    assert thresholds[1] is None
+    with pytest.raises(ConfigError, match="overexposure_needs_clipping needs readout: true"):
+        dataclasses.replace(config, readout=False)
 
 
 def test_strictness_applies_to_one_image_prompts_only(readout_model, overfit_photo_files, thresholds):

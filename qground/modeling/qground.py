@@ -26,6 +26,20 @@ from qground.modeling.losses import dice_loss, sigmoid_bce
 from qground.modeling.pixel_decoder import PixelDecoder
 from qground.modeling.readout import DistortionReadout
 from qground.modeling.seg_head import SegHead
+from qground.taxonomy import CLASS_NAMES
+
+# An input pixel is clipped white when its every RGB channel is at least this (252 of 255: JPEG ringing around a
+# clipped highlight leaves it a few levels short of 255).
+CLIPPED_WHITE = 0.99
+
+
+def clipped_white(pixel_values: torch.Tensor, config: QGroundConfig) -> torch.Tensor:
+    """``pixel_values`` (M, C, S, S) normalized, padded model inputs → (M,) bool: the image holds a pixel whose every
+    RGB channel is ≥ ``CLIPPED_WHITE`` once un-normalized (the padding is the mean color, never white)."""
+    mean = torch.tensor(config.image_mean[:3]).view(1, 3, 1, 1)
+    std = torch.tensor(config.image_std[:3]).view(1, 3, 1, 1)
+    rgb = pixel_values[:, :3].float().cpu() * std + mean
+    return (rgb.amin(dim=1) >= CLIPPED_WHITE).flatten(1).any(dim=1)
 
 
 @dataclass
@@ -100,7 +114,8 @@ class QGroundModel(nn.Module):
         """``pixel_values`` (M, C, S, S) normalized, padded model inputs → ``ImageFeatures``. The tower and the readout
         are frozen. ``strictness`` s > 0 (models with a readout only) hides class k's evidence from φv in every image
         whose readout presence logit is below s × c_k / mean(c), with c = ``config.readout_confidence`` (1 for every
-        class when unset): a class the readout is less sure of needs less. 0: as trained."""
+        class when unset): a class the readout is less sure of needs less; with ``config.overexposure_needs_clipping``
+        also overexposure's in every image without a clipped white pixel (``clipped_white``). 0: as trained."""
         if strictness and self.readout is None:
             raise ValueError(
                 f"strictness {strictness} needs a model with a distortion readout (config.readout); this one has none"
@@ -109,7 +124,10 @@ class QGroundModel(nn.Module):
         threshold = None
         if strictness:
             confidence = torch.tensor(cfg.readout_confidence or (1.0,) * self.readout.num_classes)
-            threshold = strictness * confidence / confidence.mean()
+            threshold = strictness * confidence / confidence.mean()  # (K,)
+            if cfg.overexposure_needs_clipping:
+                threshold = threshold.repeat(len(pixel_values), 1)  # (M, K)
+                threshold[~clipped_white(pixel_values, cfg), CLASS_NAMES.index("overexposure")] = float("inf")
         tower_param = next(self.vision_tower.parameters())
         with torch.no_grad():
             out = self.vision_tower(

@@ -20,9 +20,10 @@ class DistortionReadout(nn.Module):
     ``class·sub² + i·sub + j`` covers sub-cell row ``i``, column ``j`` of each patch; whole-image ``(M, 3·classes)``:
     presence per class, then fraction per class, then severity × fraction per class. ``forward`` returns their sigmoids
     as one ``(M, 1 + g², classes·sub²)`` map: row 0 holds the whole-image scores zero-padded to the width, rows 1… the
-    patches' coverage. ``threshold`` (one logit, or one per class ``(classes,)``; None: as trained) is the detection
-    strictness: an image's every score of class k is set to 0 unless its presence logit is ≥ ``threshold_k``, so
-    φv sees no evidence of a class the readout is not sure enough of.
+    patches' coverage. ``threshold`` (one logit, one per class ``(classes,)``, or one per image and class
+    ``(M, classes)``; None: as trained) is the detection strictness: image m's every score of class k is set to 0
+    unless its presence logit is ≥ ``threshold[m, k]``, so φv sees no evidence of a class the readout is not sure
+    enough of.
     """
 
     def __init__(self, vision_dim: int, num_classes: int, sub: int) -> None:
@@ -68,8 +69,8 @@ class DistortionReadout(nn.Module):
         pad[:, 0, : whole.shape[1]] = whole.sigmoid()
         if threshold is not None:
             k = self.num_classes
-            per_class = torch.as_tensor(threshold, dtype=whole.dtype, device=whole.device).expand(k)
-            keep = (whole[:, :k] >= per_class).to(patches.dtype)  # (M, K)
+            gate = torch.as_tensor(threshold, dtype=whole.dtype, device=whole.device).expand(whole.shape[0], k)
+            keep = (whole[:, :k] >= gate).to(patches.dtype)  # (M, K)
             pad = pad * nn.functional.pad(keep.repeat(1, 3), (0, self.width - 3 * k), value=1.0)[:, None]
             patches = patches * keep.repeat_interleave(self.sub * self.sub, dim=1)[:, None]
         return torch.cat([pad, patches], dim=1)
