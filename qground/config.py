@@ -283,9 +283,7 @@ class QGroundConfig:
             f"readout_mask_weight must be between 0 and 1, got {self.readout_mask_weight}",
         )
         _check(self.readout or not self.readout_mask_weight, "readout_mask_weight needs readout: true")
-        _check(
-            self.readout or not self.overexposure_needs_clipping, "overexposure_needs_clipping needs readout: true"
-        )
+        _check(self.readout or not self.overexposure_needs_clipping, "overexposure_needs_clipping needs readout: true")
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(self.detail_max_side >= 0, f"detail_max_side must be ≥ 0, got {self.detail_max_side}")
         _check(self.detail_channels or not self.detail_max_side, "detail_max_side needs detail_channels: true")
