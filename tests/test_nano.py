@@ -158,3 +158,4 @@ def test_the_shipped_default_strictness_was_chosen_on_validation_photos():
     assert f"| default detection strictness | {config['default_strictness']:g} (0 = as trained; chosen on" in card
     assert f"| readout mask weight | {config['readout_mask_weight']:g} (masks: decoder and readout coverage" in card
     assert "| comparisons | a choice head picks the answer's image" in card
+    assert config["overexposure_needs_clipping"] and "| overexposure gate | at strictness above 0" in card

@@ -57,6 +57,13 @@ def model_card(folder: Path, repo_id: str) -> str:
             f"| readout mask weight | {config.readout_mask_weight:g} (masks: decoder and readout coverage blended; "
             f"{source}) |",
         ]
+        if config.overexposure_needs_clipping:
+            from qground.modeling.qground import CLIPPED_WHITE
+
+            lines.append(
+                "| overexposure gate | at strictness above 0, overexposure needs a clipped white pixel "
+                f"(every RGB channel ≥ {CLIPPED_WHITE:g} of full scale) |"
+            )
     if config.choice_head:
         keys = "each image's readout scores" if config.choice_keys == "readout" else "the LLM's state at each image"
         lines.append(
