@@ -117,6 +117,7 @@ def config_nano() -> QGroundConfig:
         multi_image_global_only=True,
         readout=True,
         overexposure_needs_clipping=True,
+        motion_signature=True,
         image_ordinals=8,
         choice_head=True,
         choice_keys="readout",

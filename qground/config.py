@@ -193,6 +193,15 @@ class QGroundConfig:
     # input). Overexposure is clipped highlights; a bright photo that clips nowhere (a white collar, a pale sky kept
     # in range) is not overexposed, whatever the readout's presence logit says.
     overexposure_needs_clipping: bool = False
+    # The processor appends the photo's native-resolution motion-blur signature (qground.detail.motion_signature) to
+    # the model input as one more channel, which the tower does not read: evidence for the jitter gate below.
+    motion_signature: bool = False
+    # Models with a readout and motion_signature, while detection strictness gates the readout (> 0): jitter's
+    # evidence reaches φv only when, where the readout covers jitter, the 75th percentile of the motion-blur signature
+    # is at least this (or no window there holds texture). Camera shake and motion blur along a line leave periodic
+    # zeros in the spectrum; defocus, sharp content and the other distortions do not. 0: no such check. Chosen on
+    # validation photos by training.calibrate.
+    jitter_min_motion_signature: float = 0.0
     # Answers to "which image?" end in a pointer: the state predicting [CHOICE] scores each image of the prompt against
     # that image's key (qground.modeling.choice_head) instead of spelling its place.
     choice_head: bool = False
@@ -220,6 +229,11 @@ class QGroundConfig:
     @property
     def num_image_tokens(self) -> int:
         return self.token_grid**2 + self.global_token
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the processor's image tensors: the tower's, then the motion-blur signature when set."""
+        return self.vision.num_channels + int(self.motion_signature)
 
     def tokens_per_image(self, num_images: int) -> int:
         """Image tokens each image contributes to a prompt that holds ``num_images`` images; with
@@ -284,6 +298,14 @@ class QGroundConfig:
         )
         _check(self.readout or not self.readout_mask_weight, "readout_mask_weight needs readout: true")
         _check(self.readout or not self.overexposure_needs_clipping, "overexposure_needs_clipping needs readout: true")
+        _check(
+            self.jitter_min_motion_signature >= 0.0,  # also refuses NaN
+            f"jitter_min_motion_signature must be ≥ 0, got {self.jitter_min_motion_signature}",
+        )
+        _check(
+            not self.jitter_min_motion_signature or (self.readout and self.motion_signature),
+            "jitter_min_motion_signature needs readout: true and motion_signature: true",
+        )
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(self.detail_max_side >= 0, f"detail_max_side must be ≥ 0, got {self.detail_max_side}")
         _check(self.detail_channels or not self.detail_max_side, "detail_max_side needs detail_channels: true")

@@ -9,7 +9,7 @@ from PIL import Image, ImageFilter
 
 from qground.builder import config_nano, config_tiny
 from qground.config import NUM_DETAIL_CHANNELS, ConfigError
-from qground.detail import detail_channels
+from qground.detail import detail_channels, motion_signature
 from qground.processor import QGroundProcessor
 from training.data import synth
 
@@ -92,10 +92,36 @@ def test_photos_larger_than_detail_max_side_are_read_at_that_size(texture):
     h, w = meta.resized_size
     shrunk = np.asarray(big.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=3.0))
     mean, std = config.image_mean[3], config.image_std[3]
-    assert torch.allclose(x[3:, :h, :w], (detail_channels(shrunk, (h, w)) - mean) / std, atol=1e-5)
+    assert torch.allclose(x[3:-1, :h, :w], (detail_channels(shrunk, (h, w)) - mean) / std, atol=1e-5)
+    assert torch.equal(x[-1, :h, :w], motion_signature(shrunk, (h, w)))  # the jitter gate's evidence: the same photo
     y, _ = native.preprocess_image(big)
     assert torch.equal(x[:3], y[:3]) and not torch.allclose(x[3:], y[3:], atol=1e-2)
     small = Image.fromarray(texture[:200, :200])
     assert torch.equal(capped.preprocess_image(small)[0], native.preprocess_image(small)[0])
     with pytest.raises(ConfigError, match="detail_max_side needs detail_channels"):
         dataclasses.replace(config_tiny(), detail_max_side=640)
+
+
+def test_motion_signature_marks_linear_motion_blur_only():
+    """A blur along a line (the engine's jitter) raises the cepstral motion-blur signature of a photo above its sharp,
+    defocused or noisy versions; flat content and photos smaller than a window hold no evidence (0)."""
+    import skimage.data
+
+    rng = np.random.default_rng(4)
+    photo = skimage.data.chelsea()[:, :300].astype(np.float32) / 255  # (300, 300, 3)
+    variants = {
+        "sharp": photo,
+        **{f"defocus {s}": synth.distort(photo, "blur", s, rng) for s in (1, 2, 3)},
+        "noise": synth.distort(photo, "noise", 2, rng),
+        **{f"jitter {s}": synth.distort(photo, "jitter", s, rng) for s in (1, 2, 3)},
+    }
+    median = {
+        k: float(motion_signature((np.clip(v, 0, 1) * 255).astype(np.uint8), (20, 20)).median())
+        for k, v in variants.items()
+    }
+    others = max(v for k, v in median.items() if not k.startswith("jitter"))
+    assert min(median["jitter 1"], median["jitter 2"]) > 1.3 * others, median
+    assert median["jitter 3"] > 1.5 * median["sharp"], median  # 21 px: beyond the searched lags, read weaker
+    flat = motion_signature(np.full((200, 300, 3), 128, np.uint8), (20, 30))
+    assert flat.shape == (20, 30) and not flat.any()
+    assert not motion_signature((photo[:60, :90] * 255).astype(np.uint8), (6, 9)).any()

@@ -1,5 +1,6 @@
 """The shipped qground-nano: loads with no network, stays small, and really grounds a held-out photo."""
 
+import dataclasses
 import json
 
 import pytest
@@ -139,8 +140,8 @@ def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):
 
 
 def test_the_shipped_default_strictness_was_chosen_on_validation_photos():
-    """``training.calibrate`` chose it and the readout mask weight on the val split (photos neither trained on nor held
-    out) by mIoU."""
+    """``training.calibrate`` chose it, the readout mask weight and the jitter gate on the val split (photos neither
+    trained on nor held out) by mIoU."""
     config = json.loads((NANO / "qground_config.json").read_text())
     record = json.loads((NANO / "calibration.json").read_text())
     assert record["chosen"] == config["default_strictness"] and record["criterion"] == "mIoU"
@@ -151,6 +152,10 @@ def test_the_shipped_default_strictness_was_chosen_on_validation_photos():
     assert blends["chosen"] == config["readout_mask_weight"] and len(blends["sweep"]) == 5
     best = max(blends["sweep"].values(), key=lambda summary: summary["mIoU"])
     assert best["mIoU"] == blends["sweep"][f"{config['readout_mask_weight']:g}"]["mIoU"]
+    gates = record["jitter_min_motion_signature"]
+    assert config["motion_signature"] and gates["chosen"] == config["jitter_min_motion_signature"]
+    best = max(gates["sweep"].values(), key=lambda summary: summary["mIoU"])
+    assert best["mIoU"] == gates["sweep"][f"{config['jitter_min_motion_signature']:g}"]["mIoU"]
     assert {p.name for p in synth.photos("val")}.isdisjoint(p.name for p in synth.PHOTOS if p.split != "val")
     from training.push import model_card
 
@@ -159,3 +164,35 @@ def test_the_shipped_default_strictness_was_chosen_on_validation_photos():
     assert f"| readout mask weight | {config['readout_mask_weight']:g} (masks: decoder and readout coverage" in card
     assert "| comparisons | a choice head picks the answer's image" in card
     assert config["overexposure_needs_clipping"] and "| overexposure gate | at strictness above 0" in card
+    gate = config["jitter_min_motion_signature"]
+    assert f"| jitter gate | at strictness above 0, jitter needs a motion-blur signature of at least {gate:g}" in card
+
+
+def test_the_jitter_gate_keeps_motion_blur_and_drops_false_alarms(nano):
+    """Held-out images chosen by rule: every one of the first 300 whose only distortion is jitter, and the first 40
+    clean ones. At the default strictness the shipped jitter gate (a motion-blur signature where the readout covers
+    jitter) still finds nearly all the jitter, and draws far fewer jitter masks on the clean photos than the same
+    model without the gate."""
+    jittered, clean = [], []
+    for index in range(300):
+        g = synth.generate(index, "eval", seed=0)
+        if set(g.masks) == {"jitter"}:
+            jittered.append(g)
+        elif not g.masks and len(clean) < 40:
+            clean.append(g)
+    assert len(jittered) >= 10 and len(clean) == 40
+    gate = nano.model.config.jitter_min_motion_signature
+    assert gate > 0
+
+    def with_jitter(images: list, minimum: float) -> int:
+        nano.model.config = dataclasses.replace(nano.model.config, jitter_min_motion_signature=minimum)
+        settings = GenerationSettings(strictness=nano.model.config.default_strictness)
+        return sum("jitter" in nano.ground(Image.fromarray(g.image), settings=settings).masks for g in images)
+
+    try:
+        found, found_ungated = with_jitter(jittered, gate), with_jitter(jittered, 0.0)
+        alarms, alarms_ungated = with_jitter(clean, gate), with_jitter(clean, 0.0)
+    finally:
+        nano.model.config = dataclasses.replace(nano.model.config, jitter_min_motion_signature=gate)
+    assert found >= len(jittered) - 2 and found >= found_ungated - 1, (found, found_ungated, len(jittered))
+    assert alarms_ungated >= 4 and alarms <= alarms_ungated // 3, (alarms, alarms_ungated)

@@ -13,7 +13,7 @@ from qground.checkpoint import HEADS_NAME, load_model, save_checkpoint
 from qground.config import CONFIG_NAME, ConfigError
 from qground.inference import GenerationSettings, QGroundEngine
 from qground.modeling import QGroundModel
-from qground.modeling.qground import clipped_white
+from qground.modeling.qground import clipped_white, motion_blurred
 from qground.processor import QGroundProcessor
 from qground.prompts import Turn
 from qground.taxonomy import CLASS_NAMES
@@ -135,6 +135,40 @@ def test_overexposure_needs_a_clipped_white_pixel(readout_model, thresholds):
     assert thresholds[1] is None
     with pytest.raises(ConfigError, match="overexposure_needs_clipping needs readout: true"):
         dataclasses.replace(config, readout=False)
+
+
+def test_jitter_needs_a_motion_blur_signature(readout_model, thresholds, monkeypatch):
+    """With ``jitter_min_motion_signature`` the strictness gate asks an image whose jitter region shows no motion-blur
+    signature (its 75th percentile there below the minimum) for an unreachable jitter presence logit; an image with
+    the signature, or with no evidence either way (0: flat), keeps the plain gate, as does every other class; at
+    strictness 0 nothing is gated. The signature channel is the processor's last and the tower does not read it."""
+    model, tokenizer = readout_model
+    config = dataclasses.replace(model.config, motion_signature=True, jitter_min_motion_signature=6.0)
+    gated = QGroundModel(config, model.llava, model.seg_head, model.pixel_decoder, model.readout)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
+    pixels = QGroundProcessor(tokenizer, config).preprocess_image(photo)[0]
+    assert pixels.shape[0] == config.input_channels == config.vision.num_channels + 1
+    pixels = pixels.repeat(3, 1, 1, 1)
+    pixels[:, -1] = torch.tensor([4.0, 9.0, 0.0])[:, None, None]  # no signature, motion blur, no evidence
+    full = torch.ones(3, len(CLASS_NAMES), 4, 4)  # the readout covers every class everywhere
+    monkeypatch.setattr(model.readout, "coverage", lambda dense: full.expand(len(dense), -1, -1, -1))
+    gated.encode_images(pixels, strictness=2.0)
+    gated.encode_images(pixels)
+    jitter, plain = CLASS_NAMES.index("jitter"), torch.full((len(CLASS_NAMES),), 2.0)
+    gate = thresholds[0]
+    assert gate[0, jitter] == float("inf") and torch.equal(gate[1:], plain.expand(2, -1))
+    assert torch.equal(gate[0, :jitter], plain[:jitter]) and torch.equal(gate[0, jitter + 1 :], plain[jitter + 1 :])
+    assert thresholds[1] is None
+    # where the readout covers jitter only: the signature elsewhere does not count
+    signature, coverage = torch.zeros(2, 8, 8), torch.zeros(2, 4, 4)
+    coverage[:, :2, :2] = 0.9
+    signature[0, :4, :4], signature[0, 4:, 4:] = 4.0, 12.0
+    signature[1, :4, :4] = 12.0
+    assert motion_blurred(signature, coverage, 6.0).tolist() == [False, True]
+    with pytest.raises(ValueError, match="image tensors have 3 channels; this model takes 4 .3 for the tower"):
+        gated.encode_images(pixels[:, :-1])
+    with pytest.raises(ConfigError, match="jitter_min_motion_signature needs readout: true and motion_signature"):
+        dataclasses.replace(config, motion_signature=False)
 
 
 def test_strictness_applies_to_one_image_prompts_only(readout_model, overfit_photo_files, thresholds):

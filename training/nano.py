@@ -5,7 +5,8 @@
 3. vision-tower pretraining (``training.pretrain_vision``), then the tower is frozen (``vision/``);
 4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
    trains comparisons only, answered through the choice head, before the paper's stage 1);
-5. the default detection strictness chosen on the validation split (``training.calibrate``);
+5. the default detection strictness and mask weight chosen on the validation split, the jitter gate read off the
+   training split (``training.calibrate``);
 6. with ``--install``, the final checkpoint copied to ``assets/qground-nano``. Evaluation on the held-out split is
    its own command: ``python -m qground eval --data runs/nano/data/eval --out runs/nano/metrics.json``.
 Each step is skipped when its output exists, so a rerun continues where a killed run stopped.
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> Path:
         final = Path(cfg.output_dir) / "final"
     if not (final / CALIBRATION_NAME).exists():
         t0 = time.perf_counter()
-        calibrate(["--model", str(final), "--data", str(out / "data" / "val")])
+        calibrate(["--model", str(final), "--data", str(out / "data" / "val"), "--train", str(out / "data" / "train")])
         timings["calibrate"] = time.perf_counter() - t0
     timings_file.write_text(json.dumps(timings, indent=2))
     if args.install:

@@ -72,7 +72,7 @@ def build_tensors(processor: QGroundProcessor, data_dir: Path, sub: int):
     for s in tqdm(samples, desc="preprocess", dynamic_ncols=True):
         pixels, meta = processor.preprocess_image(s.images[0])
         y, w = dense_targets(processor, s, meta, sub)
-        xs.append(pixels)
+        xs.append(pixels[: processor.config.vision.num_channels])  # the tower's channels
         ys.append(y)
         ws.append(w)
         gs.append(global_targets(y, w, severity.get(s.id, {name: 2 for name in s.mask_labels})))

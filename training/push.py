@@ -64,6 +64,11 @@ def model_card(folder: Path, repo_id: str) -> str:
                 "| overexposure gate | at strictness above 0, overexposure needs a clipped white pixel "
                 f"(every RGB channel ≥ {CLIPPED_WHITE:g} of full scale) |"
             )
+        if config.jitter_min_motion_signature:
+            lines.append(
+                "| jitter gate | at strictness above 0, jitter needs a motion-blur signature of at least "
+                f"{config.jitter_min_motion_signature:g} where the readout covers it ({source}) |"
+            )
     if config.choice_head:
         keys = "each image's readout scores" if config.choice_keys == "readout" else "the LLM's state at each image"
         lines.append(

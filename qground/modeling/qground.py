@@ -42,6 +42,18 @@ def clipped_white(pixel_values: torch.Tensor, config: QGroundConfig) -> torch.Te
     return (rgb.amin(dim=1) >= CLIPPED_WHITE).flatten(1).any(dim=1)
 
 
+def motion_blurred(signature: torch.Tensor, coverage: torch.Tensor, minimum: float) -> torch.Tensor:
+    """``signature`` (M, S, S) motion-blur signature in the padded input frame (0: no evidence), ``coverage`` (M, g·sub,
+    g·sub) the readout's jitter coverage of that frame → (M,) bool: the 75th percentile of the signature where the
+    coverage is above one half is ≥ ``minimum``, or nothing there holds evidence (no check possible)."""
+    sig = nn.functional.interpolate(signature[:, None].float(), size=coverage.shape[-2:], mode="nearest")[:, 0]
+    keep = []
+    for s, c in zip(sig.cpu(), coverage.float().cpu(), strict=True):
+        values = s[(c > 0.5) & (s > 0)]
+        keep.append(values.numel() == 0 or bool(torch.quantile(values, 0.75) >= minimum))
+    return torch.tensor(keep)
+
+
 @dataclass
 class ImageFeatures:
     """Vision outputs for M images: ``tokens`` (M, T, D) for the LLM, ``decoder`` two (M, g², Dv) patch maps;
@@ -115,18 +127,27 @@ class QGroundModel(nn.Module):
         are frozen. ``strictness`` s > 0 (models with a readout only) hides class k's evidence from φv in every image
         whose readout presence logit is below s × c_k / mean(c), with c = ``config.readout_confidence`` (1 for every
         class when unset): a class the readout is less sure of needs less; with ``config.overexposure_needs_clipping``
-        also overexposure's in every image without a clipped white pixel (``clipped_white``). 0: as trained."""
+        also overexposure's in every image without a clipped white pixel (``clipped_white``), and with
+        ``config.jitter_min_motion_signature`` jitter's in every image whose jitter region shows no motion-blur
+        signature (``motion_blurred``). 0: as trained."""
         if strictness and self.readout is None:
             raise ValueError(
                 f"strictness {strictness} needs a model with a distortion readout (config.readout); this one has none"
             )
         cfg = self.config
+        if pixel_values.shape[1] != cfg.input_channels:
+            raise ValueError(
+                f"image tensors have {pixel_values.shape[1]} channels; this model takes {cfg.input_channels} "
+                f"({cfg.vision.num_channels} for the tower{' + the motion-blur signature' * cfg.motion_signature})"
+            )
+        signature = pixel_values[:, -1] if cfg.motion_signature else None
+        pixel_values = pixel_values[:, : cfg.vision.num_channels]
         threshold = None
         if strictness:
             confidence = torch.tensor(cfg.readout_confidence or (1.0,) * self.readout.num_classes)
             threshold = strictness * confidence / confidence.mean()  # (K,)
+            threshold = threshold.repeat(len(pixel_values), 1)  # (M, K)
             if cfg.overexposure_needs_clipping:
-                threshold = threshold.repeat(len(pixel_values), 1)  # (M, K)
                 threshold[~clipped_white(pixel_values, cfg), CLASS_NAMES.index("overexposure")] = float("inf")
         tower_param = next(self.vision_tower.parameters())
         with torch.no_grad():
@@ -141,8 +162,13 @@ class QGroundModel(nn.Module):
             with torch.no_grad():
                 last = hs[-1].to(next(self.readout.parameters()).dtype)
                 dense, whole = self.readout.logits(last)
+                coverage = self.readout.coverage(dense)  # (M, K, g·sub, g·sub)
+                if threshold is not None and cfg.jitter_min_motion_signature:
+                    jitter = CLASS_NAMES.index("jitter")
+                    moved = motion_blurred(signature, coverage[:, jitter], cfg.jitter_min_motion_signature)
+                    threshold[~moved, jitter] = float("inf")
                 stacked = self.readout.scores(dense, whole, threshold)  # CLS + patches
-                coverage = self.readout.coverage(dense) if cfg.readout_mask_weight else None  # for blend_readout
+                coverage = coverage if cfg.readout_mask_weight else None  # for blend_readout
                 if cfg.choice_keys == "readout":  # ungated: comparisons read the evidence as trained
                     evidence = whole.sigmoid()
         else:
