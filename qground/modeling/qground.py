@@ -28,7 +28,7 @@ from qground.modeling.readout import DistortionReadout
 from qground.modeling.seg_head import SegHead
 from qground.taxonomy import CLASS_NAMES
 
-# An input pixel is clipped white when its every RGB channel is at least this (252 of 255: JPEG ringing around a
+# An input pixel is clipped white when its every RGB channel is at least this (253 of 255 and up: JPEG ringing around a
 # clipped highlight leaves it a few levels short of 255).
 CLIPPED_WHITE = 0.99
 
