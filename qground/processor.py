@@ -85,14 +85,13 @@ class QGroundProcessor:
         h, w = self.content_size(original)
         resized = np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
         content = torch.from_numpy(resized).permute(2, 0, 1)
-        native = np.asarray(self._detail_source(img)) if self.config.detail_channels else None
-        if native is not None:
+        if self.config.detail_channels or self.config.motion_signature:
+            native = np.asarray(self._detail_source(img))
+        if self.config.detail_channels:
             content = torch.cat([content, detail_channels(native, (h, w))])
         content = (content - self._mean) / self._std
         if self.config.motion_signature:  # not normalized: the gate compares it with a fixed threshold
-            content = torch.cat(
-                [content, motion_signature(np.asarray(img) if native is None else native, (h, w))[None]]
-            )
+            content = torch.cat([content, motion_signature(native, (h, w))[None]])
         s = self.config.image_size
         out = torch.zeros(content.shape[0], s, s)
         out[:, :h, :w] = content

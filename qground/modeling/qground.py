@@ -46,7 +46,7 @@ def motion_blurred(signature: torch.Tensor, coverage: torch.Tensor, minimum: flo
     """``signature`` (M, S, S) motion-blur signature in the padded input frame (0: no evidence), ``coverage`` (M, g·sub,
     g·sub) the readout's jitter coverage of that frame → (M,) bool: the 75th percentile of the signature where the
     coverage is above one half is ≥ ``minimum``, or nothing there holds evidence (no check possible)."""
-    sig = nn.functional.interpolate(signature[:, None].float(), size=coverage.shape[-2:], mode="nearest")[:, 0]
+    sig = F.interpolate(signature[:, None].float(), size=coverage.shape[-2:], mode="nearest")[:, 0]
     keep = []
     for s, c in zip(sig.cpu(), coverage.float().cpu(), strict=True):
         values = s[(c > 0.5) & (s > 0)]
