@@ -199,8 +199,8 @@ class QGroundConfig:
     # Models with a readout and motion_signature, while detection strictness gates the readout (> 0): jitter's
     # evidence reaches φv only when, where the readout covers jitter, the 75th percentile of the motion-blur signature
     # is at least this (or no window there holds texture). Camera shake and motion blur along a line leave periodic
-    # zeros in the spectrum; defocus, sharp content and the other distortions do not. 0: no such check. Chosen on
-    # validation photos by training.calibrate.
+    # zeros in the spectrum; defocus, sharp content and the other distortions do not. 0: no such check. Read off the
+    # training photos' undistorted content by training.calibrate (motion_reference).
     jitter_min_motion_signature: float = 0.0
     # Answers to "which image?" end in a pointer: the state predicting [CHOICE] scores each image of the prompt against
     # that image's key (qground.modeling.choice_head) instead of spelling its place.

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     gate = 0.0
     if config.motion_signature and best:  # the gate acts at strictness > 0 only
         gate = motion_reference(args.train)
-        gates = config_sweep(engine, args.data, "jitter_min_motion_signature", (0.0, gate), best, args.limit)
+        gates = {0.0: blends[weight]}  # the weight sweep ran without the gate
+        gates |= config_sweep(engine, args.data, "jitter_min_motion_signature", (gate,), best, args.limit)
         record["jitter_min_motion_signature"] = {
             "chosen": gate,
             "reference": {"train": str(args.train), "quantile": MOTION_QUANTILE, "images": MOTION_IMAGES},

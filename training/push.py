@@ -67,7 +67,8 @@ def model_card(folder: Path, repo_id: str) -> str:
         if config.jitter_min_motion_signature:
             lines.append(
                 "| jitter gate | at strictness above 0, jitter needs a motion-blur signature of at least "
-                f"{config.jitter_min_motion_signature:g} where the readout covers it ({source}) |"
+                f"{config.jitter_min_motion_signature:g} where the readout covers it (read off the training "
+                "photos' undistorted content, `calibration.json`) |"
             )
     if config.choice_head:
         keys = "each image's readout scores" if config.choice_keys == "readout" else "the LLM's state at each image"

@@ -162,8 +162,10 @@ class QGroundModel(nn.Module):
             with torch.no_grad():
                 last = hs[-1].to(next(self.readout.parameters()).dtype)
                 dense, whole = self.readout.logits(last)
-                coverage = self.readout.coverage(dense)  # (M, K, g·sub, g·sub)
-                if threshold is not None and cfg.jitter_min_motion_signature:
+                gate_jitter = threshold is not None and cfg.jitter_min_motion_signature > 0
+                if gate_jitter or cfg.readout_mask_weight:
+                    coverage = self.readout.coverage(dense)  # (M, K, g·sub, g·sub)
+                if gate_jitter:
                     jitter = CLASS_NAMES.index("jitter")
                     moved = motion_blurred(signature, coverage[:, jitter], cfg.jitter_min_motion_signature)
                     threshold[~moved, jitter] = float("inf")
