@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -202,6 +203,14 @@ class QGroundConfig:
     # zeros in the spectrum; defocus, sharp content and the other distortions do not. 0: no such check. Read off the
     # training photos' undistorted content by training.calibrate (motion_reference).
     jitter_min_motion_signature: float = 0.0
+    # Models with motion_signature: jitter masks become (1 − w) · their probability + w · P(jitter | signature) wherever
+    # the window holds texture (signature > 0; elsewhere the mask is kept), P(jitter | s) = σ((s − center) / scale)
+    # (QGroundModel.blend_motion). center and scale: a class-balanced logistic fit of the signature in jitter regions
+    # against undistorted content of the training photos, w in [0, 1] chosen on validation photos (training.calibrate).
+    # The signature is read at native resolution, so it draws shake where the 128-px model input has lost it. 0: off.
+    jitter_signature_weight: float = 0.0
+    jitter_signature_center: float = 0.0
+    jitter_signature_scale: float = 1.0
     # Answers to "which image?" end in a pointer: the state predicting [CHOICE] scores each image of the prompt against
     # that image's key (qground.modeling.choice_head) instead of spelling its place.
     choice_head: bool = False
@@ -305,6 +314,19 @@ class QGroundConfig:
         _check(
             not self.jitter_min_motion_signature or (self.readout and self.motion_signature),
             "jitter_min_motion_signature needs readout: true and motion_signature: true",
+        )
+        _check(
+            0.0 <= self.jitter_signature_weight <= 1.0,  # also refuses NaN
+            f"jitter_signature_weight must be between 0 and 1, got {self.jitter_signature_weight}",
+        )
+        _check(
+            self.motion_signature or not self.jitter_signature_weight,
+            "jitter_signature_weight needs motion_signature: true",
+        )
+        _check(
+            self.jitter_signature_scale > 0 and math.isfinite(self.jitter_signature_center),
+            f"jitter_signature_scale must be > 0 and jitter_signature_center finite, got "
+            f"{self.jitter_signature_scale} and {self.jitter_signature_center}",
         )
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(self.detail_max_side >= 0, f"detail_max_side must be ≥ 0, got {self.detail_max_side}")

@@ -280,6 +280,7 @@ class QGroundEngine:
         with torch.inference_mode():
             logits = model.decode_masks(seg_states, features, first_image)
             logits = model.blend_readout(logits, features, first_image, classes)
+            logits = model.blend_motion(logits, features, first_image, classes)
             logits = self.processor.postprocess_masks(logits, meta)
         for name, logit in zip(names, logits):
             if name is None:

@@ -171,6 +171,54 @@ def test_jitter_needs_a_motion_blur_signature(readout_model, thresholds, monkeyp
         dataclasses.replace(config, motion_signature=False)
 
 
+def test_jitter_masks_blend_the_motion_blur_signature(readout_model):
+    """``blend_motion``: jitter rows become the logits of (1 − w)·p + w·σ((signature − center) / scale) where the
+    image's signature holds evidence (> 0) and stay p where it does not; other classes, w = 0 and features without a
+    signature are untouched. ``encode_images`` keeps the signature only for a model that blends (w > 0)."""
+    model, tokenizer = readout_model
+    config = dataclasses.replace(
+        model.config,
+        motion_signature=True,
+        jitter_signature_weight=0.5,
+        jitter_signature_center=7.0,
+        jitter_signature_scale=2.0,
+    )
+    blending = QGroundModel(config, model.llava, model.seg_head, model.pixel_decoder, model.readout)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
+    pixels = QGroundProcessor(tokenizer, config).preprocess_image(photo)[0].repeat(2, 1, 1, 1)
+    s = config.image_size
+    pixels[0, -1], pixels[1, -1] = 0.0, 11.0
+    pixels[0, -1, : s // 2] = 3.0  # evidence against motion blur in the top half of image 0, none below
+    features = blending.encode_images(pixels)
+    assert torch.equal(features.signature, pixels[:, -1])
+    plain = QGroundModel(
+        dataclasses.replace(config, jitter_signature_weight=0.0),
+        model.llava,
+        model.seg_head,
+        model.pixel_decoder,
+        model.readout,
+    )
+    assert plain.encode_images(pixels).signature is None
+    jitter = CLASS_NAMES.index("jitter")
+    logits = torch.randn(3, s, s)
+    image, classes = torch.tensor([0, 1, 0]), torch.tensor([jitter, jitter, CLASS_NAMES.index("blur")])
+    out = blending.blend_motion(logits, features, image, classes)
+    p = logits.sigmoid()
+    top = 0.5 * p[0, : s // 2] + 0.5 * torch.sigmoid(torch.tensor(-2.0))
+    assert torch.allclose(out[0, : s // 2].sigmoid(), top, atol=1e-5)
+    assert torch.allclose(out[0, s // 2 :], logits[0, s // 2 :], atol=1e-4)  # no evidence: the mask as it was
+    assert torch.allclose(out[1].sigmoid(), 0.5 * p[1] + 0.5 * torch.sigmoid(torch.tensor(2.0)), atol=1e-5)
+    assert torch.equal(out[2], logits[2])
+    assert torch.equal(plain.blend_motion(logits, features, image, classes), logits)
+    assert torch.equal(blending.blend_motion(logits, plain.encode_images(pixels), image, classes), logits)
+    with pytest.raises(ConfigError, match="jitter_signature_weight needs motion_signature: true"):
+        dataclasses.replace(config, motion_signature=False)
+    with pytest.raises(ConfigError, match="jitter_signature_weight must be between 0 and 1"):
+        dataclasses.replace(config, jitter_signature_weight=float("nan"))
+    with pytest.raises(ConfigError, match="jitter_signature_scale must be > 0"):
+        dataclasses.replace(config, jitter_signature_scale=0.0)
+
+
 def test_strictness_applies_to_one_image_prompts_only(readout_model, overfit_photo_files, thresholds):
     """Comparisons rank images by their evidence as read: with several images the engine does not gate the readout,
     and the result records strictness 0; with one image it does and records the setting."""

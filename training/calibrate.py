@@ -7,9 +7,13 @@ with the highest mIoU (the lower one on a tie); then, at that strictness, each r
 ``jitter_min_motion_signature`` is not fitted to the validation photos but read off the training photos: the 75th
 percentile of the motion-blur signature over their undistorted content (``motion_reference``), so a region is called
 jitter only if it looks more motion-blurred than most clean content; validation mIoU with and without it is recorded.
+For the same models, P(jitter | signature) is fitted on the training photos too (``motion_logistic``: jittered
+against undistorted cells), and the weight of that posterior in jitter masks (``QGroundModel.blend_motion``) is chosen
+on the validation photos from the mask-weight grid, the same way.
 Prints the tables and writes the choices into the checkpoint's ``qground_config.json`` (``default_strictness``, the
-value the app, the CLI and ``eval`` start from, ``readout_mask_weight`` and ``jitter_min_motion_signature``); the
-sweeps are kept beside it in ``calibration.json``. The held-out evaluation photos play no part in the choice.
+value the app, the CLI and ``eval`` start from, ``readout_mask_weight``, ``jitter_min_motion_signature`` and
+``jitter_signature_weight`` / ``_center`` / ``_scale``); the sweeps are kept beside it in ``calibration.json``. The
+held-out evaluation photos play no part in the choice.
 
 ``python -m training.calibrate --model runs/nano/stage3/final --data runs/nano/data/val [--train runs/nano/data/train]
 [--grid 0,1,2,3,4,5,6] [--weights 0,0.25,0.5,0.75,1]``
@@ -68,25 +72,56 @@ def config_sweep(
     return out
 
 
-def motion_reference(train: Path, limit: int = MOTION_IMAGES) -> float:
-    """The ``MOTION_QUANTILE`` quantile of ``qground.detail.motion_signature`` (one value per ``MOTION_CELL``-px cell)
-    over the undistorted content of the first ``limit`` images of a ``synth`` split: cells no ground-truth mask
-    touches and whose window holds texture (signature > 0)."""
-    values = []
+def motion_evidence(train: Path, limit: int = MOTION_IMAGES) -> tuple[np.ndarray, np.ndarray]:
+    """``qground.detail.motion_signature``, one value per ``MOTION_CELL``-px cell whose window holds texture
+    (signature > 0), over the first ``limit`` images of a ``synth`` split → (undistorted: cells no ground-truth mask
+    touches, jittered: cells wholly inside a jitter mask). ValueError without undistorted textured content."""
+    clean, jittered = [], []
     for path in sorted((train / "images").glob("*.png"))[:limit]:
         rgb = np.asarray(load_image(path))
         size = (max(1, rgb.shape[0] // MOTION_CELL), max(1, rgb.shape[1] // MOTION_CELL))
         signature = motion_signature(rgb, size).numpy()
+        cover = {  # fraction of each cell inside each mask
+            name: np.asarray(Image.fromarray(mask.astype(np.float32)).resize(size[::-1], Image.Resampling.BOX))
+            for name, mask in load_gt(train, path.stem, rgb.shape[:2]).items()
+        }
         touched = np.zeros(size, bool)
-        for mask in load_gt(train, path.stem, rgb.shape[:2]).values():
-            touched |= (
-                np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size[::-1], Image.Resampling.BOX)) > 0
-            )
-        values.append(signature[~touched & (signature > 0)])
-    pooled = np.concatenate(values) if values else np.empty(0)
-    if not pooled.size:
+        for fraction in cover.values():
+            touched |= fraction > 0
+        clean.append(signature[~touched & (signature > 0)])
+        if "jitter" in cover:
+            jittered.append(signature[(cover["jitter"] >= 0.99) & (signature > 0)])
+    clean, jittered = (np.concatenate(v) if v else np.empty(0) for v in (clean, jittered))
+    if not clean.size:
         raise ValueError(f"no undistorted textured content in {train}/images to read the motion-blur signature from")
-    return round(float(np.quantile(pooled, MOTION_QUANTILE)), 2)
+    return clean, jittered
+
+
+def motion_reference(clean: np.ndarray) -> float:
+    """The jitter gate: the ``MOTION_QUANTILE`` quantile of undistorted content's signature (``motion_evidence``)."""
+    return round(float(np.quantile(clean, MOTION_QUANTILE)), 2)
+
+
+def motion_logistic(clean: np.ndarray, jittered: np.ndarray, steps: int = 50) -> tuple[float, float]:
+    """P(jitter | signature s) = σ((s − center) / scale) fitted to the signatures of jittered against undistorted
+    cells (``motion_evidence``), each class weighing half (Newton's method on the weighted log-likelihood) →
+    (center, scale), rounded to 2 decimals. ValueError without jittered cells or when they do not score higher."""
+    if not jittered.size or jittered.mean() <= clean.mean():
+        raise ValueError("the jittered cells do not show a higher motion-blur signature than undistorted content")
+    x = np.concatenate([clean, jittered]).astype(np.float64)
+    y = np.r_[np.zeros(clean.size), np.ones(jittered.size)]
+    weight = np.where(y > 0, 0.5 / jittered.size, 0.5 / clean.size)
+    a = np.stack([x, np.ones_like(x)], axis=1)  # logit = a @ (slope, intercept)
+    beta = np.zeros(2)
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(a @ beta)))
+        gradient = a.T @ (weight * (y - p))
+        hessian = (a * (weight * p * (1 - p))[:, None]).T @ a
+        beta += np.linalg.solve(hessian, gradient)
+    slope, intercept = beta
+    if not np.isfinite(beta).all() or slope <= 0:
+        raise ValueError(f"the logistic fit of the motion-blur signature did not converge (slope {slope:g})")
+    return round(float(-intercept / slope), 2), round(float(1.0 / slope), 2)
 
 
 def choose(summaries: dict[float, dict]) -> float:
@@ -104,12 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="validation folder: images/, gt/ (synth --split val)")
     parser.add_argument("--grid", default=",".join(f"{s:g}" for s in DEFAULT_GRID), help="strictness values to try")
     parser.add_argument(
-        "--weights", default=",".join(f"{w:g}" for w in DEFAULT_WEIGHTS), help="readout mask weights to try (0–1)"
+        "--weights",
+        default=",".join(f"{w:g}" for w in DEFAULT_WEIGHTS),
+        help="mask weights to try (0–1): the readout's, then the motion-blur signature's in jitter masks",
     )
     parser.add_argument(
         "--train",
         type=Path,
-        help="training folder (synth --split train): the jitter gate's reference, models with motion_signature",
+        help="training folder (synth --split train): the jitter gate and P(jitter | signature), models with "
+        "motion_signature",
     )
     parser.add_argument("--limit", type=int, help="at most N validation images")
     args = parser.parse_args(argv)
@@ -126,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = load_engine(str(args.model))
     # the decoder alone and no jitter gate first
     engine.model.config = dataclasses.replace(
-        engine.model.config, readout_mask_weight=0.0, jitter_min_motion_signature=0.0
+        engine.model.config, readout_mask_weight=0.0, jitter_min_motion_signature=0.0, jitter_signature_weight=0.0
     )
     summaries = sweep(engine, args.data, grid, args.limit)
     best = choose(summaries)
@@ -140,24 +178,49 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": {f"{s:g}": summaries[s] for s in grid},
         "readout_mask_weight": {"chosen": weight, "sweep": {f"{w:g}": blends[w] for w in weights}},
     }
-    gate = 0.0
-    if config.motion_signature and best:  # the gate acts at strictness > 0 only
-        gate = motion_reference(args.train)
-        gates = {0.0: blends[weight]}  # the weight sweep ran without the gate
-        gates |= config_sweep(engine, args.data, "jitter_min_motion_signature", (gate,), best, args.limit)
-        record["jitter_min_motion_signature"] = {
-            "chosen": gate,
-            "reference": {"train": str(args.train), "quantile": MOTION_QUANTILE, "images": MOTION_IMAGES},
-            "sweep": {f"{m:g}": gates[m] for m in gates},
-        }
-    dataclasses.replace(
-        config, default_strictness=best, readout_mask_weight=weight, jitter_min_motion_signature=gate
-    ).save(args.model)
+    chosen = {"default_strictness": best, "readout_mask_weight": weight}
+    if config.motion_signature:
+        reference = {"train": str(args.train), "images": MOTION_IMAGES, "cell": MOTION_CELL}
+        clean, jittered = motion_evidence(args.train)
+        latest = blends[weight]  # the model as it stands: no gate, no signature in the masks
+        gate = motion_reference(clean) if best else 0.0  # the gate acts at strictness > 0 only
+        if gate:
+            gates = {0.0: latest}
+            gates |= config_sweep(engine, args.data, "jitter_min_motion_signature", (gate,), best, args.limit)
+            latest = gates[gate]
+            record["jitter_min_motion_signature"] = {
+                "chosen": gate,
+                "reference": reference | {"quantile": MOTION_QUANTILE},
+                "sweep": {f"{m:g}": gates[m] for m in gates},
+            }
+        chosen["jitter_min_motion_signature"] = gate
+        try:
+            center, scale = motion_logistic(clean, jittered)
+        except ValueError as err:  # e.g. a toy training split without jitter on textured content
+            print(f"jitter_signature_weight stays 0: {err}", flush=True)
+            record["jitter_signature_weight"] = {"chosen": 0.0, "reference": reference, "not fitted": str(err)}
+        else:
+            engine.model.config = dataclasses.replace(
+                engine.model.config, jitter_signature_center=center, jitter_signature_scale=scale
+            )
+            motion = {0.0: latest} | config_sweep(
+                engine, args.data, "jitter_signature_weight", [w for w in weights if w], best, args.limit
+            )
+            record["jitter_signature_weight"] = {
+                "chosen": choose(motion),
+                "center": center,
+                "scale": scale,
+                "reference": reference,
+                "sweep": {f"{w:g}": motion[w] for w in motion},
+            }
+            chosen |= {
+                "jitter_signature_weight": choose(motion),
+                "jitter_signature_center": center,
+                "jitter_signature_scale": scale,
+            }
+    dataclasses.replace(config, **chosen).save(args.model)
     (args.model / CALIBRATION_NAME).write_text(json.dumps(record, indent=2) + "\n")
-    print(
-        f"default_strictness {best:g}, readout_mask_weight {weight:g}, jitter_min_motion_signature {gate:g} "
-        f"written to {args.model}"
-    )
+    print(", ".join(f"{k} {v:g}" for k, v in chosen.items()) + f" written to {args.model}")
     return 0
 
 

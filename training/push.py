@@ -70,6 +70,13 @@ def model_card(folder: Path, repo_id: str) -> str:
                 f"{config.jitter_min_motion_signature:g} where the readout covers it (read off the training "
                 "photos' undistorted content, `calibration.json`) |"
             )
+    if config.jitter_signature_weight:
+        lines.append(
+            f"| jitter masks | blend in P(jitter \\| motion-blur signature s) = σ((s − "
+            f"{config.jitter_signature_center:g}) / {config.jitter_signature_scale:g}) at weight "
+            f"{config.jitter_signature_weight:g} (fitted on the training photos, weight chosen on validation photos, "
+            "`calibration.json`) |"
+        )
     if config.choice_head:
         keys = "each image's readout scores" if config.choice_keys == "readout" else "the LLM's state at each image"
         lines.append(

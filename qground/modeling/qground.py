@@ -59,12 +59,15 @@ class ImageFeatures:
     """Vision outputs for M images: ``tokens`` (M, T, D) for the LLM, ``decoder`` two (M, g², Dv) patch maps;
     when the config blends masks with the readout (``readout_mask_weight`` > 0) its ``coverage`` (M, classes, g·sub,
     g·sub) of the padded input frame, and when the choice head compares readouts (``choice_keys`` "readout") the
-    ``evidence`` (M, 3·classes): each image's whole-image readout scores as trained (``DistortionReadout``)."""
+    ``evidence`` (M, 3·classes): each image's whole-image readout scores as trained (``DistortionReadout``); when
+    the config blends jitter masks with the motion-blur signature (``jitter_signature_weight`` > 0) that
+    ``signature`` (M, S, S) in the padded input frame (0: no evidence)."""
 
     tokens: torch.Tensor
     decoder: tuple[torch.Tensor, torch.Tensor]
     coverage: torch.Tensor | None = None
     evidence: torch.Tensor | None = None
+    signature: torch.Tensor | None = None
 
 
 @dataclass
@@ -178,7 +181,8 @@ class QGroundModel(nn.Module):
         proj_dtype = next(self.projector.parameters()).dtype
         tokens = self.projector(stacked.to(proj_dtype))
         decoder = tuple(hs[i][:, 1:] for i in cfg.decoder.layers)
-        return ImageFeatures(tokens=tokens, decoder=decoder, coverage=coverage, evidence=evidence)
+        signature = signature if cfg.jitter_signature_weight else None  # for blend_motion
+        return ImageFeatures(tokens=tokens, decoder=decoder, coverage=coverage, evidence=evidence, signature=signature)
 
     def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings (B, L, D) with image-token positions replaced by ``image_tokens`` (M, T, D) in order: all T
@@ -271,6 +275,27 @@ class QGroundModel(nn.Module):
         cover = F.interpolate(cover[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         blended = logits.clone()
         blended[rows] = torch.logit((1 - w) * logits[rows].float().sigmoid() + w * cover, eps=1e-6).to(logits.dtype)
+        return blended
+
+    def blend_motion(
+        self, logits: torch.Tensor, features: ImageFeatures, image_index: torch.Tensor, classes: torch.Tensor
+    ) -> torch.Tensor:
+        """Mask ``logits`` (N, S, S) over the padded input frame for classes ``classes`` (N,) → jitter rows become the
+        logits of (1 − w) · p + w · σ((signature − center) / scale) where the image's motion-blur signature holds
+        evidence (> 0) and stay p elsewhere, p their probability, w = ``config.jitter_signature_weight`` (inference
+        only). Other rows, w = 0, or features without a signature: unchanged."""
+        cfg = self.config
+        rows = (classes == CLASS_NAMES.index("jitter")).nonzero().flatten()
+        if not cfg.jitter_signature_weight or features.signature is None or not len(rows):
+            return logits
+        p = logits[rows].float().sigmoid()
+        signature = features.signature[image_index[rows]].float()  # (n, S, S)
+        q = torch.where(
+            signature > 0, torch.sigmoid((signature - cfg.jitter_signature_center) / cfg.jitter_signature_scale), p
+        )
+        w = cfg.jitter_signature_weight
+        blended = logits.clone()
+        blended[rows] = torch.logit((1 - w) * p + w * q, eps=1e-6).to(logits.dtype)
         return blended
 
     # -- training forward --------------------------------------------------------------------------------------------
