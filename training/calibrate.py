@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     grid, weights = _floats(args.grid), _floats(args.weights)
     engine = load_engine(str(args.model))
-    # the decoder alone and no jitter gate first
+    # the decoder alone, no jitter gate and no signature in the jitter masks first
     engine.model.config = dataclasses.replace(
         engine.model.config, readout_mask_weight=0.0, jitter_min_motion_signature=0.0, jitter_signature_weight=0.0
     )
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:  # e.g. a toy training split without jitter on textured content
             print(f"jitter_signature_weight stays 0: {err}", flush=True)
             record["jitter_signature_weight"] = {"chosen": 0.0, "reference": reference, "not fitted": str(err)}
+            chosen["jitter_signature_weight"] = 0.0
         else:
             engine.model.config = dataclasses.replace(
                 engine.model.config, jitter_signature_center=center, jitter_signature_scale=scale
