@@ -221,9 +221,8 @@ def test_the_motion_signature_draws_jitter_masks_closer_to_the_truth(nano):
 
 def test_the_jitter_gate_keeps_motion_blur_and_drops_false_alarms(nano):
     """On the held-out jitter-only and clean images (``jitter_only_and_clean``), at the default strictness the shipped
-    jitter gate (a motion-blur signature where the readout covers
-    jitter) still finds nearly all the jitter, and draws far fewer jitter masks on the clean photos than the same
-    model without the gate."""
+    jitter gate (a motion-blur signature where the readout covers jitter) still finds nearly all the jitter, and draws
+    far fewer jitter masks on the clean photos than the same model without the gate."""
     jittered, clean = jitter_only_and_clean()
     gate = nano.model.config.jitter_min_motion_signature
     assert gate > 0

@@ -54,6 +54,12 @@ def motion_blurred(signature: torch.Tensor, coverage: torch.Tensor, minimum: flo
     return torch.tensor(keep)
 
 
+def mix_probabilities(logits: torch.Tensor, other: torch.Tensor, weight: float) -> torch.Tensor:
+    """Mask ``logits`` (n, S, S) and ``other`` (n, S, S), a probability map of the same masks from another predictor →
+    float logits of (1 − ``weight``) · σ(logits) + ``weight`` · other: two predictors averaged in probability space."""
+    return torch.logit((1 - weight) * logits.float().sigmoid() + weight * other, eps=1e-6)
+
+
 @dataclass
 class ImageFeatures:
     """Vision outputs for M images: ``tokens`` (M, T, D) for the LLM, ``decoder`` two (M, g², Dv) patch maps;
@@ -274,7 +280,7 @@ class QGroundModel(nn.Module):
         cover = features.coverage[image_index[rows], classes[rows]].float()  # (n, g·sub, g·sub)
         cover = F.interpolate(cover[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         blended = logits.clone()
-        blended[rows] = torch.logit((1 - w) * logits[rows].float().sigmoid() + w * cover, eps=1e-6).to(logits.dtype)
+        blended[rows] = mix_probabilities(logits[rows], cover, w).to(logits.dtype)
         return blended
 
     def blend_motion(
@@ -293,9 +299,8 @@ class QGroundModel(nn.Module):
         q = torch.where(
             signature > 0, torch.sigmoid((signature - cfg.jitter_signature_center) / cfg.jitter_signature_scale), p
         )
-        w = cfg.jitter_signature_weight
         blended = logits.clone()
-        blended[rows] = torch.logit((1 - w) * p + w * q, eps=1e-6).to(logits.dtype)
+        blended[rows] = mix_probabilities(logits[rows], q, cfg.jitter_signature_weight).to(logits.dtype)
         return blended
 
     # -- training forward --------------------------------------------------------------------------------------------
