@@ -211,6 +211,12 @@ class QGroundConfig:
     jitter_signature_weight: float = 0.0
     jitter_signature_center: float = 0.0
     jitter_signature_scale: float = 1.0
+    # Inference: the tower also reads every image mirrored left-right (inside its content window), and the readout's
+    # whole-image logits, its coverage and the pixel decoder's masks are averaged over the two views, mirror-back
+    # aligned (test-time augmentation: the training photos are flipped at random, so both views are in distribution).
+    # The presence decisions, φv's whole-image token, the choice keys and the masks all read the average. Chosen on
+    # validation photos by training.calibrate. False: one view.
+    flip_average: bool = False
     # Answers to "which image?" end in a pointer: the state predicting [CHOICE] scores each image of the prompt against
     # that image's key (qground.modeling.choice_head) instead of spelling its place.
     choice_head: bool = False

@@ -183,7 +183,8 @@ class QGroundEngine:
         strictness = settings.strictness if len(metas) == 1 else 0.0
         letters = {image: letter for letter, image in question_options(turns[-1].question, len(metas)).items()}
         with torch.inference_mode():
-            features = self.model.encode_images(sample["pixel_values"], strictness) if metas else None
+            sizes = [meta.resized_size for meta in metas]
+            features = self.model.encode_images(sample["pixel_values"], strictness, sizes) if metas else None
         tokens: list[int] = []
         states: list[torch.Tensor] = []
         choices: list[list[float]] = []

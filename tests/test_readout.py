@@ -10,10 +10,10 @@ from PIL import Image
 
 from qground.builder import build_model
 from qground.checkpoint import HEADS_NAME, load_model, save_checkpoint
-from qground.config import CONFIG_NAME, ConfigError
+from qground.config import CONFIG_NAME, ConfigError, QGroundConfig
 from qground.inference import GenerationSettings, QGroundEngine
 from qground.modeling import QGroundModel
-from qground.modeling.qground import clipped_white, motion_blurred
+from qground.modeling.qground import clipped_white, mirror, motion_blurred
 from qground.processor import QGroundProcessor
 from qground.prompts import Turn
 from qground.taxonomy import CLASS_NAMES
@@ -26,6 +26,12 @@ def readout_model(tiny):
     _, tokenizer, _ = tiny
     config = dataclasses.replace(tiny[0].config, readout=True, global_token=True)
     return build_model(config, seed=0), tokenizer
+
+
+def rebuilt(model: QGroundModel, config: QGroundConfig | None = None, **changes) -> QGroundModel:
+    """``model``'s modules (shared, not copied) under ``config`` (default: its own) with ``changes``."""
+    config = dataclasses.replace(config or model.config, **changes)
+    return QGroundModel(config, model.llava, model.seg_head, model.pixel_decoder, model.readout)
 
 
 @pytest.fixture
@@ -91,13 +97,7 @@ def test_strictness_is_scaled_by_the_readout_confidence(readout_model, overfit_b
     less sure of needs less); without it, s for every class; at 0 the readout is not gated."""
     model, _ = readout_model
     pixels = overfit_batch[1]["pixel_values"]
-    confident = QGroundModel(
-        dataclasses.replace(model.config, readout_confidence=(6.0, 2.0, 6.0, 4.0, 7.0)),
-        model.llava,
-        model.seg_head,
-        model.pixel_decoder,
-        model.readout,
-    )
+    confident = rebuilt(model, readout_confidence=(6.0, 2.0, 6.0, 4.0, 7.0))
     confident.encode_images(pixels, strictness=3.0)
     model.encode_images(pixels, strictness=3.0)
     model.encode_images(pixels)
@@ -115,7 +115,7 @@ def test_overexposure_needs_a_clipped_white_pixel(readout_model, thresholds):
     at strictness 0 nothing is gated. The padding (the mean color) never counts as clipped."""
     model, tokenizer = readout_model
     config = dataclasses.replace(model.config, overexposure_needs_clipping=True)
-    clipping = QGroundModel(config, model.llava, model.seg_head, model.pixel_decoder, model.readout)
+    clipping = rebuilt(model, config)
     processor = QGroundProcessor(tokenizer, config)
     pale = np.full((40, 60, 3), 245, np.uint8)  # bright, but in range
     blown = pale.copy()
@@ -144,7 +144,7 @@ def test_jitter_needs_a_motion_blur_signature(readout_model, thresholds, monkeyp
     strictness 0 nothing is gated. The signature channel is the processor's last and the tower does not read it."""
     model, tokenizer = readout_model
     config = dataclasses.replace(model.config, motion_signature=True, jitter_min_motion_signature=6.0)
-    gated = QGroundModel(config, model.llava, model.seg_head, model.pixel_decoder, model.readout)
+    gated = rebuilt(model, config)
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
     pixels = QGroundProcessor(tokenizer, config).preprocess_image(photo)[0]
     assert pixels.shape[0] == config.input_channels == config.vision.num_channels + 1
@@ -183,7 +183,7 @@ def test_jitter_masks_blend_the_motion_blur_signature(readout_model):
         jitter_signature_center=7.0,
         jitter_signature_scale=2.0,
     )
-    blending = QGroundModel(config, model.llava, model.seg_head, model.pixel_decoder, model.readout)
+    blending = rebuilt(model, config)
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
     pixels = QGroundProcessor(tokenizer, config).preprocess_image(photo)[0].repeat(2, 1, 1, 1)
     s = config.image_size
@@ -191,13 +191,7 @@ def test_jitter_masks_blend_the_motion_blur_signature(readout_model):
     pixels[0, -1, : s // 2] = 3.0  # evidence against motion blur in the top half of image 0, none below
     features = blending.encode_images(pixels)
     assert torch.equal(features.signature, pixels[:, -1])
-    plain = QGroundModel(
-        dataclasses.replace(config, jitter_signature_weight=0.0),
-        model.llava,
-        model.seg_head,
-        model.pixel_decoder,
-        model.readout,
-    )
+    plain = rebuilt(model, config, jitter_signature_weight=0.0)
     assert plain.encode_images(pixels).signature is None
     jitter = CLASS_NAMES.index("jitter")
     logits = torch.randn(3, s, s)
@@ -256,13 +250,7 @@ def test_masks_blend_the_decoder_with_the_readout_coverage(readout_model, overfi
     logits = torch.randn(3, s, s)
     image, classes = torch.tensor([0, 1, 1]), torch.tensor([2, -1, 4])
     for w in (0.5, 1.0):
-        blending = QGroundModel(
-            dataclasses.replace(model.config, readout_mask_weight=w),
-            model.llava,
-            model.seg_head,
-            model.pixel_decoder,
-            model.readout,
-        )
+        blending = rebuilt(model, readout_mask_weight=w)
         feats = blending.encode_images(pixels)
         assert torch.equal(model.blend_readout(logits, feats, image, classes), logits)  # weight 0
         cover = torch.nn.functional.interpolate(feats.coverage, size=(s, s), mode="bilinear")  # (M, classes, S, S)
@@ -275,6 +263,75 @@ def test_masks_blend_the_decoder_with_the_readout_coverage(readout_model, overfi
         dataclasses.replace(model.config, readout_mask_weight=1.5)
     with pytest.raises(ConfigError, match="readout_mask_weight needs readout: true"):
         dataclasses.replace(model.config, readout=False, readout_mask_weight=0.5)
+
+
+def test_mirror_flips_each_content_window_only():
+    maps = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    sizes = [(5, 8), (8, 3)]
+    out = mirror(maps, sizes)
+    for i, (h, w) in enumerate(sizes):
+        assert torch.equal(out[i, :, :h, :w], maps[i, :, :h, :w].flip(-1))
+        assert torch.equal(out[i, :, h:], maps[i, :, h:]) and torch.equal(out[i, :, :, w:], maps[i, :, :, w:])
+    assert torch.equal(mirror(out, sizes), maps)
+    with pytest.raises(ValueError, match="1 content sizes for 2 images"):
+        mirror(maps, sizes[:1])
+
+
+def test_flip_average_reads_each_image_and_its_mirror(readout_model, overfit_batch, monkeypatch):
+    """With ``flip_average`` and content sizes, the readout's whole-image logits (what the gate, φv's whole-image
+    token and the choice keys read) are the mean of the image's and its mirror's; the coverage and the decoder's mask
+    probabilities are the means of both views' maps, the mirror's mirrored back; φv's patch tokens and the decoder's
+    own patch maps stay the image's. Without content sizes (training) nothing changes."""
+    model, _ = readout_model
+    single = rebuilt(model, readout_mask_weight=0.5)
+    flipping = rebuilt(single, flip_average=True)
+    pixels = overfit_batch[1]["pixel_values"]
+    sizes = [tuple(v) for v in overfit_batch[1]["image_sizes"].tolist()]
+    wholes, scores = [], model.readout.scores
+
+    def spy(dense, whole, threshold=None):
+        wholes.append(whole)
+        return scores(dense, whole, threshold)
+
+    monkeypatch.setattr(model.readout, "scores", spy)
+    both = flipping.encode_images(pixels, 0.0, sizes)
+    own = single.encode_images(pixels, 0.0, sizes)  # one view: sizes are not used
+    mirrored = single.encode_images(mirror(pixels, sizes), 0.0, sizes)
+    assert torch.allclose(wholes[0], (wholes[1] + wholes[2]) / 2, atol=1e-6)
+    s = single.config.image_size
+
+    def full(cover: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(cover, size=(s, s), mode="bilinear", align_corners=False)
+
+    assert both.coverage.shape == (2, len(CLASS_NAMES), s, s)
+    assert torch.allclose(both.coverage, (full(own.coverage) + mirror(full(mirrored.coverage), sizes)) / 2, atol=1e-6)
+    assert torch.equal(both.tokens[:, :-1], own.tokens[:, :-1]) and not torch.equal(both.tokens, own.tokens)
+    assert torch.equal(both.decoder[0], own.decoder[0]) and torch.allclose(both.mirrored[0], mirrored.decoder[0])
+    assert own.mirrored is None and flipping.encode_images(pixels).mirrored is None  # training: one view
+    states = torch.randn(3, single.config.seg_count, single.config.llm.hidden_size)
+    image = torch.tensor([1, 0, 1])
+    got = flipping.decode_masks(states, both, image).sigmoid()
+    a = single.decode_masks(states, own, image).sigmoid()
+    b = mirror(single.decode_masks(states, mirrored, image).sigmoid(), [sizes[i] for i in image.tolist()])
+    assert torch.allclose(got, (a + b) / 2, atol=1e-5)
+
+
+def test_the_engine_gives_the_model_its_images_content_sizes(readout_model, overfit_photo_files, monkeypatch):
+    model, tokenizer = readout_model
+    flipping = rebuilt(model, flip_average=True)
+    seen, encode = [], flipping.encode_images
+
+    def spy(pixel_values, strictness=0.0, content_sizes=None):
+        features = encode(pixel_values, strictness, content_sizes)
+        seen.append((content_sizes, features.mirrored is not None))
+        return features
+
+    monkeypatch.setattr(flipping, "encode_images", spy)
+    engine = QGroundEngine(flipping, QGroundProcessor(tokenizer, flipping.config))
+    photos = [Image.open(p) for p in overfit_photo_files]
+    engine.chat(photos, [Turn("Which image is sharper?")], GenerationSettings(max_new_tokens=2))
+    want = [engine.processor.content_size((p.height, p.width)) for p in photos]
+    assert seen == [(want, True)]
 
 
 def test_phi_v_reads_the_readout(readout_model, overfit_batch):
@@ -402,13 +459,7 @@ def test_the_engine_draws_blended_masks(readout_model):
     """The engine's masks go through the blend with the class each answer names: at weight 1 the noise mask is where
     the readout's noise coverage is above one half."""
     model, tokenizer = readout_model
-    blending = QGroundModel(
-        dataclasses.replace(model.config, readout_mask_weight=1.0),
-        model.llava,
-        model.seg_head,
-        model.pixel_decoder,
-        model.readout,
-    )
+    blending = rebuilt(model, readout_mask_weight=1.0)
     engine = QGroundEngine(blending, QGroundProcessor(tokenizer, blending.config))
     group = seg_tokens(blending.config).group_text()
     tokens = tokenizer(f"The segmentation results are: noise {group}", add_special_tokens=False).input_ids

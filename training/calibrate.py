@@ -10,10 +10,12 @@ jitter only if it looks more motion-blurred than most clean content; validation 
 For the same models, P(jitter | signature) is fitted on the training photos too (``motion_logistic``: jittered
 against undistorted cells), and the weight of that posterior in jitter masks (``QGroundModel.blend_motion``) is chosen
 on the validation photos from the mask-weight grid, the same way.
+Last, with everything else chosen, whether each image is also read mirrored (``flip_average``, test-time averaging of
+the presence logits, coverage and masks over both views) is chosen on the validation photos the same way.
 Prints the tables and writes the choices into the checkpoint's ``qground_config.json`` (``default_strictness``, the
-value the app, the CLI and ``eval`` start from, ``readout_mask_weight``, ``jitter_min_motion_signature`` and
-``jitter_signature_weight`` / ``_center`` / ``_scale``); the sweeps are kept beside it in ``calibration.json``. The
-held-out evaluation photos play no part in the choice.
+value the app, the CLI and ``eval`` start from, ``readout_mask_weight``, ``jitter_min_motion_signature``,
+``jitter_signature_weight`` / ``_center`` / ``_scale`` and ``flip_average``); the sweeps are kept beside it in
+``calibration.json``. The held-out evaluation photos play no part in the choice.
 
 ``python -m training.calibrate --model runs/nano/stage3/final --data runs/nano/data/val [--train runs/nano/data/train]
 [--grid 0,1,2,3,4,5,6] [--weights 0,0.25,0.5,0.75,1]``
@@ -162,9 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     grid, weights = _floats(args.grid), _floats(args.weights)
     engine = load_engine(str(args.model))
-    # the decoder alone, no jitter gate and no signature in the jitter masks first
+    # the decoder alone, no jitter gate, no signature in the jitter masks and one view first
     engine.model.config = dataclasses.replace(
-        engine.model.config, readout_mask_weight=0.0, jitter_min_motion_signature=0.0, jitter_signature_weight=0.0
+        engine.model.config,
+        readout_mask_weight=0.0,
+        jitter_min_motion_signature=0.0,
+        jitter_signature_weight=0.0,
+        flip_average=False,
     )
     summaries = sweep(engine, args.data, grid, args.limit)
     best = choose(summaries)
@@ -219,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
                 "jitter_signature_center": center,
                 "jitter_signature_scale": scale,
             }
+    views = {}
+    for flip in (False, True):  # the model as chosen so far, then also reading each image mirrored
+        engine.model.config = dataclasses.replace(engine.model.config, **chosen, flip_average=flip)
+        views[flip] = _summary(engine, args.data, best, args.limit, f"strictness {best:g}, flip_average {flip}")
+    chosen["flip_average"] = choose(views)
+    record["flip_average"] = {"chosen": chosen["flip_average"], "sweep": {str(f).lower(): views[f] for f in views}}
     dataclasses.replace(config, **chosen).save(args.model)
     (args.model / CALIBRATION_NAME).write_text(json.dumps(record, indent=2) + "\n")
     print(", ".join(f"{k} {v:g}" for k, v in chosen.items()) + f" written to {args.model}")

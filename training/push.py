@@ -77,6 +77,11 @@ def model_card(folder: Path, repo_id: str) -> str:
             f"{config.jitter_signature_weight:g} (fitted on the training photos, weight chosen on validation photos, "
             "`calibration.json`) |"
         )
+    if config.flip_average:
+        lines.append(
+            "| test-time views | each image is also read mirrored left-right: presence logits, readout coverage and "
+            "masks are averaged over both views (chosen on validation photos, `calibration.json`) |"
+        )
     if config.choice_head:
         keys = "each image's readout scores" if config.choice_keys == "readout" else "the LLM's state at each image"
         lines.append(

@@ -13,6 +13,7 @@ Token contract (the processor builds it, this module checks it):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,17 @@ def motion_blurred(signature: torch.Tensor, coverage: torch.Tensor, minimum: flo
     return torch.tensor(keep)
 
 
+def mirror(maps: torch.Tensor, content_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """``maps`` (M, …, S, S) over padded input frames, ``content_sizes`` M (h, w) content windows (at the frame's top
+    left) → a copy with each image's window mirrored left-right and its padding untouched. Its own inverse."""
+    if len(content_sizes) != len(maps):
+        raise ValueError(f"{len(content_sizes)} content sizes for {len(maps)} images")
+    out = maps.clone()
+    for i, (h, w) in enumerate(content_sizes):
+        out[i, ..., :h, :w] = maps[i, ..., :h, :w].flip(-1)
+    return out
+
+
 def mix_probabilities(logits: torch.Tensor, other: torch.Tensor, weight: float) -> torch.Tensor:
     """Mask ``logits`` (n, S, S) and ``other`` (n, S, S), a probability map of the same masks from another predictor →
     float logits of (1 − ``weight``) · σ(logits) + ``weight`` · other: two predictors averaged in probability space."""
@@ -67,13 +79,17 @@ class ImageFeatures:
     g·sub) of the padded input frame, and when the choice head compares readouts (``choice_keys`` "readout") the
     ``evidence`` (M, 3·classes): each image's whole-image readout scores as trained (``DistortionReadout``); when
     the config blends jitter masks with the motion-blur signature (``jitter_signature_weight`` > 0) that
-    ``signature`` (M, S, S) in the padded input frame (0: no evidence)."""
+    ``signature`` (M, S, S) in the padded input frame (0: no evidence). With ``config.flip_average`` and the
+    ``content_sizes`` (M (h, w)) given, ``mirrored`` holds the decoder's patch maps of the mirrored views, the
+    coverage is (M, classes, S, S), and coverage and evidence are averages of both views."""
 
     tokens: torch.Tensor
     decoder: tuple[torch.Tensor, torch.Tensor]
     coverage: torch.Tensor | None = None
     evidence: torch.Tensor | None = None
     signature: torch.Tensor | None = None
+    mirrored: tuple[torch.Tensor, torch.Tensor] | None = None
+    content_sizes: Sequence[tuple[int, int]] | None = None
 
 
 @dataclass
@@ -131,12 +147,20 @@ class QGroundModel(nn.Module):
         return self.llava.lm_head.weight.device
 
     # -- stages ------------------------------------------------------------------------------------------------------
-    def encode_images(self, pixel_values: torch.Tensor, strictness: float = 0.0) -> ImageFeatures:
+    def encode_images(
+        self,
+        pixel_values: torch.Tensor,
+        strictness: float = 0.0,
+        content_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> ImageFeatures:
         """``pixel_values`` (M, C, S, S) normalized, padded model inputs → ``ImageFeatures``. The tower and the readout
-        are frozen. ``strictness`` s > 0 (models with a readout only) hides class k's evidence from φv in every image
-        whose readout presence logit is below s × c_k / mean(c), with c = ``config.readout_confidence`` (1 for every
-        class when unset): a class the readout is less sure of needs less; with ``config.overexposure_needs_clipping``
-        also overexposure's in every image without a clipped white pixel (``clipped_white``), and with
+        are frozen. With ``config.flip_average`` and the images' ``content_sizes`` (M (h, w), the processor's
+        ``resized_size``; inference only) the tower also reads each image mirrored inside its window (``mirror``) and
+        the readout's whole-image logits and coverage are averaged over both views, aligned.
+        ``strictness`` s > 0 (models with a readout only) hides class k's evidence from φv in every image whose
+        readout presence logit is below s × c_k / mean(c), with c = ``config.readout_confidence`` (1 for every class
+        when unset): a class the readout is less sure of needs less; with ``config.overexposure_needs_clipping`` also
+        overexposure's in every image without a clipped white pixel (``clipped_white``), and with
         ``config.jitter_min_motion_signature`` jitter's in every image whose jitter region shows no motion-blur
         signature (``motion_blurred``). 0: as trained."""
         if strictness and self.readout is None:
@@ -158,6 +182,10 @@ class QGroundModel(nn.Module):
             threshold = threshold.repeat(len(pixel_values), 1)  # (M, K)
             if cfg.overexposure_needs_clipping:
                 threshold[~clipped_white(pixel_values, cfg), CLASS_NAMES.index("overexposure")] = float("inf")
+        m = len(pixel_values)
+        two_views = cfg.flip_average and content_sizes is not None
+        if two_views:
+            pixel_values = torch.cat([pixel_values, mirror(pixel_values, content_sizes)])
         tower_param = next(self.vision_tower.parameters())
         with torch.no_grad():
             out = self.vision_tower(
@@ -171,24 +199,37 @@ class QGroundModel(nn.Module):
             with torch.no_grad():
                 last = hs[-1].to(next(self.readout.parameters()).dtype)
                 dense, whole = self.readout.logits(last)
+                whole = whole.view(1 + two_views, m, -1).mean(0)  # (M, 3·K), averaged over the views
                 gate_jitter = threshold is not None and cfg.jitter_min_motion_signature > 0
                 if gate_jitter or cfg.readout_mask_weight:
-                    coverage = self.readout.coverage(dense)  # (M, K, g·sub, g·sub)
+                    coverage = self.readout.coverage(dense)  # (M or 2M views, K, g·sub, g·sub)
+                    if two_views:  # the mirrored views' maps mirrored back, at S × S where the windows are whole pixels
+                        size = (cfg.image_size, cfg.image_size)
+                        coverage = F.interpolate(coverage, size=size, mode="bilinear", align_corners=False)
+                        coverage = (coverage[:m] + mirror(coverage[m:], content_sizes)) / 2
                 if gate_jitter:
                     jitter = CLASS_NAMES.index("jitter")
                     moved = motion_blurred(signature, coverage[:, jitter], cfg.jitter_min_motion_signature)
                     threshold[~moved, jitter] = float("inf")
-                stacked = self.readout.scores(dense, whole, threshold)  # CLS + patches
+                stacked = self.readout.scores(dense[:m], whole, threshold)  # CLS + patches
                 coverage = coverage if cfg.readout_mask_weight else None  # for blend_readout
                 if cfg.choice_keys == "readout":  # ungated: comparisons read the evidence as trained
                     evidence = whole.sigmoid()
         else:
-            stacked = torch.cat([hs[i] for i in cfg.feature_layers], dim=-1)  # CLS + patches
+            stacked = torch.cat([hs[i][:m] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype
         tokens = self.projector(stacked.to(proj_dtype))
-        decoder = tuple(hs[i][:, 1:] for i in cfg.decoder.layers)
+        decoder = tuple(hs[i][:m, 1:] for i in cfg.decoder.layers)
         signature = signature if cfg.jitter_signature_weight else None  # for blend_motion
-        return ImageFeatures(tokens=tokens, decoder=decoder, coverage=coverage, evidence=evidence, signature=signature)
+        return ImageFeatures(
+            tokens=tokens,
+            decoder=decoder,
+            coverage=coverage,
+            evidence=evidence,
+            signature=signature,
+            mirrored=tuple(hs[i][m:, 1:] for i in cfg.decoder.layers) if two_views else None,
+            content_sizes=content_sizes if two_views else None,
+        )
 
     def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings (B, L, D) with image-token positions replaced by ``image_tokens`` (M, T, D) in order: all T
@@ -257,13 +298,21 @@ class QGroundModel(nn.Module):
         self, seg_states: torch.Tensor, features: ImageFeatures, image_index: torch.Tensor
     ) -> torch.Tensor:
         """``seg_states`` (N, seg_count, D) predicting states, ``image_index`` (N,) → mask logits (N, S, S) over the
-        padded model input frame."""
+        padded model input frame; with ``features.mirrored`` the logits of the mean probability of both views' masks
+        (the mirrored view's mirrored back)."""
         seg = self.seg_head(seg_states.to(next(self.seg_head.parameters()).dtype))
         dec_dtype = next(self.pixel_decoder.parameters()).dtype
-        feats = tuple(f[image_index].to(dec_dtype) for f in features.decoder)
-        logits = self.pixel_decoder(feats, seg.to(dec_dtype))
         size = self.config.image_size
-        return F.interpolate(logits[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+        def masks(maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            logits = self.pixel_decoder(tuple(f[image_index].to(dec_dtype) for f in maps), seg.to(dec_dtype))
+            return F.interpolate(logits[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+        logits = masks(features.decoder)
+        if features.mirrored is None:
+            return logits
+        back = mirror(masks(features.mirrored), [features.content_sizes[i] for i in image_index.tolist()])
+        return mix_probabilities(logits, back.sigmoid(), 0.5)
 
     def blend_readout(
         self, logits: torch.Tensor, features: ImageFeatures, image_index: torch.Tensor, classes: torch.Tensor
