@@ -4,15 +4,20 @@ Runs the engine on the held-out synthetic images (or any folder of images) at th
 as the app and the command line do, and prints the median and p90 of the total time and its stages (preprocess incl.
 native-resolution detail channels, generation, masks).
 
+``--one-view`` (models with ``flip_average``): also times every image reading one view, interleaved with the default
+(two views), and prints both medians and their ratio: what the mirrored second view costs, measured side by side.
+
 ``--resize 4000x3000`` first scales each image to that size (a 12 MP phone photo: native-resolution detail channels and
 full-size masks cost most there) and times the engine on the in-memory image.
 
-Run: ``python -m bench.latency [--model qground-nano] [--data runs/nano/data/eval/images] [--limit 50] [--resize WxH]``
+Run: ``python -m bench.latency [--model qground-nano] [--data runs/nano/data/eval/images] [--limit 50] [--resize WxH]
+[--one-view]``
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -31,8 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path("runs/nano/data/eval/images"))
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--resize", help="WxH: time each image scaled to this size (e.g. 4000x3000)")
+    parser.add_argument(
+        "--one-view", action="store_true", help="also time each image reading one view (models with flip_average)"
+    )
     args = parser.parse_args(argv)
     engine = load_engine(args.model)
+    if args.one_view and not engine.config.flip_average:
+        raise SystemExit(f"--one-view: {args.model} reads one view already (flip_average is off)")
     files = sorted(args.data.glob("*.png"))[: args.limit]
     if not files:
         raise SystemExit(f"no images in {args.data}: run `python -m training.nano` first or pass --data")
@@ -42,13 +52,21 @@ def main(argv: list[str] | None = None) -> None:
         inputs = [Image.open(f).convert("RGB").resize((width, height), Image.Resampling.BICUBIC) for f in files]
     settings = GenerationSettings(strictness=engine.config.default_strictness)
     engine.ground(inputs[0], settings=settings)  # warm-up
-    totals, stages = [], {"preprocess": [], "generate": [], "masks": []}
+    two_views = engine.config
+    one_view = dataclasses.replace(two_views, flip_average=False)
+    totals, singles, stages = [], [], {"preprocess": [], "generate": [], "masks": []}
     for f in inputs:
         t0 = time.perf_counter()
         result = engine.ground(f, settings=settings)
         totals.append(time.perf_counter() - t0)
         for k in stages:
             stages[k].append(result.timings[k])
+        if args.one_view:
+            engine.model.config = one_view
+            t0 = time.perf_counter()
+            engine.ground(f, settings=settings)
+            singles.append(time.perf_counter() - t0)
+            engine.model.config = two_views
     size = f", scaled to {args.resize}" if args.resize else ""
     print(
         f"{args.model} on {len(files)} images from {args.data}{size}, strictness {settings.strictness:g} "
@@ -60,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     for k, v in stages.items():
         print(f"  {k:<11} median {statistics.median(v) * 1000:.0f} ms")
+    if singles:
+        two, one = statistics.median(totals), statistics.median(singles)
+        print(f"one view (interleaved): median {one * 1000:.0f} ms; two views / one view = {two / one:.2f}")
 
 
 if __name__ == "__main__":
