@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     record["flip_average"] = {"chosen": chosen["flip_average"], "sweep": {str(f).lower(): views[f] for f in views}}
     dataclasses.replace(config, **chosen).save(args.model)
     (args.model / CALIBRATION_NAME).write_text(json.dumps(record, indent=2) + "\n")
-    print(", ".join(f"{k} {v:g}" for k, v in chosen.items()) + f" written to {args.model}")
+    summary = ", ".join(f"{k} {v}" if isinstance(v, bool) else f"{k} {v:g}" for k, v in chosen.items())
+    print(f"{summary} written to {args.model}")
     return 0
 
 
