@@ -6,18 +6,19 @@ native-resolution detail channels, generation, masks).
 
 ``--one-view`` (models with ``flip_average``): also times every image reading one view, interleaved with the default
 (two views), and prints both medians and their ratio: what the mirrored second view costs, measured side by side.
+``--no-refine`` (models with ``mask_refine_radius``): the same for masks only upsampled, not guided-filtered on the
+photo.
 
 ``--resize 4000x3000`` first scales each image to that size (a 12 MP phone photo: native-resolution detail channels and
 full-size masks cost most there) and times the engine on the in-memory image.
 
 Run: ``python -m bench.latency [--model qground-nano] [--data runs/nano/data/eval/images] [--limit 50] [--resize WxH]
-[--one-view]``
+[--one-view] [--no-refine]``
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -39,10 +40,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--one-view", action="store_true", help="also time each image reading one view (models with flip_average)"
     )
+    parser.add_argument(
+        "--no-refine",
+        action="store_true",
+        help="also time each image with masks only upsampled (models with mask_refine_radius)",
+    )
     args = parser.parse_args(argv)
     engine = load_engine(args.model)
     if args.one_view and not engine.config.flip_average:
         raise SystemExit(f"--one-view: {args.model} reads one view already (flip_average is off)")
+    if args.no_refine and not engine.config.mask_refine_radius:
+        raise SystemExit(f"--no-refine: {args.model} does not refine its masks (mask_refine_radius is 0)")
+    variants = {"one view": {"flip_average": False}} if args.one_view else {}
+    variants |= {"masks not refined": {"mask_refine_radius": 0.0}} if args.no_refine else {}
     files = sorted(args.data.glob("*.png"))[: args.limit]
     if not files:
         raise SystemExit(f"no images in {args.data}: run `python -m training.nano` first or pass --data")
@@ -52,21 +62,21 @@ def main(argv: list[str] | None = None) -> None:
         inputs = [Image.open(f).convert("RGB").resize((width, height), Image.Resampling.BICUBIC) for f in files]
     settings = GenerationSettings(strictness=engine.config.default_strictness)
     engine.ground(inputs[0], settings=settings)  # warm-up
-    two_views = engine.config
-    one_view = dataclasses.replace(two_views, flip_average=False)
-    totals, singles, stages = [], [], {"preprocess": [], "generate": [], "masks": []}
+    default = {f: getattr(engine.config, f) for changes in variants.values() for f in changes}
+    totals, stages = [], {"preprocess": [], "generate": [], "masks": []}
+    others: dict[str, list[float]] = {name: [] for name in variants}
     for f in inputs:
         t0 = time.perf_counter()
         result = engine.ground(f, settings=settings)
         totals.append(time.perf_counter() - t0)
         for k in stages:
             stages[k].append(result.timings[k])
-        if args.one_view:
-            engine.model.config = one_view
+        for name, changes in variants.items():
+            engine.reconfigure(**changes)
             t0 = time.perf_counter()
             engine.ground(f, settings=settings)
-            singles.append(time.perf_counter() - t0)
-            engine.model.config = two_views
+            others[name].append(time.perf_counter() - t0)
+            engine.reconfigure(**default)
     size = f", scaled to {args.resize}" if args.resize else ""
     print(
         f"{args.model} on {len(files)} images from {args.data}{size}, strictness {settings.strictness:g} "
@@ -78,9 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     for k, v in stages.items():
         print(f"  {k:<11} median {statistics.median(v) * 1000:.0f} ms")
-    if singles:
-        two, one = statistics.median(totals), statistics.median(singles)
-        print(f"one view (interleaved): median {one * 1000:.0f} ms; two views / one view = {two / one:.2f}")
+    for name, times in others.items():
+        ratio = statistics.median(totals) / statistics.median(times)
+        print(f"{name} (interleaved): median {statistics.median(times) * 1000:.0f} ms; default / {name} = {ratio:.2f}")
 
 
 if __name__ == "__main__":

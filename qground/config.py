@@ -217,6 +217,13 @@ class QGroundConfig:
     # The presence decisions, φv's whole-image token, the choice keys and the masks all read the average. Chosen on
     # validation photos by training.calibrate. False: one view.
     flip_average: bool = False
+    # Inference: each mask's probability, upsampled onto the photo (at most detail_max_side px, the resolution its
+    # detail channels are read at), is guided-filtered by a per-class guide image of the photo (qground.refine), so its
+    # edges follow the distortion's own edges instead of the model input's pixels. The window radius is counted in
+    # model-input pixels (so it covers the same share of any photo), eps is the filter's ridge on standardized guides.
+    # Chosen on validation photos by training.calibrate. 0: masks are only upsampled.
+    mask_refine_radius: float = 0.0
+    mask_refine_eps: float = 0.01
     # Answers to "which image?" end in a pointer: the state predicting [CHOICE] scores each image of the prompt against
     # that image's key (qground.modeling.choice_head) instead of spelling its place.
     choice_head: bool = False
@@ -333,6 +340,11 @@ class QGroundConfig:
             self.jitter_signature_scale > 0 and math.isfinite(self.jitter_signature_center),
             f"jitter_signature_scale must be > 0 and jitter_signature_center finite, got "
             f"{self.jitter_signature_scale} and {self.jitter_signature_center}",
+        )
+        _check(
+            0.0 <= self.mask_refine_radius <= self.image_size and self.mask_refine_eps > 0,  # also refuses NaN
+            f"mask_refine_radius must be between 0 and image_size ({self.image_size}) and mask_refine_eps > 0, got "
+            f"{self.mask_refine_radius} and {self.mask_refine_eps}",
         )
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(self.detail_max_side >= 0, f"detail_max_side must be ≥ 0, got {self.detail_max_side}")

@@ -8,6 +8,7 @@ masks need no second pass over the sequence (PixelLM re-runs the whole sequence 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -16,9 +17,11 @@ from functools import cached_property
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import DynamicCache
 
 from qground.config import MAX_STRICTNESS
+from qground.imageio import load_image
 from qground.modeling.qground import ImageFeatures, QGroundModel
 from qground.naming import question_options
 from qground.processor import ImageMeta, QGroundProcessor
@@ -171,12 +174,17 @@ class QGroundEngine:
     def config(self):
         return self.model.config
 
+    def reconfigure(self, **changes) -> None:
+        """Replace config fields (``dataclasses.replace``, so validated) for the model and the processor alike."""
+        self.model.config = self.processor.config = dataclasses.replace(self.model.config, **changes)
+
     def stream(
         self, images: list, turns: list[Turn], settings: GenerationSettings | None = None
     ) -> Iterator[str | GroundingResult]:
         """Yield the display text as it grows, then the final ``GroundingResult`` (masks on the first image)."""
         settings = settings or GenerationSettings()
         t0 = time.perf_counter()
+        images = [load_image(image) for image in images]  # decoded once: the masks are refined on the first
         sample = self.processor(images, turns)
         metas: list[ImageMeta] = sample["metas"]
         t1 = time.perf_counter()
@@ -201,7 +209,8 @@ class QGroundEngine:
                 shown = text
                 yield text
         t2 = time.perf_counter()
-        result = self._finish(tokens, states, features, metas[0] if metas else None, choices, letters)
+        first = (images[0], metas[0]) if metas else None
+        result = self._finish(tokens, states, features, first, choices, letters)
         result.strictness = strictness
         t3 = time.perf_counter()
         result.timings = {
@@ -246,11 +255,12 @@ class QGroundEngine:
         tokens: list[int],
         states: list[torch.Tensor],
         features: ImageFeatures | None,
-        meta: ImageMeta | None,
+        first: tuple[Image.Image, ImageMeta] | None,
         choices: list[list[float]],
         letters: Mapping[int, str] | None = None,
     ) -> GroundingResult:
         model = self.model
+        image, meta = first or (None, None)
         ids = torch.tensor([tokens], dtype=torch.long)
         groups = model.seg_groups(ids, strict=False)
         result = GroundingResult(
@@ -282,7 +292,7 @@ class QGroundEngine:
             logits = model.decode_masks(seg_states, features, first_image)
             logits = model.blend_readout(logits, features, first_image, classes)
             logits = model.blend_motion(logits, features, first_image, classes)
-            logits = self.processor.postprocess_masks(logits, meta)
+            logits = self.processor.postprocess_masks(logits, meta, image, names)
         for name, logit in zip(names, logits):
             if name is None:
                 result.warnings.append("a mask had no distortion name before it and was left out")

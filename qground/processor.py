@@ -29,6 +29,7 @@ from qground.config import QGroundConfig
 from qground.detail import detail_channels, motion_signature
 from qground.imageio import load_image
 from qground.prompts import VICUNA_V1, ImageSlot, PromptStyle, Turn
+from qground.refine import refine_logits
 
 IGNORE_INDEX = -100
 
@@ -120,10 +121,31 @@ class QGroundProcessor:
         out[:h, :w] = torch.from_numpy(np.asarray(small) > 127).float()
         return out
 
-    def postprocess_masks(self, logits: torch.Tensor, meta: ImageMeta) -> torch.Tensor:
-        """(N, S, S) logits in the padded frame → (N, H, W) logits in the original frame."""
+    def postprocess_masks(
+        self,
+        logits: torch.Tensor,
+        meta: ImageMeta,
+        image: Image.Image | None = None,
+        classes: list[str | None] | None = None,
+    ) -> torch.Tensor:
+        """(N, S, S) logits in the padded frame → (N, H, W) logits in the original frame. With ``mask_refine_radius``
+        and the loaded photo ``image`` and each mask's class name (None: unknown), the probabilities are upsampled
+        onto the photo (shrunk to ``detail_max_side`` if larger), guided-filtered there (``qground.refine``), then
+        brought to the original frame."""
         h, w = meta.resized_size
         crop = logits[:, :h, :w].float()
+        radius = self.config.mask_refine_radius
+        if radius and image is not None and classes is not None and len(crop):
+            if (image.height, image.width) != meta.original_size:
+                raise ValueError(f"image is {image.height}×{image.width}, the masks' photo {meta.original_size}")
+            rgb = np.asarray(self._detail_source(image))
+            crop = torch.nn.functional.interpolate(
+                crop[:, None], size=rgb.shape[:2], mode="bilinear", align_corners=False
+            )[:, 0]
+            pixels = max(1, round(radius * max(rgb.shape[:2]) / max(h, w)))
+            crop = refine_logits(crop, rgb, classes, pixels, self.config.mask_refine_eps)
+        if tuple(crop.shape[1:]) == meta.original_size:
+            return crop
         return torch.nn.functional.interpolate(
             crop[:, None], size=meta.original_size, mode="bilinear", align_corners=False
         )[:, 0]

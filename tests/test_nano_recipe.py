@@ -26,6 +26,7 @@ def test_recipe_runs_every_step_and_resumes(tmp_path):
     assert set(calibration["sweep"]) == {"0", "1", "2", "3", "4", "5", "6"}
     assert "jitter_signature_weight" in calibration  # P(jitter | signature) fitted on the training photos, or why not
     assert set(calibration["flip_average"]["sweep"]) == {"false", "true"}  # one view or two, chosen on validation
+    assert set(calibration["mask_refine_radius"]["sweep"]) == {"0", "2", "4", "6", "8"}  # mask edges on the photo
 
     model, tokenizer = load_model(str(tmp_path / "stage3" / "final"), device="cpu", dtype=torch.float32)
     assert model.config.base_model_id is None  # full weights: the shipped config names no local training folder

@@ -10,15 +10,17 @@ jitter only if it looks more motion-blurred than most clean content; validation 
 For the same models, P(jitter | signature) is fitted on the training photos too (``motion_logistic``: jittered
 against undistorted cells), and the weight of that posterior in jitter masks (``QGroundModel.blend_motion``) is chosen
 on the validation photos from the mask-weight grid, the same way.
-Last, with everything else chosen, whether each image is also read mirrored (``flip_average``, test-time averaging of
-the presence logits, coverage and masks over both views) is chosen on the validation photos the same way.
+Then, with everything else chosen, whether each image is also read mirrored (``flip_average``, test-time averaging of
+the presence logits, coverage and masks over both views) is chosen on the validation photos the same way; last, the
+radius of the guided filter that lays each mask's edges onto the photo's own (``mask_refine_radius``, qground.refine;
+0 = off) from its grid.
 Prints the tables and writes the choices into the checkpoint's ``qground_config.json`` (``default_strictness``, the
 value the app, the CLI and ``eval`` start from, ``readout_mask_weight``, ``jitter_min_motion_signature``,
-``jitter_signature_weight`` / ``_center`` / ``_scale`` and ``flip_average``); the sweeps are kept beside it in
-``calibration.json``. The held-out evaluation photos play no part in the choice.
+``jitter_signature_weight`` / ``_center`` / ``_scale``, ``flip_average`` and ``mask_refine_radius``); the sweeps are
+kept beside it in ``calibration.json``. The held-out evaluation photos play no part in the choice.
 
 ``python -m training.calibrate --model runs/nano/stage3/final --data runs/nano/data/val [--train runs/nano/data/train]
-[--grid 0,1,2,3,4,5,6] [--weights 0,0.25,0.5,0.75,1]``
+[--grid 0,1,2,3,4,5,6] [--weights 0,0.25,0.5,0.75,1] [--radii 0,2,4,6,8]``
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from qground.service import load_engine
 
 DEFAULT_GRID = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 DEFAULT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+DEFAULT_RADII = (0.0, 2.0, 4.0, 6.0, 8.0)
 MOTION_QUANTILE, MOTION_CELL, MOTION_IMAGES = 0.75, 16, 600
 CALIBRATION_NAME = "calibration.json"
 
@@ -69,7 +72,7 @@ def config_sweep(
     the last value."""
     out = {}
     for v in values:
-        engine.model.config = dataclasses.replace(engine.model.config, **{field: v})
+        engine.reconfigure(**{field: v})
         out[v] = _summary(engine, data, strictness, limit, f"strictness {strictness:g}, {field} {v:g}")
     return out
 
@@ -146,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         help="mask weights to try (0–1): the readout's, then the motion-blur signature's in jitter masks",
     )
     parser.add_argument(
+        "--radii",
+        default=",".join(f"{r:g}" for r in DEFAULT_RADII),
+        help="mask refinement radii to try, in model-input pixels (0: off)",
+    )
+    parser.add_argument(
         "--train",
         type=Path,
         help="training folder (synth --split train): the jitter gate and P(jitter | signature), models with "
@@ -162,21 +170,21 @@ def main(argv: list[str] | None = None) -> int:
             f"error: {args.model} has a motion-blur signature; --train is needed for its jitter gate", file=sys.stderr
         )
         return 2
-    grid, weights = _floats(args.grid), _floats(args.weights)
+    grid, weights, radii = _floats(args.grid), _floats(args.weights), _floats(args.radii)
     engine = load_engine(str(args.model))
-    # the decoder alone, no jitter gate, no signature in the jitter masks and one view first
-    engine.model.config = dataclasses.replace(
-        engine.model.config,
+    # the decoder alone, no jitter gate, no signature in the jitter masks, one view and no refinement first
+    engine.reconfigure(
         readout_mask_weight=0.0,
         jitter_min_motion_signature=0.0,
         jitter_signature_weight=0.0,
         flip_average=False,
+        mask_refine_radius=0.0,
     )
     summaries = sweep(engine, args.data, grid, args.limit)
     best = choose(summaries)
     blends = config_sweep(engine, args.data, "readout_mask_weight", weights, best, args.limit)
     weight = choose(blends)
-    engine.model.config = dataclasses.replace(engine.model.config, readout_mask_weight=weight)
+    engine.reconfigure(readout_mask_weight=weight)
     record = {
         "data": str(args.data),
         "criterion": "mIoU",
@@ -207,9 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             record["jitter_signature_weight"] = {"chosen": 0.0, "reference": reference, "not fitted": str(err)}
             chosen["jitter_signature_weight"] = 0.0
         else:
-            engine.model.config = dataclasses.replace(
-                engine.model.config, jitter_signature_center=center, jitter_signature_scale=scale
-            )
+            engine.reconfigure(jitter_signature_center=center, jitter_signature_scale=scale)
             motion = {0.0: latest} | config_sweep(
                 engine, args.data, "jitter_signature_weight", [w for w in weights if w], best, args.limit
             )
@@ -227,10 +233,19 @@ def main(argv: list[str] | None = None) -> int:
             }
     views = {}
     for flip in (False, True):  # the model as chosen so far, then also reading each image mirrored
-        engine.model.config = dataclasses.replace(engine.model.config, **chosen, flip_average=flip)
+        engine.reconfigure(**chosen, flip_average=flip)
         views[flip] = _summary(engine, args.data, best, args.limit, f"strictness {best:g}, flip_average {flip}")
     chosen["flip_average"] = choose(views)
     record["flip_average"] = {"chosen": chosen["flip_average"], "sweep": {str(f).lower(): views[f] for f in views}}
+    engine.reconfigure(**chosen)
+    refined = {0.0: views[chosen["flip_average"]]}
+    refined |= config_sweep(engine, args.data, "mask_refine_radius", [r for r in radii if r], best, args.limit)
+    chosen["mask_refine_radius"] = choose(refined)
+    record["mask_refine_radius"] = {
+        "chosen": chosen["mask_refine_radius"],
+        "eps": config.mask_refine_eps,
+        "sweep": {f"{r:g}": refined[r] for r in refined},
+    }
     dataclasses.replace(config, **chosen).save(args.model)
     (args.model / CALIBRATION_NAME).write_text(json.dumps(record, indent=2) + "\n")
     summary = ", ".join(f"{k} {v}" if isinstance(v, bool) else f"{k} {v:g}" for k, v in chosen.items())

@@ -82,6 +82,12 @@ def model_card(folder: Path, repo_id: str) -> str:
             "| test-time views | each image is also read mirrored left-right: presence logits, readout coverage and "
             "masks are averaged over both views (chosen on validation photos, `calibration.json`) |"
         )
+    if config.mask_refine_radius:
+        lines.append(
+            f"| mask edges | guided filter on the photo (radius {config.mask_refine_radius:g} model-input pixels, "
+            f"eps {config.mask_refine_eps:g}; per-class guides from luminance, residual and gradient energy; radius "
+            "chosen on validation photos, `calibration.json`) |"
+        )
     if config.choice_head:
         keys = "each image's readout scores" if config.choice_keys == "readout" else "the LLM's state at each image"
         lines.append(
