@@ -27,6 +27,11 @@ _LUMA = (0.299, 0.587, 0.114)
 _LOG_SHIFT, _LOG_SCALE, _LOG_EPS = 7.0, 4.0, 1e-6
 
 
+def luminance(rgb: np.ndarray) -> torch.Tensor:
+    """``rgb`` uint8 (H, W, 3) → (H, W) float32 luminance Y in [0, 1]."""
+    return torch.from_numpy(np.asarray(rgb, dtype=np.float32)) @ torch.tensor(_LUMA) / 255.0
+
+
 def _smooth(p: torch.Tensor, dim: int) -> torch.Tensor:
     """[1, 2, 1] / 4 along ``dim`` of a tensor padded by one on that dim (output shrinks by 2 there)."""
     n = p.shape[dim]
@@ -101,7 +106,7 @@ def motion_signature(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     h, w = size
     b, half, span = _SIG_BLOCK, _SIG_BLOCK // 2, _SIG_SPAN
     with torch.no_grad():
-        y = torch.from_numpy(np.asarray(rgb, dtype=np.float32)) @ torch.tensor(_LUMA) / 255.0  # (H, W)
+        y = luminance(rgb)
         if min(y.shape) < b + (span - 1) * half:
             return torch.zeros(h, w)
         blocks = y.unfold(0, b, half).unfold(1, b, half)  # (by, bx, b, b)

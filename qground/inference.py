@@ -17,11 +17,9 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers import DynamicCache
 
 from qground.config import MAX_STRICTNESS
-from qground.imageio import load_image
 from qground.modeling.qground import ImageFeatures, QGroundModel
 from qground.naming import question_options
 from qground.processor import ImageMeta, QGroundProcessor
@@ -184,7 +182,6 @@ class QGroundEngine:
         """Yield the display text as it grows, then the final ``GroundingResult`` (masks on the first image)."""
         settings = settings or GenerationSettings()
         t0 = time.perf_counter()
-        images = [load_image(image) for image in images]  # decoded once: the masks are refined on the first
         sample = self.processor(images, turns)
         metas: list[ImageMeta] = sample["metas"]
         t1 = time.perf_counter()
@@ -209,8 +206,7 @@ class QGroundEngine:
                 shown = text
                 yield text
         t2 = time.perf_counter()
-        first = (images[0], metas[0]) if metas else None
-        result = self._finish(tokens, states, features, first, choices, letters)
+        result = self._finish(tokens, states, features, metas[0] if metas else None, choices, letters)
         result.strictness = strictness
         t3 = time.perf_counter()
         result.timings = {
@@ -255,12 +251,11 @@ class QGroundEngine:
         tokens: list[int],
         states: list[torch.Tensor],
         features: ImageFeatures | None,
-        first: tuple[Image.Image, ImageMeta] | None,
+        meta: ImageMeta | None,
         choices: list[list[float]],
         letters: Mapping[int, str] | None = None,
     ) -> GroundingResult:
         model = self.model
-        image, meta = first or (None, None)
         ids = torch.tensor([tokens], dtype=torch.long)
         groups = model.seg_groups(ids, strict=False)
         result = GroundingResult(
@@ -292,7 +287,7 @@ class QGroundEngine:
             logits = model.decode_masks(seg_states, features, first_image)
             logits = model.blend_readout(logits, features, first_image, classes)
             logits = model.blend_motion(logits, features, first_image, classes)
-            logits = self.processor.postprocess_masks(logits, meta, image, names)
+            logits = self.processor.postprocess_masks(logits, meta, names)
         for name, logit in zip(names, logits):
             if name is None:
                 result.warnings.append("a mask had no distortion name before it and was left out")

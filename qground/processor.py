@@ -18,7 +18,7 @@ by ``</s>`` and are the only labelled tokens (prompt and padding are -100).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +36,13 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class ImageMeta:
-    """``original_size`` (H, W) of the loaded photo; ``resized_size`` (h, w) of its content in the padded S×S input."""
+    """``original_size`` (H, W) of the loaded photo; ``resized_size`` (h, w) of its content in the padded S×S input;
+    ``photo``: with ``mask_refine_radius``, the photo its masks are refined on (uint8 (H', W', 3): the detail channels'
+    source, shrunk to ``detail_max_side`` if larger), else None."""
 
     original_size: tuple[int, int]
     resized_size: tuple[int, int]
+    photo: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 class PromptTooLongError(ValueError):
@@ -86,7 +89,8 @@ class QGroundProcessor:
         h, w = self.content_size(original)
         resized = np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
         content = torch.from_numpy(resized).permute(2, 0, 1)
-        if self.config.detail_channels or self.config.motion_signature:
+        refine = bool(self.config.mask_refine_radius)
+        if self.config.detail_channels or self.config.motion_signature or refine:
             native = np.asarray(self._detail_source(img))
         if self.config.detail_channels:
             content = torch.cat([content, detail_channels(native, (h, w))])
@@ -96,7 +100,7 @@ class QGroundProcessor:
         s = self.config.image_size
         out = torch.zeros(content.shape[0], s, s)
         out[:, :h, :w] = content
-        return out, ImageMeta(original_size=original, resized_size=(h, w))
+        return out, ImageMeta(original_size=original, resized_size=(h, w), photo=native if refine else None)
 
     def _detail_source(self, img: Image.Image) -> Image.Image:
         """The photo the detail channels are computed on: itself, or shrunk (Lanczos, as the training photos were) so
@@ -122,23 +126,16 @@ class QGroundProcessor:
         return out
 
     def postprocess_masks(
-        self,
-        logits: torch.Tensor,
-        meta: ImageMeta,
-        image: Image.Image | None = None,
-        classes: list[str | None] | None = None,
+        self, logits: torch.Tensor, meta: ImageMeta, classes: list[str | None] | None = None
     ) -> torch.Tensor:
-        """(N, S, S) logits in the padded frame → (N, H, W) logits in the original frame. With ``mask_refine_radius``
-        and the loaded photo ``image`` and each mask's class name (None: unknown), the probabilities are upsampled
-        onto the photo (shrunk to ``detail_max_side`` if larger), guided-filtered there (``qground.refine``), then
-        brought to the original frame."""
+        """(N, S, S) logits in the padded frame → (N, H, W) logits in the original frame. With ``mask_refine_radius``,
+        the photo kept in ``meta`` and each mask's class name (None: unknown), the probabilities are upsampled onto
+        that photo, guided-filtered there (``qground.refine``), then brought to the original frame."""
         h, w = meta.resized_size
         crop = logits[:, :h, :w].float()
         radius = self.config.mask_refine_radius
-        if radius and image is not None and classes is not None and len(crop):
-            if (image.height, image.width) != meta.original_size:
-                raise ValueError(f"image is {image.height}×{image.width}, the masks' photo {meta.original_size}")
-            rgb = np.asarray(self._detail_source(image))
+        if radius and meta.photo is not None and classes is not None and len(crop):
+            rgb = meta.photo
             crop = torch.nn.functional.interpolate(
                 crop[:, None], size=rgb.shape[:2], mode="bilinear", align_corners=False
             )[:, 0]

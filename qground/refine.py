@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qground.detail import luminance
 from qground.taxonomy import CLASS_NAMES
 
-_LUMA = (0.299, 0.587, 0.114)
 _DARK_OFFSET, _LOG_EPS, _ENERGY_RADIUS = 0.01, 1e-5, 2
 # the guide each class is refined with (``guide``)
 GUIDE_OF_CLASS = {
@@ -54,11 +54,6 @@ def box_filter(x: torch.Tensor, r: int) -> torch.Tensor:
     """(…, H, W) float → the mean over each (2r + 1)² window clipped to the image. Rows, then columns: each running
     sum adds at most max(H, W) terms, so float32 keeps ~1e-6 accuracy on a 640-px photo (float64: 2.7× slower)."""
     return _box1d(_box1d(x, r, -1), r, -2)
-
-
-def luminance(rgb: np.ndarray) -> torch.Tensor:
-    """``rgb`` uint8 (H, W, 3) → (H, W) float32 luminance Y in [0, 1]."""
-    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0) @ torch.tensor(_LUMA)
 
 
 def guide(y: torch.Tensor, kind: str) -> torch.Tensor:

@@ -45,6 +45,11 @@ def photo(h: int, w: int, seed: int) -> Image.Image:
     return Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
 
 
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks (0 when both are empty)."""
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
 def box_mask(h: int, w: int, y0: float, y1: float, x0: float, x1: float) -> np.ndarray:
     """A bool (H, W) rectangle given in fractions of the image."""
     m = np.zeros((h, w), dtype=bool)

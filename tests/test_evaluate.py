@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from conftest import iou
 from qground.baseline import baseline_masks, cell_size
 from qground.evaluate import GroundingMetrics, comparison_accuracy, description_f1, named_classes
 from qground.naming import parse_choice, question_options
@@ -14,10 +15,6 @@ def box(y0: int, y1: int, x0: int, x1: int, shape: tuple[int, int] = (H, W)) -> 
     m = np.zeros(shape, dtype=bool)
     m[y0:y1, x0:x1] = True
     return m
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 # -- grounding metrics -------------------------------------------------------------------------------------------------

@@ -2,18 +2,14 @@
 
 import io
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import iou
 from qground.inference import GenerationSettings, decode
 from qground.prompts import Turn
 from qground.tokenizer import seg_tokens
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 def test_overfit_model_grounds_its_photos(trained_tiny, overfit_batch):
@@ -86,15 +82,14 @@ def test_parsing_maps_typos_and_merges_repeats(trained_tiny):
     answer = f"The segmentation results are: nosie {group} , over exposure {group} , noisy {group}"
     tokens = tok(answer, add_special_tokens=False).input_ids
     states = [torch.randn(model.config.llm.hidden_size) for _ in tokens]
-    photo = Image.new("RGB", (30, 20), "gray")
-    sample = engine.processor([photo], [Turn("x")])
+    sample = engine.processor([Image.new("RGB", (30, 20), "gray")], [Turn("x")])
     feats = model.encode_images(sample["pixel_values"])
-    result = engine._finish(tokens, states, feats, (photo, sample["metas"][0]), [])
+    result = engine._finish(tokens, states, feats, sample["metas"][0], [])
     assert set(result.masks) == {"noise", "overexposure"}
     assert all(m.shape == (20, 30) and m.dtype == bool for m in result.masks.values())
     assert result.text == "The segmentation results are: nosie, over exposure, noisy"
     nameless = tok(f"{group}", add_special_tokens=False).input_ids
-    result = engine._finish(nameless, [states[0]] * len(nameless), feats, (photo, sample["metas"][0]), [])
+    result = engine._finish(nameless, [states[0]] * len(nameless), feats, sample["metas"][0], [])
     assert result.masks == {} and result.warnings
 
 

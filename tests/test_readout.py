@@ -468,7 +468,7 @@ def test_the_engine_draws_blended_masks(readout_model):
     sample = engine.processor([photo], [Turn("x")])
     meta = sample["metas"][0]
     feats = blending.encode_images(sample["pixel_values"])
-    result = engine._finish(tokens, states, feats, (photo, meta), [])
+    result = engine._finish(tokens, states, feats, meta, [])
     s = blending.config.image_size
     cover = torch.nn.functional.interpolate(feats.coverage[:, 4:5], size=(s, s), mode="bilinear")[:, 0]
     expected = engine.processor.postprocess_masks(torch.logit(cover, eps=1e-6), meta)[0] > 0

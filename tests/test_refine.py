@@ -9,15 +9,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import iou
 from qground.config import QGroundConfig
-from qground.processor import ImageMeta, QGroundProcessor
-from qground.refine import GUIDE_OF_CLASS, box_filter, guide, guided_filter, luminance, refine_logits
+from qground.detail import luminance
+from qground.processor import QGroundProcessor
+from qground.refine import GUIDE_OF_CLASS, box_filter, guide, guided_filter, refine_logits
 
 NANO = Path(__file__).resolve().parents[1] / "assets" / "qground-nano"
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / (a | b).sum())
 
 
 def darkened(h: int, w: int, edge: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -99,20 +97,22 @@ def test_postprocess_refines_masks_on_the_photo(tiny, detail_max_side):
     if detail_max_side is not None:
         config = dataclasses.replace(config, detail_max_side=detail_max_side)
     processor = QGroundProcessor(tokenizer, dataclasses.replace(config, mask_refine_radius=0.0))
+    refining = QGroundProcessor(tokenizer, dataclasses.replace(config, mask_refine_radius=8.0))
     rgb, truth = darkened(60, 96, 37)
     image = Image.fromarray(rgb)
-    meta = ImageMeta(original_size=(60, 96), resized_size=processor.content_size((60, 96)))
+    meta = processor.preprocess_image(image)[1]  # keeps no photo: refinement is off
+    kept = refining.preprocess_image(image)[1]  # keeps the photo (shrunk to detail_max_side) to refine on
+    assert meta.photo is None and kept.photo.shape == ((60, 96, 3) if detail_max_side is None else (45, 72, 3))
     h, w = meta.resized_size
     s = config.image_size
     edge = 37 * w / 96 + 4  # the model's edge: soft and 4 model-input pixels right of the true one
     logits = torch.full((1, s, s), -8.0)
     logits[0, :h, :w] = (edge - 0.5 - torch.arange(w, dtype=torch.float32)) / 2
-    plain = processor.postprocess_masks(logits, meta, image, ["low light"])
-    refining = QGroundProcessor(tokenizer, dataclasses.replace(config, mask_refine_radius=8.0))
-    refined = refining.postprocess_masks(logits, meta, image, ["low light"])
+    plain = processor.postprocess_masks(logits, meta, ["low light"])
+    refined = refining.postprocess_masks(logits, kept, ["low light"])
     assert plain.shape == refined.shape == (1, 60, 96)
     before, after = iou(plain[0].numpy() > 0, truth), iou(refined[0].numpy() > 0, truth)
     assert after > before + 0.04 and after > 0.95
-    unnamed = refining.postprocess_masks(logits, meta, image, [None])  # upsampled (through the detail size)
+    unnamed = refining.postprocess_masks(logits, kept, [None])  # upsampled (through the detail size)
     assert torch.equal(unnamed > 0, plain > 0)
     assert torch.equal(refining.postprocess_masks(logits, meta), plain)  # no photo: only upsampled
