@@ -118,6 +118,7 @@ def config_nano() -> QGroundConfig:
         readout=True,
         overexposure_needs_clipping=True,
         motion_signature=True,
+        low_light_contrast=True,
         image_ordinals=8,
         choice_head=True,
         choice_keys="readout",

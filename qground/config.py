@@ -211,6 +211,15 @@ class QGroundConfig:
     jitter_signature_weight: float = 0.0
     jitter_signature_center: float = 0.0
     jitter_signature_scale: float = 1.0
+    # The processor appends the photo's native-resolution log contrast (qground.detail.log_contrast) as one more
+    # channel after the motion-blur signature, which the tower does not read: evidence for the low-light gate below.
+    low_light_contrast: bool = False
+    # Models with a readout and low_light_contrast, while detection strictness gates the readout (> 0): low light's
+    # evidence reaches φv only when, where the readout covers low light, the median log contrast is at least this (or
+    # the region is empty). Underexposure multiplies log contrast and pushes the signal onto the 8-bit steps; a shadow
+    # or dark surface that is exposed well is smooth in the log domain. 0: no such check. Read off the training
+    # photos' low-light regions by training.calibrate (contrast_reference), in the channel's units.
+    low_light_min_log_contrast: float = 0.0
     # Inference: the tower also reads every image mirrored left-right (inside its content window), and the readout's
     # whole-image logits, its coverage and the pixel decoder's masks are averaged over the two views, mirror-back
     # aligned (test-time augmentation: the training photos are flipped at random, so both views are in distribution).
@@ -254,8 +263,9 @@ class QGroundConfig:
 
     @property
     def input_channels(self) -> int:
-        """Channels of the processor's image tensors: the tower's, then the motion-blur signature when set."""
-        return self.vision.num_channels + int(self.motion_signature)
+        """Channels of the processor's image tensors: the tower's, then the motion-blur signature and the log contrast
+        when set."""
+        return self.vision.num_channels + int(self.motion_signature) + int(self.low_light_contrast)
 
     def tokens_per_image(self, num_images: int) -> int:
         """Image tokens each image contributes to a prompt that holds ``num_images`` images; with
@@ -340,6 +350,14 @@ class QGroundConfig:
             self.jitter_signature_scale > 0 and math.isfinite(self.jitter_signature_center),
             f"jitter_signature_scale must be > 0 and jitter_signature_center finite, got "
             f"{self.jitter_signature_scale} and {self.jitter_signature_center}",
+        )
+        _check(
+            self.low_light_min_log_contrast >= 0.0,  # also refuses NaN
+            f"low_light_min_log_contrast must be ≥ 0, got {self.low_light_min_log_contrast}",
+        )
+        _check(
+            not self.low_light_min_log_contrast or (self.readout and self.low_light_contrast),
+            "low_light_min_log_contrast needs readout: true and low_light_contrast: true",
         )
         _check(
             0.0 <= self.mask_refine_radius <= self.image_size and self.mask_refine_eps > 0,  # also refuses NaN

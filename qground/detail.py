@@ -130,3 +130,34 @@ def motion_signature(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         rows = ((torch.arange(h) + 0.5) * y.shape[0] / h - centre).div(half).round().long().clamp(0, wy - 1)
         cols = ((torch.arange(w) + 0.5) * y.shape[1] / w - centre).div(half).round().long().clamp(0, wx - 1)
         return score[rows[:, None], cols[None, :]].float()
+
+
+# Log contrast (``low_light_contrast``): underexposure multiplies log contrast (Y' = g · Y^γ gives ∇log Y' = γ ∇log Y)
+# and pushes the signal down onto the 8-bit steps and the noise floor, where log(Y) jumps; a shadow or a dark surface
+# that is exposed well keeps smooth, small relative gradations. Read per _CONTRAST_CELL-px cell of the native photo.
+_CONTRAST_CELL = 16
+_CONTRAST_FLOOR = 0.5 / 255  # half an 8-bit step: log(Y + floor) stays finite at black
+# The channel is log10 contrast energy + LOG_CONTRAST_OFFSET, clamped above 0, so every content pixel is > 0 and the
+# input frame's zero padding reads as "no evidence" (as for the motion-blur signature). Energies span 1e-8 … 40.
+LOG_CONTRAST_OFFSET = 10.0
+
+
+def log_contrast(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """``rgb`` uint8 (H, W, 3) at native resolution → (h, w) float32 on the content grid of ``size``: log10 of the mean
+    squared central-difference gradient of log(Y + 0.5/255) over the 16-px cell each content pixel falls in, plus
+    ``LOG_CONTRAST_OFFSET`` (about 6–9 on content, lower where it is smooth in the log domain; > 0 everywhere)."""
+    h, w = size
+    with torch.no_grad():
+        p = _pad(torch.log(luminance(rgb) + _CONTRAST_FLOOR))
+        energy = _diff(p, 1)[1:-1].square_() + _diff(p, 0)[:, 1:-1].square_()  # (H, W)
+        cells = (max(1, round(energy.shape[0] / _CONTRAST_CELL)), max(1, round(energy.shape[1] / _CONTRAST_CELL)))
+        pooled = F.adaptive_avg_pool2d(energy[None, None], cells)
+        out = F.interpolate(pooled, size=(h, w), mode="nearest")[0, 0]
+        return (torch.log10(out + 1e-8) + LOG_CONTRAST_OFFSET).clamp_(min=1e-3).float()
+
+
+def region_contrast(contrast: torch.Tensor, region: torch.Tensor) -> float | None:
+    """``contrast`` (h, w) ``log_contrast`` values (0: padding), ``region`` (h, w) bool → the median log contrast of
+    the region's content pixels, in the same units; None when the region holds no content."""
+    values = contrast[region & (contrast > 0)]
+    return float(values.median()) if values.numel() else None

@@ -3,9 +3,9 @@
 Image frame: a photo of original size (H, W) (after EXIF orientation) is resized so its longest side is ``S =
 config.image_size`` → content (h, w), normalized, and padded bottom-right with zeros (the mean color) to S×S. With
 ``config.detail_channels`` the eight channels of ``qground.detail``, computed at the photo's native resolution (or
-shrunk to ``config.detail_max_side`` when larger), follow RGB; with ``config.motion_signature`` the last channel is
-``qground.detail.motion_signature`` of the same photo, unnormalized, for the model's jitter gate (the tower does not
-read it).
+shrunk to ``config.detail_max_side`` when larger), follow RGB; then, unnormalized and not read by the tower, with
+``config.motion_signature`` ``qground.detail.motion_signature`` of the same photo (for the model's jitter gate) and
+with ``config.low_light_contrast`` its ``qground.detail.log_contrast`` (for the low-light gate).
 Masks go through the same mapping (nearest) and come back by ``ImageMeta``: crop [:h, :w] of the S×S frame, resize
 to (H, W).
 
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from qground.config import QGroundConfig
-from qground.detail import detail_channels, motion_signature
+from qground.detail import detail_channels, log_contrast, motion_signature
 from qground.imageio import load_image
 from qground.prompts import VICUNA_V1, ImageSlot, PromptStyle, Turn
 from qground.refine import refine_logits
@@ -90,13 +90,15 @@ class QGroundProcessor:
         resized = np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
         content = torch.from_numpy(resized).permute(2, 0, 1)
         refine = bool(self.config.mask_refine_radius)
-        if self.config.detail_channels or self.config.motion_signature or refine:
+        if self.config.detail_channels or self.config.motion_signature or self.config.low_light_contrast or refine:
             native = np.asarray(self._detail_source(img))
         if self.config.detail_channels:
             content = torch.cat([content, detail_channels(native, (h, w))])
         content = (content - self._mean) / self._std
-        if self.config.motion_signature:  # not normalized: the gate compares it with a fixed threshold
+        if self.config.motion_signature:  # not normalized: the gates compare these with fixed thresholds
             content = torch.cat([content, motion_signature(native, (h, w))[None]])
+        if self.config.low_light_contrast:
+            content = torch.cat([content, log_contrast(native, (h, w))[None]])
         s = self.config.image_size
         out = torch.zeros(content.shape[0], s, s)
         out[:, :h, :w] = content

@@ -1,9 +1,10 @@
-"""``training.calibrate``'s fits on the training photos: the jitter gate's reference and P(jitter | signature)."""
+"""``training.calibrate``'s fits on the training photos: the jitter gate's reference, P(jitter | signature) and the
+low-light gate's reference."""
 
 import numpy as np
 import pytest
 
-from training.calibrate import motion_evidence, motion_logistic, motion_reference
+from training.calibrate import contrast_evidence, contrast_reference, motion_evidence, motion_logistic, motion_reference
 from training.data import synth
 
 
@@ -33,3 +34,17 @@ def test_motion_evidence_reads_the_synthetic_training_photos(tmp_path):
     center, scale = motion_logistic(clean, jittered)
     assert np.median(clean) < center and scale > 0
     assert motion_reference(clean) == round(float(np.quantile(clean, 0.75)), 2)
+
+
+def test_contrast_evidence_reads_the_low_light_regions_of_the_training_photos(tmp_path):
+    """One log contrast per low-light region of the training split (> 0: content); the gate is their 10th
+    percentile. A split without low light refuses."""
+    (tmp_path / "images").mkdir()
+    for index in range(24):
+        synth.write_one((tmp_path, index, "train", 0, synth.MAX_SIDE))
+    regions = sum((tmp_path / "gt" / f"train_{i:06d}" / "low_light.png").exists() for i in range(24))
+    levels = contrast_evidence(tmp_path, 128)
+    assert regions >= 3 and levels.shape == (regions,) and (levels > 0).all()
+    assert contrast_reference(levels) == round(float(np.quantile(levels, 0.1)), 2)
+    with pytest.raises(ValueError, match="no low-light regions"):
+        contrast_evidence(tmp_path, 128, limit=0)

@@ -9,7 +9,7 @@ from PIL import Image, ImageFilter
 
 from qground.builder import config_nano, config_tiny
 from qground.config import NUM_DETAIL_CHANNELS, ConfigError
-from qground.detail import detail_channels, motion_signature
+from qground.detail import LOG_CONTRAST_OFFSET, detail_channels, log_contrast, motion_signature, region_contrast
 from qground.processor import QGroundProcessor
 from training.data import synth
 
@@ -92,8 +92,9 @@ def test_photos_larger_than_detail_max_side_are_read_at_that_size(texture):
     h, w = meta.resized_size
     shrunk = np.asarray(big.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=3.0))
     mean, std = config.image_mean[3], config.image_std[3]
-    assert torch.allclose(x[3:-1, :h, :w], (detail_channels(shrunk, (h, w)) - mean) / std, atol=1e-5)
-    assert torch.equal(x[-1, :h, :w], motion_signature(shrunk, (h, w)))  # the jitter gate's evidence: the same photo
+    assert torch.allclose(x[3:-2, :h, :w], (detail_channels(shrunk, (h, w)) - mean) / std, atol=1e-5)
+    assert torch.equal(x[-2, :h, :w], motion_signature(shrunk, (h, w)))  # the gates' evidence: the same photo
+    assert torch.equal(x[-1, :h, :w], log_contrast(shrunk, (h, w)))
     y, _ = native.preprocess_image(big)
     assert torch.equal(x[:3], y[:3]) and not torch.allclose(x[3:], y[3:], atol=1e-2)
     small = Image.fromarray(texture[:200, :200])
@@ -125,3 +126,29 @@ def test_motion_signature_marks_linear_motion_blur_only():
     flat = motion_signature(np.full((200, 300, 3), 128, np.uint8), (20, 30))
     assert flat.shape == (20, 30) and not flat.any()
     assert not motion_signature((photo[:60, :90] * 255).astype(np.uint8), (6, 9)).any()
+
+
+def test_log_contrast_tells_underexposure_from_a_shadow():
+    """Underexposure (the engine's low light: gain × Y^γ, then 8-bit) multiplies log contrast and leaves 8-bit steps,
+    so its log contrast rises with severity above the photo's; a shadow, a smooth gain as dark as the mildest low
+    light, keeps the photo's. Flat content reads the floor, and every content pixel is > 0 (0 is the padding's)."""
+    import skimage.data
+
+    rng = np.random.default_rng(5)
+    photo = skimage.data.chelsea()[:, :300].astype(np.float32) / 255  # (300, 300, 3)
+    darkest = synth.distort(photo, "low light", 1, rng)
+    shadow = photo * float(darkest.mean() / photo.mean())
+
+    def level(img: np.ndarray) -> float:
+        grid = log_contrast((np.clip(img, 0, 1) * 255).round().astype(np.uint8), (30, 30))
+        assert grid.shape == (30, 30) and bool((grid > 0).all())
+        return region_contrast(grid, torch.ones(30, 30, dtype=torch.bool))
+
+    levels = {s: level(synth.distort(photo, "low light", s, rng)) for s in (1, 2, 3)}
+    assert level(photo) + 0.3 < levels[1] < levels[2] < levels[3], (level(photo), levels)
+    assert abs(level(shadow) - level(photo)) < 0.2, (level(shadow), level(photo))
+    flat = log_contrast(np.full((64, 64, 3), 90, np.uint8), (8, 8))
+    assert torch.allclose(flat, torch.full((8, 8), LOG_CONTRAST_OFFSET - 8.0))
+    grid = torch.tensor([[0.0, 7.0], [9.0, 8.0]])
+    assert region_contrast(grid, torch.tensor([[True, True], [False, False]])) == 7.0  # the padding does not count
+    assert region_contrast(grid, torch.tensor([[True, False], [False, False]])) is None

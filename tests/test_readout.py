@@ -13,7 +13,7 @@ from qground.checkpoint import HEADS_NAME, load_model, save_checkpoint
 from qground.config import CONFIG_NAME, ConfigError, QGroundConfig
 from qground.inference import GenerationSettings, QGroundEngine
 from qground.modeling import QGroundModel
-from qground.modeling.qground import clipped_white, mirror, motion_blurred
+from qground.modeling.qground import clipped_white, low_light_contrasted, mirror, motion_blurred
 from qground.processor import QGroundProcessor
 from qground.prompts import Turn
 from qground.taxonomy import CLASS_NAMES
@@ -169,6 +169,49 @@ def test_jitter_needs_a_motion_blur_signature(readout_model, thresholds, monkeyp
         gated.encode_images(pixels[:, :-1])
     with pytest.raises(ConfigError, match="jitter_min_motion_signature needs readout: true and motion_signature"):
         dataclasses.replace(config, motion_signature=False)
+
+
+def test_low_light_needs_log_contrast(readout_model, thresholds, monkeypatch):
+    """With ``low_light_min_log_contrast`` the strictness gate asks an image whose low-light region is smooth in the log
+    domain (its median log contrast below the minimum) for an unreachable low-light presence logit; a steep region, or
+    one with no content (0: padding), keeps the plain gate, as does every other class; at strictness 0 nothing is
+    gated. The log contrast follows the motion-blur signature, and the tower reads neither."""
+    model, tokenizer = readout_model
+    config = dataclasses.replace(
+        model.config, motion_signature=True, low_light_contrast=True, low_light_min_log_contrast=8.0
+    )
+    gated = rebuilt(model, config)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
+    pixels = QGroundProcessor(tokenizer, config).preprocess_image(photo)[0]
+    assert pixels.shape[0] == config.input_channels == config.vision.num_channels + 2
+    assert bool((pixels[-1, :48] > 0).all()) and not pixels[-1, 48:].any()  # content > 0, padding 0
+    pixels = pixels.repeat(3, 1, 1, 1)
+    pixels[:, -2] = 0.0  # the signature: no evidence, so the jitter gate (off here anyway) could not act
+    pixels[:, -1] = torch.tensor([7.0, 9.0, 0.0])[:, None, None]  # a shadow, underexposure, no content
+    full = torch.ones(3, len(CLASS_NAMES), 4, 4)  # the readout covers every class everywhere
+    monkeypatch.setattr(model.readout, "coverage", lambda dense: full.expand(len(dense), -1, -1, -1))
+    gated.encode_images(pixels, strictness=2.0)
+    gated.encode_images(pixels)
+    low, plain = CLASS_NAMES.index("low light"), torch.full((len(CLASS_NAMES),), 2.0)
+    gate = thresholds[0]
+    assert gate[0, low] == float("inf") and torch.equal(gate[1:], plain.expand(2, -1))
+    assert torch.equal(gate[0, :low], plain[:low]) and torch.equal(gate[0, low + 1 :], plain[low + 1 :])
+    assert thresholds[1] is None
+    # where the readout covers low light only: the contrast elsewhere does not count
+    contrast, coverage = torch.zeros(2, 8, 8), torch.zeros(2, 4, 4)
+    coverage[:, :2, :2] = 0.9
+    contrast[0, :4, :4], contrast[0, 4:, 4:] = 7.0, 9.5
+    contrast[1, :4, :4] = 9.5
+    assert low_light_contrasted(contrast, coverage, 8.0).tolist() == [False, True]
+    with pytest.raises(
+        ValueError, match=r"this model takes 5 \(3 for the tower \+ the motion-blur signature \+ the log"
+    ):
+        gated.encode_images(pixels[:, :-1])
+    with pytest.raises(ConfigError, match="low_light_min_log_contrast needs readout: true and low_light_contrast"):
+        dataclasses.replace(config, low_light_contrast=False)
+    with pytest.raises(ConfigError, match="low_light_min_log_contrast must be ≥ 0"):
+        dataclasses.replace(config, low_light_min_log_contrast=float("nan"))
+    assert QGroundConfig.from_dict(config.to_dict()) == config
 
 
 def test_jitter_masks_blend_the_motion_blur_signature(readout_model):

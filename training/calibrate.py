@@ -10,13 +10,19 @@ jitter only if it looks more motion-blurred than most clean content; validation 
 For the same models, P(jitter | signature) is fitted on the training photos too (``motion_logistic``: jittered
 against undistorted cells), and the weight of that posterior in jitter masks (``QGroundModel.blend_motion``) is chosen
 on the validation photos from the mask-weight grid, the same way.
+For models with ``low_light_contrast`` the low-light gate ``low_light_min_log_contrast`` is read off the training
+photos as well: the 10th percentile of the log contrast of their low-light regions (``contrast_reference``), so a
+region is called low light only if it is at least as steep in the log domain as 90 % of real (synthetic) low light
+is; validation mIoU with and without it is recorded (the validation photos hold almost no well-exposed shadows, the
+false alarm it is for, so they can show its cost, not its use).
 Then, with everything else chosen, whether each image is also read mirrored (``flip_average``, test-time averaging of
 the presence logits, coverage and masks over both views) is chosen on the validation photos the same way; last, the
 radius of the guided filter that lays each mask's edges onto the photo's own (``mask_refine_radius``, qground.refine;
 0 = off) from its grid.
 Prints the tables and writes the choices into the checkpoint's ``qground_config.json`` (``default_strictness``, the
 value the app, the CLI and ``eval`` start from, ``readout_mask_weight``, ``jitter_min_motion_signature``,
-``jitter_signature_weight`` / ``_center`` / ``_scale``, ``flip_average`` and ``mask_refine_radius``); the sweeps are
+``jitter_signature_weight`` / ``_center`` / ``_scale``, ``low_light_min_log_contrast``, ``flip_average`` and
+``mask_refine_radius``); the sweeps are
 kept beside it in ``calibration.json``. The held-out evaluation photos play no part in the choice.
 
 ``python -m training.calibrate --model runs/nano/stage3/final --data runs/nano/data/val [--train runs/nano/data/train]
@@ -33,10 +39,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from qground.config import QGroundConfig
-from qground.detail import motion_signature
+from qground.detail import log_contrast, motion_signature, region_contrast
 from qground.evaluate import evaluate, load_gt
 from qground.imageio import load_image
 from qground.inference import GenerationSettings, QGroundEngine
@@ -46,6 +53,7 @@ DEFAULT_GRID = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 DEFAULT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_RADII = (0.0, 2.0, 4.0, 6.0, 8.0)
 MOTION_QUANTILE, MOTION_CELL, MOTION_IMAGES = 0.75, 16, 600
+CONTRAST_QUANTILE = 0.1
 CALIBRATION_NAME = "calibration.json"
 
 
@@ -129,6 +137,33 @@ def motion_logistic(clean: np.ndarray, jittered: np.ndarray, steps: int = 50) ->
     return round(float(-intercept / slope), 2), round(float(1.0 / slope), 2)
 
 
+def contrast_evidence(train: Path, size: int, limit: int = MOTION_IMAGES) -> np.ndarray:
+    """For every low-light region among the first ``limit`` images of a ``synth`` split: its log contrast
+    (``qground.detail.region_contrast`` of ``log_contrast`` on the content grid of a ``size``-px model input, as the
+    gate reads it) → (regions,). ValueError without low-light regions."""
+    levels = []
+    for path in sorted((train / "images").glob("*.png"))[:limit]:
+        rgb = np.asarray(load_image(path))
+        mask = load_gt(train, path.stem, rgb.shape[:2]).get("low light")
+        if mask is None:
+            continue
+        scale = size / max(rgb.shape[:2])
+        grid = (max(1, round(rgb.shape[0] * scale)), max(1, round(rgb.shape[1] * scale)))
+        region = np.asarray(Image.fromarray(mask).resize(grid[::-1], Image.Resampling.NEAREST))
+        level = region_contrast(log_contrast(rgb, grid), torch.tensor(region))
+        if level is not None:
+            levels.append(level)
+    if not levels:
+        raise ValueError(f"no low-light regions in {train}/images to read the log contrast from")
+    return np.asarray(levels)
+
+
+def contrast_reference(regions: np.ndarray) -> float:
+    """The low-light gate: the ``CONTRAST_QUANTILE`` quantile of low-light regions' log contrast
+    (``contrast_evidence``)."""
+    return round(float(np.quantile(regions, CONTRAST_QUANTILE)), 2)
+
+
 def choose(summaries: dict[float, dict]) -> float:
     """The key with the highest mIoU; the lowest such one on a tie (an undefined mIoU counts as 0)."""
     return min(summaries, key=lambda s: (-(summaries[s]["mIoU"] or 0.0), s))
@@ -157,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "--train",
         type=Path,
         help="training folder (synth --split train): the jitter gate and P(jitter | signature), models with "
-        "motion_signature",
+        "motion_signature; the low-light gate, models with low_light_contrast",
     )
     parser.add_argument("--limit", type=int, help="at most N validation images")
     args = parser.parse_args(argv)
@@ -165,9 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     if not config.readout:
         print(f"error: {args.model} has no distortion readout, so strictness does not apply", file=sys.stderr)
         return 2
-    if config.motion_signature and args.train is None:
+    if (config.motion_signature or config.low_light_contrast) and args.train is None:
         print(
-            f"error: {args.model} has a motion-blur signature; --train is needed for its jitter gate", file=sys.stderr
+            f"error: {args.model} reads a motion-blur signature or log contrast; --train is needed for its gates",
+            file=sys.stderr,
         )
         return 2
     grid, weights, radii = _floats(args.grid), _floats(args.weights), _floats(args.radii)
@@ -177,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         readout_mask_weight=0.0,
         jitter_min_motion_signature=0.0,
         jitter_signature_weight=0.0,
+        low_light_min_log_contrast=0.0,
         flip_average=False,
         mask_refine_radius=0.0,
     )
@@ -231,6 +268,23 @@ def main(argv: list[str] | None = None) -> int:
                 "jitter_signature_center": center,
                 "jitter_signature_scale": scale,
             }
+    if config.low_light_contrast:
+        try:
+            levels = contrast_evidence(args.train, config.image_size)
+        except ValueError as err:  # e.g. a toy training split without low light
+            print(f"low_light_min_log_contrast stays 0: {err}", flush=True)
+            levels = np.empty(0)
+        gate = contrast_reference(levels) if best and levels.size else 0.0  # the gate acts at strictness > 0 only
+        if gate:
+            engine.reconfigure(**chosen)
+            gates = config_sweep(engine, args.data, "low_light_min_log_contrast", (0.0, gate), best, args.limit)
+            record["low_light_min_log_contrast"] = {
+                "chosen": gate,
+                "reference": {"train": str(args.train), "images": MOTION_IMAGES, "regions": len(levels)}
+                | {"quantile": CONTRAST_QUANTILE},
+                "sweep": {f"{m:g}": gates[m] for m in gates},
+            }
+        chosen["low_light_min_log_contrast"] = gate
     views = {}
     for flip in (False, True):  # the model as chosen so far, then also reading each image mirrored
         engine.reconfigure(**chosen, flip_average=flip)

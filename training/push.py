@@ -48,7 +48,7 @@ def model_card(folder: Path, repo_id: str) -> str:
         f"layers {list(config.feature_layers)} |",
     ]
     if config.readout:
-        from training.calibrate import CALIBRATION_NAME
+        from training.calibrate import CALIBRATION_NAME, CONTRAST_QUANTILE
 
         chosen = (folder / CALIBRATION_NAME).exists()
         source = "chosen on validation photos, `calibration.json`" if chosen else "not calibrated"
@@ -69,6 +69,13 @@ def model_card(folder: Path, repo_id: str) -> str:
                 "| jitter gate | at strictness above 0, jitter needs a motion-blur signature of at least "
                 f"{config.jitter_min_motion_signature:g} where the readout covers it (read off the training "
                 "photos' undistorted content, `calibration.json`) |"
+            )
+        if config.low_light_min_log_contrast:
+            lines.append(
+                "| low-light gate | at strictness above 0, low light needs a median log contrast of at least "
+                f"{config.low_light_min_log_contrast:g} where the readout covers it (underexposure is steep in the log "
+                f"domain, a well-exposed shadow is smooth; the {CONTRAST_QUANTILE:.0%} quantile of the training "
+                "photos' low-light regions, `calibration.json`) |"
             )
     if config.jitter_signature_weight:
         lines.append(

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration
 
 from qground.config import QGroundConfig
+from qground.detail import region_contrast
 from qground.modeling.choice_head import ChoiceHead
 from qground.modeling.losses import dice_loss, sigmoid_bce
 from qground.modeling.pixel_decoder import PixelDecoder
@@ -52,6 +53,19 @@ def motion_blurred(signature: torch.Tensor, coverage: torch.Tensor, minimum: flo
     for s, c in zip(sig.cpu(), coverage.float().cpu(), strict=True):
         values = s[(c > 0.5) & (s > 0)]
         keep.append(values.numel() == 0 or bool(torch.quantile(values, 0.75) >= minimum))
+    return torch.tensor(keep)
+
+
+def low_light_contrasted(contrast: torch.Tensor, coverage: torch.Tensor, minimum: float) -> torch.Tensor:
+    """``contrast`` (M, S, S) log-contrast channel in the padded input frame (``qground.detail.log_contrast``; 0 in the
+    padding: no evidence), ``coverage`` (M, g·sub, g·sub) the readout's low-light coverage of that frame → (M,) bool:
+    the log contrast of the region where the coverage is above one half (``qground.detail.region_contrast``) is
+    ≥ ``minimum``, or the region holds no content (no check possible)."""
+    values = F.interpolate(contrast[:, None].float(), size=coverage.shape[-2:], mode="nearest")[:, 0]
+    keep = []
+    for v, c in zip(values.cpu(), coverage.float().cpu(), strict=True):
+        level = region_contrast(v, c > 0.5)
+        keep.append(level is None or level >= minimum)
     return torch.tensor(keep)
 
 
@@ -162,7 +176,8 @@ class QGroundModel(nn.Module):
         when unset): a class the readout is less sure of needs less; with ``config.overexposure_needs_clipping`` also
         overexposure's in every image without a clipped white pixel (``clipped_white``), and with
         ``config.jitter_min_motion_signature`` jitter's in every image whose jitter region shows no motion-blur
-        signature (``motion_blurred``). 0: as trained."""
+        signature (``motion_blurred``), and with ``config.low_light_min_log_contrast`` low light's in every image whose
+        low-light region is smooth in the log domain (``low_light_contrasted``). 0: as trained."""
         if strictness and self.readout is None:
             raise ValueError(
                 f"strictness {strictness} needs a model with a distortion readout (config.readout); this one has none"
@@ -171,10 +186,13 @@ class QGroundModel(nn.Module):
         if pixel_values.shape[1] != cfg.input_channels:
             raise ValueError(
                 f"image tensors have {pixel_values.shape[1]} channels; this model takes {cfg.input_channels} "
-                f"({cfg.vision.num_channels} for the tower{' + the motion-blur signature' * cfg.motion_signature})"
+                f"({cfg.vision.num_channels} for the tower{' + the motion-blur signature' * cfg.motion_signature}"
+                f"{' + the log contrast' * cfg.low_light_contrast})"
             )
-        signature = pixel_values[:, -1] if cfg.motion_signature else None
-        pixel_values = pixel_values[:, : cfg.vision.num_channels]
+        extra = cfg.vision.num_channels
+        signature = pixel_values[:, extra] if cfg.motion_signature else None
+        contrast = pixel_values[:, extra + cfg.motion_signature] if cfg.low_light_contrast else None
+        pixel_values = pixel_values[:, :extra]
         threshold = None
         if strictness:
             confidence = torch.tensor(cfg.readout_confidence or (1.0,) * self.readout.num_classes)
@@ -201,7 +219,8 @@ class QGroundModel(nn.Module):
                 dense, whole = self.readout.logits(last)
                 whole = whole.view(1 + two_views, m, -1).mean(0)  # (M, 3·K), averaged over the views
                 gate_jitter = threshold is not None and cfg.jitter_min_motion_signature > 0
-                if gate_jitter or cfg.readout_mask_weight:
+                gate_low_light = threshold is not None and cfg.low_light_min_log_contrast > 0
+                if gate_jitter or gate_low_light or cfg.readout_mask_weight:
                     coverage = self.readout.coverage(dense)  # (M or 2M views, K, g·sub, g·sub)
                     if two_views:  # the mirrored views' maps mirrored back, at S × S where the windows are whole pixels
                         size = (cfg.image_size, cfg.image_size)
@@ -211,6 +230,10 @@ class QGroundModel(nn.Module):
                     jitter = CLASS_NAMES.index("jitter")
                     moved = motion_blurred(signature, coverage[:, jitter], cfg.jitter_min_motion_signature)
                     threshold[~moved, jitter] = float("inf")
+                if gate_low_light:
+                    low = CLASS_NAMES.index("low light")
+                    lit = low_light_contrasted(contrast, coverage[:, low], cfg.low_light_min_log_contrast)
+                    threshold[~lit, low] = float("inf")
                 stacked = self.readout.scores(dense[:m], whole, threshold)  # CLS + patches
                 coverage = coverage if cfg.readout_mask_weight else None  # for blend_readout
                 if cfg.choice_keys == "readout":  # ungated: comparisons read the evidence as trained
