@@ -130,8 +130,9 @@ def test_motion_signature_marks_linear_motion_blur_only():
 
 def test_log_contrast_tells_underexposure_from_a_shadow():
     """Underexposure (the engine's low light: gain × Y^γ, then 8-bit) multiplies log contrast and leaves 8-bit steps,
-    so its log contrast rises with severity above the photo's; a shadow, a smooth gain as dark as the mildest low
-    light, keeps the photo's. Flat content reads the floor, and every content pixel is > 0 (0 is the padding's)."""
+    so its log contrast rises with severity above the photo's, and so does a camera's (less light, shot noise); a
+    shadow, a smooth gain as dark as the mildest low light, keeps the photo's. Flat content reads the floor, and every
+    content pixel is > 0 (0 is the padding's)."""
     import skimage.data
 
     rng = np.random.default_rng(5)
@@ -147,6 +148,11 @@ def test_log_contrast_tells_underexposure_from_a_shadow():
     levels = {s: level(synth.distort(photo, "low light", s, rng)) for s in (1, 2, 3)}
     assert level(photo) + 0.3 < levels[1] < levels[2] < levels[3], (level(photo), levels)
     assert abs(level(shadow) - level(photo)) < 0.2, (level(shadow), level(photo))
+    linear = photo**2.2  # a camera's underexposure: less light on the sensor, shot and read noise, then gamma
+    for gain in (0.1, 0.04):
+        electrons = rng.poisson(linear * gain * 500) + rng.normal(0, 2, linear.shape)
+        camera = np.clip(electrons / 500, 0, 1) ** (1 / 2.2)
+        assert level(camera) > level(photo) + 0.3, (gain, level(camera), level(photo))
     flat = log_contrast(np.full((64, 64, 3), 90, np.uint8), (8, 8))
     assert torch.allclose(flat, torch.full((8, 8), LOG_CONTRAST_OFFSET - 8.0))
     grid = torch.tensor([[0.0, 7.0], [9.0, 8.0]])
