@@ -12,9 +12,9 @@ against undistorted cells), and the weight of that posterior in jitter masks (``
 on the validation photos from the mask-weight grid, the same way.
 For models with ``low_light_contrast`` the low-light gate ``low_light_min_log_contrast`` is read off the training
 photos as well: the 10th percentile of the log contrast of their low-light regions (``contrast_reference``), so a
-region is called low light only if it is at least as steep in the log domain as 90 % of real (synthetic) low light
-is; validation mIoU with and without it is recorded (the validation photos hold almost no well-exposed shadows, the
-false alarm it is for, so they can show its cost, not its use).
+region is called low light only if it is at least as steep in the log domain as 90 % of the training photos' low
+light; validation mIoU with and without it is recorded (the validation photos hold almost no well-exposed shadow, the
+false alarm it is for, so they show its cost, not its use).
 Then, with everything else chosen, whether each image is also read mirrored (``flip_average``, test-time averaging of
 the presence logits, coverage and masks over both views) is chosen on the validation photos the same way; last, the
 radius of the guided filter that lays each mask's edges onto the photo's own (``mask_refine_radius``, qground.refine;
@@ -22,8 +22,8 @@ radius of the guided filter that lays each mask's edges onto the photo's own (``
 Prints the tables and writes the choices into the checkpoint's ``qground_config.json`` (``default_strictness``, the
 value the app, the CLI and ``eval`` start from, ``readout_mask_weight``, ``jitter_min_motion_signature``,
 ``jitter_signature_weight`` / ``_center`` / ``_scale``, ``low_light_min_log_contrast``, ``flip_average`` and
-``mask_refine_radius``); the sweeps are
-kept beside it in ``calibration.json``. The held-out evaluation photos play no part in the choice.
+``mask_refine_radius``); the sweeps are kept beside it in ``calibration.json``. The held-out evaluation photos play
+no part in the choice.
 
 ``python -m training.calibrate --model runs/nano/stage3/final --data runs/nano/data/val [--train runs/nano/data/train]
 [--grid 0,1,2,3,4,5,6] [--weights 0,0.25,0.5,0.75,1] [--radii 0,2,4,6,8]``
