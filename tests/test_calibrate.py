@@ -4,6 +4,7 @@ low-light gate's reference."""
 import numpy as np
 import pytest
 
+from qground.builder import config_nano
 from training.calibrate import contrast_evidence, contrast_reference, motion_evidence, motion_logistic, motion_reference
 from training.data import synth
 
@@ -43,8 +44,8 @@ def test_contrast_evidence_reads_the_low_light_regions_of_the_training_photos(tm
     for index in range(24):
         synth.write_one((tmp_path, index, "train", 0, synth.MAX_SIDE))
     regions = sum((tmp_path / "gt" / f"train_{i:06d}" / "low_light.png").exists() for i in range(24))
-    levels = contrast_evidence(tmp_path, 128)
+    levels = contrast_evidence(tmp_path, config_nano())
     assert regions >= 3 and levels.shape == (regions,) and (levels > 0).all()
     assert contrast_reference(levels) == round(float(np.quantile(levels, 0.1)), 2)
     with pytest.raises(ValueError, match="no low-light regions"):
-        contrast_evidence(tmp_path, 128, limit=0)
+        contrast_evidence(tmp_path, config_nano(), limit=0)

@@ -269,6 +269,18 @@ def test_mask_refinement_lays_held_out_masks_closer_to_the_truth(nano):
     assert refined >= plain + 0.01, (refined, plain)
 
 
+def naming(nano, images: list[synth.Generated], name: str, **changes) -> int:
+    """How many of ``images`` the shipped nano draws a ``name`` mask on at its default strictness, with ``changes``
+    to its config (undone afterwards)."""
+    before = {field: getattr(nano.config, field) for field in changes}
+    nano.reconfigure(**changes)
+    try:
+        settings = GenerationSettings(strictness=nano.config.default_strictness)
+        return sum(name in nano.ground(Image.fromarray(g.image), settings=settings).masks for g in images)
+    finally:
+        nano.reconfigure(**before)
+
+
 def test_the_jitter_gate_keeps_motion_blur_and_drops_false_alarms(nano):
     """On the held-out jitter-only and clean images (``only_and_clean("jitter")``), at the default strictness the
     shipped jitter gate (a motion-blur signature where the readout covers jitter) still finds nearly all the jitter,
@@ -276,17 +288,8 @@ def test_the_jitter_gate_keeps_motion_blur_and_drops_false_alarms(nano):
     jittered, clean = only_and_clean("jitter")
     gate = nano.model.config.jitter_min_motion_signature
     assert gate > 0
-
-    def with_jitter(images: list, minimum: float) -> int:
-        nano.model.config = dataclasses.replace(nano.model.config, jitter_min_motion_signature=minimum)
-        settings = GenerationSettings(strictness=nano.model.config.default_strictness)
-        return sum("jitter" in nano.ground(Image.fromarray(g.image), settings=settings).masks for g in images)
-
-    try:
-        found, found_ungated = with_jitter(jittered, gate), with_jitter(jittered, 0.0)
-        alarms, alarms_ungated = with_jitter(clean, gate), with_jitter(clean, 0.0)
-    finally:
-        nano.model.config = dataclasses.replace(nano.model.config, jitter_min_motion_signature=gate)
+    found, found_ungated = (naming(nano, jittered, "jitter", jitter_min_motion_signature=m) for m in (gate, 0.0))
+    alarms, alarms_ungated = (naming(nano, clean, "jitter", jitter_min_motion_signature=m) for m in (gate, 0.0))
     assert found >= len(jittered) - 2 and found >= found_ungated - 1, (found, found_ungated, len(jittered))
     assert alarms_ungated >= 4 and alarms <= alarms_ungated // 3, (alarms, alarms_ungated)
 
@@ -298,16 +301,7 @@ def test_the_low_light_gate_keeps_underexposure_and_drops_false_alarms(nano):
     darkened, clean = only_and_clean("low light")
     gate = nano.model.config.low_light_min_log_contrast
     assert gate > 0
-
-    def with_low_light(images: list, minimum: float) -> int:
-        nano.model.config = dataclasses.replace(nano.model.config, low_light_min_log_contrast=minimum)
-        settings = GenerationSettings(strictness=nano.model.config.default_strictness)
-        return sum("low light" in nano.ground(Image.fromarray(g.image), settings=settings).masks for g in images)
-
-    try:
-        found, found_ungated = with_low_light(darkened, gate), with_low_light(darkened, 0.0)
-        alarms, alarms_ungated = with_low_light(clean, gate), with_low_light(clean, 0.0)
-    finally:
-        nano.model.config = dataclasses.replace(nano.model.config, low_light_min_log_contrast=gate)
+    found, found_ungated = (naming(nano, darkened, "low light", low_light_min_log_contrast=m) for m in (gate, 0.0))
+    alarms, alarms_ungated = (naming(nano, clean, "low light", low_light_min_log_contrast=m) for m in (gate, 0.0))
     assert found >= found_ungated - 2 and found >= len(darkened) - 5, (found, found_ungated, len(darkened))
     assert alarms_ungated >= 8 and alarms <= alarms_ungated - 4, (alarms, alarms_ungated)  # measured: 23/24, 8/13

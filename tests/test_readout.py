@@ -137,6 +137,41 @@ def test_overexposure_needs_a_clipped_white_pixel(readout_model, thresholds):
         dataclasses.replace(config, readout=False)
 
 
+def noise_photo() -> Image.Image:
+    """A 48 × 64 photo of uniform noise."""
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
+
+
+def hides_first_image_only(
+    model: QGroundModel,
+    config: QGroundConfig,
+    pixels: torch.Tensor,
+    channel: int,
+    values: tuple[float, float, float],
+    name: str,
+    thresholds: list,
+    monkeypatch,
+) -> tuple[QGroundModel, torch.Tensor]:
+    """Three copies of one image's ``pixels`` (C, S, S), channel ``channel`` of each set to one of ``values``, encoded
+    by ``model``'s modules under ``config`` at strictness 2 and then 0, while the readout covers every class
+    everywhere: asserts that at 2 only the first
+    image's class ``name`` is hidden and every other gate is the plain one, and that 0 gates nothing → (the model under
+    ``config``, the three images)."""
+    gated = rebuilt(model, config)
+    full = torch.ones(3, len(CLASS_NAMES), 4, 4)
+    monkeypatch.setattr(model.readout, "coverage", lambda dense: full.expand(len(dense), -1, -1, -1))
+    batch = pixels.repeat(3, 1, 1, 1)
+    batch[:, channel] = torch.tensor(values)[:, None, None]
+    gated.encode_images(batch, strictness=2.0)
+    gated.encode_images(batch)
+    k, plain = CLASS_NAMES.index(name), torch.full((len(CLASS_NAMES),), 2.0)
+    gate = thresholds[0]
+    assert gate[0, k] == float("inf") and torch.equal(gate[1:], plain.expand(2, -1))
+    assert torch.equal(gate[0, :k], plain[:k]) and torch.equal(gate[0, k + 1 :], plain[k + 1 :])
+    assert thresholds[1] is None
+    return gated, batch
+
+
 def test_jitter_needs_a_motion_blur_signature(readout_model, thresholds, monkeypatch):
     """With ``jitter_min_motion_signature`` the strictness gate asks an image whose jitter region shows no motion-blur
     signature (its 75th percentile there below the minimum) for an unreachable jitter presence logit; an image with
@@ -144,21 +179,12 @@ def test_jitter_needs_a_motion_blur_signature(readout_model, thresholds, monkeyp
     strictness 0 nothing is gated. The signature channel is the processor's last and the tower does not read it."""
     model, tokenizer = readout_model
     config = dataclasses.replace(model.config, motion_signature=True, jitter_min_motion_signature=6.0)
-    gated = rebuilt(model, config)
-    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
-    pixels = QGroundProcessor(tokenizer, config).preprocess_image(photo)[0]
+    pixels = QGroundProcessor(tokenizer, config).preprocess_image(noise_photo())[0]
     assert pixels.shape[0] == config.input_channels == config.vision.num_channels + 1
-    pixels = pixels.repeat(3, 1, 1, 1)
-    pixels[:, -1] = torch.tensor([4.0, 9.0, 0.0])[:, None, None]  # no signature, motion blur, no evidence
-    full = torch.ones(3, len(CLASS_NAMES), 4, 4)  # the readout covers every class everywhere
-    monkeypatch.setattr(model.readout, "coverage", lambda dense: full.expand(len(dense), -1, -1, -1))
-    gated.encode_images(pixels, strictness=2.0)
-    gated.encode_images(pixels)
-    jitter, plain = CLASS_NAMES.index("jitter"), torch.full((len(CLASS_NAMES),), 2.0)
-    gate = thresholds[0]
-    assert gate[0, jitter] == float("inf") and torch.equal(gate[1:], plain.expand(2, -1))
-    assert torch.equal(gate[0, :jitter], plain[:jitter]) and torch.equal(gate[0, jitter + 1 :], plain[jitter + 1 :])
-    assert thresholds[1] is None
+    # no signature, motion blur, no evidence
+    gated, pixels = hides_first_image_only(
+        model, config, pixels, -1, (4.0, 9.0, 0.0), "jitter", thresholds, monkeypatch
+    )
     # where the readout covers jitter only: the signature elsewhere does not count
     signature, coverage = torch.zeros(2, 8, 8), torch.zeros(2, 4, 4)
     coverage[:, :2, :2] = 0.9
@@ -180,23 +206,13 @@ def test_low_light_needs_log_contrast(readout_model, thresholds, monkeypatch):
     config = dataclasses.replace(
         model.config, motion_signature=True, low_light_contrast=True, low_light_min_log_contrast=8.0
     )
-    gated = rebuilt(model, config)
-    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
-    pixels = QGroundProcessor(tokenizer, config).preprocess_image(photo)[0]
+    pixels = QGroundProcessor(tokenizer, config).preprocess_image(noise_photo())[0]
     assert pixels.shape[0] == config.input_channels == config.vision.num_channels + 2
     assert bool((pixels[-1, :48] > 0).all()) and not pixels[-1, 48:].any()  # content > 0, padding 0
-    pixels = pixels.repeat(3, 1, 1, 1)
-    pixels[:, -2] = 0.0  # the signature: no evidence, so the jitter gate (off here anyway) could not act
-    pixels[:, -1] = torch.tensor([7.0, 9.0, 0.0])[:, None, None]  # a shadow, underexposure, no content
-    full = torch.ones(3, len(CLASS_NAMES), 4, 4)  # the readout covers every class everywhere
-    monkeypatch.setattr(model.readout, "coverage", lambda dense: full.expand(len(dense), -1, -1, -1))
-    gated.encode_images(pixels, strictness=2.0)
-    gated.encode_images(pixels)
-    low, plain = CLASS_NAMES.index("low light"), torch.full((len(CLASS_NAMES),), 2.0)
-    gate = thresholds[0]
-    assert gate[0, low] == float("inf") and torch.equal(gate[1:], plain.expand(2, -1))
-    assert torch.equal(gate[0, :low], plain[:low]) and torch.equal(gate[0, low + 1 :], plain[low + 1 :])
-    assert thresholds[1] is None
+    # a shadow, underexposure, no content
+    gated, pixels = hides_first_image_only(
+        model, config, pixels, -1, (7.0, 9.0, 0.0), "low light", thresholds, monkeypatch
+    )
     # where the readout covers low light only: the contrast elsewhere does not count
     contrast, coverage = torch.zeros(2, 8, 8), torch.zeros(2, 4, 4)
     coverage[:, :2, :2] = 0.9

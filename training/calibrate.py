@@ -39,7 +39,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from qground.config import QGroundConfig
@@ -47,6 +46,7 @@ from qground.detail import log_contrast, motion_signature, region_contrast
 from qground.evaluate import evaluate, load_gt
 from qground.imageio import load_image
 from qground.inference import GenerationSettings, QGroundEngine
+from qground.processor import ImageMeta, QGroundProcessor
 from qground.service import load_engine
 
 DEFAULT_GRID = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
@@ -137,20 +137,21 @@ def motion_logistic(clean: np.ndarray, jittered: np.ndarray, steps: int = 50) ->
     return round(float(-intercept / slope), 2), round(float(1.0 / slope), 2)
 
 
-def contrast_evidence(train: Path, size: int, limit: int = MOTION_IMAGES) -> np.ndarray:
+def contrast_evidence(train: Path, config: QGroundConfig, limit: int = MOTION_IMAGES) -> np.ndarray:
     """For every low-light region among the first ``limit`` images of a ``synth`` split: its log contrast
-    (``qground.detail.region_contrast`` of ``log_contrast`` on the content grid of a ``size``-px model input, as the
-    gate reads it) → (regions,). ValueError without low-light regions."""
+    (``qground.detail.region_contrast`` of ``log_contrast`` on the model input's content grid, as the gate reads it)
+    → (regions,). ValueError without low-light regions."""
+    processor = QGroundProcessor(None, config)
     levels = []
     for path in sorted((train / "images").glob("*.png"))[:limit]:
         rgb = np.asarray(load_image(path))
         mask = load_gt(train, path.stem, rgb.shape[:2]).get("low light")
         if mask is None:
             continue
-        scale = size / max(rgb.shape[:2])
-        grid = (max(1, round(rgb.shape[0] * scale)), max(1, round(rgb.shape[1] * scale)))
-        region = np.asarray(Image.fromarray(mask).resize(grid[::-1], Image.Resampling.NEAREST))
-        level = region_contrast(log_contrast(rgb, grid), torch.tensor(region))
+        meta = ImageMeta(original_size=rgb.shape[:2], resized_size=processor.content_size(rgb.shape[:2]))
+        h, w = meta.resized_size
+        region = processor.preprocess_mask(mask, meta)[:h, :w] > 0
+        level = region_contrast(log_contrast(rgb, (h, w)), region)
         if level is not None:
             levels.append(level)
     if not levels:
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             }
     if config.low_light_contrast:
         try:
-            levels = contrast_evidence(args.train, config.image_size)
+            levels = contrast_evidence(args.train, config)
         except ValueError as err:  # e.g. a toy training split without low light
             print(f"low_light_min_log_contrast stays 0: {err}", flush=True)
             levels = np.empty(0)
@@ -280,8 +281,12 @@ def main(argv: list[str] | None = None) -> int:
             gates = config_sweep(engine, args.data, "low_light_min_log_contrast", (0.0, gate), best, args.limit)
             record["low_light_min_log_contrast"] = {
                 "chosen": gate,
-                "reference": {"train": str(args.train), "images": MOTION_IMAGES, "regions": len(levels)}
-                | {"quantile": CONTRAST_QUANTILE},
+                "reference": {
+                    "train": str(args.train),
+                    "images": MOTION_IMAGES,
+                    "regions": len(levels),
+                    "quantile": CONTRAST_QUANTILE,
+                },
                 "sweep": {f"{m:g}": gates[m] for m in gates},
             }
         chosen["low_light_min_log_contrast"] = gate

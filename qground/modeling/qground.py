@@ -13,7 +13,7 @@ Token contract (the processor builds it, this module checks it):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,16 +44,35 @@ def clipped_white(pixel_values: torch.Tensor, config: QGroundConfig) -> torch.Te
     return (rgb.amin(dim=1) >= CLIPPED_WHITE).flatten(1).any(dim=1)
 
 
+def region_passes(
+    evidence: torch.Tensor,
+    coverage: torch.Tensor,
+    minimum: float,
+    level: Callable[[torch.Tensor, torch.Tensor], float | None],
+) -> torch.Tensor:
+    """``evidence`` (M, S, S) a native-resolution map in the padded input frame (0: no evidence), ``coverage`` (M,
+    g·sub, g·sub) the readout's coverage of one class in that frame → (M,) bool: ``level(map, region)`` over the
+    region where the coverage is above one half is ≥ ``minimum``, or it is None (no evidence there: no check
+    possible). ``level`` takes the map and the region (bool), both at the coverage's size."""
+    maps = F.interpolate(evidence[:, None].float(), size=coverage.shape[-2:], mode="nearest")[:, 0]
+    keep = []
+    for v, c in zip(maps.cpu(), coverage.float().cpu(), strict=True):
+        value = level(v, c > 0.5)
+        keep.append(value is None or value >= minimum)
+    return torch.tensor(keep)
+
+
+def _signature_level(signature: torch.Tensor, region: torch.Tensor) -> float | None:
+    """The 75th percentile of the motion-blur signature over the region's windows that hold evidence, or None."""
+    values = signature[region & (signature > 0)]
+    return float(torch.quantile(values, 0.75)) if values.numel() else None
+
+
 def motion_blurred(signature: torch.Tensor, coverage: torch.Tensor, minimum: float) -> torch.Tensor:
     """``signature`` (M, S, S) motion-blur signature in the padded input frame (0: no evidence), ``coverage`` (M, g·sub,
     g·sub) the readout's jitter coverage of that frame → (M,) bool: the 75th percentile of the signature where the
     coverage is above one half is ≥ ``minimum``, or nothing there holds evidence (no check possible)."""
-    sig = F.interpolate(signature[:, None].float(), size=coverage.shape[-2:], mode="nearest")[:, 0]
-    keep = []
-    for s, c in zip(sig.cpu(), coverage.float().cpu(), strict=True):
-        values = s[(c > 0.5) & (s > 0)]
-        keep.append(values.numel() == 0 or bool(torch.quantile(values, 0.75) >= minimum))
-    return torch.tensor(keep)
+    return region_passes(signature, coverage, minimum, _signature_level)
 
 
 def low_light_contrasted(contrast: torch.Tensor, coverage: torch.Tensor, minimum: float) -> torch.Tensor:
@@ -61,12 +80,7 @@ def low_light_contrasted(contrast: torch.Tensor, coverage: torch.Tensor, minimum
     padding: no evidence), ``coverage`` (M, g·sub, g·sub) the readout's low-light coverage of that frame → (M,) bool:
     the log contrast of the region where the coverage is above one half (``qground.detail.region_contrast``) is
     ≥ ``minimum``, or the region holds no content (no check possible)."""
-    values = F.interpolate(contrast[:, None].float(), size=coverage.shape[-2:], mode="nearest")[:, 0]
-    keep = []
-    for v, c in zip(values.cpu(), coverage.float().cpu(), strict=True):
-        level = region_contrast(v, c > 0.5)
-        keep.append(level is None or level >= minimum)
-    return torch.tensor(keep)
+    return region_passes(contrast, coverage, minimum, region_contrast)
 
 
 def mirror(maps: torch.Tensor, content_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
