@@ -5,8 +5,9 @@
 3. vision-tower pretraining (``training.pretrain_vision``), then the tower is frozen (``vision/``);
 4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
    trains comparisons only, answered through the choice head, before the paper's stage 1);
-5. the default detection strictness and mask weight chosen on the validation split, the jitter gate read off the
-   training split (``training.calibrate``);
+5. ``training.calibrate``: the default detection strictness and mask weight chosen on the validation split; the
+   jitter gate, P(jitter | motion-blur signature) and the low-light gate read off the training split; the mirrored
+   second view and the mask refinement radius chosen on the validation split;
 6. with ``--install``, the final checkpoint copied to ``assets/qground-nano``. Evaluation on the held-out split is
    its own command: ``python -m qground eval --data runs/nano/data/eval --out runs/nano/metrics.json``.
 Each step is skipped when its output exists, so a rerun continues where a killed run stopped.
