@@ -10,7 +10,8 @@ G_c = Σ |gt| (pixels).
 - gIoU: mean of the per-image IoU over the (image, class) pairs where pred ∪ gt is not empty;
 - cIoU: Σ_c I_c / Σ_c U_c (cumulative IoU over all classes);
 - clean rate: share of the images without any ground-truth class that receive no predicted mask, a predicted mask
-  covering less than ``EMPTY_MASK_FRACTION`` of the image counting as none (None when no image is clean).
+  covering less than ``EMPTY_MASK_FRACTION`` of the image counting as none (None when no image is clean); per class,
+  the number of those clean images that receive a mask of the class by the same rule (its clean-image false alarms).
 
 Descriptions: `named_classes(text)` finds the distortion classes a sentence names (negated mentions excluded) and
 `description_f1` is the micro-F1 of the classes named by predicted vs reference descriptions over (item, class) pairs.
@@ -84,13 +85,14 @@ class GroundingMetrics:
     intersection: dict[str, int] = field(default_factory=dict)
     union: dict[str, int] = field(default_factory=dict)
     gt_pixels: dict[str, int] = field(default_factory=dict)
+    clean_false_alarms: dict[str, int] = field(default_factory=dict)
     pair_ious: list[float] = field(default_factory=list)
     images: int = 0
     clean_images: int = 0
     clean_correct: int = 0
 
     def __post_init__(self) -> None:
-        for counts in (self.intersection, self.union, self.gt_pixels):
+        for counts in (self.intersection, self.union, self.gt_pixels, self.clean_false_alarms):
             for name in self.classes:
                 counts.setdefault(name, 0)
 
@@ -114,17 +116,21 @@ class GroundingMetrics:
                 self.pair_ious.append(inter / union)
         self.images += 1
         if not any(m.any() for m in gt.values()):
+            found = [name for name, m in pred.items() if m.mean() >= EMPTY_MASK_FRACTION]
             self.clean_images += 1
-            self.clean_correct += not any(m.mean() >= EMPTY_MASK_FRACTION for m in pred.values())
+            self.clean_correct += not found
+            for name in found:
+                self.clean_false_alarms[name] += 1
 
     def summary(self) -> dict:
-        """``{"images", "clean_images", "per_class": {name: {"iou", "acc", "gt_pixels"}}, "mIoU", "mAcc", "gIoU",
-        "cIoU", "clean_rate"}``; undefined values are None."""
+        """``{"images", "clean_images", "per_class": {name: {"iou", "acc", "gt_pixels", "clean_false_alarms"}},
+        "mIoU", "mAcc", "gIoU", "cIoU", "clean_rate"}``; undefined values are None."""
         per_class = {
             name: {
                 "iou": _ratio(self.intersection[name], self.union[name]),
                 "acc": _ratio(self.intersection[name], self.gt_pixels[name]),
                 "gt_pixels": self.gt_pixels[name],
+                "clean_false_alarms": self.clean_false_alarms[name],
             }
             for name in self.classes
         }
@@ -156,8 +162,10 @@ def grounding_table(columns: Mapping[str, dict], seconds: Mapping[str, float | N
     first = next(iter(columns.values()))
     classes = list(first["per_class"])
 
+    label_width = max(22, *(len(c) + 17 for c in classes))  # "  false alarms <class>" and a space
+
     def row(label: str, values: Iterable[float | None | str]) -> str:
-        return f"{label:<22}" + "".join(f"{v if isinstance(v, str) else _cell(v):>{width}}" for v in values)
+        return f"{label:<{label_width}}" + "".join(f"{v if isinstance(v, str) else _cell(v):>{width}}" for v in values)
 
     lines = [row(f"{first['images']} images ({first['clean_images']} clean)", names)]
     for metric, label in (("iou", "IoU"), ("acc", "Acc")):
@@ -165,6 +173,10 @@ def grounding_table(columns: Mapping[str, dict], seconds: Mapping[str, float | N
     for key, label in (("mIoU", "mIoU"), ("mAcc", "mAcc"), ("gIoU", "gIoU"), ("cIoU", "cIoU")):
         lines.append(row(label, (columns[n][key] for n in names)))
     lines.append(row("clean-image rate", (columns[n]["clean_rate"] for n in names)))
+    lines += [
+        row(f"  false alarms {c}", (str(columns[n]["per_class"][c]["clean_false_alarms"]) for n in names))
+        for c in classes
+    ]
     if seconds is not None:
         lines.append(row("seconds / image", (seconds.get(n) for n in names)))
     return "\n".join(lines)

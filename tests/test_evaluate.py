@@ -1,5 +1,7 @@
 """Grounding metrics on hand-made masks, description class extraction, comparison parsing, the classical baseline."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -37,11 +39,12 @@ def metrics() -> GroundingMetrics:
 
 def test_per_class_iou_and_acc(metrics):
     per_class = metrics.summary()["per_class"]
-    assert per_class["blur"] == {"iou": 0.75, "acc": 1.0, "gt_pixels": 300}
-    assert per_class["noise"] == {"iou": 0.0, "acc": 0.0, "gt_pixels": 100}
-    assert per_class["jitter"] == {"iou": 0.0, "acc": None, "gt_pixels": 0}
-    assert per_class["overexposure"] == {"iou": 0.0, "acc": None, "gt_pixels": 0}
-    assert per_class["low light"] == {"iou": None, "acc": None, "gt_pixels": 0}
+    assert per_class["blur"] == {"iou": 0.75, "acc": 1.0, "gt_pixels": 300, "clean_false_alarms": 0}
+    assert per_class["noise"] == {"iou": 0.0, "acc": 0.0, "gt_pixels": 100, "clean_false_alarms": 0}
+    assert per_class["jitter"] == {"iou": 0.0, "acc": None, "gt_pixels": 0, "clean_false_alarms": 0}
+    # D's 5 % mask is a false alarm on a clean image; C's 1-pixel one is not.
+    assert per_class["overexposure"] == {"iou": 0.0, "acc": None, "gt_pixels": 0, "clean_false_alarms": 1}
+    assert per_class["low light"] == {"iou": None, "acc": None, "gt_pixels": 0, "clean_false_alarms": 0}
 
 
 def test_mean_and_cumulative_metrics(metrics):
@@ -57,6 +60,8 @@ def test_mean_and_cumulative_metrics(metrics):
 def test_table_and_undefined_values(metrics):
     table = metrics.table("model")
     assert "mIoU" in table and "0.188" in table and "clean-image rate" in table
+    assert re.search(r"false alarms overexposure +1$", table, re.M)
+    assert re.search(r"false alarms noise +0$", table, re.M)
     assert table.splitlines()[0].rstrip().endswith("model")
     empty = GroundingMetrics().summary()
     assert empty["mIoU"] is None and empty["gIoU"] is None and empty["clean_rate"] is None and empty["cIoU"] is None
