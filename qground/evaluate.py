@@ -116,7 +116,7 @@ class GroundingMetrics:
                 self.pair_ious.append(inter / union)
         self.images += 1
         if not any(m.any() for m in gt.values()):
-            found = [name for name, m in pred.items() if m.mean() >= EMPTY_MASK_FRACTION]
+            found = [name for name in self.classes if name in pred and pred[name].mean() >= EMPTY_MASK_FRACTION]
             self.clean_images += 1
             self.clean_correct += not found
             for name in found:
