@@ -162,7 +162,8 @@ def grounding_table(columns: Mapping[str, dict], seconds: Mapping[str, float | N
     first = next(iter(columns.values()))
     classes = list(first["per_class"])
 
-    label_width = max(22, *(len(c) + 17 for c in classes))  # "  false alarms <class>" and a space
+    alarm_labels = {c: f"  false alarms {c}" for c in classes}
+    label_width = max(22, *(len(label) + 1 for label in alarm_labels.values()))
 
     def row(label: str, values: Iterable[float | None | str]) -> str:
         return f"{label:<{label_width}}" + "".join(f"{v if isinstance(v, str) else _cell(v):>{width}}" for v in values)
@@ -174,8 +175,8 @@ def grounding_table(columns: Mapping[str, dict], seconds: Mapping[str, float | N
         lines.append(row(label, (columns[n][key] for n in names)))
     lines.append(row("clean-image rate", (columns[n]["clean_rate"] for n in names)))
     lines += [
-        row(f"  false alarms {c}", (str(columns[n]["per_class"][c]["clean_false_alarms"]) for n in names))
-        for c in classes
+        row(label, (str(columns[n]["per_class"][c]["clean_false_alarms"]) for n in names))
+        for c, label in alarm_labels.items()
     ]
     if seconds is not None:
         lines.append(row("seconds / image", (seconds.get(n) for n in names)))
