@@ -1,7 +1,8 @@
 """Q-Ground app: chat about a photo's quality with one mask per distortion, compare 2–4 photos, annotate with SAM.
 
-``python app.py [--model NAME|FOLDER|REPO] [--revision REV] [--quant 4bit|8bit|none] [--host H] [--port P] [--share]``;
-the environment gives the defaults (QGROUND_MODEL, QGROUND_REVISION, QGROUND_QUANT, QGROUND_SAM). ``build_demo`` wires
+``python app.py [--model NAME|FOLDER|REPO] [--revision REV] [--quant 4bit|8bit|none] [--dtype auto|fp32|bf16|fp16]
+[--host H] [--port P] [--share]``; the environment gives the defaults (QGROUND_MODEL, QGROUND_REVISION, QGROUND_QUANT,
+QGROUND_DTYPE, QGROUND_SAM). ``build_demo`` wires
 an engine to the UI; the work is done in ``qground.service`` and ``qground.sam``. Nothing heavy runs at import.
 Public endpoints for gradio_client: /ground, /describe, /compare, /segment; the UI's own handlers are private. Every
 event that runs a model (Q-Ground or SAM) shares the queue ``concurrency_id="model"``.
@@ -112,7 +113,7 @@ def build_demo(engine, sam=None, served=None, sam_message: str = ""):
 
     from qground import service as svc
 
-    served = served or svc.ServedModel(engine.name, None, "none", str(next(engine.model.parameters()).device))
+    served = served or svc.served_model(engine)
     scratch = svc.Scratch()
     with gr.Blocks(title="Q-Ground", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# Q-Ground: where does this photo lose quality?")
@@ -408,6 +409,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", help="registry name, checkpoint folder or Hub repo id [QGROUND_MODEL; qground-nano]")
     parser.add_argument("--revision", help="Hub revision: branch, tag or commit [QGROUND_REVISION]")
     parser.add_argument("--quant", choices=["4bit", "8bit", "none"], help="[QGROUND_QUANT; 4bit on CUDA, else none]")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="compute dtype [QGROUND_DTYPE; auto: bf16 on CUDA where supported, else fp16; fp32 on CPU]",
+    )
     parser.add_argument("--host", help="interface to listen on [GRADIO_SERVER_NAME or 127.0.0.1]")
     parser.add_argument("--port", type=int, help="port [GRADIO_SERVER_PORT or 7860]")
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
@@ -417,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     from qground.sam import SamAnnotator
     from qground.service import load_engine_from_env
 
-    engine, served = load_engine_from_env(args.model, args.revision, args.quant)
+    engine, served = load_engine_from_env(args.model, args.revision, args.quant, args.dtype)
     sam, sam_message = SamAnnotator.from_env()
     build_demo(engine, sam, served, sam_message).launch(server_name=args.host, server_port=args.port, share=args.share)
 

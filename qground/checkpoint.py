@@ -26,13 +26,20 @@ from qground.config import CONFIG_NAME, FORMAT_VERSION, ConfigError, LoraSetting
 from qground.modeling import QGroundModel
 from qground.tokenizer import bind_tokenizer
 
+log = logging.getLogger(__name__)
+
 HEADS_NAME = "qground_heads.safetensors"
 ADAPTER_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 FULL_WEIGHTS = "model.safetensors"
 QUANT_CHOICES = ("none", "4bit", "8bit")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Kept in full precision under 4/8-bit: exact prefixes (transformers 5 matches by prefix, not substring).
 QUANT_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+# bitsandbytes' CPU NF4 kernel (0.50, CPUs with AVX512-BF16) packs a layer's output rows in blocks of 32 and its
+# scales per 64 inputs; on CPU an LLM projection with other widths stays in the compute dtype (it would fail at the
+# first forward).
+CPU_4BIT_ROWS, CPU_4BIT_INPUTS = 32, 64
 
 
 class CheckpointError(RuntimeError):
@@ -176,14 +183,46 @@ def download(repo_id: str, revision: str | None = None) -> Path:
 
 # -- loading -----------------------------------------------------------------------------------------------------------
 def default_device_dtype() -> tuple[torch.device, torch.dtype]:
-    """bf16 on CUDA, fp32 on CPU."""
+    """CUDA in bf16 where the GPU supports it (Ampere and newer), else fp16; the CPU in fp32."""
     if torch.cuda.is_available():
-        return torch.device("cuda"), torch.bfloat16
+        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.device("cpu"), torch.float32
 
 
-def quantization_config(quant: str, compute_dtype: torch.dtype):
-    """``BitsAndBytesConfig`` for ``"4bit"`` (NF4, double quant) or ``"8bit"``, skipping ``QUANT_SKIP_MODULES``."""
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """``"fp32"`` / ``"bf16"`` / ``"fp16"`` → the torch dtype; None or ``"auto"`` → None (``default_device_dtype``)."""
+    if name is None or name == "auto":
+        return None
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name of a compute dtype (``"bf16"``); other dtypes by torch's name."""
+    return next((k for k, v in DTYPES.items() if v == dtype), str(dtype).removeprefix("torch."))
+
+
+def cpu_4bit_skips(config: QGroundConfig) -> list[str]:
+    """Module-name suffixes of the LLM projections whose output width is not a multiple of ``CPU_4BIT_ROWS`` or whose
+    input width is not a multiple of ``CPU_4BIT_INPUTS``."""
+    t = config.llm
+    kv = t.num_kv_heads * (t.hidden_size // t.num_heads)
+    shapes = {  # (inputs, outputs)
+        "self_attn.q_proj": (t.hidden_size, t.hidden_size),
+        "self_attn.k_proj": (t.hidden_size, kv),
+        "self_attn.v_proj": (t.hidden_size, kv),
+        "self_attn.o_proj": (t.hidden_size, t.hidden_size),
+        "mlp.gate_proj": (t.hidden_size, t.intermediate_size),
+        "mlp.up_proj": (t.hidden_size, t.intermediate_size),
+        "mlp.down_proj": (t.intermediate_size, t.hidden_size),
+    }
+    return [name for name, (i, o) in shapes.items() if i % CPU_4BIT_INPUTS or o % CPU_4BIT_ROWS]
+
+
+def quantization_config(quant: str, compute_dtype: torch.dtype, skip: list[str] = ()):
+    """``BitsAndBytesConfig`` for ``"4bit"`` (NF4, double quant) or ``"8bit"``, skipping ``QUANT_SKIP_MODULES`` and
+    ``skip`` (module-name prefixes, suffixes or regexes, as transformers matches them)."""
     if quant not in QUANT_CHOICES:
         raise ValueError(f"quantization must be one of {QUANT_CHOICES}, got {quant!r}")
     if quant == "none":
@@ -191,13 +230,13 @@ def quantization_config(quant: str, compute_dtype: torch.dtype):
     from transformers import BitsAndBytesConfig
 
     if quant == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(QUANT_SKIP_MODULES))
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=[*QUANT_SKIP_MODULES, *skip])
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
-        llm_int8_skip_modules=list(QUANT_SKIP_MODULES),
+        llm_int8_skip_modules=[*QUANT_SKIP_MODULES, *skip],
     )
 
 
@@ -221,14 +260,15 @@ def load_model(
     if entry is not None and entry.checkpoint is None:
         config = entry.config()
         if config.base_model_id is None:
-            return build_from_registry(str(source), device=device)
+            model, tokenizer = build_from_registry(str(source), device=device)
+            return model.to(dtype=dtype), tokenizer
         if not allow_untrained:
             raise CheckpointError(
                 f"{source} has no published trained weights yet; train it with training/ and pass the output folder "
                 "or its Hub repo id"
             )
         tokenizer, config = build_tokenizer(config)
-        llava = _load_llava(config.base_model_id, quant, device, dtype)
+        llava = _load_llava(config.base_model_id, config, quant, device, dtype)
         _check_architecture(config, llava, config.base_model_id)
         model = assemble(config, llava)
         _heads_to(model, device, dtype)
@@ -244,7 +284,7 @@ def load_model(
     if bound.token_ids != config.token_ids:
         raise CheckpointError(f"{folder}: tokenizer ids {bound.token_ids} ≠ {CONFIG_NAME} ids {config.token_ids}")
     base = folder if (folder / FULL_WEIGHTS).exists() else _base_folder(config)
-    llava = _load_llava(base, quant, device, dtype, without_projector=config.readout and base == folder)
+    llava = _load_llava(base, config, quant, device, dtype, without_projector=config.readout and base == folder)
     _check_architecture(config, llava, base)
     model = assemble(config, llava)
     _load_safetensors(model, folder / HEADS_NAME, _load_heads)
@@ -309,11 +349,19 @@ def _from_pretrained_without_projector(base, kwargs: dict) -> LlavaForConditiona
 
 
 def _load_llava(
-    base, quant: str, device: torch.device, dtype: torch.dtype, without_projector: bool = False
+    base,
+    config: QGroundConfig,
+    quant: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    without_projector: bool = False,
 ) -> LlavaForConditionalGeneration:
     """``without_projector``: the weights leave LLaVA's projector out by design (a readout checkpoint keeps φv in the
-    heads file; see ``_from_pretrained_without_projector``)."""
-    qconfig = quantization_config(quant, dtype)
+    heads file; see ``_from_pretrained_without_projector``). On CPU, 4-bit keeps ``cpu_4bit_skips`` unquantized."""
+    skip = cpu_4bit_skips(config) if quant == "4bit" and device.type == "cpu" else []
+    if skip:
+        log.info("4-bit on CPU: %s stay in %s (bitsandbytes' CPU kernel cannot pack their widths)", skip, dtype)
+    qconfig = quantization_config(quant, dtype, skip)
     kwargs = {"dtype": dtype, "use_safetensors": True}  # never a pickled pytorch_model.bin
     if qconfig is not None:
         kwargs |= {"quantization_config": qconfig, "device_map": {"": device}}

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from qground.checkpoint import QUANT_CHOICES, CheckpointError, load_model
+from qground.checkpoint import QUANT_CHOICES, CheckpointError, dtype_name, load_model, parse_dtype
 from qground.imageio import ImageLoadError, load_image
 from qground.inference import GROUNDING_QUESTION, MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
 from qground.naming import named_images, question_options
@@ -75,6 +75,7 @@ __all__ = [
     "mask_note",
     "masks_zip",
     "new_thread",
+    "served_model",
     "ranking_rows",
     "table_rows",
     "thread_messages",
@@ -109,19 +110,23 @@ USER_ERRORS = (UserError, AnnotationError)
 # -- the served model --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ServedModel:
-    """The model actually served: registry name / folder / Hub id, revision, quantization, device, and a ``notice``
-    when it is not the one requested. ``random`` is True for the untrained test model."""
+    """The model actually served: registry name / folder / Hub id, revision, quantization, device, compute dtype
+    (``"bf16"``…), and a ``notice`` when it is not the one requested. ``random``: the untrained test model."""
 
     name: str
     revision: str | None
     quant: str
     device: str
+    dtype: str
     notice: str = ""
     random: bool = False
 
     def footer(self) -> str:
         """One Markdown line for the app's footer (a loud warning first when the model is random)."""
-        line = f"Model **{self.name}** · revision {self.revision or '—'} · {self.quant} quantization · {self.device}"
+        line = (
+            f"Model **{self.name}** · revision {self.revision or '—'} · {self.quant} quantization · {self.device} · "
+            f"{self.dtype}"
+        )
         warning = "**WARNING: RANDOM UNTRAINED MODEL — its answers and masks are meaningless.** " if self.random else ""
         notice = f"<br>{self.notice}" if self.notice else ""
         return warning + line + notice
@@ -132,24 +137,37 @@ def default_quant() -> str:
     return "4bit" if torch.cuda.is_available() else "none"
 
 
-def load_engine(source: str, revision: str | None = None, quant: str = "none") -> QGroundEngine:
-    """An engine for a registry name, checkpoint folder or Hub repo id (``qground.checkpoint.load_model``)."""
-    model, tokenizer = load_model(source, revision=revision, quant=quant)
+def load_engine(
+    source: str, revision: str | None = None, quant: str = "none", dtype: torch.dtype | None = None
+) -> QGroundEngine:
+    """An engine for a registry name, checkpoint folder or Hub repo id (``qground.checkpoint.load_model``); ``dtype``
+    None: the device's default (``qground.checkpoint.default_device_dtype``)."""
+    model, tokenizer = load_model(source, revision=revision, quant=quant, dtype=dtype)
     return QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name=str(source))
+
+
+def served_model(engine: QGroundEngine, revision: str | None = None, quant: str = "none", **extra) -> ServedModel:
+    """What ``engine`` serves: its name, device and compute dtype (that of φv, which is never quantized)."""
+    param = next(engine.model.projector.parameters())
+    return ServedModel(engine.name, revision, quant, str(param.device), dtype_name(param.dtype), **extra)
 
 
 def load_engine_from_env(
     model: str | None = None,
     revision: str | None = None,
     quant: str | None = None,
+    dtype: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> tuple[QGroundEngine, ServedModel]:
     """The engine to serve and what it is. Arguments win over ``QGROUND_MODEL``, ``QGROUND_REVISION``,
-    ``QGROUND_QUANT`` (4bit | 8bit | none; default 4bit on CUDA, none on CPU).
+    ``QGROUND_QUANT`` (4bit | 8bit | none; default 4bit on CUDA, none on CPU) and ``QGROUND_DTYPE`` (auto | fp32 |
+    bf16 | fp16; auto: ``qground.checkpoint.default_device_dtype``, bf16 on CUDA where supported, else fp16, fp32 on
+    CPU; the compute dtype of every part, 4-bit layers included).
 
     When the requested model cannot be loaded (offline, missing, damaged) the failure is logged and the embedded
     default ``qground-nano`` is served; when that is unavailable too, the random ``qground-tiny``.
-    ``ServedModel.notice`` says what happened and what to set. Raises ValueError for an unknown quantization.
+    ``ServedModel.notice`` says what happened and what to set. Raises ValueError for an unknown quantization or
+    dtype.
     """
     env = os.environ if env is None else env
     requested = model or env.get("QGROUND_MODEL") or DEFAULT_MODEL
@@ -157,12 +175,16 @@ def load_engine_from_env(
     quant = (quant or env.get("QGROUND_QUANT") or default_quant()).lower()
     if quant not in QUANT_CHOICES:
         raise ValueError(f"QGROUND_QUANT must be one of {', '.join(QUANT_CHOICES)}, got {quant!r}")
+    try:
+        torch_dtype = parse_dtype((dtype or env.get("QGROUND_DTYPE") or "auto").lower())
+    except ValueError as err:
+        raise ValueError(f"QGROUND_DTYPE: {err}") from None
     candidates = [(requested, revision)]
     candidates += [(name, None) for name in (DEFAULT_MODEL, RANDOM_MODEL) if name != requested]
     failures: list[str] = []
     for name, rev in candidates:
         try:
-            engine = load_engine(name, rev, quant)
+            engine = load_engine(name, rev, quant, torch_dtype)
         except _LOAD_ERRORS as err:
             if name == RANDOM_MODEL:
                 raise
@@ -170,8 +192,7 @@ def load_engine_from_env(
             failures.append(f"{name!r} could not be loaded ({err})")
             continue
         random = name == RANDOM_MODEL
-        device = str(next(engine.model.parameters()).device)
-        served = ServedModel(name, rev, "none" if random else quant, device, _notice(failures, name), random)
+        served = served_model(engine, rev, "none" if random else quant, notice=_notice(failures, name), random=random)
         log.info("serving %s", served)
         return engine, served
     raise AssertionError("unreachable: the random model always loads or raises")

@@ -25,6 +25,19 @@ def _neck(in_dim: int, dim: int) -> nn.Sequential:
     )
 
 
+class _FloatPositionEncoding(PositionEmbeddingRandom):
+    """SAM's random Fourier position encoding whose frequency matrix stays float32 when the model is cast to bf16 or
+    fp16 (``segment_anything`` builds its coordinate grid in float32; the phases need the precision). ``forward``
+    returns (C, h, w) float32; callers cast it to the features' dtype."""
+
+    def _apply(self, fn, recurse=True):
+        matrix = self.positional_encoding_gaussian_matrix
+        super()._apply(fn, recurse)
+        moved = self.positional_encoding_gaussian_matrix
+        self.positional_encoding_gaussian_matrix = matrix.to(device=moved.device, dtype=torch.float32)
+        return self
+
+
 def _upscale(dim: int) -> nn.Sequential:
     """2× transposed-conv upsampling to ``dim // 8`` channels (the hypernetwork's width)."""
     return nn.Sequential(nn.ConvTranspose2d(dim, dim // 8, kernel_size=2, stride=2), LayerNorm2d(dim // 8), nn.GELU())
@@ -64,7 +77,7 @@ class PixelDecoder(nn.Module):
     def __init__(self, vision_dim: int, dim: int, depth: int, num_heads: int, mlp_dim: int) -> None:
         super().__init__()
         self.necks = nn.ModuleList([_neck(vision_dim, dim), _neck(vision_dim, dim)])
-        self.pe = PositionEmbeddingRandom(dim // 2)
+        self.pe = _FloatPositionEncoding(dim // 2)
         self.levels = nn.ModuleList([_Level(dim, depth, num_heads, mlp_dim) for _ in range(2)])
 
     def forward(self, features: tuple[torch.Tensor, torch.Tensor], seg: torch.Tensor) -> torch.Tensor:
