@@ -43,10 +43,12 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 def config_7b() -> QGroundConfig:
     """``llava-hf/llava-1.5-7b-hf`` (CLIP ViT-L/14-336 run at 448, Vicuna-7B) + our heads. Token ids are those that
     adding our tokens to the llava-hf tokenizer yields (``<image>`` 32000, ``<pad>`` 32001, then ``[SEG0…5]``);
-    ``bind_tokenizer`` re-derives them from the real tokenizer when it is loaded."""
+    ``bind_tokenizer`` re-derives them from the real tokenizer when it is loaded. Prompts are tokenized as LLaVA-1.5
+    tokenizes them (``prompt_tokenization="llava"``)."""
     return QGroundConfig(
         name="qground-7b",
         token_ids=TokenIds(image=32000, seg=tuple(range(32002, 32008)), pad=32001, bos=1, eos=2),
+        prompt_tokenization="llava",
     )
 
 

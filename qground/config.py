@@ -23,6 +23,7 @@ MAX_STRICTNESS = 8.0  # detection strictness range: 0..MAX_STRICTNESS (README, "
 
 NUM_DETAIL_CHANNELS = 8  # qground.detail: native-resolution channels appended to RGB when detail_channels is set
 CHOICE_KEYS = ("llm", "readout")  # QGroundConfig.choice_keys: what the choice head compares the query with
+PROMPT_TOKENIZATIONS = ("pieces", "llava")  # QGroundConfig.prompt_tokenization: qground.processor's rules
 READOUT_SUB = 2  # qground.modeling.readout: sub-cells per patch side whose class coverage the readout predicts
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -245,6 +246,10 @@ class QGroundConfig:
     seg_tokens_per_level: int = 3
     base_model_id: str | None = "llava-hf/llava-1.5-7b-hf"
     tokenizer_id: str | None = "llava-hf/llava-1.5-7b-hf"
+    # How QGroundProcessor.encode tokenizes the prompt: "pieces", one tokenizer call per template piece (the shipped
+    # models); "llava", one call per run of prompt text between images and answers, and answers without the space after
+    # "ASSISTANT:": with a LLaMA tokenizer (its "▁" prefix stands for that space) LLaVA-1.5's ids (qground.processor).
+    prompt_tokenization: str = "pieces"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -387,6 +392,10 @@ class QGroundConfig:
         _check(
             self.choice_keys == "llm" or (self.choice_head and self.readout),
             "choice_keys 'readout' needs choice_head: true and readout: true",
+        )
+        _check(
+            self.prompt_tokenization in PROMPT_TOKENIZATIONS,
+            f"prompt_tokenization must be one of {PROMPT_TOKENIZATIONS}, got {self.prompt_tokenization!r}",
         )
         self.token_ids.validate(self.seg_count, self.choice_head)
 

@@ -9,10 +9,21 @@ with ``config.low_light_contrast`` its ``qground.detail.log_contrast`` (for the 
 Masks go through the same mapping (nearest) and come back by ``ImageMeta``: crop [:h, :w] of the S×S frame, resize
 to (H, W).
 
-Token layout: ``<s>`` + the template's pieces; each image slot becomes ``config.tokens_per_image(num_images)``
-image-token ids inserted by id (``num_image_tokens``, or 1 per image of a several-image prompt with
-``multi_image_global_only``); user text is tokenized with special tokens split (no injection); answers are followed
-by ``</s>`` and are the only labelled tokens (prompt and padding are -100).
+Token layout: ``<s>`` + the template's pieces (``qground.prompts``); each image slot becomes
+``config.tokens_per_image(num_images)`` image-token ids inserted by id (``num_image_tokens``, or 1 per image of a
+several-image prompt with ``multi_image_global_only``); each answer is tokenized on its own (its special tokens, such as
+``[SEG0]``, recognized) and followed by ``</s>``; answers and their ``</s>`` are the only labelled tokens (prompt and
+padding are -100). Prompt text is tokenized with special tokens split, so neither the template nor user text can
+inject them (typed "[SEG0]" or "<image>" stays text). ``config.prompt_tokenization`` says where tokenizer calls
+begin, none adding ``<s>``/``</s>`` itself:
+
+- ``"pieces"``: one call per template piece (system, role, image header, newline, question, …) and per answer.
+- ``"llava"``: one call per run of prompt text between images and answers, as LLaVA-1.5's ``tokenizer_image_token``
+  splits the prompt at ``<image>``, and per answer without its leading space. With a LLaMA sentencepiece tokenizer
+  (which prepends ``▁`` to each call) this gives LLaVA-1.5 / Q-Ground's ids: ``… questions . ▁US ER : ▁ <image>…
+  ▁ \\n Please … ▁A SS IST ANT :`` and answers starting ``▁The …``, where "pieces" has an extra ``▁`` before ``▁US``,
+  ``▁Please`` after the newline and, with the legacy llama normalizer (it prepends ``▁`` even to a leading space),
+  one more ``▁`` at an answer's start (``tests/test_llava_tokens.py``).
 """
 
 from __future__ import annotations
@@ -151,22 +162,39 @@ class QGroundProcessor:
 
     # -- text --------------------------------------------------------------------------------------------------------
     def encode(self, turns: list[Turn], num_images: int) -> tuple[list[int], list[int]]:
-        """Token ids and labels for a conversation (the last turn may be unanswered: a generation prompt)."""
+        """Token ids and labels for a conversation (the last turn may be unanswered: a generation prompt); the layout
+        and ``config.prompt_tokenization`` are described in the module docstring."""
         ids = self.config.token_ids
         per_image = self.config.tokens_per_image(num_images)
+        llava = self.config.prompt_tokenization == "llava"
         input_ids, labels = [ids.bos], [IGNORE_INDEX]
+        run: list[str] = []  # prompt text not tokenized yet
+
+        def flush() -> None:
+            text = "".join(run)
+            run.clear()
+            if text:
+                tokens = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+                input_ids.extend(tokens)
+                labels.extend([IGNORE_INDEX] * len(tokens))
+
         for piece in self.style.pieces(turns, num_images):
             if isinstance(piece, ImageSlot):
-                input_ids += [ids.image] * per_image
-                labels += [IGNORE_INDEX] * per_image
-                continue
-            tokens = self.tokenizer(
-                piece.text, add_special_tokens=False, split_special_tokens=not piece.trainable
-            ).input_ids
-            if piece.trainable:
-                tokens = tokens + [ids.eos]
-            input_ids += tokens
-            labels += tokens if piece.trainable else [IGNORE_INDEX] * len(tokens)
+                flush()
+                input_ids.extend([ids.image] * per_image)
+                labels.extend([IGNORE_INDEX] * per_image)
+            elif piece.trainable:
+                flush()
+                text = piece.text.removeprefix(" ") if llava else piece.text
+                tokens = self.tokenizer(text, add_special_tokens=False, split_special_tokens=False).input_ids
+                tokens.append(ids.eos)
+                input_ids.extend(tokens)
+                labels.extend(tokens)
+            else:
+                run.append(piece.text)
+                if not llava:
+                    flush()
+        flush()
         if len(input_ids) > self.max_length:
             raise PromptTooLongError(
                 f"the conversation is {len(input_ids)} tokens long; this model reads at most {self.max_length}. "

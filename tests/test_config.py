@@ -62,3 +62,16 @@ def test_damaged_or_missing_config(tmp_path):
     (tmp_path / CONFIG_NAME).write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         QGroundConfig.load(tmp_path)
+
+
+def test_prompt_tokenization_field(tmp_path):
+    assert config_7b().prompt_tokenization == "llava"
+    assert config_tiny().prompt_tokenization == REGISTRY["qground-nano"].config().prompt_tokenization == "pieces"
+    config_7b().save(tmp_path)
+    assert QGroundConfig.load(tmp_path).prompt_tokenization == "llava"
+    data = config_7b().to_dict()
+    del data["prompt_tokenization"]  # written before the field existed: the shipped models' rule
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(data))
+    assert QGroundConfig.load(tmp_path).prompt_tokenization == "pieces"
+    with pytest.raises(ConfigError, match=r"prompt_tokenization must be one of \('pieces', 'llava'\), got 'llama'"):
+        dataclasses.replace(config_tiny(), prompt_tokenization="llama")
