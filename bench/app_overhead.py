@@ -11,11 +11,14 @@
    the same overlay (``imshow`` of the photo + one RGBA ``imshow`` per mask, rendered with ``savefig`` to a raw RGBA
    buffer at the photo's size). Medians of 5; targets ≤ 150 ms and ≥ 3× faster.
 
-Run: ``python -m bench.app_overhead``
+``--quick``: the same on a 160×120 /ground photo and a 400×300 overlay, medians of 2 (seconds with qground-nano).
+
+Run: ``python -m bench.app_overhead [--quick]``
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import statistics
@@ -28,9 +31,6 @@ import numpy as np
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-PHOTO_SIZE = (640, 480)  # (W, H) of the /ground photo
-ROUNDS = 9
 
 
 def median_seconds(fn, rounds: int) -> float:
@@ -63,8 +63,9 @@ def photo(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
 
 
-def trained_engine():
-    """``(engine, photo)``: qground-nano and a test photo, or a tiny model overfit to one photo with a 'noise' box."""
+def trained_engine(size: tuple[int, int]):
+    """``(engine, photo)``: qground-nano and a (W, H) test photo, or a tiny model overfit to one photo with a 'noise'
+    box."""
     import torch
 
     from qground.builder import build_from_registry
@@ -75,7 +76,7 @@ def trained_engine():
     from qground.service import load_engine
     from qground.tokenizer import seg_tokens
 
-    image = photo(*PHOTO_SIZE, seed=1)
+    image = photo(*size, seed=1)
     try:
         return load_engine("qground-nano"), image
     except (CheckpointError, OSError) as err:
@@ -83,8 +84,8 @@ def trained_engine():
     torch.manual_seed(0)
     model, tokenizer = build_from_registry("qground-tiny")
     processor = QGroundProcessor(tokenizer, model.config)
-    mask = np.zeros((PHOTO_SIZE[1], PHOTO_SIZE[0]), dtype=bool)
-    mask[: PHOTO_SIZE[1] // 2, : PHOTO_SIZE[0] // 2] = True
+    mask = np.zeros((size[1], size[0]), dtype=bool)
+    mask[: size[1] // 2, : size[0] // 2] = True
     answer = grounding_answer(["noise"], seg_tokens(model.config).group_text())
     batch = processor.collate([processor([image], [Turn(GROUNDING_QUESTION, answer)], masks=[mask])])
     params = [p for n, p in model.named_parameters() if not n.startswith("llava.model.vision_tower")]
@@ -99,17 +100,17 @@ def trained_engine():
     return QGroundEngine(model.eval(), processor, name="qground-tiny-overfit"), image
 
 
-def bench_ground(engine, image: Image.Image, folder: Path) -> None:
+def bench_ground(engine, image: Image.Image, folder: Path, rounds: int) -> None:
     from gradio_client import Client, handle_file
 
-    from app import build_demo
+    from qground.app import build_demo
 
     path = folder / "photo.png"
     image.save(path)
     result = engine.ground(str(path))
     print(f"engine answer: {result.text!r}, masks: {sorted(result.masks)}")
     demo = build_demo(engine)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
+    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
         fetching = Client(url, verbose=False, download_files=str(folder / "downloads"))
         links_only = Client(url, verbose=False, download_files=False)
@@ -120,7 +121,7 @@ def bench_ground(engine, image: Image.Image, folder: Path) -> None:
                 lambda: links_only.predict(handle_file(str(path)), "", api_name="/ground"),
                 lambda: links_only.predict(handle_file(str(path)), "", api_name="/describe"),
             ],
-            ROUNDS,
+            rounds,
         )
     finally:
         demo.close()
@@ -159,34 +160,37 @@ def matplotlib_overlay(rgb: np.ndarray, masks: dict[str, np.ndarray], alpha: flo
     return np.frombuffer(buffer.getvalue(), dtype=np.uint8).reshape(h, w, 4)[..., :3]
 
 
-def bench_overlay() -> None:
+def bench_overlay(w: int, h: int, rounds: int) -> None:
     from qground.visualize import overlay
 
-    h, w = 3000, 4000
     rgb = np.asarray(photo(w, h, seed=2))
     yy, xx = np.mgrid[:h, :w]
     masks = {
-        "blur": (yy - 900) ** 2 + (xx - 1200) ** 2 < 700**2,
-        "noise": (yy > 1800) & (xx < 2500),
-        "low light": (yy < 1200) & (xx > 2600),
+        "blur": (yy - 0.3 * h) ** 2 + (xx - 0.3 * w) ** 2 < (0.175 * w) ** 2,
+        "noise": (yy > 0.6 * h) & (xx < 0.625 * w),
+        "low light": (yy < 0.4 * h) & (xx > 0.65 * w),
     }
-    ours = median_seconds(lambda: overlay(rgb, masks, alpha=0.45, outline=False), 5)
-    ours_outlined = median_seconds(lambda: overlay(rgb, masks, alpha=0.45), 5)
-    reference = median_seconds(lambda: matplotlib_overlay(rgb, masks, alpha=0.45), 5)
+    ours = median_seconds(lambda: overlay(rgb, masks, alpha=0.45, outline=False), rounds)
+    ours_outlined = median_seconds(lambda: overlay(rgb, masks, alpha=0.45), rounds)
+    reference = median_seconds(lambda: matplotlib_overlay(rgb, masks, alpha=0.45), rounds)
     drawn, theirs = overlay(rgb, masks, alpha=0.45, outline=False), matplotlib_overlay(rgb, masks, alpha=0.45)
     differ = np.abs(drawn.astype(int) - theirs.astype(int)).max(axis=2) > 2
     print(
-        f"overlay 12 MP, 3 masks: visualize.overlay {ours * 1000:.0f} ms ({ours_outlined * 1000:.0f} ms with outlines) "
-        f"vs matplotlib figure {reference * 1000:.0f} ms -> {reference / ours:.1f}x faster "
-        f"(targets <= 150 ms, >= 3x); pixels differing by > 2 levels: {differ.mean() * 100:.2f} %"
+        f"overlay {w * h / 1e6:.2g} MP ({w}×{h}), 3 masks: visualize.overlay {ours * 1000:.0f} ms "
+        f"({ours_outlined * 1000:.0f} ms with outlines) vs matplotlib figure {reference * 1000:.0f} ms "
+        f"-> {reference / ours:.1f}x faster (targets <= 150 ms, >= 3x); "
+        f"pixels differing by > 2 levels: {differ.mean() * 100:.2f} %"
     )
 
 
-def main() -> None:
-    bench_overlay()
-    engine, image = trained_engine()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.app_overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small photos, medians of 2")
+    quick = parser.parse_args(argv).quick
+    bench_overlay(*((400, 300, 2) if quick else (4000, 3000, 5)))
+    engine, image = trained_engine((160, 120) if quick else (640, 480))
     with tempfile.TemporaryDirectory() as tmp:
-        bench_ground(engine, image, Path(tmp))
+        bench_ground(engine, image, Path(tmp), 2 if quick else 9)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,17 @@ photo.
 ``--resize 4000x3000`` first scales each image to that size (a 12 MP phone photo: native-resolution detail channels and
 full-size masks cost most there) and times the engine on the in-memory image.
 
+``--quick`` times the first 2 held-out images, made afresh by ``training.data.synth`` in a temporary folder (seconds).
+
 Run: ``python -m bench.latency [--model qground-nano] [--data runs/nano/data/eval/images] [--limit 50] [--resize WxH]
-[--one-view] [--no-refine]``
+[--one-view] [--no-refine] [--quick]``
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,12 +31,22 @@ import torch
 from PIL import Image
 
 from qground.inference import GenerationSettings
+from qground.models import resolve_model
 from qground.service import load_engine
 
 
+def heldout_images(folder: Path, count: int) -> Path:
+    """``folder`` with the first ``count`` images of the held-out synthetic split (seed 0) written into it."""
+    from training.data import synth
+
+    for index in range(count):
+        Image.fromarray(synth.generate(index, "eval", 0).image).save(folder / f"eval_{index:06d}.png")
+    return folder
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="qground-nano")
+    parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=resolve_model(), help="[QGROUND_MODEL, else qground.models.DEFAULT_MODEL]")
     parser.add_argument("--data", type=Path, default=Path("runs/nano/data/eval/images"))
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--resize", help="WxH: time each image scaled to this size (e.g. 4000x3000)")
@@ -45,11 +58,21 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also time each image with masks only upsampled (models with mask_refine_radius)",
     )
+    parser.add_argument("--quick", action="store_true", help="2 held-out images made in a temporary folder")
     args = parser.parse_args(argv)
+    if args.quick:
+        with tempfile.TemporaryDirectory(prefix="qground-latency-") as tmp:
+            args.data, args.limit = heldout_images(Path(tmp), 2), 2
+            measure(args)
+    else:
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
     engine = load_engine(args.model)
-    if args.one_view and not engine.config.flip_average:
+    if args.one_view and not engine.policy.flip_average:
         raise SystemExit(f"--one-view: {args.model} reads one view already (flip_average is off)")
-    if args.no_refine and not engine.config.mask_refine_radius:
+    if args.no_refine and not engine.policy.mask_refine_radius:
         raise SystemExit(f"--no-refine: {args.model} does not refine its masks (mask_refine_radius is 0)")
     variants = {"one view": {"flip_average": False}} if args.one_view else {}
     variants |= {"masks not refined": {"mask_refine_radius": 0.0}} if args.no_refine else {}
@@ -60,9 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.resize:
         width, height = (int(v) for v in args.resize.lower().split("x"))
         inputs = [Image.open(f).convert("RGB").resize((width, height), Image.Resampling.BICUBIC) for f in files]
-    settings = GenerationSettings(strictness=engine.config.default_strictness)
+    settings = GenerationSettings(strictness=engine.policy.default_strictness)
     engine.ground(inputs[0], settings=settings)  # warm-up
-    default = {f: getattr(engine.config, f) for changes in variants.values() for f in changes}
+    default = engine.policy
     totals, stages = [], {"preprocess": [], "generate": [], "masks": []}
     others: dict[str, list[float]] = {name: [] for name in variants}
     for f in inputs:
@@ -72,11 +95,11 @@ def main(argv: list[str] | None = None) -> None:
         for k in stages:
             stages[k].append(result.timings[k])
         for name, changes in variants.items():
-            engine.reconfigure(**changes)
+            engine.set_policy(default.replace(**changes))
             t0 = time.perf_counter()
             engine.ground(f, settings=settings)
             others[name].append(time.perf_counter() - t0)
-            engine.reconfigure(**default)
+            engine.set_policy(default)
     size = f", scaled to {args.resize}" if args.resize else ""
     print(
         f"{args.model} on {len(files)} images from {args.data}{size}, strictness {settings.strictness:g} "

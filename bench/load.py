@@ -1,6 +1,7 @@
 """Load test of the app: concurrent gradio_client users on loopback, checked for errors and cross-talk.
 
-``python -m bench.load [--users 8] [--requests 25] [--queue-size N] [--deadline S] [--fallback-steps N]``
+``python -m bench.load [--users 8] [--requests 25] [--queue-size N] [--deadline S] [--fallback-steps N] [--quick]``
+(``--quick``: 2 users × 2 requests, the same steps in seconds)
 
 1. Engine: the shipped ``qground-nano`` (``qground.checkpoint.load_model``), else a ``qground-tiny`` overfit to two of
    the users' photos (it then answers and draws masks like a trained model); the summary says which.
@@ -338,7 +339,7 @@ def probe_queue(url: str, user: User, size: int, extra: int, folder: Path) -> st
 
 def run(engine, engine_label: str, users: list[User], requests: int, queue_size: int, deadline_s: float, folder: Path):
     """Serve ``engine`` on loopback, take the solo references, run the load, probe the queue; returns the Report."""
-    from app import build_demo
+    from qground.app import build_demo
 
     report = Report(engine_label, len(users), len(users) * requests)
     demo = build_demo(engine).queue(default_concurrency_limit=1, max_size=queue_size)
@@ -432,7 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue-size", type=int, help="the app queue's max_size (default users + 2)")
     parser.add_argument("--deadline", type=float, default=1800.0, help="seconds for the load phase")
     parser.add_argument("--fallback-steps", type=int, default=200, help="training steps of the tiny fallback")
+    parser.add_argument("--quick", action="store_true", help="2 users × 2 requests")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.users, args.requests = 2, 2
     sys.addaudithook(loopback_only)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="qground-load-") as tmp:

@@ -4,10 +4,14 @@ The 4-bit model is what ``transformers`` builds for our ``BitsAndBytesConfig`` (
 the meta model), so the count follows the real skip list. NF4 bytes per quantized weight: 0.5 (4-bit codes) + 1/64
 (8-bit block absmax, block 64) + 4/(64·256) (fp32 second-level absmax, block 256). Everything else stays 16-bit.
 
-Run: ``python -m bench.memory``
+``--quick``: the same count for the shipped ``qground-nano`` layout, built on the CPU (a few seconds).
+
+Run: ``python -m bench.memory [--quick]``
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 from bitsandbytes.nn import Linear4bit
@@ -42,8 +46,13 @@ def nf4_bytes(module: torch.nn.Module) -> tuple[float, int]:
     return total, quantized
 
 
-def main() -> None:
-    model, _ = build_from_registry("qground-7b", device="meta")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the qground-nano layout instead of qground-7b")
+    quick = parser.parse_args(argv).quick
+    name = "qground-nano" if quick else "qground-7b"
+    # on the meta device no tokenizer is built: only qground-7b's config knows its token ids without one
+    model, _ = build_from_registry(name, device="cpu" if quick else "meta")
     heads = fp16_bytes(model.seg_head) + fp16_bytes(model.pixel_decoder)
     full = fp16_bytes(model.llava) + heads
     quant, n_quant = nf4_bytes(model.llava)
@@ -56,9 +65,7 @@ def main() -> None:
         "lm_head": fp16_bytes(model.llava.lm_head),
         "seg head + decoder": heads,
     }
-    print(
-        f"qground-7b: {n_total / 1e9:.3f} B parameters, {n_quant / 1e9:.3f} B in NF4 (skip list {QUANT_SKIP_MODULES})"
-    )
+    print(f"{name}: {n_total / 1e9:.3f} B parameters, {n_quant / 1e9:.3f} B in NF4 (skip list {QUANT_SKIP_MODULES})")
     print(f"fp16 bytes            {full / 2**30:8.2f} GiB")
     print(f"NF4 + skip list bytes {quant / 2**30:8.2f} GiB")
     for k, v in kept.items():

@@ -4,7 +4,9 @@ Measures, in one run: (1) torch fp32 matmul GFLOP/s (2048² GEMMs) — the machi
 one training step (forward + backward, counted by ``torch.utils.flop_counter``) and its median wall time for the tiny
 model (and any other registry/config given) on a grounding batch. Prints samples/s and MFU = achieved / peak.
 
-Run: ``python -m bench.train_throughput [--model qground-tiny] [--batch 4] [--steps 10]``
+``--quick``: 512² GEMMs, batch 2, 2 timed steps (a few seconds).
+
+Run: ``python -m bench.train_throughput [--model qground-tiny] [--batch 4] [--steps 10] [--quick]``
 """
 
 from __future__ import annotations
@@ -57,8 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="qground-tiny")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="512² GEMMs, batch 2, 2 timed steps")
     args = parser.parse_args(argv)
-    peak = matmul_gflops()
+    gemm = 2048
+    if args.quick:
+        gemm, args.batch, args.steps = 512, 2, 2
+    peak = matmul_gflops(gemm)
     model, tokenizer = load_model(args.model, device="cpu", dtype=torch.float32)
     trainable = set_trainable(model, ["projector", "llm", "seg_head", "pixel_decoder"], model.config.lora)
     processor = QGroundProcessor(tokenizer, model.config)
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     med = statistics.median(times)
     achieved = flops / med / 1e9
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"machine: fp32 matmul {peak:.1f} GFLOP/s (2048², median), torch threads {torch.get_num_threads()}")
+    print(f"machine: fp32 matmul {peak:.1f} GFLOP/s ({gemm}², median), torch threads {torch.get_num_threads()}")
     print(
         f"{args.model}: {n_params:.1f} M params ({len(trainable)} trainable tensors), batch {args.batch}, "
         f"{batch['input_ids'].shape[1]} tokens/sample"

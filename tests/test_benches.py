@@ -1,0 +1,94 @@
+"""Every ``bench/*.py`` in its ``--quick`` mode (tiny sizes, seconds), so that a bench cannot break unnoticed.
+
+The printed lines are checked for their structure, never for timing values: the speed targets stay printed by the
+benches. A new bench needs a ``--quick`` mode and an entry in ``LINES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+BENCHES = sorted(p.stem for p in (Path(__file__).parents[1] / "bench").glob("*.py") if p.stem != "__init__")
+N = r"(\d+(?:\.\d+)?)"  # a number printed by the bench; every captured one must be positive
+
+# per bench: arguments after --quick, and the lines its output must contain (regular expressions, one per line)
+LINES = {
+    "app_overhead": (
+        [],
+        [
+            rf"overlay .* 3 masks: visualize\.overlay \d+ ms .* matplotlib figure \d+ ms -> {N}x faster",
+            r"engine answer: '.+', masks: \[.+\]",
+            r"bare engine\.ground 160×120: \d+ ms",
+            rf"/ground, client downloads overlay \+ masks \+ zip: \d+ ms = \+-?\d+ ms, ratio {N}",
+            rf"/ground, client keeps file links \(download_files=False\): \d+ ms = \+-?\d+ ms, ratio {N}",
+            rf"/describe \(same generation, text only\): \d+ ms = \+-?\d+ ms, ratio {N}",
+            r"target ratio for /ground: <= 1\.15",
+        ],
+    ),
+    "decode": (
+        [],
+        [
+            r"model [\d.]+ M params, prompt \d+ tokens \(\d+ image\), 16 new tokens",
+            rf"cached \(ours\) +{N} tokens/s",
+            rf"use_cache=False \(PixelLM-style\) +{N} tokens/s",
+            rf"speed-up cached / uncached = {N}x   \(target >= 8x\)",
+        ],
+    ),
+    "latency": (
+        ["--one-view", "--no-refine"],
+        [
+            r"qground-nano on 2 images from .*, strictness [\d.]+",
+            r"ground latency: median \d+ ms, p90 \d+ ms",
+            r"  generate +median \d+ ms",
+            rf"one view \(interleaved\): median \d+ ms; default / one view = {N}",
+            rf"masks not refined \(interleaved\): median \d+ ms; default / masks not refined = {N}",
+        ],
+    ),
+    "load": (
+        [],
+        [
+            r"engine: qground-nano",
+            r"users: 2, requests done: 4 of 4",
+            r"all +4 +0 +0 +0 +[\d.]+ +[\d.]+",
+            r"distinct solo references .*: /ground 2/2, /describe 2/2, /compare 2/2",
+            r"queue: max_size 4: 8 at once → .*; the next request succeeded",
+            r"PASS",
+        ],
+    ),
+    "memory": (
+        [],
+        [
+            r"qground-nano: [\d.]+ B parameters, [\d.]+ B in NF4",
+            r"fp16 bytes +[\d.]+ GiB",
+            rf"ratio NF4 / fp16 = {N}   \(target <= 0\.30\)",
+        ],
+    ),
+    "train_throughput": (
+        [],
+        [
+            rf"machine: fp32 matmul {N} GFLOP/s \(512², median\)",
+            r"qground-tiny: [\d.]+ M params \(\d+ trainable tensors\), batch 2",
+            r"train step: [\d.]+ GFLOP, median \d+ ms → [\d.]+ samples/s",
+            r"MFU = [\d.]+%",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_bench_runs_quick(name, capsys, monkeypatch):
+    assert name in LINES, f"bench/{name}.py: add the lines its --quick output must contain to LINES"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("QGROUND_MODEL", raising=False)  # bench.latency's default model
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    extra, lines = LINES[name]
+    assert importlib.import_module(f"bench.{name}").main(["--quick", *extra]) in (None, 0)
+    out = capsys.readouterr().out
+    for pattern in lines:
+        found = re.search(rf"^{pattern}", out, re.MULTILINE)
+        assert found, f"bench.{name} --quick printed no line matching {pattern!r}:\n{out}"
+        assert all(float(number) > 0 for number in found.groups()), found.group(0)
