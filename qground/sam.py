@@ -11,10 +11,10 @@ points/mask of the region being drawn. The functions on it return new ``Annotati
 Coordinate frame: the pixel grid of the photo as ``qground.imageio.load_image`` returns it (full resolution,
 EXIF-upright); points are (x, y) = (column, row) from the top-left; masks are bool (H, W).
 
-Export zip (written atomically: a temporary file in the target folder, then ``os.replace``)::
+Export zip (written atomically with ``qground.files.write_atomically``)::
 
-    record.json          QGround-100K record (training.annotate.to_qground_record) + per ann "rle" (COCO, column-major,
-                         training.data.readers.mask_to_rle) and "points" ([[x, y, 1 include | 0 exclude], ...])
+    record.json          QGround-100K record (qground.records.to_qground_record) + per ann "rle" (COCO, column-major,
+                         qground.records.mask_to_rle) and "points" ([[x, y, 1 include | 0 exclude], ...])
     images/<name>        the photo's original bytes
     masks/<id>_<n>.png   region n (1-based) as a lossless 8-bit PNG, 0 / 255
 
@@ -38,17 +38,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from qground import files
 from qground.imageio import load_image
+from qground.records import RegionLabel, decode_rle, mask_to_rle, to_qground_record
 from qground.taxonomy import get
 from qground.visualize import overlay
-from training.annotate import RegionLabel, to_qground_record
-from training.data.readers import decode_rle, mask_to_rle
 
 __all__ = [
     "SAM_ENV",
@@ -440,28 +440,18 @@ def status(ann: Annotation | None) -> str:
 
 
 # -- export / import ---------------------------------------------------------------------------------------------------
-def write_atomically(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write a file through ``write(f)`` into a temporary file in the same folder, then ``os.replace`` it into place:
-    readers see the old file or the complete new one, never a partial one; a failure leaves no temporary file.
-    A full disk raises AnnotationError saying so."""
-    path = Path(path)
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """``qground.files.write_atomically`` for files the app saves for its user: a full disk raises AnnotationError
+    saying so (shown as is); every other error is re-raised unchanged. Nothing partial is ever left behind."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        return files.write_atomically(path, write)
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
+        name = Path(path).name
         raise AnnotationError(
-            f"the disk is full: {path.name} could not be saved (nothing was written); free some space and try again"
+            f"the disk is full: {name} could not be saved (nothing was written); free some space and try again"
         ) from None
-    return path
 
 
 def _record_id(image_path: str) -> str:

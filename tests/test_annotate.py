@@ -9,17 +9,16 @@ import pytest
 from PIL import Image
 
 from qground.prompts import grounding_answer
+from qground.records import RegionLabel, to_qground_record
 from qground.taxonomy import CLASS_NAMES
 from qground.tokens import SegTokens
 from training.annotate import (
     IMAGE_URL_PLACEHOLDER,
-    RegionLabel,
     draw_set_of_marks,
     gpt4v_messages,
     mark_anchor,
     mark_colors,
     parse_gpt4v_reply,
-    to_qground_record,
 )
 from training.data.readers import read_qground100k
 

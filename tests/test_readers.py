@@ -13,20 +13,17 @@ from PIL import Image
 
 from qground.inference import GROUNDING_QUESTION
 from qground.prompts import Turn, grounding_answer
+from qground.records import decode_rle, mask_to_rle, rle_from_string, rle_to_string
 from qground.tokens import SegTokens
 from training.data.readers import (
     GROUNDING_QUESTIONS,
     MixtureSampler,
-    decode_rle,
     grounding_question,
     label_to_class,
-    mask_to_rle,
     read_coinstruct,
     read_llava_instruct,
     read_llava_pretrain,
     read_qground100k,
-    rle_from_string,
-    rle_to_string,
 )
 from training.data.sample import DataFormatError
 

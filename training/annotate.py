@@ -1,8 +1,9 @@
-"""Annotation-side tools of the seed's data engine (Q-Ground supplementary §1.1–1.2).
+"""Annotation-side tools of Q-Ground's data engine (Q-Ground supplementary §1.1–1.2).
 
 SAM proposes regions; the image is drawn with numbered Set-of-Mark labels (``draw_set_of_marks``) and shown to GPT-4V
-with ``gpt4v_messages``; its reply is parsed with ``parse_gpt4v_reply`` (free distortion words mapped to the five
-classes by shortest edit distance) and stored as a QGround-100K record with ``to_qground_record``.
+with ``gpt4v_messages``; its reply is parsed with ``parse_gpt4v_reply`` into ``qground.records.RegionLabel``s (free
+distortion words mapped to the five classes by shortest edit distance) and stored as a QGround-100K record with
+``qground.records.to_qground_record``.
 
 Coordinate frame: masks are bool arrays of shape (H, W) in the pixel grid of the image they annotate (row y from the
 top, column x from the left); regions are numbered from 1 in list order.
@@ -14,27 +15,24 @@ import colorsys
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from qground.records import RegionLabel, is_no_distortion
 from qground.taxonomy import CLASS_NAMES
-from training.data.readers import is_no_distortion, label_to_class
+from training.data.readers import label_to_class
 
 __all__ = [
     "IMAGE_URL_PLACEHOLDER",
     "SEVERITIES",
-    "RegionLabel",
     "draw_set_of_marks",
     "gpt4v_messages",
     "mark_anchor",
     "mark_colors",
     "parse_gpt4v_reply",
-    "to_qground_record",
 ]
 
 IMAGE_URL_PLACEHOLDER = "<data URL to be filled>"
@@ -164,23 +162,6 @@ def gpt4v_messages(num_regions: int) -> list[dict[str, Any]]:
             ],
         },
     ]
-
-
-@dataclass(frozen=True)
-class RegionLabel:
-    """GPT-4V's verdict on region ``id`` (1-based, as drawn): ``distortion`` is a canonical class name or None (clean,
-    or a word that matched no class); ``severity`` is lower-cased free text or None; ``raw`` is the distortion text as
-    written ("" when absent or null)."""
-
-    id: int
-    distortion: str | None
-    severity: str | None
-    raw: str
-
-    @property
-    def unmatched(self) -> bool:
-        """True when ``raw`` names something, not a no-distortion word, that matched no class."""
-        return self.distortion is None and self.raw.strip() != "" and not is_no_distortion(self.raw)
 
 
 def parse_gpt4v_reply(text: str) -> list[RegionLabel]:
@@ -330,40 +311,3 @@ def _region_id(value: Any) -> int:
     if match is None:
         raise ValueError(f"region id {value!r} holds no number")
     return int(match.group())
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# QGround-100K records
-
-
-def to_qground_record(
-    id: str,
-    image_path: str | Path,
-    masks: Sequence[np.ndarray],
-    labels: Sequence[RegionLabel],
-    mask_dir: str | Path,
-) -> dict[str, Any]:
-    """A QGround-100K record ``{"id", "image", "ann_list": [{"label", "mask"[, "severity"]}, ...]}`` for one image.
-
-    masks: the SAM regions, bool (H, W), numbered from 1; labels: GPT-4V's verdicts (``parse_gpt4v_reply``). Each
-    labeled region with a distortion is written to ``mask_dir/<id>_<region id>.png`` (uint8 0/255) and listed in region
-    order with its mask file name, relative to ``mask_dir`` — pass ``mask_dir`` as ``read_qground100k``'s
-    ``mask_root``. Regions labeled None are clean and left out; so are regions GPT-4V did not mention. ``image`` is
-    stored as given (relative to the image root). Raises ValueError for a label id outside 1..len(masks).
-    """
-    mask_dir = Path(mask_dir)
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", id)
-    mask_dir.mkdir(parents=True, exist_ok=True)
-    anns = []
-    for label in sorted(labels, key=lambda label: label.id):
-        if not 1 <= label.id <= len(masks):
-            raise ValueError(f"label for region {label.id}, but there are {len(masks)} regions")
-        if label.distortion is None:
-            continue
-        name = f"{stem}_{label.id}.png"
-        Image.fromarray(np.asarray(masks[label.id - 1], dtype=bool).astype(np.uint8) * 255).save(mask_dir / name)
-        ann = {"label": label.distortion, "mask": name}
-        if label.severity is not None:
-            ann["severity"] = label.severity
-        anns.append(ann)
-    return {"id": id, "image": Path(image_path).as_posix(), "ann_list": anns}

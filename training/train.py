@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from qground.checkpoint import load_model, save_checkpoint
+from qground.files import write_text_atomically
 from qground.processor import QGroundProcessor
 from training.config import TrainConfig, load_config, to_yaml
 from training.data.dataset import build_order, load_sources
@@ -62,12 +63,6 @@ def prepare_model(cfg: TrainConfig):
         model.config = dataclasses.replace(model.config, base_model_id=str(start.resolve()))
     names = set_trainable(model, cfg.trainable, cfg.lora)
     return model, tokenizer, names
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -125,7 +120,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
         config=cfg.deepspeed_config(total_steps),
     )
     if rank == 0:
-        _write_atomic(out / "train_config.yaml", to_yaml(cfg))
+        write_text_atomically(out / "train_config.yaml", to_yaml(cfg))
     step, records = _resume(engine, out)
     log_path = out / "loss.jsonl"
     bar = tqdm(total=total_steps, initial=step, desc=cfg.stage, disable=rank != 0, dynamic_ncols=True)
@@ -184,7 +179,7 @@ def _save_state(engine, tokenizer, cfg: TrainConfig, out: Path, step: int, rank:
         engine.module, tokenizer, out / f"checkpoint-{step:06d}", include_base=_include_base(cfg, engine.module)
     )
     rng = base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
-    _write_atomic(out / STATE_DIR / LATEST, json.dumps({"step": step, "tag": tag, "torch_rng": rng}))
+    write_text_atomically(out / STATE_DIR / LATEST, json.dumps({"step": step, "tag": tag, "torch_rng": rng}))
     for old in sorted(out.glob("checkpoint-*"))[:-2]:
         shutil.rmtree(old, ignore_errors=True)
     for old in sorted((out / STATE_DIR).glob("step*"))[:-2]:

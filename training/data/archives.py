@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from qground.sam import write_atomically
+from qground.files import write_atomically
 
 
 @dataclass(frozen=True)

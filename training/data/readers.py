@@ -1,4 +1,5 @@
-"""Readers for the real training data formats, their problem report, COCO RLE masks and the mixture sampler.
+"""Readers for the real training data formats, their problem report and the mixture sampler (the QGround-100K record
+format and its COCO RLE masks are defined in ``qground.records``).
 
 Every reader is ``read_xxx(json_path, image_root, ..., max_bad_fraction=0.01) -> ReadResult`` and never drops a record
 silently. Two kinds of trouble are told apart:
@@ -31,49 +32,28 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from qground.prompts import Turn, grounding_answer
-from qground.taxonomy import NO_DISTORTION, match_class, normalize
+from qground.records import decode_rle, is_no_distortion
+from qground.taxonomy import match_class
 from qground.tokens import SegTokens
 from training.data.sample import DataFormatError, Sample
 
 __all__ = [
     "GROUNDING_QUESTIONS",
-    "MAX_LABEL_DISTANCE",
     "MixtureSampler",
     "ReadReport",
     "ReadResult",
-    "decode_rle",
     "grounding_question",
-    "is_no_distortion",
     "label_to_class",
-    "mask_to_rle",
     "read_coinstruct",
     "read_llava_instruct",
     "read_llava_pretrain",
     "read_qground100k",
-    "rle_from_string",
-    "rle_to_string",
 ]
 
-MAX_LABEL_DISTANCE = 3
 MAX_COMPARISON_IMAGES = 4
 HUMAN_ROLES = ("human", "user")
 GPT_ROLES = ("gpt", "assistant")
 LABEL_KEYS = ("label", "distortion", "category")
-NO_DISTORTION_WORDS = frozenset(
-    {
-        NO_DISTORTION,
-        "none",
-        "no",
-        "clean",
-        "null",
-        "n a",
-        "na",
-        "normal",
-        "good",
-        "undistorted",
-        "no obvious distortion",
-    }
-)
 
 GROUNDING_QUESTIONS = (
     "Please segment out distorted regions in the image.",
@@ -409,99 +389,16 @@ def _ann_mask(k: int, mask: str | dict[str, Any], mask_root: Path) -> Path | np.
         raise _BadRecord("bad mask", f"ann_list[{k}]: {err}") from None
 
 
-def is_no_distortion(word: str) -> bool:
-    """True for words that say a region is clean: "none", "no distortion", "clean", "No visible distortion", ..."""
-    text = normalize(word)
-    return text in NO_DISTORTION_WORDS or text.startswith(("no ", "not "))
-
-
 def label_to_class(word: str) -> str | None:
-    """A free distortion word -> canonical class name, or None for no-distortion words, empty text and words farther
-    than ``MAX_LABEL_DISTANCE`` edits from every class name and alias ("Blurry" -> "blur", "motion blur" -> "jitter").
+    """A free distortion word -> canonical class name by ``qground.taxonomy.match_class`` (names, aliases,
+    inflections, one-edit typos: "Blurry" -> "blur", "motion blur" -> "jitter", "nosie" -> "noise"), or None for
+    no-distortion words, empty text and words that name no class ("haze", "spaceship").
 
     No-distortion words are checked first: "none" is only 2 edits from "noise".
     """
     if is_no_distortion(word):
         return None
-    return match_class(word, max_distance=MAX_LABEL_DISTANCE)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# COCO run-length encoding
-
-
-def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
-    """COCO RLE ``{"size": [h, w], "counts": list[int] | str}`` -> bool (h, w) mask.
-
-    Counts are run lengths over the column-major (Fortran-order) pixels, alternating background / region and starting
-    with background (a mask starting with region has counts[0] == 0). A string is COCO's compressed form
-    (``rle_from_string``). Raises ValueError when the runs are negative or do not add up to h * w.
-    """
-    h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    runs = np.asarray(rle_from_string(counts) if isinstance(counts, str) else counts, dtype=np.int64)
-    if (runs < 0).any() or runs.sum() != h * w:
-        raise ValueError(f"RLE runs add up to {runs.sum()} pixels (min run {runs.min(initial=0)}), size is {h}x{w}")
-    values = np.arange(len(runs)) % 2 == 1  # run j is region when j is odd
-    return np.repeat(values, runs).reshape((h, w), order="F")
-
-
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """Bool (h, w) mask -> COCO RLE ``{"size": [h, w], "counts": <compressed string>}`` (``decode_rle`` inverts it)."""
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim != 2:
-        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
-    flat = mask.ravel(order="F")
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    runs = np.diff(bounds).tolist() if flat.size else []
-    if flat.size and flat[0]:
-        runs.insert(0, 0)
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle_to_string(runs)}
-
-
-def rle_from_string(text: str) -> list[int]:
-    """Decode COCO's compressed RLE string (pycocotools ``rleFrString``) into run lengths.
-
-    Each value is stored in 6-bit chunks, least significant first, as characters ``chr(48 + chunk)``: chunk bits 0-4
-    carry data, bit 5 (0x20) says another chunk follows, and bit 4 of the last chunk is the sign (two's complement).
-    From the fourth value on (index > 2) the stored value is the difference to the value two places before.
-    """
-    runs: list[int] = []
-    pos = 0
-    while pos < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= len(text):
-                raise ValueError(f"compressed RLE string ends inside a value: {text!r:.80}")
-            chunk = ord(text[pos]) - 48
-            if not 0 <= chunk < 64:
-                raise ValueError(f"invalid character {text[pos]!r} in compressed RLE string")
-            value |= (chunk & 0x1F) << shift
-            more = bool(chunk & 0x20)
-            pos += 1
-            shift += 5
-            if not more and chunk & 0x10:
-                value -= 1 << shift  # sign-extend
-        if len(runs) > 2:
-            value += runs[-2]
-        runs.append(value)
-    return runs
-
-
-def rle_to_string(runs: Sequence[int]) -> str:
-    """Encode run lengths as COCO's compressed RLE string (pycocotools ``rleToString``); inverse of
-    ``rle_from_string``."""
-    chars = []
-    for i, run in enumerate(runs):
-        value = int(run) - (int(runs[i - 2]) if i > 2 else 0)
-        more = True
-        while more:
-            chunk = value & 0x1F
-            value >>= 5  # arithmetic shift: negative values end at -1
-            more = value != -1 if chunk & 0x10 else value != 0
-            chars.append(chr(48 + (chunk | (0x20 if more else 0))))
-    return "".join(chars)
+    return match_class(word)
 
 
 # --------------------------------------------------------------------------------------------------------------------
