@@ -1,8 +1,9 @@
-"""Our checkpoint layout (DESIGN §2): save, resolve (registry / folder / Hub repo + revision) and load.
+"""Our checkpoint layout: save, resolve (registry / folder / Hub repo + revision) and load.
 
-A folder holds ``qground_config.json``, tokenizer files, ``qground_heads.safetensors`` (φv, seg head, pixel decoder,
-readout) and either the full LLaVA weights (``config.json`` + ``model.safetensors``, loadable by plain transformers too)
-or a LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``, with the trained seg-token rows) over
+A folder holds ``qground_config.json`` (the architecture), tokenizer files, ``qground_heads.safetensors`` (φv, seg head,
+pixel decoder, readout), optionally ``inference_policy.json`` (how it is run, ``qground.policy``) and either the full
+LLaVA weights (``config.json`` + ``model.safetensors``, loadable by plain transformers too) or a LoRA adapter
+(``adapter_config.json`` + ``adapter_model.safetensors``, with the trained seg-token rows) over
 ``config.base_model_id``. Only safetensors are read; nothing is ever unpickled.
 """
 
@@ -24,6 +25,7 @@ from transformers import AutoTokenizer, LlavaForConditionalGeneration
 from qground.builder import REGISTRY, assemble, build_from_registry, build_tokenizer
 from qground.config import CONFIG_NAME, FORMAT_VERSION, ConfigError, LoraSettings, QGroundConfig
 from qground.modeling import QGroundModel
+from qground.policy import InferencePolicy
 from qground.tokenizer import bind_tokenizer
 
 log = logging.getLogger(__name__)
@@ -293,6 +295,19 @@ def load_model(
         _load_safetensors(model, folder / ADAPTER_NAME, _load_adapter)
     _heads_to(model, device, dtype)
     return model.eval(), tokenizer
+
+
+def load_policy(source: str | os.PathLike, revision: str | None = None) -> InferencePolicy:
+    """The ``InferencePolicy`` saved beside a checkpoint's weights (``inference_policy.json``), for the same sources
+    as ``load_model``; as trained (the default policy) for a registry model without a shipped checkpoint or a folder
+    without the file."""
+    entry = REGISTRY.get(str(source))
+    if entry is not None and entry.checkpoint is None:
+        return InferencePolicy()
+    try:
+        return InferencePolicy.load(resolve(source, revision))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _check_format(path: Path) -> None:

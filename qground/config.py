@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,6 @@ from qground.taxonomy import CLASS_NAMES
 
 CONFIG_NAME = "qground_config.json"
 FORMAT_VERSION = 1
-MAX_STRICTNESS = 8.0  # detection strictness range: 0..MAX_STRICTNESS (README, "Detection strictness")
 
 NUM_DETAIL_CHANNELS = 8  # qground.detail: native-resolution channels appended to RGB when detail_channels is set
 CHOICE_KEYS = ("llm", "readout")  # QGroundConfig.choice_keys: what the choice head compares the query with
@@ -99,7 +97,8 @@ class DecoderConfig:
 
 @dataclass
 class LossConfig:
-    """``L = ce·CE + mask·(bce·BCE + dice·DICE)`` (seed eq. 1–2), ``+ choice·CE_choice`` with a choice head."""
+    """``L = ce·CE + mask·(bce·BCE + dice·DICE)`` (Q-Ground supplementary, eq. 1–2), ``+ choice·CE_choice`` with a
+    choice head."""
 
     ce: float = 1.0
     mask: float = 1.0
@@ -184,56 +183,6 @@ class QGroundConfig:
     # the class (set by training.pretrain_vision). Detection strictness s then asks class k for a presence logit of
     # s × confidence_k / mean(confidence), so classes the readout is less sure of are not silenced first. None: s alike.
     readout_confidence: tuple[float, ...] | None = None
-    # The detection strictness front ends (app, CLI, eval) start from, 0..MAX_STRICTNESS: chosen on validation photos
-    # by training.calibrate (0 = as trained). Models without a readout keep 0.
-    default_strictness: float = 0.0
-    # Masks of models with a readout: (1 − w) · the pixel decoder's probability + w · the readout's coverage of the
-    # class (QGroundModel.blend_readout), w in [0, 1] chosen on validation photos by training.calibrate; 0: the decoder.
-    readout_mask_weight: float = 0.0
-    # Models with a readout, while detection strictness gates it (> 0): overexposure's evidence reaches φv only in
-    # images holding a clipped white pixel (every RGB channel ≥ qground.modeling.qground.CLIPPED_WHITE in the model
-    # input). Overexposure is clipped highlights; a bright photo that clips nowhere (a white collar, a pale sky kept
-    # in range) is not overexposed, whatever the readout's presence logit says.
-    overexposure_needs_clipping: bool = False
-    # The processor appends the photo's native-resolution motion-blur signature (qground.detail.motion_signature) to
-    # the model input as one more channel, which the tower does not read: evidence for the jitter gate below.
-    motion_signature: bool = False
-    # Models with a readout and motion_signature, while detection strictness gates the readout (> 0): jitter's
-    # evidence reaches φv only when, where the readout covers jitter, the 75th percentile of the motion-blur signature
-    # is at least this (or no window there holds texture). Camera shake and motion blur along a line leave periodic
-    # zeros in the spectrum; defocus, sharp content and the other distortions do not. 0: no such check. Read off the
-    # training photos' undistorted content by training.calibrate (motion_reference).
-    jitter_min_motion_signature: float = 0.0
-    # Models with motion_signature: jitter masks become (1 − w) · their probability + w · P(jitter | signature) wherever
-    # the window holds texture (signature > 0; elsewhere the mask is kept), P(jitter | s) = σ((s − center) / scale)
-    # (QGroundModel.blend_motion). center and scale: a class-balanced logistic fit of the signature in jitter regions
-    # against undistorted content of the training photos, w in [0, 1] chosen on validation photos (training.calibrate).
-    # The signature is read at native resolution, so it draws shake where the 128-px model input has lost it. 0: off.
-    jitter_signature_weight: float = 0.0
-    jitter_signature_center: float = 0.0
-    jitter_signature_scale: float = 1.0
-    # The processor appends the photo's native-resolution log contrast (qground.detail.log_contrast) as one more
-    # channel after the motion-blur signature, which the tower does not read: evidence for the low-light gate below.
-    low_light_contrast: bool = False
-    # Models with a readout and low_light_contrast, while detection strictness gates the readout (> 0): low light's
-    # evidence reaches φv only when, where the readout covers low light, the median log contrast is at least this (or
-    # the region is empty). Underexposure multiplies log contrast and pushes the signal onto the 8-bit steps; a shadow
-    # or dark surface that is exposed well is smooth in the log domain. 0: no such check. Read off the training
-    # photos' low-light regions by training.calibrate (contrast_reference), in the channel's units.
-    low_light_min_log_contrast: float = 0.0
-    # Inference: the tower also reads every image mirrored left-right (inside its content window), and the readout's
-    # whole-image logits, its coverage and the pixel decoder's masks are averaged over the two views, mirror-back
-    # aligned (test-time augmentation: the training photos are flipped at random, so both views are in distribution).
-    # The presence decisions, φv's whole-image token, the choice keys and the masks all read the average. Chosen on
-    # validation photos by training.calibrate. False: one view.
-    flip_average: bool = False
-    # Inference: each mask's probability, upsampled onto the photo (at most detail_max_side px, the resolution its
-    # detail channels are read at), is guided-filtered by a per-class guide image of the photo (qground.refine), so its
-    # edges follow the distortion's own edges instead of the model input's pixels. The window radius is counted in
-    # model-input pixels (so it covers the same share of any photo), eps is the filter's ridge on standardized guides.
-    # Chosen on validation photos by training.calibrate. 0: masks are only upsampled.
-    mask_refine_radius: float = 0.0
-    mask_refine_eps: float = 0.01
     # Answers to "which image?" end in a pointer: the state predicting [CHOICE] scores each image of the prompt against
     # that image's key (qground.modeling.choice_head) instead of spelling its place.
     choice_head: bool = False
@@ -265,12 +214,6 @@ class QGroundConfig:
     @property
     def num_image_tokens(self) -> int:
         return self.token_grid**2 + self.global_token
-
-    @property
-    def input_channels(self) -> int:
-        """Channels of the processor's image tensors: the tower's, then the motion-blur signature and the log contrast
-        when set."""
-        return self.vision.num_channels + int(self.motion_signature) + int(self.low_light_contrast)
 
     def tokens_per_image(self, num_images: int) -> int:
         """Image tokens each image contributes to a prompt that holds ``num_images`` images; with
@@ -324,51 +267,6 @@ class QGroundConfig:
                 f"readout_confidence must hold {len(CLASS_NAMES)} positive logits (one per class), "
                 f"got {list(self.readout_confidence)}",
             )
-        _check(
-            0.0 <= self.default_strictness <= MAX_STRICTNESS,  # also refuses NaN
-            f"default_strictness must be between 0 and {MAX_STRICTNESS:g}, got {self.default_strictness}",
-        )
-        _check(self.readout or not self.default_strictness, "default_strictness needs readout: true")
-        _check(
-            0.0 <= self.readout_mask_weight <= 1.0,  # also refuses NaN
-            f"readout_mask_weight must be between 0 and 1, got {self.readout_mask_weight}",
-        )
-        _check(self.readout or not self.readout_mask_weight, "readout_mask_weight needs readout: true")
-        _check(self.readout or not self.overexposure_needs_clipping, "overexposure_needs_clipping needs readout: true")
-        _check(
-            self.jitter_min_motion_signature >= 0.0,  # also refuses NaN
-            f"jitter_min_motion_signature must be ≥ 0, got {self.jitter_min_motion_signature}",
-        )
-        _check(
-            not self.jitter_min_motion_signature or (self.readout and self.motion_signature),
-            "jitter_min_motion_signature needs readout: true and motion_signature: true",
-        )
-        _check(
-            0.0 <= self.jitter_signature_weight <= 1.0,  # also refuses NaN
-            f"jitter_signature_weight must be between 0 and 1, got {self.jitter_signature_weight}",
-        )
-        _check(
-            self.motion_signature or not self.jitter_signature_weight,
-            "jitter_signature_weight needs motion_signature: true",
-        )
-        _check(
-            self.jitter_signature_scale > 0 and math.isfinite(self.jitter_signature_center),
-            f"jitter_signature_scale must be > 0 and jitter_signature_center finite, got "
-            f"{self.jitter_signature_scale} and {self.jitter_signature_center}",
-        )
-        _check(
-            self.low_light_min_log_contrast >= 0.0,  # also refuses NaN
-            f"low_light_min_log_contrast must be ≥ 0, got {self.low_light_min_log_contrast}",
-        )
-        _check(
-            not self.low_light_min_log_contrast or (self.readout and self.low_light_contrast),
-            "low_light_min_log_contrast needs readout: true and low_light_contrast: true",
-        )
-        _check(
-            0.0 <= self.mask_refine_radius <= self.image_size and self.mask_refine_eps > 0,  # also refuses NaN
-            f"mask_refine_radius must be between 0 and image_size ({self.image_size}) and mask_refine_eps > 0, got "
-            f"{self.mask_refine_radius} and {self.mask_refine_eps}",
-        )
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(self.detail_max_side >= 0, f"detail_max_side must be ≥ 0, got {self.detail_max_side}")
         _check(self.detail_channels or not self.detail_max_side, "detail_max_side needs detail_channels: true")

@@ -8,7 +8,7 @@ masks need no second pass over the sequence (PixelLM re-runs the whole sequence 
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -19,15 +19,16 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from qground.config import MAX_STRICTNESS
+from qground.masks import ground_masks
 from qground.modeling.qground import ImageFeatures, QGroundModel
 from qground.naming import question_options
+from qground.policy import MAX_STRICTNESS, InferencePolicy, readout_thresholds
 from qground.processor import ImageMeta, QGroundProcessor
 from qground.prompts import Turn, ordinal
-from qground.taxonomy import CLASS_NAMES, match_class
+from qground.questions import GROUNDING_QUESTION
+from qground.taxonomy import match_class
 from qground.visualize import area_percent, region_location
 
-GROUNDING_QUESTION = "Please segment out distorted regions in the image."
 _SEPARATORS = re.compile(r"[,;:\n]|\band\b|\bare\b|\bis\b")
 
 
@@ -35,9 +36,9 @@ _SEPARATORS = re.compile(r"[,;:\n]|\band\b|\bare\b|\bis\b")
 class GenerationSettings:
     """``temperature`` 0 means greedy; ``min_new_tokens`` suppresses end-of-sequence before that many tokens.
     ``strictness`` (models with a distortion readout, such as qground-nano): how sure the readout must be of a
-    distortion for the model to see it (``QGroundModel.encode_images``; 0: as trained); higher means fewer false
-    alarms on clean photos and fewer distortions found. It applies to prompts with one image: comparisons rank images
-    by their evidence as read (README, "Detection strictness")."""
+    distortion for the model to see it (``qground.policy.readout_thresholds``; 0: as trained; None: the engine's
+    policy's ``default_strictness``); higher means fewer false alarms on clean photos and fewer distortions found. It
+    applies to prompts with one image: comparisons rank images by their evidence as read."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -45,7 +46,7 @@ class GenerationSettings:
     min_new_tokens: int = 0
     seed: int = 0
     use_cache: bool = True
-    strictness: float = 0.0
+    strictness: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= 4096:
@@ -56,7 +57,7 @@ class GenerationSettings:
             raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError("min new tokens must be between 0 and max new tokens")
-        if not 0.0 <= self.strictness <= MAX_STRICTNESS:  # also refuses NaN
+        if self.strictness is not None and not 0.0 <= self.strictness <= MAX_STRICTNESS:  # also refuses NaN
             raise ValueError(f"strictness must be between 0 and {MAX_STRICTNESS:g}, got {self.strictness}")
 
     def check_model(self, readout: bool) -> None:
@@ -162,34 +163,70 @@ def decode(
 class QGroundEngine:
     """Model + processor: images and a conversation in, a ``GroundingResult`` out (or a stream of text, then it)."""
 
-    def __init__(self, model: QGroundModel, processor: QGroundProcessor, name: str = "qground") -> None:
+    def __init__(
+        self,
+        model: QGroundModel,
+        processor: QGroundProcessor,
+        name: str = "qground",
+        policy: InferencePolicy | None = None,
+    ) -> None:
+        """``policy``: how the model is run (``qground.policy``; the checkpoint's ``inference_policy.json``, loaded by
+        ``qground.checkpoint.load_policy``); None: as trained."""
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.name = name
+        self.policy = InferencePolicy()
+        self.set_policy(policy or InferencePolicy())
 
     @property
     def config(self):
         return self.model.config
 
-    def reconfigure(self, **changes) -> None:
-        """Replace config fields (``dataclasses.replace``, so validated) for the model and the processor alike."""
-        self.model.config = self.processor.config = dataclasses.replace(self.model.config, **changes)
+    def set_policy(self, policy: InferencePolicy) -> None:
+        """Run the model by ``policy`` from now on (``ConfigError`` when the model cannot honour it)."""
+        policy.check_model(self.model.config)
+        self.policy = policy
+
+    def strictness(self, settings: GenerationSettings, num_images: int) -> float:
+        """The detection strictness a request runs at: its own, else the policy's default; 0 with several images."""
+        if num_images != 1:
+            return 0.0
+        return self.policy.default_strictness if settings.strictness is None else settings.strictness
+
+    def encode(self, sample: dict, strictness: float) -> ImageFeatures | None:
+        """The vision features of a processed ``sample``'s images under the policy: the readout gated at ``strictness``
+        (``qground.policy.readout_thresholds``), a mirrored second view with ``flip_average``, the readout's coverage
+        kept when masks blend with it."""
+        metas: list[ImageMeta] = sample["metas"]
+        if not metas:
+            return None
+        policy, model = self.policy, self.model
+        pixels = sample["pixel_values"]
+        gate = None
+        if strictness:
+            evidence = {name: torch.stack([m.evidence[name] for m in metas]) for name in policy.evidence_maps}
+            gate = functools.partial(readout_thresholds, policy, model.config, strictness, pixels, evidence)
+        sizes = [m.resized_size for m in metas] if policy.flip_average else None
+        with torch.inference_mode():
+            return model.encode_images(pixels, sizes, gate, keep_coverage=bool(policy.readout_mask_weight))
 
     def stream(
         self, images: list, turns: list[Turn], settings: GenerationSettings | None = None
     ) -> Iterator[str | GroundingResult]:
         """Yield the display text as it grows, then the final ``GroundingResult`` (masks on the first image)."""
         settings = settings or GenerationSettings()
+        settings.check_model(self.config.readout)
+        policy = self.policy
         t0 = time.perf_counter()
-        sample = self.processor(images, turns)
+        sample = self.processor(
+            images, turns, evidence=policy.evidence_maps, keep_photo=bool(policy.mask_refine_radius)
+        )
         metas: list[ImageMeta] = sample["metas"]
         t1 = time.perf_counter()
-        strictness = settings.strictness if len(metas) == 1 else 0.0
+        strictness = self.strictness(settings, len(metas))
         letters = {image: letter for letter, image in question_options(turns[-1].question, len(metas)).items()}
-        with torch.inference_mode():
-            sizes = [meta.resized_size for meta in metas]
-            features = self.model.encode_images(sample["pixel_values"], strictness, sizes) if metas else None
+        features = self.encode(sample, strictness)
         tokens: list[int] = []
         states: list[torch.Tensor] = []
         choices: list[list[float]] = []
@@ -281,23 +318,7 @@ class QGroundEngine:
             names.append(match_class(phrase[-1]) if phrase else None)
             prev_end = g.positions[-1] + 1
         seg_states = torch.stack([torch.stack([states[p] for p in g.positions]) for g in groups])
-        first_image = torch.zeros(len(groups), dtype=torch.long)
-        classes = torch.tensor([CLASS_NAMES.index(n) if n else -1 for n in names])
-        with torch.inference_mode():
-            logits = model.decode_masks(seg_states, features, first_image)
-            logits = model.blend_readout(logits, features, first_image, classes)
-            logits = model.blend_motion(logits, features, first_image, classes)
-            logits = self.processor.postprocess_masks(logits, meta, names)
-        for name, logit in zip(names, logits):
-            if name is None:
-                result.warnings.append("a mask had no distortion name before it and was left out")
-                continue
-            mask = (logit > 0).cpu().numpy()
-            prob = torch.sigmoid(logit)[logit > 0]
-            score = float(prob.mean()) if prob.numel() else 0.0
-            if name in result.masks:
-                mask |= result.masks[name]
-                score = max(score, result.scores[name])
-            result.masks[name] = mask
-            result.scores[name] = score
+        drawn = ground_masks(model, self.policy, seg_states, features, meta, names)
+        result.masks, result.scores = drawn.masks, drawn.scores
+        result.warnings += ["a mask had no distortion name before it and was left out"] * drawn.unnamed
         return result

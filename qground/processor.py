@@ -3,11 +3,11 @@
 Image frame: a photo of original size (H, W) (after EXIF orientation) is resized so its longest side is ``S =
 config.image_size`` → content (h, w), normalized, and padded bottom-right with zeros (the mean color) to S×S. With
 ``config.detail_channels`` the eight channels of ``qground.detail``, computed at the photo's native resolution (or
-shrunk to ``config.detail_max_side`` when larger), follow RGB; then, unnormalized and not read by the tower, with
-``config.motion_signature`` ``qground.detail.motion_signature`` of the same photo (for the model's jitter gate) and
-with ``config.low_light_contrast`` its ``qground.detail.log_contrast`` (for the low-light gate).
-Masks go through the same mapping (nearest) and come back by ``ImageMeta``: crop [:h, :w] of the S×S frame, resize
-to (H, W).
+shrunk to ``config.detail_max_side`` when larger), follow RGB. Evidence maps an inference policy asks for
+(``qground.policy.InferencePolicy.evidence_maps``: the motion-blur signature, the log contrast) are computed from the
+same photo and travel by name in each image's ``ImageMeta``, (S, S) over the padded frame, 0 in the padding.
+Masks go through the same mapping (nearest) and come back by ``ImageMeta`` (``qground.masks``): crop [:h, :w] of the
+S×S frame, resize to (H, W).
 
 Token layout: ``<s>`` + the template's pieces (``qground.prompts``); each image slot becomes
 ``config.tokens_per_image(num_images)`` image-token ids inserted by id (``num_image_tokens``, or 1 per image of a
@@ -39,20 +39,23 @@ from PIL import Image
 from qground.config import QGroundConfig
 from qground.detail import detail_channels, log_contrast, motion_signature
 from qground.imageio import load_image
+from qground.policy import LOG_CONTRAST, MOTION_SIGNATURE
 from qground.prompts import VICUNA_V1, ImageSlot, PromptStyle, Turn
-from qground.refine import refine_logits
 
 IGNORE_INDEX = -100
+EVIDENCE_MAPS = {MOTION_SIGNATURE: motion_signature, LOG_CONTRAST: log_contrast}
 
 
 @dataclass(frozen=True)
 class ImageMeta:
-    """``original_size`` (H, W) of the loaded photo; ``resized_size`` (h, w) of its content in the padded S×S input;
-    ``photo``: with ``mask_refine_radius``, the photo its masks are refined on (uint8 (H', W', 3): the detail channels'
-    source, shrunk to ``detail_max_side`` if larger), else None."""
+    """One image's record: ``original_size`` (H, W) of the loaded photo; ``resized_size`` (h, w) of its content in the
+    padded S×S input; ``evidence``: the evidence maps asked for, by name, each (S, S) float over the padded frame (0
+    in the padding: no evidence); ``photo``: when asked for, the photo masks are refined on (uint8 (H', W', 3): the
+    detail channels' source, shrunk to ``detail_max_side`` if larger), else None."""
 
     original_size: tuple[int, int]
     resized_size: tuple[int, int]
+    evidence: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
     photo: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
@@ -88,32 +91,40 @@ class QGroundProcessor:
         s = self.config.image_size / max(h, w)
         return max(1, round(h * s)), max(1, round(w * s))
 
-    def preprocess_image(self, image) -> tuple[torch.Tensor, ImageMeta]:
-        """A path, bytes or PIL image → ``(C, S, S)`` float tensor and its ``ImageMeta``."""
-        if self._cached is not None and isinstance(image, str | Path):
+    def preprocess_image(
+        self, image, evidence: frozenset[str] = frozenset(), keep_photo: bool = False
+    ) -> tuple[torch.Tensor, ImageMeta]:
+        """A path, bytes or PIL image → ``(C, S, S)`` float tensor (the tower's channels) and its ``ImageMeta`` with
+        the ``evidence`` maps named (``EVIDENCE_MAPS``) and, with ``keep_photo``, the photo."""
+        if self._cached is not None and isinstance(image, str | Path) and not evidence and not keep_photo:
             return self._cached(str(image))
-        return self._preprocess(image)
+        return self._preprocess(image, evidence, keep_photo)
 
-    def _preprocess(self, image) -> tuple[torch.Tensor, ImageMeta]:
+    def _preprocess(
+        self, image, evidence: frozenset[str] = frozenset(), keep_photo: bool = False
+    ) -> tuple[torch.Tensor, ImageMeta]:
+        unknown = set(evidence) - set(EVIDENCE_MAPS)
+        if unknown:
+            raise ValueError(f"unknown evidence maps {sorted(unknown)}; known: {sorted(EVIDENCE_MAPS)}")
         img = load_image(image)
         original = (img.height, img.width)
         h, w = self.content_size(original)
         resized = np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
         content = torch.from_numpy(resized).permute(2, 0, 1)
-        refine = bool(self.config.mask_refine_radius)
-        if self.config.detail_channels or self.config.motion_signature or self.config.low_light_contrast or refine:
+        if self.config.detail_channels or evidence or keep_photo:
             native = np.asarray(self._detail_source(img))
         if self.config.detail_channels:
             content = torch.cat([content, detail_channels(native, (h, w))])
         content = (content - self._mean) / self._std
-        if self.config.motion_signature:  # not normalized: the gates compare these with fixed thresholds
-            content = torch.cat([content, motion_signature(native, (h, w))[None]])
-        if self.config.low_light_contrast:
-            content = torch.cat([content, log_contrast(native, (h, w))[None]])
         s = self.config.image_size
         out = torch.zeros(content.shape[0], s, s)
         out[:, :h, :w] = content
-        return out, ImageMeta(original_size=original, resized_size=(h, w), photo=native if refine else None)
+        maps = {}
+        for name in sorted(evidence):  # not normalized: the policy compares them with fixed thresholds
+            maps[name] = torch.zeros(s, s)
+            maps[name][:h, :w] = EVIDENCE_MAPS[name](native, (h, w))
+        photo = native if keep_photo else None
+        return out, ImageMeta(original_size=original, resized_size=(h, w), evidence=maps, photo=photo)
 
     def _detail_source(self, img: Image.Image) -> Image.Image:
         """The photo the detail channels are computed on: itself, or shrunk (Lanczos, as the training photos were) so
@@ -137,28 +148,6 @@ class QGroundProcessor:
         out = torch.zeros(s, s)
         out[:h, :w] = torch.from_numpy(np.asarray(small) > 127).float()
         return out
-
-    def postprocess_masks(
-        self, logits: torch.Tensor, meta: ImageMeta, classes: list[str | None] | None = None
-    ) -> torch.Tensor:
-        """(N, S, S) logits in the padded frame → (N, H, W) logits in the original frame. With ``mask_refine_radius``,
-        the photo kept in ``meta`` and each mask's class name (None: unknown), the probabilities are upsampled onto
-        that photo, guided-filtered there (``qground.refine``), then brought to the original frame."""
-        h, w = meta.resized_size
-        crop = logits[:, :h, :w].float()
-        radius = self.config.mask_refine_radius
-        if radius and meta.photo is not None and classes is not None and len(crop):
-            rgb = meta.photo
-            crop = torch.nn.functional.interpolate(
-                crop[:, None], size=rgb.shape[:2], mode="bilinear", align_corners=False
-            )[:, 0]
-            pixels = max(1, round(radius * max(rgb.shape[:2]) / max(h, w)))
-            crop = refine_logits(crop, rgb, classes, pixels, self.config.mask_refine_eps)
-        if tuple(crop.shape[1:]) == meta.original_size:
-            return crop
-        return torch.nn.functional.interpolate(
-            crop[:, None], size=meta.original_size, mode="bilinear", align_corners=False
-        )[:, 0]
 
     # -- text --------------------------------------------------------------------------------------------------------
     def encode(self, turns: list[Turn], num_images: int) -> tuple[list[int], list[int]]:
@@ -208,12 +197,16 @@ class QGroundProcessor:
         turns: list[Turn],
         masks: list[np.ndarray] | None = None,
         choices: list[int] | None = None,
+        evidence: frozenset[str] = frozenset(),
+        keep_photo: bool = False,
     ) -> dict:
         """One sample: ``images`` (paths, bytes or PIL), ``turns``, optional target masks (original frame of the
         first image, one per seg group of the answers, in order) and choices (the image index 0 … M − 1 each
-        ``[CHOICE]`` of the answers picks, in order). Returns ``input_ids``/``labels`` (L,), ``pixel_values``
-        (M, C, S, S), ``image_sizes`` (M, 2) content sizes, ``metas``, ``masks`` (n, S, S), ``choices`` (k,)."""
-        tensors, metas = zip(*(self.preprocess_image(im) for im in images)) if images else ((), ())
+        ``[CHOICE]`` of the answers picks, in order); ``evidence`` and ``keep_photo`` as in ``preprocess_image``.
+        Returns ``input_ids``/``labels`` (L,), ``pixel_values`` (M, C, S, S), ``image_sizes`` (M, 2) content sizes,
+        ``metas``, ``masks`` (n, S, S), ``choices`` (k,)."""
+        loaded = [self.preprocess_image(im, evidence, keep_photo) for im in images]
+        tensors, metas = zip(*loaded) if loaded else ((), ())
         input_ids, labels = self.encode(turns, len(images))
         sample = {
             "input_ids": torch.tensor(input_ids),

@@ -137,8 +137,8 @@ class RecordingProcessor(QGroundProcessor):
         super().__init__(tokenizer, config)
         self.inputs: list[torch.Tensor] = []
 
-    def __call__(self, images, turns, masks=None):
-        sample = super().__call__(images, turns, masks)
+    def __call__(self, images, turns, masks=None, **options):
+        sample = super().__call__(images, turns, masks, **options)
         self.inputs.append(sample["input_ids"])
         return sample
 
@@ -250,7 +250,7 @@ def test_service_prompts_reach_the_model_as_plain_text(engine, good, scratch):
         "Pick a preset or type a question about the images."
     )
     list(svc.describe_request(engine, good[0], "", GenerationSettings(max_new_tokens=4)))
-    assert_plain_prompt(engine.processor, 1, svc.ASSESS_QUESTION)  # blank: the default question
+    assert_plain_prompt(engine.processor, 1, svc.QUESTIONS["describe"])  # blank: the default question
     for text in (INJECTION, *SCRIPTS.values()):
         *_, (final, _) = svc.chat_turn(engine, thread, text, GenerationSettings(max_new_tokens=4))
         assert final.exchanges[-1].question == text
@@ -399,7 +399,7 @@ def test_app_prompts_reach_the_model_as_plain_text(app, engine, good):
     client.predict(upload, "", api_name="/ground")
     assert_plain_prompt(engine.processor, 1, GROUNDING_QUESTION)  # blank: the default question
     client.predict(upload, "  ", api_name="/describe")
-    assert_plain_prompt(engine.processor, 1, svc.ASSESS_QUESTION)
+    assert_plain_prompt(engine.processor, 1, svc.QUESTIONS["describe"])
     for text in (INJECTION, *SCRIPTS.values()):
         assert isinstance(client.predict(upload, text, api_name="/describe"), str)
         assert_plain_prompt(engine.processor, 1, text)

@@ -5,6 +5,7 @@ import pytest
 
 from qground.builder import REGISTRY, config_7b, config_tiny
 from qground.config import CONFIG_NAME, FORMAT_VERSION, ConfigError, QGroundConfig, TokenIds
+from qground.policy import InferencePolicy
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -30,18 +31,18 @@ def test_validation_errors():
         dataclasses.replace(config_tiny(), feature_layers=(1, 9))
     with pytest.raises(ConfigError, match="distinct"):
         TokenIds(image=1, seg=(2, 2, 3, 4, 5, 6)).validate(6, choice=False)
-    with pytest.raises(ConfigError, match="default_strictness needs readout"):
-        dataclasses.replace(config_tiny(), default_strictness=2.0)
-    nano = REGISTRY["qground-nano"].config()
+    policy = InferencePolicy(default_strictness=2.0)  # the default strictness is the inference policy's now
+    with pytest.raises(ConfigError, match="default_strictness need a model with a readout"):
+        policy.check_model(config_tiny())
+    policy.check_model(REGISTRY["qground-nano"].config())
     for bad in (-1.0, 8.5, float("nan")):
         with pytest.raises(ConfigError, match="default_strictness must be between 0 and 8"):
-            dataclasses.replace(nano, default_strictness=bad)
+            policy.replace(default_strictness=bad)
 
 
 def test_default_strictness_round_trips(tmp_path):
-    config = dataclasses.replace(REGISTRY["qground-nano"].config(), default_strictness=3.0)
-    config.save(tmp_path)
-    assert QGroundConfig.load(tmp_path).default_strictness == 3.0
+    InferencePolicy(default_strictness=3.0).save(tmp_path)
+    assert InferencePolicy.load(tmp_path).default_strictness == 3.0
 
 
 def test_unknown_field_and_newer_version(tmp_path):

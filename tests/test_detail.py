@@ -10,6 +10,7 @@ from PIL import Image, ImageFilter
 from qground.builder import config_nano, config_tiny
 from qground.config import NUM_DETAIL_CHANNELS, ConfigError
 from qground.detail import LOG_CONTRAST_OFFSET, detail_channels, log_contrast, motion_signature, region_contrast
+from qground.policy import LOG_CONTRAST, MOTION_SIGNATURE
 from qground.processor import QGroundProcessor
 from training.data import synth
 
@@ -82,19 +83,32 @@ def test_tiny_image_has_every_channel():
 def test_photos_larger_than_detail_max_side_are_read_at_that_size(texture):
     """With ``detail_max_side`` the processor computes the detail channels of a larger photo on the photo shrunk to
     that longest side (the scale of the largest training photos; qground-nano's matches the data engine's), and of a
-    photo within it at its own resolution; the RGB input does not change."""
+    photo within it at its own resolution; the RGB input does not change. The evidence maps asked for (the gates'
+    and blends') and the photo kept for mask refinement come from the same shrunk photo; the maps travel in the
+    ``ImageMeta`` (0 in the padding), not as channels."""
     config = dataclasses.replace(config_nano(), detail_max_side=240)
     assert config_nano().detail_max_side == synth.MAX_SIDE
     capped = QGroundProcessor(None, config)
     native = QGroundProcessor(None, dataclasses.replace(config, detail_max_side=0))
     big = Image.fromarray(texture)  # 480 × 320
-    x, meta = capped.preprocess_image(big)
+    x, meta = capped.preprocess_image(big, evidence=frozenset({MOTION_SIGNATURE, LOG_CONTRAST}), keep_photo=True)
     h, w = meta.resized_size
+    s = config.image_size
     shrunk = np.asarray(big.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=3.0))
     mean, std = config.image_mean[3], config.image_std[3]
-    assert torch.allclose(x[3:-2, :h, :w], (detail_channels(shrunk, (h, w)) - mean) / std, atol=1e-5)
-    assert torch.equal(x[-2, :h, :w], motion_signature(shrunk, (h, w)))  # the gates' evidence: the same photo
-    assert torch.equal(x[-1, :h, :w], log_contrast(shrunk, (h, w)))
+    assert x.shape == (config.vision.num_channels, s, s)
+    assert torch.allclose(x[3:, :h, :w], (detail_channels(shrunk, (h, w)) - mean) / std, atol=1e-5)
+    assert set(meta.evidence) == {MOTION_SIGNATURE, LOG_CONTRAST}
+    signature, contrast = meta.evidence[MOTION_SIGNATURE], meta.evidence[LOG_CONTRAST]
+    assert signature.shape == contrast.shape == (s, s)
+    assert torch.equal(signature[:h, :w], motion_signature(shrunk, (h, w)))  # the gates' evidence: the same photo
+    assert torch.equal(contrast[:h, :w], log_contrast(shrunk, (h, w)))
+    assert not signature[h:].any() and not signature[:, w:].any() and not contrast[h:].any()  # padding: none
+    assert np.array_equal(meta.photo, shrunk)
+    plain, plain_meta = capped.preprocess_image(big)
+    assert torch.equal(plain, x) and plain_meta.evidence == {} and plain_meta.photo is None
+    with pytest.raises(ValueError, match="unknown evidence maps"):
+        capped.preprocess_image(big, evidence=frozenset({"sharpness"}))
     y, _ = native.preprocess_image(big)
     assert torch.equal(x[:3], y[:3]) and not torch.allclose(x[3:], y[3:], atol=1e-2)
     small = Image.fromarray(texture[:200, :200])

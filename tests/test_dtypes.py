@@ -71,16 +71,18 @@ def sources(tmp_path_factory) -> dict[str, str]:
 
 
 def forced_grounding(engine, image: Image.Image, classes: list[str]) -> GroundingResult:
-    """The engine's mask path (``_finish``: decoder, blends, post-processing) on a teacher-forced grounding answer
-    naming ``classes``, so random models produce masks too. The answer's states come from one forward pass."""
+    """The engine's mask path (``encode`` under its policy, then ``_finish``: ``qground.masks``) on a teacher-forced
+    grounding answer naming ``classes``, so random models produce masks too. The answer's states come from one forward
+    pass."""
     model, processor = engine.model, engine.processor
     answer = grounding_answer(classes, seg_tokens(model.config).group_text())
-    sample = processor([image], [Turn(GROUNDING_QUESTION, answer)])
+    policy = engine.policy
+    turns = [Turn(GROUNDING_QUESTION, answer)]
+    sample = processor([image], turns, evidence=policy.evidence_maps, keep_photo=bool(policy.mask_refine_radius))
     ids = sample["input_ids"][None].to(model.device)
     start = int((sample["labels"] == -100).sum())  # the answer tokens + EOS are the only labelled ones, at the end
+    features = engine.encode(sample, engine.strictness(GenerationSettings(), 1))
     with torch.inference_mode():
-        sizes = [m.resized_size for m in sample["metas"]]
-        features = model.encode_images(sample["pixel_values"], 0.0, sizes)
         hidden = model.language_model(inputs_embeds=model.embed(ids, features.tokens)).last_hidden_state[0]
     tokens = ids[0, start:].tolist()
     states = list(hidden[start - 1 : -1])

@@ -1,6 +1,5 @@
 """The shipped qground-nano: loads with no network, stays small, and really grounds a held-out photo."""
 
-import dataclasses
 import functools
 import json
 
@@ -9,8 +8,9 @@ import pytest
 from PIL import Image
 
 from qground.builder import ASSETS
-from qground.checkpoint import load_model
+from qground.checkpoint import load_model, load_policy
 from qground.inference import GenerationSettings, QGroundEngine
+from qground.policy import LOG_CONTRAST, MOTION_SIGNATURE, POLICY_NAME, InferencePolicy
 from qground.processor import QGroundProcessor
 from qground.prompts import Turn
 from training.data import synth
@@ -33,21 +33,26 @@ def nano():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         model, tokenizer = load_model("qground-nano")
-    return QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name="qground-nano")
+        policy = load_policy("qground-nano")
+    return QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name="qground-nano", policy=policy)
 
 
 def test_shipped_files_are_small_and_safe():
     files = list(NANO.iterdir())
     assert sum(f.stat().st_size for f in files) <= 30 * 2**20
-    assert {f.suffix for f in files} <= {".json", ".safetensors", ".txt", ".jinja"}
+    assert {f.suffix for f in files} <= {".json", ".safetensors", ".txt", ".jinja", ".md"}
     assert json.loads((NANO / "qground_config.json").read_text())["base_model_id"] is None  # full weights
+    names = {f.name for f in files}
+    assert POLICY_NAME in names and "calibration.json" not in names  # how it is run, its record inside
+    config, policy = (json.loads((NANO / name).read_text()) for name in ("qground_config.json", POLICY_NAME))
+    assert not set(config) & set(policy)  # the architecture and how it is run, apart
 
 
 def test_nano_grounds_a_held_out_photo(nano):
     g = held_out_example()
     assert g.photo in {p.name for p in synth.photos("eval")}
     ((name, truth),) = g.masks.items()
-    result = nano.ground(Image.fromarray(g.image))
+    result = nano.ground(Image.fromarray(g.image), settings=GenerationSettings(strictness=0.0))
     assert name in result.masks, (name, result.text)
     pred = result.masks[name]
     assert pred.shape == truth.shape
@@ -58,7 +63,8 @@ def test_nano_grounds_a_held_out_photo(nano):
 def test_nano_describes_the_distortion(nano):
     g = held_out_example()
     ((name, _),) = g.masks.items()
-    answer = nano.chat([Image.fromarray(g.image)], [Turn("Describe the quality of this image.")]).text
+    question = [Turn("Describe the quality of this image.")]
+    answer = nano.chat([Image.fromarray(g.image)], question, GenerationSettings(strictness=0.0)).text
     assert name in answer, answer
 
 
@@ -111,14 +117,14 @@ def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):
     trained gets no mask at strictness 5; the app shows the strictness slider for this readout model."""
     from gradio_client import Client, handle_file
 
-    from app import build_demo
     from conftest import served_app
     from qground.__main__ import main
+    from qground.app import build_demo
 
     flagged = next(
         g
         for g in (synth.generate(i, "eval", seed=0) for i in range(60))
-        if not g.masks and nano.ground(Image.fromarray(g.image)).masks
+        if not g.masks and nano.ground(Image.fromarray(g.image), settings=GenerationSettings(strictness=0.0)).masks
     )
     Image.fromarray(flagged.image).save(tmp_path / "clean.png")
     for strictness, expect_masks in (("0", True), ("5", False)):
@@ -127,7 +133,7 @@ def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):
         masks = [p for p in (out / "clean").iterdir() if p.name not in ("overlay.png", "result.json")]
         assert bool(masks) == expect_masks, (strictness, masks)
         assert json.loads((out / "clean" / "result.json").read_text())["strictness"] == float(strictness)
-    default = nano.model.config.default_strictness
+    default = nano.policy.default_strictness
     assert main(["ground", str(tmp_path / "clean.png"), "--out", str(tmp_path / "default")]) == 0
     assert json.loads((tmp_path / "default" / "clean" / "result.json").read_text())["strictness"] == default
     slider = next(b for b in build_demo(nano).blocks.values() if getattr(b, "elem_id", None) == "strictness")
@@ -146,58 +152,59 @@ def test_the_shipped_default_strictness_was_chosen_on_validation_photos():
     """``training.calibrate`` chose it and the readout mask weight on the val split (photos neither trained on nor held
     out) by mIoU; the jitter and low-light gates, read off the training photos, are recorded with validation mIoU with
     and without them; so are the mirrored view and the mask refinement radius."""
-    config = json.loads((NANO / "qground_config.json").read_text())
-    record = json.loads((NANO / "calibration.json").read_text())
-    assert record["chosen"] == config["default_strictness"] and record["criterion"] == "mIoU"
+    policy = json.loads((NANO / POLICY_NAME).read_text())
+    record = policy["calibration"]  # recorded before the policy had a file of its own: the strictness sweep on top
+    evidence = InferencePolicy.load(NANO).evidence_maps
+    assert record["chosen"] == policy["default_strictness"] and record["criterion"] == "mIoU"
     best = max(record["sweep"].values(), key=lambda summary: summary["mIoU"])
-    assert best["mIoU"] == record["sweep"][f"{config['default_strictness']:g}"]["mIoU"]
+    assert best["mIoU"] == record["sweep"][f"{policy['default_strictness']:g}"]["mIoU"]
     assert len(record["sweep"]) == 7
     blends = record["readout_mask_weight"]
-    assert blends["chosen"] == config["readout_mask_weight"] and len(blends["sweep"]) == 5
+    assert blends["chosen"] == policy["readout_mask_weight"] and len(blends["sweep"]) == 5
     best = max(blends["sweep"].values(), key=lambda summary: summary["mIoU"])
-    assert best["mIoU"] == blends["sweep"][f"{config['readout_mask_weight']:g}"]["mIoU"]
+    assert best["mIoU"] == blends["sweep"][f"{policy['readout_mask_weight']:g}"]["mIoU"]
     gates = record["jitter_min_motion_signature"]
-    assert config["motion_signature"] and gates["chosen"] == config["jitter_min_motion_signature"]
+    assert MOTION_SIGNATURE in evidence and gates["chosen"] == policy["jitter_min_motion_signature"]
     best = max(gates["sweep"].values(), key=lambda summary: summary["mIoU"])
-    assert best["mIoU"] == gates["sweep"][f"{config['jitter_min_motion_signature']:g}"]["mIoU"]
+    assert best["mIoU"] == gates["sweep"][f"{policy['jitter_min_motion_signature']:g}"]["mIoU"]
     motion = record["jitter_signature_weight"]
-    assert motion["chosen"] == config["jitter_signature_weight"] and len(motion["sweep"]) == 5
-    assert (motion["center"], motion["scale"]) == (config["jitter_signature_center"], config["jitter_signature_scale"])
+    assert motion["chosen"] == policy["jitter_signature_weight"] and len(motion["sweep"]) == 5
+    assert (motion["center"], motion["scale"]) == (policy["jitter_signature_center"], policy["jitter_signature_scale"])
     best = max(motion["sweep"].values(), key=lambda summary: summary["mIoU"])
-    assert best["mIoU"] == motion["sweep"][f"{config['jitter_signature_weight']:g}"]["mIoU"]
-    assert motion["sweep"]["0"] == gates["sweep"][f"{config['jitter_min_motion_signature']:g}"]  # the shipped gate
+    assert best["mIoU"] == motion["sweep"][f"{policy['jitter_signature_weight']:g}"]["mIoU"]
+    assert motion["sweep"]["0"] == gates["sweep"][f"{policy['jitter_min_motion_signature']:g}"]  # the shipped gate
     dark = record["low_light_min_log_contrast"]  # read off the training photos, recorded with and without
-    assert config["low_light_contrast"] and dark["chosen"] == config["low_light_min_log_contrast"] > 0
+    assert LOG_CONTRAST in evidence and dark["chosen"] == policy["low_light_min_log_contrast"] > 0
     assert set(dark["sweep"]) == {"0", f"{dark['chosen']:g}"} and dark["reference"]["quantile"] == 0.1
-    assert dark["sweep"]["0"] == motion["sweep"][f"{config['jitter_signature_weight']:g}"]  # as chosen before
+    assert dark["sweep"]["0"] == motion["sweep"][f"{policy['jitter_signature_weight']:g}"]  # as chosen before
     views = record["flip_average"]
-    assert views["chosen"] == config["flip_average"] and set(views["sweep"]) == {"false", "true"}
+    assert views["chosen"] == policy["flip_average"] and set(views["sweep"]) == {"false", "true"}
     best = max(views["sweep"].values(), key=lambda summary: summary["mIoU"])
-    assert best["mIoU"] == views["sweep"][str(config["flip_average"]).lower()]["mIoU"]
+    assert best["mIoU"] == views["sweep"][str(policy["flip_average"]).lower()]["mIoU"]
     assert views["sweep"]["false"] == dark["sweep"][f"{dark['chosen']:g}"]  # as chosen before
     refined = record["mask_refine_radius"]
-    assert refined["chosen"] == config["mask_refine_radius"] and len(refined["sweep"]) == 5
-    assert refined["eps"] == config["mask_refine_eps"]
+    assert refined["chosen"] == policy["mask_refine_radius"] and len(refined["sweep"]) == 5
+    assert refined["eps"] == policy["mask_refine_eps"]
     best = max(refined["sweep"].values(), key=lambda summary: summary["mIoU"])
-    assert best["mIoU"] == refined["sweep"][f"{config['mask_refine_radius']:g}"]["mIoU"]
-    assert refined["sweep"]["0"] == views["sweep"][str(config["flip_average"]).lower()]  # as chosen before
+    assert best["mIoU"] == refined["sweep"][f"{policy['mask_refine_radius']:g}"]["mIoU"]
+    assert refined["sweep"]["0"] == views["sweep"][str(policy["flip_average"]).lower()]  # as chosen before
     assert {p.name for p in synth.photos("val")}.isdisjoint(p.name for p in synth.PHOTOS if p.split != "val")
     from training.push import model_card
 
     card = model_card(NANO, "org/qground-nano")
-    assert f"| default detection strictness | {config['default_strictness']:g} (0 = as trained; chosen on" in card
-    assert f"| readout mask weight | {config['readout_mask_weight']:g} (masks: decoder and readout coverage" in card
+    assert f"| default detection strictness | {policy['default_strictness']:g} (0 = as trained; chosen on" in card
+    assert f"| readout mask weight | {policy['readout_mask_weight']:g} (masks: decoder and readout coverage" in card
     assert "| comparisons | a choice head picks the answer's image" in card
-    assert config["overexposure_needs_clipping"] and "| overexposure gate | at strictness above 0" in card
-    gate = config["jitter_min_motion_signature"]
+    assert policy["overexposure_needs_clipping"] and "| overexposure gate | at strictness above 0" in card
+    gate = policy["jitter_min_motion_signature"]
     assert f"| jitter gate | at strictness above 0, jitter needs a motion-blur signature of at least {gate:g}" in card
-    assert f"at weight {config['jitter_signature_weight']:g} (fitted on the training photos" in card
-    gate = config["low_light_min_log_contrast"]
+    assert f"at weight {policy['jitter_signature_weight']:g} (fitted on the training photos" in card
+    gate = policy["low_light_min_log_contrast"]
     assert (
         f"| low-light gate | at strictness above 0, low light needs a median log contrast of at least {gate:g}" in card
     )
-    assert ("| test-time views | each image is also read mirrored" in card) == config["flip_average"]
-    assert f"| mask edges | guided filter on the photo (radius {config['mask_refine_radius']:g} model-input" in card
+    assert ("| test-time views | each image is also read mirrored" in card) == policy["flip_average"]
+    assert f"| mask edges | guided filter on the photo (radius {policy['mask_refine_radius']:g} model-input" in card
 
 
 @functools.cache
@@ -220,12 +227,12 @@ def test_the_motion_signature_draws_jitter_masks_closer_to_the_truth(nano):
     P(jitter | motion-blur signature), overlap the truth more (IoU accumulated over the images) than the same
     model's masks without the signature: the native-resolution signature sees shake the 128-px input has lost."""
     jittered, _ = only_and_clean("jitter")
-    weight = nano.model.config.jitter_signature_weight
-    assert weight > 0
+    shipped = nano.policy
+    assert shipped.jitter_signature_weight > 0
 
     def jitter_iou(w: float) -> float:
-        nano.model.config = dataclasses.replace(nano.model.config, jitter_signature_weight=w)
-        settings = GenerationSettings(strictness=nano.model.config.default_strictness)
+        nano.set_policy(shipped.replace(jitter_signature_weight=w))
+        settings = GenerationSettings(strictness=nano.policy.default_strictness)
         inter = union = 0
         for g in jittered:
             truth = g.masks["jitter"]
@@ -235,9 +242,9 @@ def test_the_motion_signature_draws_jitter_masks_closer_to_the_truth(nano):
         return float(inter / union)
 
     try:
-        blended, plain = jitter_iou(weight), jitter_iou(0.0)
+        blended, plain = jitter_iou(shipped.jitter_signature_weight), jitter_iou(0.0)
     finally:
-        nano.model.config = dataclasses.replace(nano.model.config, jitter_signature_weight=weight)
+        nano.set_policy(shipped)
     assert blended >= plain + 0.05, (blended, plain)
 
 
@@ -245,13 +252,14 @@ def test_mask_refinement_lays_held_out_masks_closer_to_the_truth(nano):
     """On the first 40 held-out images with a distortion (chosen by that rule), the shipped masks, guided-filtered on
     the photo (``mask_refine_radius``), overlap the truth more (IoU accumulated over images and classes) than the same
     model's masks only upsampled from the 128-px model input."""
-    radius = nano.config.mask_refine_radius
+    shipped = nano.policy
+    radius = shipped.mask_refine_radius
     assert radius > 0
     examples = [g for g in (synth.generate(i, "eval", seed=0) for i in range(80)) if g.masks][:40]
-    settings = GenerationSettings(strictness=nano.config.default_strictness)
+    settings = GenerationSettings(strictness=shipped.default_strictness)
 
     def accumulated_iou(r: float) -> float:
-        nano.reconfigure(mask_refine_radius=r)
+        nano.set_policy(shipped.replace(mask_refine_radius=r))
         inter = union = 0
         for g in examples:
             masks = nano.ground(Image.fromarray(g.image), settings=settings).masks
@@ -265,20 +273,20 @@ def test_mask_refinement_lays_held_out_masks_closer_to_the_truth(nano):
     try:
         refined, plain = accumulated_iou(radius), accumulated_iou(0.0)
     finally:
-        nano.reconfigure(mask_refine_radius=radius)
+        nano.set_policy(shipped)
     assert refined >= plain + 0.01, (refined, plain)
 
 
 def naming(nano, images: list[synth.Generated], name: str, **changes) -> int:
     """How many of ``images`` the shipped nano draws a ``name`` mask on at its default strictness, with ``changes``
-    to its config (undone afterwards)."""
-    before = {field: getattr(nano.config, field) for field in changes}
-    nano.reconfigure(**changes)
+    to its inference policy (undone afterwards)."""
+    before = nano.policy
+    nano.set_policy(before.replace(**changes))
     try:
-        settings = GenerationSettings(strictness=nano.config.default_strictness)
+        settings = GenerationSettings(strictness=nano.policy.default_strictness)
         return sum(name in nano.ground(Image.fromarray(g.image), settings=settings).masks for g in images)
     finally:
-        nano.reconfigure(**before)
+        nano.set_policy(before)
 
 
 def test_the_jitter_gate_keeps_motion_blur_and_drops_false_alarms(nano):
@@ -286,7 +294,7 @@ def test_the_jitter_gate_keeps_motion_blur_and_drops_false_alarms(nano):
     shipped jitter gate (a motion-blur signature where the readout covers jitter) still finds nearly all the jitter,
     and draws far fewer jitter masks on the clean photos than the same model without the gate."""
     jittered, clean = only_and_clean("jitter")
-    gate = nano.model.config.jitter_min_motion_signature
+    gate = nano.policy.jitter_min_motion_signature
     assert gate > 0
     found, found_ungated = (naming(nano, jittered, "jitter", jitter_min_motion_signature=m) for m in (gate, 0.0))
     alarms, alarms_ungated = (naming(nano, clean, "jitter", jitter_min_motion_signature=m) for m in (gate, 0.0))
@@ -299,7 +307,7 @@ def test_the_low_light_gate_keeps_underexposure_and_drops_false_alarms(nano):
     shipped low-light gate (steep log contrast where the readout covers low light) still finds nearly all the low
     light, and draws fewer low-light masks on the clean photos than the same model without the gate."""
     darkened, clean = only_and_clean("low light")
-    gate = nano.model.config.low_light_min_log_contrast
+    gate = nano.policy.low_light_min_log_contrast
     assert gate > 0
     found, found_ungated = (naming(nano, darkened, "low light", low_light_min_log_contrast=m) for m in (gate, 0.0))
     alarms, alarms_ungated = (naming(nano, clean, "low light", low_light_min_log_contrast=m) for m in (gate, 0.0))

@@ -7,8 +7,9 @@ import json
 import torch
 from PIL import Image
 
-from qground.checkpoint import load_model
+from qground.checkpoint import load_model, load_policy
 from qground.inference import QGroundEngine
+from qground.policy import POLICY_NAME
 from qground.processor import QGroundProcessor
 from training import nano
 from training.config import load_config
@@ -22,22 +23,28 @@ def test_recipe_runs_every_step_and_resumes(tmp_path):
     assert len(json.loads((tmp_path / "data" / "train" / "compare.json").read_text())) == 30
     assert load_config(tmp_path / "stage3" / "train_config.yaml").model == str(tmp_path / "stage2" / "final")
     assert set(json.loads((tmp_path / "timings.json").read_text())) >= {"synth_val", "vision", "stage3", "calibrate"}
-    calibration = json.loads((tmp_path / "stage3" / "final" / "calibration.json").read_text())
-    assert set(calibration["sweep"]) == {"0", "1", "2", "3", "4", "5", "6"}
+    final = tmp_path / "stage3" / "final"
+    assert not (final / "calibration.json").exists()  # the inference policy holds the choices and their record
+    calibration = json.loads((final / POLICY_NAME).read_text())["calibration"]
+    assert set(calibration["default_strictness"]["sweep"]) == {"0", "1", "2", "3", "4", "5", "6"}
     assert "jitter_signature_weight" in calibration  # P(jitter | signature) fitted on the training photos, or why not
     assert set(calibration["flip_average"]["sweep"]) == {"false", "true"}  # one view or two, chosen on validation
     assert set(calibration["mask_refine_radius"]["sweep"]) == {"0", "2", "4", "6", "8"}  # mask edges on the photo
 
-    model, tokenizer = load_model(str(tmp_path / "stage3" / "final"), device="cpu", dtype=torch.float32)
+    model, tokenizer = load_model(str(final), device="cpu", dtype=torch.float32)
     assert model.config.base_model_id is None  # full weights: the shipped config names no local training folder
-    assert model.config.default_strictness == calibration["chosen"]
-    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config))
+    policy = load_policy(str(final))
+    assert policy.default_strictness == calibration["default_strictness"]["chosen"]
+    assert policy.overexposure_needs_clipping  # by rule
+    for field in ("readout_mask_weight", "flip_average", "mask_refine_radius"):
+        assert getattr(policy, field) == calibration[field]["chosen"], field
+    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config), policy=policy)
     image = Image.open(tmp_path / "data" / "eval" / "images" / "eval_000000.png")
     result = engine.ground(image)
     assert all(mask.shape == (image.height, image.width) for mask in result.masks.values())
 
     timings = json.loads((tmp_path / "timings.json").read_text())
-    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "stage3" / "final").iterdir()}
+    before = {p: p.stat().st_mtime_ns for p in final.iterdir()}
     assert nano.main(argv) == 0  # every step's output exists: nothing is redone, the timings are kept
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "stage3" / "final").iterdir()} == before
+    assert {p: p.stat().st_mtime_ns for p in final.iterdir()} == before
     assert json.loads((tmp_path / "timings.json").read_text()) == timings

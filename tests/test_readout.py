@@ -2,6 +2,7 @@
 vision tower."""
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -11,10 +12,21 @@ from PIL import Image
 from qground.builder import build_model
 from qground.checkpoint import HEADS_NAME, load_model, save_checkpoint
 from qground.config import CONFIG_NAME, ConfigError, QGroundConfig
+from qground.detail import region_contrast
 from qground.inference import GenerationSettings, QGroundEngine
+from qground.masks import blend_motion, blend_readout, to_original_frame
 from qground.modeling import QGroundModel
-from qground.modeling.qground import clipped_white, low_light_contrasted, mirror, motion_blurred
-from qground.processor import QGroundProcessor
+from qground.modeling.qground import mirror
+from qground.policy import (
+    LOG_CONTRAST,
+    MOTION_SIGNATURE,
+    InferencePolicy,
+    clipped_white,
+    readout_thresholds,
+    region_passes,
+    signature_level,
+)
+from qground.processor import ImageMeta, QGroundProcessor
 from qground.prompts import Turn
 from qground.taxonomy import CLASS_NAMES
 from qground.tokenizer import seg_tokens
@@ -32,6 +44,19 @@ def rebuilt(model: QGroundModel, config: QGroundConfig | None = None, **changes)
     """``model``'s modules (shared, not copied) under ``config`` (default: its own) with ``changes``."""
     config = dataclasses.replace(config or model.config, **changes)
     return QGroundModel(config, model.llava, model.seg_head, model.pixel_decoder, model.readout)
+
+
+def gate(
+    model: QGroundModel,
+    strictness: float,
+    pixels: torch.Tensor,
+    policy: InferencePolicy | None = None,
+    evidence: dict | None = None,
+):
+    """The ``thresholds`` callback ``encode_images`` takes: ``policy``'s gates (default: none) at ``strictness``."""
+    return functools.partial(
+        readout_thresholds, policy or InferencePolicy(), model.config, strictness, pixels, evidence or {}
+    )
 
 
 @pytest.fixture
@@ -88,8 +113,15 @@ def test_strictness_hides_the_evidence_of_classes_the_readout_is_not_sure_of(rea
     per_image[0] = 1e9
     by_image = model.readout(hidden, per_image)
     assert not by_image[0].any() and torch.equal(by_image[1:], gated[1:])
-    with pytest.raises(ValueError, match="strictness 1.0 needs a model with a distortion readout"):
-        tiny[0].encode_images(overfit_batch[1]["pixel_values"], strictness=1.0)
+    plain, pixels = tiny[0], overfit_batch[1]["pixel_values"]
+    with pytest.raises(ValueError, match="readout gates and coverage need a model with a distortion readout"):
+        plain.encode_images(pixels, thresholds=gate(plain, 1.0, pixels))
+    with pytest.raises(ValueError, match="readout gates and coverage need a model with a distortion readout"):
+        plain.encode_images(pixels, keep_coverage=True)
+    with pytest.raises(ValueError, match="strictness needs a model with a distortion readout"):
+        GenerationSettings(strictness=1.0).check_model(readout=False)
+    with pytest.raises(ConfigError, match="default_strictness need a model with a readout"):
+        QGroundEngine(plain, tiny[2], policy=InferencePolicy(default_strictness=1.0))
 
 
 def test_strictness_is_scaled_by_the_readout_confidence(readout_model, overfit_batch, thresholds):
@@ -98,11 +130,13 @@ def test_strictness_is_scaled_by_the_readout_confidence(readout_model, overfit_b
     model, _ = readout_model
     pixels = overfit_batch[1]["pixel_values"]
     confident = rebuilt(model, readout_confidence=(6.0, 2.0, 6.0, 4.0, 7.0))
-    confident.encode_images(pixels, strictness=3.0)
-    model.encode_images(pixels, strictness=3.0)
+    confident.encode_images(pixels, thresholds=gate(confident, 3.0, pixels))
+    model.encode_images(pixels, thresholds=gate(model, 3.0, pixels))
     model.encode_images(pixels)
+    model.encode_images(pixels, thresholds=gate(model, 0.0, pixels))
+    assert thresholds[0].shape == thresholds[1].shape == (len(pixels), len(CLASS_NAMES))  # per image and class
     assert torch.allclose(thresholds[0], 3.0 * torch.tensor([6.0, 2.0, 6.0, 4.0, 7.0]) / 5.0)
-    assert torch.allclose(thresholds[1], torch.full((5,), 3.0)) and thresholds[2] is None
+    assert torch.allclose(thresholds[1], torch.full((5,), 3.0)) and thresholds[2] is None and thresholds[3] is None
     with pytest.raises(ConfigError, match="readout_confidence must hold 5 positive logits"):
         dataclasses.replace(model.config, readout_confidence=(1.0, -1.0, 1.0, 1.0, 1.0))
     with pytest.raises(ConfigError, match="readout_confidence needs readout: true"):
@@ -114,27 +148,26 @@ def test_overexposure_needs_a_clipped_white_pixel(readout_model, thresholds):
     overexposure presence logit; an image with a clipped white pixel, and every other class, keep the plain gate;
     at strictness 0 nothing is gated. The padding (the mean color) never counts as clipped."""
     model, tokenizer = readout_model
-    config = dataclasses.replace(model.config, overexposure_needs_clipping=True)
-    clipping = rebuilt(model, config)
-    processor = QGroundProcessor(tokenizer, config)
+    policy = InferencePolicy(overexposure_needs_clipping=True)
+    processor = QGroundProcessor(tokenizer, model.config)
     pale = np.full((40, 60, 3), 245, np.uint8)  # bright, but in range
     blown = pale.copy()
     blown[5:25, 10:40] = 255
     tinted = pale.copy()
     tinted[5:25, 10:40] = (255, 255, 200)  # two channels clipped: a saturated highlight, not white
     pixels = torch.stack([processor.preprocess_image(Image.fromarray(a))[0] for a in (pale, blown, tinted)])
-    assert clipped_white(pixels, config).tolist() == [False, True, False]
-    clipping.encode_images(pixels, strictness=2.0)
-    clipping.encode_images(pixels)
+    assert clipped_white(pixels, model.config).tolist() == [False, True, False]
+    model.encode_images(pixels, thresholds=gate(model, 2.0, pixels, policy))
+    model.encode_images(pixels, thresholds=gate(model, 0.0, pixels, policy))
     over, plain = CLASS_NAMES.index("overexposure"), torch.full((len(CLASS_NAMES),), 2.0)
-    gate = thresholds[0]
-    assert gate.shape == (3, len(CLASS_NAMES)) and torch.equal(gate[1], plain)
+    gated = thresholds[0]
+    assert gated.shape == (3, len(CLASS_NAMES)) and torch.equal(gated[1], plain)
     for m in (0, 2):
-        assert gate[m, over] == float("inf") and torch.equal(gate[m, :over], plain[:over])
-        assert torch.equal(gate[m, over + 1 :], plain[over + 1 :])
+        assert gated[m, over] == float("inf") and torch.equal(gated[m, :over], plain[:over])
+        assert torch.equal(gated[m, over + 1 :], plain[over + 1 :])
     assert thresholds[1] is None
-    with pytest.raises(ConfigError, match="overexposure_needs_clipping needs readout: true"):
-        dataclasses.replace(config, readout=False)
+    with pytest.raises(ConfigError, match="overexposure_needs_clipping need a model with a readout"):
+        policy.check_model(dataclasses.replace(model.config, readout=False))
 
 
 def noise_photo() -> Image.Image:
@@ -143,138 +176,152 @@ def noise_photo() -> Image.Image:
 
 
 def hides_first_image_only(
-    model: QGroundModel,
-    config: QGroundConfig,
+    engine: QGroundEngine,
     pixels: torch.Tensor,
-    channel: int,
+    source: str,
     values: tuple[float, float, float],
     name: str,
     thresholds: list,
     monkeypatch,
-) -> tuple[QGroundModel, torch.Tensor]:
-    """Three copies of one image's ``pixels`` (C, S, S), channel ``channel`` of each set to one of ``values``, encoded
-    by ``model``'s modules under ``config`` at strictness 2 and then 0, while the readout covers every class
-    everywhere: asserts that at 2 only the first
-    image's class ``name`` is hidden and every other gate is the plain one, and that 0 gates nothing → (the model under
-    ``config``, the three images)."""
-    gated = rebuilt(model, config)
+) -> dict:
+    """Three copies of one image's ``pixels`` (C, S, S), the evidence map ``source`` of each the constant one of
+    ``values``, encoded by ``engine`` (under its policy) at strictness 2 and then 0, while the readout covers every
+    class everywhere: asserts that at 2 only the first image's class ``name`` is hidden and every other gate is the
+    plain one, and that 0 gates nothing → the sample (``pixel_values``, ``metas``)."""
+    s = engine.config.image_size
     full = torch.ones(3, len(CLASS_NAMES), 4, 4)
-    monkeypatch.setattr(model.readout, "coverage", lambda dense: full.expand(len(dense), -1, -1, -1))
-    batch = pixels.repeat(3, 1, 1, 1)
-    batch[:, channel] = torch.tensor(values)[:, None, None]
-    gated.encode_images(batch, strictness=2.0)
-    gated.encode_images(batch)
+    monkeypatch.setattr(engine.model.readout, "coverage", lambda dense: full.expand(len(dense), -1, -1, -1))
+    metas = [ImageMeta((s, s), (s, s), evidence={source: torch.full((s, s), v)}) for v in values]
+    sample = {"pixel_values": pixels.repeat(3, 1, 1, 1), "metas": metas}
+    engine.encode(sample, 2.0)
+    engine.encode(sample, 0.0)
     k, plain = CLASS_NAMES.index(name), torch.full((len(CLASS_NAMES),), 2.0)
-    gate = thresholds[0]
-    assert gate[0, k] == float("inf") and torch.equal(gate[1:], plain.expand(2, -1))
-    assert torch.equal(gate[0, :k], plain[:k]) and torch.equal(gate[0, k + 1 :], plain[k + 1 :])
+    gated = thresholds[0]
+    assert gated[0, k] == float("inf") and torch.equal(gated[1:], plain.expand(2, -1))
+    assert torch.equal(gated[0, :k], plain[:k]) and torch.equal(gated[0, k + 1 :], plain[k + 1 :])
     assert thresholds[1] is None
-    return gated, batch
+    return sample
 
 
 def test_jitter_needs_a_motion_blur_signature(readout_model, thresholds, monkeypatch):
     """With ``jitter_min_motion_signature`` the strictness gate asks an image whose jitter region shows no motion-blur
     signature (its 75th percentile there below the minimum) for an unreachable jitter presence logit; an image with
     the signature, or with no evidence either way (0: flat), keeps the plain gate, as does every other class; at
-    strictness 0 nothing is gated. The signature channel is the processor's last and the tower does not read it."""
+    strictness 0 nothing is gated. The signature is an evidence map in the image's ``ImageMeta`` (0 in the padding),
+    not a channel: the pixel values hold the tower's channels only."""
     model, tokenizer = readout_model
-    config = dataclasses.replace(model.config, motion_signature=True, jitter_min_motion_signature=6.0)
-    pixels = QGroundProcessor(tokenizer, config).preprocess_image(noise_photo())[0]
-    assert pixels.shape[0] == config.input_channels == config.vision.num_channels + 1
+    policy = InferencePolicy(jitter_min_motion_signature=6.0)
+    assert policy.evidence_maps == {MOTION_SIGNATURE}
+    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config), policy=policy)
+    pixels, meta = engine.processor.preprocess_image(noise_photo(), evidence=policy.evidence_maps)
+    s = model.config.image_size
+    assert pixels.shape == (model.config.vision.num_channels, s, s)
+    assert set(meta.evidence) == {MOTION_SIGNATURE} and meta.evidence[MOTION_SIGNATURE].shape == (s, s)
+    assert not meta.evidence[MOTION_SIGNATURE][48:].any()  # the padding holds no evidence
     # no signature, motion blur, no evidence
-    gated, pixels = hides_first_image_only(
-        model, config, pixels, -1, (4.0, 9.0, 0.0), "jitter", thresholds, monkeypatch
+    sample = hides_first_image_only(
+        engine, pixels, MOTION_SIGNATURE, (4.0, 9.0, 0.0), "jitter", thresholds, monkeypatch
     )
     # where the readout covers jitter only: the signature elsewhere does not count
     signature, coverage = torch.zeros(2, 8, 8), torch.zeros(2, 4, 4)
     coverage[:, :2, :2] = 0.9
     signature[0, :4, :4], signature[0, 4:, 4:] = 4.0, 12.0
     signature[1, :4, :4] = 12.0
-    assert motion_blurred(signature, coverage, 6.0).tolist() == [False, True]
-    with pytest.raises(ValueError, match="image tensors have 3 channels; this model takes 4 .3 for the tower"):
-        gated.encode_images(pixels[:, :-1])
-    with pytest.raises(ConfigError, match="jitter_min_motion_signature needs readout: true and motion_signature"):
-        dataclasses.replace(config, motion_signature=False)
+    assert region_passes(signature, coverage, 6.0, signature_level).tolist() == [False, True]
+    batch = sample["pixel_values"]
+    as_channel = torch.stack([m.evidence[MOTION_SIGNATURE] for m in sample["metas"]])[:, None]
+    with pytest.raises(ValueError, match="image tensors have 4 channels; this model's tower takes 3"):
+        model.encode_images(torch.cat([batch, as_channel], dim=1))
+    with pytest.raises(ValueError, match="image tensors have 2 channels; this model's tower takes 3"):
+        model.encode_images(batch[:, :-1])
+    with pytest.raises(ConfigError, match="jitter_min_motion_signature need a model with a readout"):
+        policy.check_model(dataclasses.replace(model.config, readout=False))
+    with pytest.raises(ConfigError, match="jitter_min_motion_signature must be ≥ 0"):
+        policy.replace(jitter_min_motion_signature=float("nan"))
 
 
-def test_low_light_needs_log_contrast(readout_model, thresholds, monkeypatch):
+def test_low_light_needs_log_contrast(readout_model, thresholds, monkeypatch, tmp_path):
     """With ``low_light_min_log_contrast`` the strictness gate asks an image whose low-light region is smooth in the log
     domain (its median log contrast below the minimum) for an unreachable low-light presence logit; a steep region, or
     one with no content (0: padding), keeps the plain gate, as does every other class; at strictness 0 nothing is
-    gated. The log contrast follows the motion-blur signature, and the tower reads neither."""
+    gated. The log contrast is an evidence map in the image's ``ImageMeta``, > 0 on the content and 0 in the padding;
+    the tower reads only its own channels."""
     model, tokenizer = readout_model
-    config = dataclasses.replace(
-        model.config, motion_signature=True, low_light_contrast=True, low_light_min_log_contrast=8.0
-    )
-    pixels = QGroundProcessor(tokenizer, config).preprocess_image(noise_photo())[0]
-    assert pixels.shape[0] == config.input_channels == config.vision.num_channels + 2
-    assert bool((pixels[-1, :48] > 0).all()) and not pixels[-1, 48:].any()  # content > 0, padding 0
+    policy = InferencePolicy(low_light_min_log_contrast=8.0)
+    assert policy.evidence_maps == {LOG_CONTRAST}
+    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config), policy=policy)
+    pixels, meta = engine.processor.preprocess_image(noise_photo(), evidence=policy.evidence_maps)
+    assert pixels.shape[0] == model.config.vision.num_channels and set(meta.evidence) == {LOG_CONTRAST}
+    contrast = meta.evidence[LOG_CONTRAST]
+    assert bool((contrast[:48] > 0).all()) and not contrast[48:].any()  # content > 0, padding 0
     # a shadow, underexposure, no content
-    gated, pixels = hides_first_image_only(
-        model, config, pixels, -1, (7.0, 9.0, 0.0), "low light", thresholds, monkeypatch
-    )
+    sample = hides_first_image_only(engine, pixels, LOG_CONTRAST, (7.0, 9.0, 0.0), "low light", thresholds, monkeypatch)
     # where the readout covers low light only: the contrast elsewhere does not count
     contrast, coverage = torch.zeros(2, 8, 8), torch.zeros(2, 4, 4)
     coverage[:, :2, :2] = 0.9
     contrast[0, :4, :4], contrast[0, 4:, 4:] = 7.0, 9.5
     contrast[1, :4, :4] = 9.5
-    assert low_light_contrasted(contrast, coverage, 8.0).tolist() == [False, True]
-    with pytest.raises(
-        ValueError, match=r"this model takes 5 \(3 for the tower \+ the motion-blur signature \+ the log"
-    ):
-        gated.encode_images(pixels[:, :-1])
-    with pytest.raises(ConfigError, match="low_light_min_log_contrast needs readout: true and low_light_contrast"):
-        dataclasses.replace(config, low_light_contrast=False)
+    assert region_passes(contrast, coverage, 8.0, region_contrast).tolist() == [False, True]
+    batch = sample["pixel_values"]
+    as_channel = torch.stack([m.evidence[LOG_CONTRAST] for m in sample["metas"]])[:, None]
+    with pytest.raises(ValueError, match="image tensors have 4 channels; this model's tower takes 3"):
+        model.encode_images(torch.cat([batch, as_channel], dim=1))
+    with pytest.raises(ConfigError, match="low_light_min_log_contrast need a model with a readout"):
+        policy.check_model(dataclasses.replace(model.config, readout=False))
     with pytest.raises(ConfigError, match="low_light_min_log_contrast must be ≥ 0"):
-        dataclasses.replace(config, low_light_min_log_contrast=float("nan"))
-    assert QGroundConfig.from_dict(config.to_dict()) == config
+        policy.replace(low_light_min_log_contrast=float("nan"))
+    policy.save(tmp_path)
+    assert InferencePolicy.load(tmp_path) == policy
 
 
 def test_jitter_masks_blend_the_motion_blur_signature(readout_model):
     """``blend_motion``: jitter rows become the logits of (1 − w)·p + w·σ((signature − center) / scale) where the
-    image's signature holds evidence (> 0) and stay p where it does not; other classes, w = 0 and features without a
-    signature are untouched. ``encode_images`` keeps the signature only for a model that blends (w > 0)."""
+    image's signature holds evidence (> 0) and stay p where it does not; other classes, w = 0 and no signature leave
+    them untouched. A policy asks for the signature only when it blends it in (w > 0); the engine's masks read it
+    from the image's ``ImageMeta``: at weight 1 a jitter mask is where the signature is above the center."""
     model, tokenizer = readout_model
-    config = dataclasses.replace(
-        model.config,
-        motion_signature=True,
-        jitter_signature_weight=0.5,
-        jitter_signature_center=7.0,
-        jitter_signature_scale=2.0,
-    )
-    blending = rebuilt(model, config)
-    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
-    pixels = QGroundProcessor(tokenizer, config).preprocess_image(photo)[0].repeat(2, 1, 1, 1)
-    s = config.image_size
-    pixels[0, -1], pixels[1, -1] = 0.0, 11.0
-    pixels[0, -1, : s // 2] = 3.0  # evidence against motion blur in the top half of image 0, none below
-    features = blending.encode_images(pixels)
-    assert torch.equal(features.signature, pixels[:, -1])
-    plain = rebuilt(model, config, jitter_signature_weight=0.0)
-    assert plain.encode_images(pixels).signature is None
+    policy = InferencePolicy(jitter_signature_weight=0.5, jitter_signature_center=7.0, jitter_signature_scale=2.0)
+    plain = policy.replace(jitter_signature_weight=0.0)
+    assert policy.evidence_maps == {MOTION_SIGNATURE} and plain.evidence_maps == frozenset()
+    s = model.config.image_size
+    signature = torch.zeros(2, s, s)
+    signature[1] = 11.0
+    signature[0, : s // 2] = 3.0  # evidence against motion blur in the top half of image 0, none below
     jitter = CLASS_NAMES.index("jitter")
     logits = torch.randn(3, s, s)
     image, classes = torch.tensor([0, 1, 0]), torch.tensor([jitter, jitter, CLASS_NAMES.index("blur")])
-    out = blending.blend_motion(logits, features, image, classes)
+    out = blend_motion(logits, signature[image], classes, policy)
     p = logits.sigmoid()
     top = 0.5 * p[0, : s // 2] + 0.5 * torch.sigmoid(torch.tensor(-2.0))
     assert torch.allclose(out[0, : s // 2].sigmoid(), top, atol=1e-5)
     assert torch.allclose(out[0, s // 2 :], logits[0, s // 2 :], atol=1e-4)  # no evidence: the mask as it was
     assert torch.allclose(out[1].sigmoid(), 0.5 * p[1] + 0.5 * torch.sigmoid(torch.tensor(2.0)), atol=1e-5)
     assert torch.equal(out[2], logits[2])
-    assert torch.equal(plain.blend_motion(logits, features, image, classes), logits)
-    assert torch.equal(blending.blend_motion(logits, plain.encode_images(pixels), image, classes), logits)
-    with pytest.raises(ConfigError, match="jitter_signature_weight needs motion_signature: true"):
-        dataclasses.replace(config, motion_signature=False)
+    assert torch.equal(blend_motion(logits, signature[image], classes, plain), logits)
+    assert torch.equal(blend_motion(logits, None, classes, policy), logits)
+
+    engine = QGroundEngine(
+        model, QGroundProcessor(tokenizer, model.config), policy=policy.replace(jitter_signature_weight=1.0)
+    )
+    group = seg_tokens(model.config).group_text()
+    tokens = tokenizer(f"The segmentation results are: jitter {group}", add_special_tokens=False).input_ids
+    states = [torch.randn(model.config.llm.hidden_size) for _ in tokens]
+    sample = engine.processor([Image.new("RGB", (s, s), "gray")], [Turn("x")], evidence=engine.policy.evidence_maps)
+    evidence = torch.full((s, s), 3.0)
+    evidence[:, : s // 3] = 11.0  # motion blur on the left third only
+    meta = ImageMeta((s, s), (s, s), evidence={MOTION_SIGNATURE: evidence})
+    result = engine._finish(tokens, states, engine.encode(sample, 0.0), meta, [])
+    assert set(result.masks) == {"jitter"} and np.array_equal(result.masks["jitter"], (evidence > 7.0).numpy())
     with pytest.raises(ConfigError, match="jitter_signature_weight must be between 0 and 1"):
-        dataclasses.replace(config, jitter_signature_weight=float("nan"))
+        policy.replace(jitter_signature_weight=float("nan"))
     with pytest.raises(ConfigError, match="jitter_signature_scale must be > 0"):
-        dataclasses.replace(config, jitter_signature_scale=0.0)
+        policy.replace(jitter_signature_scale=0.0)
 
 
 def test_strictness_applies_to_one_image_prompts_only(readout_model, overfit_photo_files, thresholds):
     """Comparisons rank images by their evidence as read: with several images the engine does not gate the readout,
-    and the result records strictness 0; with one image it does and records the setting."""
+    and the result records strictness 0; with one image it does and records the setting, or, when the request names
+    none, the policy's ``default_strictness``."""
     model, tokenizer = readout_model
     engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config))
     settings = GenerationSettings(max_new_tokens=2, strictness=4.0)
@@ -282,6 +329,39 @@ def test_strictness_applies_to_one_image_prompts_only(readout_model, overfit_pho
     two = engine.chat([Image.open(p) for p in overfit_photo_files], [Turn("Which image is sharper?")], settings)
     assert torch.allclose(thresholds[0], torch.full((5,), 4.0)) and thresholds[1] is None
     assert one.strictness == 4.0 and two.strictness == 0.0
+    engine.set_policy(InferencePolicy(default_strictness=3.0))
+    unnamed = GenerationSettings(max_new_tokens=2)
+    assert unnamed.strictness is None
+    default = engine.chat([Image.open(overfit_photo_files[0])], [Turn("Is it sharp?")], unnamed)
+    assert default.strictness == 3.0 and torch.allclose(thresholds[2], torch.full((5,), 3.0))
+    assert engine.strictness(unnamed, 2) == 0.0 and engine.strictness(settings, 1) == 4.0
+
+
+def test_the_engine_computes_the_evidence_its_policy_gates_on(readout_model, overfit_photo_files, monkeypatch):
+    """The engine asks the processor for the evidence maps its policy reads and hands them to the gates by name,
+    stacked over the prompt's images, with the pixel values and the strictness it runs at; at strictness 0 no gate
+    runs."""
+    import qground.inference
+
+    model, tokenizer = readout_model
+    policy = InferencePolicy(jitter_min_motion_signature=6.0, low_light_min_log_contrast=8.0)
+    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config), policy=policy)
+    seen = []
+
+    def spy(policy, config, strictness, pixels, evidence, coverage):
+        seen.append((policy, strictness, pixels, evidence))
+        return readout_thresholds(policy, config, strictness, pixels, evidence, coverage)
+
+    monkeypatch.setattr(qground.inference, "readout_thresholds", spy)
+    photo = Image.open(overfit_photo_files[0])
+    engine.chat([photo], [Turn("Is it sharp?")], GenerationSettings(max_new_tokens=2, strictness=4.0))
+    engine.chat([photo], [Turn("Is it sharp?")], GenerationSettings(max_new_tokens=2, strictness=0.0))
+    ((used, strictness, pixels, evidence),) = seen
+    want, meta = engine.processor.preprocess_image(photo, evidence=policy.evidence_maps)
+    assert used is policy and strictness == 4.0 and torch.equal(pixels, want[None])
+    assert set(evidence) == {MOTION_SIGNATURE, LOG_CONTRAST}
+    for name, maps in evidence.items():
+        assert torch.equal(maps, meta.evidence[name][None])
 
 
 def test_coverage_map_lays_the_sub_cells_out_in_the_input_frame(readout_model):
@@ -298,30 +378,40 @@ def test_coverage_map_lays_the_sub_cells_out_in_the_input_frame(readout_model):
         assert torch.isclose(cover[m, k, y, x], dense[m, channel, y // sub, x // sub].sigmoid())
 
 
-def test_masks_blend_the_decoder_with_the_readout_coverage(readout_model, overfit_batch):
+def test_masks_blend_the_decoder_with_the_readout_coverage(readout_model, overfit_batch, tiny):
     """``blend_readout``: logits of (1 − w)·σ(decoder) + w·coverage of the row's class (bilinear to S × S); w = 0,
-    class −1 and models without a readout leave the decoder's logits as they are. ``encode_images`` computes the
-    coverage only for a model that blends (w > 0)."""
-    model, _ = readout_model
+    class −1 and no coverage leave the decoder's logits as they are. ``encode_images`` keeps the coverage only when
+    asked (``keep_coverage``), which the engine does only for a policy that blends (w > 0); a model without a readout
+    has none to keep."""
+    model, tokenizer = readout_model
     pixels = overfit_batch[1]["pixel_values"]
-    assert model.encode_images(pixels).coverage is None  # the config's weight is 0
-    s = model.config.image_size
+    assert model.encode_images(pixels).coverage is None
+    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config))
+    sizes = [tuple(v) for v in overfit_batch[1]["image_sizes"].tolist()]
+    sample = {"pixel_values": pixels, "metas": [ImageMeta(size, size) for size in sizes]}
+    assert engine.encode(sample, 0.0).coverage is None  # the policy's weight is 0
+    s, sub = model.config.image_size, model.readout.sub
     logits = torch.randn(3, s, s)
     image, classes = torch.tensor([0, 1, 1]), torch.tensor([2, -1, 4])
     for w in (0.5, 1.0):
-        blending = rebuilt(model, readout_mask_weight=w)
-        feats = blending.encode_images(pixels)
-        assert torch.equal(model.blend_readout(logits, feats, image, classes), logits)  # weight 0
+        engine.set_policy(InferencePolicy(readout_mask_weight=w))
+        feats = engine.encode(sample, 0.0)
+        assert feats.coverage.shape == (2, len(CLASS_NAMES), model.config.grid * sub, model.config.grid * sub)
+        assert torch.equal(feats.coverage, model.encode_images(pixels, keep_coverage=True).coverage)
+        assert torch.equal(blend_readout(logits, feats.coverage[image], classes, 0.0), logits)  # weight 0
+        assert torch.equal(blend_readout(logits, None, classes, w), logits)
         cover = torch.nn.functional.interpolate(feats.coverage, size=(s, s), mode="bilinear")  # (M, classes, S, S)
-        out = blending.blend_readout(logits, feats, image, classes)
+        out = blend_readout(logits, feats.coverage[image], classes, w)
         assert torch.equal(out[1], logits[1])
         for row, (m, k) in ((0, (0, 2)), (2, (1, 4))):
             want = (1 - w) * logits[row].sigmoid() + w * cover[m, k]
             assert torch.allclose(out[row].sigmoid(), want, atol=1e-5)
     with pytest.raises(ConfigError, match="readout_mask_weight must be between 0 and 1"):
-        dataclasses.replace(model.config, readout_mask_weight=1.5)
-    with pytest.raises(ConfigError, match="readout_mask_weight needs readout: true"):
-        dataclasses.replace(model.config, readout=False, readout_mask_weight=0.5)
+        InferencePolicy(readout_mask_weight=1.5)
+    with pytest.raises(ConfigError, match="readout_mask_weight need a model with a readout"):
+        InferencePolicy(readout_mask_weight=0.5).check_model(dataclasses.replace(model.config, readout=False))
+    with pytest.raises(ConfigError, match="readout_mask_weight need a model with a readout"):
+        QGroundEngine(tiny[0], tiny[2], policy=InferencePolicy(readout_mask_weight=0.5))
 
 
 def test_mirror_flips_each_content_window_only():
@@ -337,13 +427,12 @@ def test_mirror_flips_each_content_window_only():
 
 
 def test_flip_average_reads_each_image_and_its_mirror(readout_model, overfit_batch, monkeypatch):
-    """With ``flip_average`` and content sizes, the readout's whole-image logits (what the gate, φv's whole-image
-    token and the choice keys read) are the mean of the image's and its mirror's; the coverage and the decoder's mask
-    probabilities are the means of both views' maps, the mirror's mirrored back; φv's patch tokens and the decoder's
-    own patch maps stay the image's. Without content sizes (training) nothing changes."""
+    """With content sizes (the engine's ``flip_average``), the readout's whole-image logits (what the gate, φv's
+    whole-image token and the choice keys read) are the mean of the image's and its mirror's; the coverage (kept, and
+    what the region gates read) and the decoder's mask probabilities are the means of both views' maps, the mirror's
+    mirrored back; φv's patch tokens and the decoder's own patch maps stay the image's. Without content sizes
+    (training) nothing changes."""
     model, _ = readout_model
-    single = rebuilt(model, readout_mask_weight=0.5)
-    flipping = rebuilt(single, flip_average=True)
     pixels = overfit_batch[1]["pixel_values"]
     sizes = [tuple(v) for v in overfit_batch[1]["image_sizes"].tolist()]
     wholes, scores = [], model.readout.scores
@@ -353,11 +442,17 @@ def test_flip_average_reads_each_image_and_its_mirror(readout_model, overfit_bat
         return scores(dense, whole, threshold)
 
     monkeypatch.setattr(model.readout, "scores", spy)
-    both = flipping.encode_images(pixels, 0.0, sizes)
-    own = single.encode_images(pixels, 0.0, sizes)  # one view: sizes are not used
-    mirrored = single.encode_images(mirror(pixels, sizes), 0.0, sizes)
+    gated = []
+
+    def thresholds(coverage):
+        gated.append(coverage())
+        return None
+
+    both = model.encode_images(pixels, sizes, thresholds, keep_coverage=True)
+    own = model.encode_images(pixels, keep_coverage=True)  # no sizes: one view
+    mirrored = model.encode_images(mirror(pixels, sizes), keep_coverage=True)
     assert torch.allclose(wholes[0], (wholes[1] + wholes[2]) / 2, atol=1e-6)
-    s = single.config.image_size
+    s = model.config.image_size
 
     def full(cover: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.interpolate(cover, size=(s, s), mode="bilinear", align_corners=False)
@@ -366,31 +461,34 @@ def test_flip_average_reads_each_image_and_its_mirror(readout_model, overfit_bat
     assert torch.allclose(both.coverage, (full(own.coverage) + mirror(full(mirrored.coverage), sizes)) / 2, atol=1e-6)
     assert torch.equal(both.tokens[:, :-1], own.tokens[:, :-1]) and not torch.equal(both.tokens, own.tokens)
     assert torch.equal(both.decoder[0], own.decoder[0]) and torch.allclose(both.mirrored[0], mirrored.decoder[0])
-    assert own.mirrored is None and flipping.encode_images(pixels).mirrored is None  # training: one view
-    states = torch.randn(3, single.config.seg_count, single.config.llm.hidden_size)
+    assert len(gated) == 1 and torch.equal(gated[0], both.coverage)
+    assert own.mirrored is None and own.content_sizes is None  # training: one view
+    states = torch.randn(3, model.config.seg_count, model.config.llm.hidden_size)
     image = torch.tensor([1, 0, 1])
-    got = flipping.decode_masks(states, both, image).sigmoid()
-    a = single.decode_masks(states, own, image).sigmoid()
-    b = mirror(single.decode_masks(states, mirrored, image).sigmoid(), [sizes[i] for i in image.tolist()])
+    got = model.decode_masks(states, both, image).sigmoid()
+    a = model.decode_masks(states, own, image).sigmoid()
+    b = mirror(model.decode_masks(states, mirrored, image).sigmoid(), [sizes[i] for i in image.tolist()])
     assert torch.allclose(got, (a + b) / 2, atol=1e-5)
 
 
 def test_the_engine_gives_the_model_its_images_content_sizes(readout_model, overfit_photo_files, monkeypatch):
+    """With ``flip_average`` the engine hands the model its images' content sizes (two views); without, none."""
     model, tokenizer = readout_model
-    flipping = rebuilt(model, flip_average=True)
-    seen, encode = [], flipping.encode_images
+    seen, encode = [], model.encode_images
 
-    def spy(pixel_values, strictness=0.0, content_sizes=None):
-        features = encode(pixel_values, strictness, content_sizes)
+    def spy(pixel_values, content_sizes=None, thresholds=None, keep_coverage=False):
+        features = encode(pixel_values, content_sizes, thresholds, keep_coverage)
         seen.append((content_sizes, features.mirrored is not None))
         return features
 
-    monkeypatch.setattr(flipping, "encode_images", spy)
-    engine = QGroundEngine(flipping, QGroundProcessor(tokenizer, flipping.config))
+    monkeypatch.setattr(model, "encode_images", spy)
+    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config), policy=InferencePolicy(flip_average=True))
     photos = [Image.open(p) for p in overfit_photo_files]
     engine.chat(photos, [Turn("Which image is sharper?")], GenerationSettings(max_new_tokens=2))
+    engine.set_policy(engine.policy.replace(flip_average=False))
+    engine.chat(photos, [Turn("Which image is sharper?")], GenerationSettings(max_new_tokens=2))
     want = [engine.processor.content_size((p.height, p.width)) for p in photos]
-    assert seen == [(want, True)]
+    assert seen == [(want, True), (None, False)]
 
 
 def test_phi_v_reads_the_readout(readout_model, overfit_batch):
@@ -518,17 +616,19 @@ def test_the_engine_draws_blended_masks(readout_model):
     """The engine's masks go through the blend with the class each answer names: at weight 1 the noise mask is where
     the readout's noise coverage is above one half."""
     model, tokenizer = readout_model
-    blending = rebuilt(model, readout_mask_weight=1.0)
-    engine = QGroundEngine(blending, QGroundProcessor(tokenizer, blending.config))
-    group = seg_tokens(blending.config).group_text()
+    engine = QGroundEngine(
+        model, QGroundProcessor(tokenizer, model.config), policy=InferencePolicy(readout_mask_weight=1.0)
+    )
+    group = seg_tokens(model.config).group_text()
     tokens = tokenizer(f"The segmentation results are: noise {group}", add_special_tokens=False).input_ids
-    states = [torch.randn(blending.config.llm.hidden_size) for _ in tokens]
+    states = [torch.randn(model.config.llm.hidden_size) for _ in tokens]
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
     sample = engine.processor([photo], [Turn("x")])
     meta = sample["metas"][0]
-    feats = blending.encode_images(sample["pixel_values"])
+    feats = engine.encode(sample, 0.0)
     result = engine._finish(tokens, states, feats, meta, [])
-    s = blending.config.image_size
+    s = model.config.image_size
     cover = torch.nn.functional.interpolate(feats.coverage[:, 4:5], size=(s, s), mode="bilinear")[:, 0]
-    expected = engine.processor.postprocess_masks(torch.logit(cover, eps=1e-6), meta)[0] > 0
+    expected = to_original_frame(torch.logit(cover, eps=1e-6), meta)[0] > 0
+    assert expected.shape == (20, 30) and expected.any() and not expected.all()
     assert set(result.masks) == {"noise"} and np.array_equal(result.masks["noise"], expected.numpy())

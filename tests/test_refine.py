@@ -12,6 +12,8 @@ from PIL import Image
 from conftest import iou
 from qground.config import QGroundConfig
 from qground.detail import luminance
+from qground.masks import to_original_frame
+from qground.policy import InferencePolicy
 from qground.processor import QGroundProcessor
 from qground.refine import GUIDE_OF_CLASS, box_filter, guide, guided_filter, refine_logits
 
@@ -74,21 +76,25 @@ def test_refine_leaves_unnamed_and_empty_masks_alone_and_checks_shapes():
         refine_logits(logits, rgb, ["low light"], radius=4, eps=0.01)
 
 
-@pytest.mark.parametrize(("radius", "eps"), [(-1.0, 0.01), (float("nan"), 0.01), (2.0, 0.0), (1e6, 0.01)])
-def test_config_refuses_bad_refinement_settings(radius, eps):
-    with pytest.raises(ValueError, match="mask_refine_radius"):
-        QGroundConfig(mask_refine_radius=radius, mask_refine_eps=eps)
+@pytest.mark.parametrize(("radius", "eps"), [(-1.0, 0.01), (float("nan"), 0.01), (2.0, 0.0)])
+def test_policy_refuses_bad_refinement_settings(radius, eps):
+    with pytest.raises(ValueError, match="mask_refine"):
+        InferencePolicy(mask_refine_radius=radius, mask_refine_eps=eps)
+
+
+def test_policy_refuses_a_radius_beyond_the_model_input(tiny):
+    with pytest.raises(ValueError, match="exceeds the model's input size"):
+        InferencePolicy(mask_refine_radius=1e6).check_model(tiny[0].config)
 
 
 def test_refinement_settings_round_trip(tmp_path):
-    config = QGroundConfig(mask_refine_radius=6.0, mask_refine_eps=0.001)
-    config.save(tmp_path)
-    loaded = QGroundConfig.load(tmp_path)
+    InferencePolicy(mask_refine_radius=6.0, mask_refine_eps=0.001).save(tmp_path)
+    loaded = InferencePolicy.load(tmp_path)
     assert (loaded.mask_refine_radius, loaded.mask_refine_eps) == (6.0, 0.001)
 
 
 @pytest.mark.parametrize("detail_max_side", [None, 72])
-def test_postprocess_refines_masks_on_the_photo(tiny, detail_max_side):
+def test_masks_are_refined_on_the_photo(tiny, detail_max_side):
     """Coarse model-frame logits of a dark region → masks at the original size whose edge follows the photo when
     refinement is on; with ``detail_max_side`` (the shipped nano's config) the photo is refined shrunk, then the
     masks are upsampled."""
@@ -96,23 +102,22 @@ def test_postprocess_refines_masks_on_the_photo(tiny, detail_max_side):
     config = processor.config if detail_max_side is None else QGroundConfig.load(NANO)
     if detail_max_side is not None:
         config = dataclasses.replace(config, detail_max_side=detail_max_side)
-    processor = QGroundProcessor(tokenizer, dataclasses.replace(config, mask_refine_radius=0.0))
-    refining = QGroundProcessor(tokenizer, dataclasses.replace(config, mask_refine_radius=8.0))
+    processor = QGroundProcessor(tokenizer, config)
     rgb, truth = darkened(60, 96, 37)
     image = Image.fromarray(rgb)
     meta = processor.preprocess_image(image)[1]  # keeps no photo: refinement is off
-    kept = refining.preprocess_image(image)[1]  # keeps the photo (shrunk to detail_max_side) to refine on
+    kept = processor.preprocess_image(image, keep_photo=True)[1]  # the photo (shrunk to detail_max_side) to refine on
     assert meta.photo is None and kept.photo.shape == ((60, 96, 3) if detail_max_side is None else (45, 72, 3))
     h, w = meta.resized_size
     s = config.image_size
     edge = 37 * w / 96 + 4  # the model's edge: soft and 4 model-input pixels right of the true one
     logits = torch.full((1, s, s), -8.0)
     logits[0, :h, :w] = (edge - 0.5 - torch.arange(w, dtype=torch.float32)) / 2
-    plain = processor.postprocess_masks(logits, meta, ["low light"])
-    refined = refining.postprocess_masks(logits, kept, ["low light"])
+    plain = to_original_frame(logits, meta, ["low light"])
+    refined = to_original_frame(logits, kept, ["low light"], radius=8.0)
     assert plain.shape == refined.shape == (1, 60, 96)
     before, after = iou(plain[0].numpy() > 0, truth), iou(refined[0].numpy() > 0, truth)
     assert after > before + 0.04 and after > 0.95
-    unnamed = refining.postprocess_masks(logits, kept, [None])  # upsampled (through the detail size)
+    unnamed = to_original_frame(logits, kept, [None], radius=8.0)  # upsampled (through the detail size)
     assert torch.equal(unnamed > 0, plain > 0)
-    assert torch.equal(refining.postprocess_masks(logits, meta), plain)  # no photo: only upsampled
+    assert torch.equal(to_original_frame(logits, meta, radius=8.0), plain)  # no photo: only upsampled

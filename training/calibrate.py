@@ -3,14 +3,14 @@ nor is evaluated on (``training.data.synth --split val``).
 
 Grounds every validation image at each strictness of the grid (masks from the pixel decoder alone) and keeps the one
 with the highest mIoU (the lower one on a tie); then, at that strictness, each readout mask weight of its grid
-(``QGroundModel.blend_readout``) and keeps the best the same way. For models with ``motion_signature`` the jitter gate
+(``QGroundModel.blend_readout``) and keeps the best the same way. With a training split (``--train``) the jitter gate
 ``jitter_min_motion_signature`` is not fitted to the validation photos but read off the training photos: the 75th
 percentile of the motion-blur signature over their undistorted content (``motion_reference``), so a region is called
 jitter only if it looks more motion-blurred than most clean content; validation mIoU with and without it is recorded.
-For the same models, P(jitter | signature) is fitted on the training photos too (``motion_logistic``: jittered
+With it too, P(jitter | signature) is fitted on the training photos too (``motion_logistic``: jittered
 against undistorted cells), and the weight of that posterior in jitter masks (``QGroundModel.blend_motion``) is chosen
 on the validation photos from the mask-weight grid, the same way.
-For models with ``low_light_contrast`` the low-light gate ``low_light_min_log_contrast`` is read off the training
+And the low-light gate ``low_light_min_log_contrast`` is read off the training
 photos as well: the 10th percentile of the log contrast of their low-light regions (``contrast_reference``), so a
 region is called low light only if it is at least as steep in the log domain as 90 % of the training photos' low
 light; validation mIoU with and without it is recorded (the validation photos hold almost no well-exposed shadow, the
@@ -19,11 +19,10 @@ Then, with everything else chosen, whether each image is also read mirrored (``f
 the presence logits, coverage and masks over both views) is chosen on the validation photos the same way; last, the
 radius of the guided filter that lays each mask's edges onto the photo's own (``mask_refine_radius``, qground.refine;
 0 = off) from its grid.
-Prints the tables and writes the choices into the checkpoint's ``qground_config.json`` (``default_strictness``, the
-value the app, the CLI and ``eval`` start from, ``readout_mask_weight``, ``jitter_min_motion_signature``,
-``jitter_signature_weight`` / ``_center`` / ``_scale``, ``low_light_min_log_contrast``, ``flip_average`` and
-``mask_refine_radius``); the sweeps are kept beside it in ``calibration.json``. The held-out evaluation photos play
-no part in the choice.
+Overexposure needs a clipped white pixel (``overexposure_needs_clipping``) by rule, not by sweep.
+Prints the tables and writes the choices, and the sweeps under ``calibration``, as the checkpoint's inference policy
+(``inference_policy.json``, ``qground.policy``) — that file and nothing else. The held-out evaluation photos play no
+part in the choice.
 
 ``python -m training.calibrate --model runs/nano/stage3/final --data runs/nano/data/val [--train runs/nano/data/train]
 [--grid 0,1,2,3,4,5,6] [--weights 0,0.25,0.5,0.75,1] [--radii 0,2,4,6,8]``
@@ -32,8 +31,6 @@ no part in the choice.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,20 +38,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from qground.checkpoint import load_model
 from qground.config import QGroundConfig
 from qground.detail import log_contrast, motion_signature, region_contrast
 from qground.evaluate import evaluate, load_gt
 from qground.imageio import load_image
 from qground.inference import GenerationSettings, QGroundEngine
+from qground.policy import InferencePolicy
 from qground.processor import ImageMeta, QGroundProcessor
-from qground.service import load_engine
 
 DEFAULT_GRID = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
 DEFAULT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_RADII = (0.0, 2.0, 4.0, 6.0, 8.0)
 MOTION_QUANTILE, MOTION_CELL, MOTION_IMAGES = 0.75, 16, 600
 CONTRAST_QUANTILE = 0.1
-CALIBRATION_NAME = "calibration.json"
 
 
 def _summary(engine: QGroundEngine, data: Path, strictness: float, limit: int | None, label: str) -> dict:
@@ -73,15 +70,18 @@ def sweep(engine: QGroundEngine, data: Path, grid: Sequence[float], limit: int |
     return {s: _summary(engine, data, s, limit, f"strictness {s:g}") for s in grid}
 
 
-def config_sweep(
-    engine: QGroundEngine, data: Path, field: str, values: Sequence[float], strictness: float, limit: int | None = None
-) -> dict[float, dict]:
-    """Value of the config ``field`` → grounding summary on ``data`` at ``strictness``; leaves the engine's model at
-    the last value."""
-    out = {}
-    for v in values:
-        engine.reconfigure(**{field: v})
-        out[v] = _summary(engine, data, strictness, limit, f"strictness {strictness:g}, {field} {v:g}")
+def policy_sweep(
+    engine: QGroundEngine, data: Path, field: str, values: Sequence, strictness: float, limit: int | None = None
+) -> dict:
+    """Value of the policy ``field`` → grounding summary on ``data`` at ``strictness``, each on the engine's policy
+    with that one value changed; the engine's policy is left as it was."""
+    base, out = engine.policy, {}
+    try:
+        for v in values:
+            engine.set_policy(base.replace(**{field: v}))
+            out[v] = _summary(engine, data, strictness, limit, f"strictness {strictness:g}, {field} {v}")
+    finally:
+        engine.set_policy(base)
     return out
 
 
@@ -174,9 +174,82 @@ def _floats(text: str) -> list[float]:
     return sorted({float(v) for v in text.split(",")})
 
 
+class Calibration:
+    """The choices made so far: ``policy`` (the engine runs by it), ``record`` (sweeps, references) and ``latest``
+    (the validation summary of the policy as it stands)."""
+
+    def __init__(self, engine: QGroundEngine, data: Path, limit: int | None) -> None:
+        self.engine, self.data, self.limit = engine, data, limit
+        self.record: dict = {"data": str(data), "criterion": "mIoU"}
+        self.latest: dict = {}
+
+    @property
+    def policy(self) -> InferencePolicy:
+        return self.engine.policy
+
+    def keep(self, field: str, sweeps: dict, extra: dict | None = None, chosen=None):
+        """Adopt the best value of ``sweeps`` (value → summary) for ``field``, or ``chosen`` when given (a value read
+        off the training photos, recorded beside what it costs); record them."""
+        chosen = choose(sweeps) if chosen is None else chosen
+        self.engine.set_policy(self.policy.replace(**{field: chosen}))
+        self.latest = sweeps[chosen]
+        key = (lambda v: str(v).lower()) if isinstance(chosen, bool) else (lambda v: f"{v:g}")
+        self.record[field] = {"chosen": chosen, **(extra or {}), "sweep": {key(v): sweeps[v] for v in sweeps}}
+        return chosen
+
+    def sweep(self, field: str, values: Sequence, include_current: bool = True) -> dict:
+        """``policy_sweep`` at the chosen strictness; the current policy's summary stands for its own value."""
+        current = {getattr(self.policy, field): self.latest} if include_current and self.latest else {}
+        todo = [v for v in values if v not in current]
+        strictness = self.policy.default_strictness
+        return current | policy_sweep(self.engine, self.data, field, todo, strictness, self.limit)
+
+
+def choose_strictness(cal: Calibration, grid: Sequence[float]) -> None:
+    """The strictness with the best validation mIoU (masks from the pixel decoder alone)."""
+    summaries = {s: _summary(cal.engine, cal.data, s, cal.limit, f"strictness {s:g}") for s in grid}
+    cal.keep("default_strictness", summaries)
+
+
+def choose_jitter(cal: Calibration, train: Path, weights: Sequence[float]) -> None:
+    """The jitter gate read off the training photos (at strictness > 0 only), then P(jitter | signature) fitted there
+    and its weight in jitter masks chosen on validation."""
+    reference = {"train": str(train), "images": MOTION_IMAGES, "cell": MOTION_CELL}
+    clean, jittered = motion_evidence(train)
+    gate = motion_reference(clean) if cal.policy.default_strictness else 0.0
+    if gate:
+        extra = {"reference": reference | {"quantile": MOTION_QUANTILE}}
+        cal.keep("jitter_min_motion_signature", cal.sweep("jitter_min_motion_signature", (0.0, gate)), extra, gate)
+    try:
+        center, scale = motion_logistic(clean, jittered)
+    except ValueError as err:  # e.g. a toy training split without jitter on textured content
+        print(f"jitter_signature_weight stays 0: {err}", flush=True)
+        cal.record["jitter_signature_weight"] = {"chosen": 0.0, "reference": reference, "not fitted": str(err)}
+        return
+    cal.engine.set_policy(cal.policy.replace(jitter_signature_center=center, jitter_signature_scale=scale))
+    extra = {"center": center, "scale": scale, "reference": reference}
+    cal.keep("jitter_signature_weight", cal.sweep("jitter_signature_weight", weights), extra)
+
+
+def choose_low_light(cal: Calibration, train: Path) -> None:
+    """The low-light gate read off the training photos' low-light regions (at strictness > 0 only); validation mIoU
+    with and without it is recorded."""
+    try:
+        levels = contrast_evidence(train, cal.engine.config)
+    except ValueError as err:  # e.g. a toy training split without low light
+        print(f"low_light_min_log_contrast stays 0: {err}", flush=True)
+        return
+    gate = contrast_reference(levels) if cal.policy.default_strictness else 0.0
+    if not gate:
+        return
+    reference = {"train": str(train), "images": MOTION_IMAGES, "regions": len(levels), "quantile": CONTRAST_QUANTILE}
+    sweeps = cal.sweep("low_light_min_log_contrast", (0.0, gate))
+    cal.keep("low_light_min_log_contrast", sweeps, {"reference": reference}, gate)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="checkpoint folder (its config is updated)")
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint folder (its inference policy is written)")
     parser.add_argument("--data", type=Path, required=True, help="validation folder: images/, gt/ (synth --split val)")
     parser.add_argument("--grid", default=",".join(f"{s:g}" for s in DEFAULT_GRID), help="strictness values to try")
     parser.add_argument(
@@ -192,123 +265,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train",
         type=Path,
-        help="training folder (synth --split train): the jitter gate and P(jitter | signature), models with "
-        "motion_signature; the low-light gate, models with low_light_contrast",
+        help="training folder (synth --split train): the jitter gate, P(jitter | signature) and the low-light gate "
+        "are read off it (without it they stay off)",
     )
     parser.add_argument("--limit", type=int, help="at most N validation images")
     args = parser.parse_args(argv)
-    config = QGroundConfig.load(args.model)
-    if not config.readout:
+    if not QGroundConfig.load(args.model).readout:
         print(f"error: {args.model} has no distortion readout, so strictness does not apply", file=sys.stderr)
         return 2
-    if (config.motion_signature or config.low_light_contrast) and args.train is None:
-        print(
-            f"error: {args.model} reads a motion-blur signature or log contrast; --train is needed for its gates",
-            file=sys.stderr,
-        )
-        return 2
     grid, weights, radii = _floats(args.grid), _floats(args.weights), _floats(args.radii)
-    engine = load_engine(str(args.model))
-    # the decoder alone, no jitter gate, no signature in the jitter masks, one view and no refinement first
-    engine.reconfigure(
-        readout_mask_weight=0.0,
-        jitter_min_motion_signature=0.0,
-        jitter_signature_weight=0.0,
-        low_light_min_log_contrast=0.0,
-        flip_average=False,
-        mask_refine_radius=0.0,
-    )
-    summaries = sweep(engine, args.data, grid, args.limit)
-    best = choose(summaries)
-    blends = config_sweep(engine, args.data, "readout_mask_weight", weights, best, args.limit)
-    weight = choose(blends)
-    engine.reconfigure(readout_mask_weight=weight)
-    record = {
-        "data": str(args.data),
-        "criterion": "mIoU",
-        "chosen": best,
-        "sweep": {f"{s:g}": summaries[s] for s in grid},
-        "readout_mask_weight": {"chosen": weight, "sweep": {f"{w:g}": blends[w] for w in weights}},
-    }
-    chosen = {"default_strictness": best, "readout_mask_weight": weight}
-    if config.motion_signature:
-        reference = {"train": str(args.train), "images": MOTION_IMAGES, "cell": MOTION_CELL}
-        clean, jittered = motion_evidence(args.train)
-        latest = blends[weight]  # the model as it stands: no gate, no signature in the masks
-        gate = motion_reference(clean) if best else 0.0  # the gate acts at strictness > 0 only
-        if gate:
-            gates = {0.0: latest}
-            gates |= config_sweep(engine, args.data, "jitter_min_motion_signature", (gate,), best, args.limit)
-            latest = gates[gate]
-            record["jitter_min_motion_signature"] = {
-                "chosen": gate,
-                "reference": reference | {"quantile": MOTION_QUANTILE},
-                "sweep": {f"{m:g}": gates[m] for m in gates},
-            }
-        chosen["jitter_min_motion_signature"] = gate
-        try:
-            center, scale = motion_logistic(clean, jittered)
-        except ValueError as err:  # e.g. a toy training split without jitter on textured content
-            print(f"jitter_signature_weight stays 0: {err}", flush=True)
-            record["jitter_signature_weight"] = {"chosen": 0.0, "reference": reference, "not fitted": str(err)}
-            chosen["jitter_signature_weight"] = 0.0
-        else:
-            engine.reconfigure(jitter_signature_center=center, jitter_signature_scale=scale)
-            motion = {0.0: latest} | config_sweep(
-                engine, args.data, "jitter_signature_weight", [w for w in weights if w], best, args.limit
-            )
-            record["jitter_signature_weight"] = {
-                "chosen": choose(motion),
-                "center": center,
-                "scale": scale,
-                "reference": reference,
-                "sweep": {f"{w:g}": motion[w] for w in motion},
-            }
-            chosen |= {
-                "jitter_signature_weight": choose(motion),
-                "jitter_signature_center": center,
-                "jitter_signature_scale": scale,
-            }
-    if config.low_light_contrast:
-        try:
-            levels = contrast_evidence(args.train, config)
-        except ValueError as err:  # e.g. a toy training split without low light
-            print(f"low_light_min_log_contrast stays 0: {err}", flush=True)
-            levels = np.empty(0)
-        gate = contrast_reference(levels) if best and levels.size else 0.0  # the gate acts at strictness > 0 only
-        if gate:
-            engine.reconfigure(**chosen)
-            gates = config_sweep(engine, args.data, "low_light_min_log_contrast", (0.0, gate), best, args.limit)
-            record["low_light_min_log_contrast"] = {
-                "chosen": gate,
-                "reference": {
-                    "train": str(args.train),
-                    "images": MOTION_IMAGES,
-                    "regions": len(levels),
-                    "quantile": CONTRAST_QUANTILE,
-                },
-                "sweep": {f"{m:g}": gates[m] for m in gates},
-            }
-        chosen["low_light_min_log_contrast"] = gate
-    views = {}
-    for flip in (False, True):  # the model as chosen so far, then also reading each image mirrored
-        engine.reconfigure(**chosen, flip_average=flip)
-        views[flip] = _summary(engine, args.data, best, args.limit, f"strictness {best:g}, flip_average {flip}")
-    chosen["flip_average"] = choose(views)
-    record["flip_average"] = {"chosen": chosen["flip_average"], "sweep": {str(f).lower(): views[f] for f in views}}
-    engine.reconfigure(**chosen)
-    refined = {0.0: views[chosen["flip_average"]]}
-    refined |= config_sweep(engine, args.data, "mask_refine_radius", [r for r in radii if r], best, args.limit)
-    chosen["mask_refine_radius"] = choose(refined)
-    record["mask_refine_radius"] = {
-        "chosen": chosen["mask_refine_radius"],
-        "eps": config.mask_refine_eps,
-        "sweep": {f"{r:g}": refined[r] for r in refined},
-    }
-    dataclasses.replace(config, **chosen).save(args.model)
-    (args.model / CALIBRATION_NAME).write_text(json.dumps(record, indent=2) + "\n")
-    summary = ", ".join(f"{k} {v}" if isinstance(v, bool) else f"{k} {v:g}" for k, v in chosen.items())
-    print(f"{summary} written to {args.model}")
+    model, tokenizer = load_model(args.model)
+    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name=str(args.model))
+    engine.set_policy(InferencePolicy(overexposure_needs_clipping=True))  # the rule; the decoder alone, one view
+    cal = Calibration(engine, args.data, args.limit)
+    choose_strictness(cal, grid)
+    cal.keep("readout_mask_weight", cal.sweep("readout_mask_weight", weights))
+    if args.train is not None:
+        choose_jitter(cal, args.train, weights)
+        choose_low_light(cal, args.train)
+    cal.keep("flip_average", cal.sweep("flip_average", (False, True)))
+    cal.keep("mask_refine_radius", cal.sweep("mask_refine_radius", radii), {"eps": cal.policy.mask_refine_eps})
+    cal.policy.replace(calibration=cal.record).save(args.model)
+    fields = [k for k in cal.record if k not in ("data", "criterion")]
+    print(", ".join(f"{k} {getattr(cal.policy, k)}" for k in fields) + f" written to {args.model}")
     return 0
 
 

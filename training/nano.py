@@ -26,6 +26,7 @@ from pathlib import Path
 from qground.builder import ASSETS, build_model, config_nano
 from qground.checkpoint import save_checkpoint
 from qground.config import CONFIG_NAME
+from qground.policy import POLICY_NAME
 from qground.tokenizer import basic_corpus, bind_tokenizer, train_bpe_tokenizer
 from training.config import load_config
 from training.train import train
@@ -67,7 +68,6 @@ def _done(folder: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from training.calibrate import CALIBRATION_NAME
     from training.calibrate import main as calibrate
     from training.data import synth
     from training.pretrain_vision import main as pretrain_vision
@@ -121,15 +121,18 @@ def run(args: argparse.Namespace) -> Path:
             train(cfg)
             timings[f"stage{i}"] = time.perf_counter() - t0
         final = Path(cfg.output_dir) / "final"
-    if not (final / CALIBRATION_NAME).exists():
+    if not (final / POLICY_NAME).exists():
         t0 = time.perf_counter()
         calibrate(["--model", str(final), "--data", str(out / "data" / "val"), "--train", str(out / "data" / "train")])
         timings["calibrate"] = time.perf_counter() - t0
     timings_file.write_text(json.dumps(timings, indent=2))
     if args.install:
         target = ASSETS / "qground-nano"
+        card = (target / "README.md").read_text() if (target / "README.md").exists() else None
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(final, target, ignore=shutil.ignore_patterns("README.md"))
+        if card is not None:  # the hand-written model card stays
+            (target / "README.md").write_text(card)
     return final
 
 

@@ -16,19 +16,32 @@ from pathlib import Path
 import yaml
 
 from qground.config import QGroundConfig
+from qground.policy import POLICY_NAME, InferencePolicy
 
 CARD = "README.md"
 
 
 def model_card(folder: Path, repo_id: str) -> str:
-    """Markdown with YAML front matter for the checkpoint in ``folder`` (run files are looked up in its parent)."""
+    """Markdown with YAML front matter for the checkpoint in ``folder`` (run files are looked up in its parent): what
+    it is, how it is run (its inference policy), how it was trained, and how to load it."""
     config = QGroundConfig.load(folder)
     run = folder.parent
     train_cfg = yaml.safe_load((run / "train_config.yaml").read_text()) if (run / "train_config.yaml").exists() else {}
-    losses = (
-        [json.loads(x) for x in (run / "loss.jsonl").read_text().splitlines()] if (run / "loss.jsonl").exists() else []
-    )
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    lines = _header(config, train_cfg)
+    lines += _policy_rows(config, InferencePolicy.load(folder), (folder / POLICY_NAME).exists())
+    lines += _training_rows(train_cfg, run)
+    lines += [
+        "",
+        "```python",
+        "from qground.checkpoint import load_model",
+        f'model, tokenizer = load_model("{repo_id}")',
+    ]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def _header(config: QGroundConfig, train_cfg: dict) -> list[str]:
+    """Front matter, title, and the table's architecture rows."""
     front = {"library_name": "qground", "license": "apache-2.0", "tags": ["image-quality", "grounding", "q-ground"]}
     if config.base_model_id and "/" in config.base_model_id and not Path(config.base_model_id).exists():
         front["base_model"] = config.base_model_id
@@ -47,60 +60,75 @@ def model_card(folder: Path, repo_id: str) -> str:
         f"{' (1 per image in several-image prompts)' if config.multi_image_global_only else ''}, "
         f"layers {list(config.feature_layers)} |",
     ]
-    if config.readout:
-        from training.calibrate import CALIBRATION_NAME, CONTRAST_QUANTILE
-
-        chosen = (folder / CALIBRATION_NAME).exists()
-        source = "chosen on validation photos, `calibration.json`" if chosen else "not calibrated"
-        lines += [
-            f"| default detection strictness | {config.default_strictness:g} (0 = as trained; {source}) |",
-            f"| readout mask weight | {config.readout_mask_weight:g} (masks: decoder and readout coverage blended; "
-            f"{source}) |",
-        ]
-        if config.overexposure_needs_clipping:
-            from qground.modeling.qground import CLIPPED_WHITE
-
-            lines.append(
-                "| overexposure gate | at strictness above 0, overexposure needs a clipped white pixel "
-                f"(every RGB channel ≥ {CLIPPED_WHITE:g} of full scale) |"
-            )
-        if config.jitter_min_motion_signature:
-            lines.append(
-                "| jitter gate | at strictness above 0, jitter needs a motion-blur signature of at least "
-                f"{config.jitter_min_motion_signature:g} where the readout covers it (read off the training "
-                "photos' undistorted content, `calibration.json`) |"
-            )
-        if config.low_light_min_log_contrast:
-            lines.append(
-                "| low-light gate | at strictness above 0, low light needs a median log contrast of at least "
-                f"{config.low_light_min_log_contrast:g} where the readout covers it (underexposure is steep in the log "
-                f"domain, a well-exposed shadow is smooth; the {CONTRAST_QUANTILE:.0%} quantile of the training "
-                "photos' low-light regions, `calibration.json`) |"
-            )
-    if config.jitter_signature_weight:
-        lines.append(
-            f"| jitter masks | blend in P(jitter \\| motion-blur signature s) = σ((s − "
-            f"{config.jitter_signature_center:g}) / {config.jitter_signature_scale:g}) at weight "
-            f"{config.jitter_signature_weight:g} (fitted on the training photos, weight chosen on validation photos, "
-            "`calibration.json`) |"
-        )
-    if config.flip_average:
-        lines.append(
-            "| test-time views | each image is also read mirrored left-right: presence logits, readout coverage and "
-            "masks are averaged over both views (chosen on validation photos, `calibration.json`) |"
-        )
-    if config.mask_refine_radius:
-        lines.append(
-            f"| mask edges | guided filter on the photo (radius {config.mask_refine_radius:g} model-input pixels, "
-            f"eps {config.mask_refine_eps:g}; per-class guides from luminance, residual and gradient energy; radius "
-            "chosen on validation photos, `calibration.json`) |"
-        )
     if config.choice_head:
         keys = "each image's readout scores" if config.choice_keys == "readout" else "the LLM's state at each image"
         lines.append(
             "| comparisons | a choice head picks the answer's image "
             f"(`[CHOICE]`, shown as its place word; keys: {keys}) |"
         )
+    return lines
+
+
+def _policy_rows(config: QGroundConfig, policy: InferencePolicy, calibrated: bool) -> list[str]:
+    """The table's rows on how the model is run (``inference_policy.json``)."""
+    lines: list[str] = []
+    if config.readout:
+        from training.calibrate import CONTRAST_QUANTILE
+
+        source = f"chosen on validation photos, `{POLICY_NAME}`" if calibrated else "not calibrated"
+        lines += [
+            f"| default detection strictness | {policy.default_strictness:g} (0 = as trained; {source}) |",
+            f"| readout mask weight | {policy.readout_mask_weight:g} (masks: decoder and readout coverage blended; "
+            f"{source}) |",
+        ]
+        if policy.overexposure_needs_clipping:
+            from qground.policy import CLIPPED_WHITE
+
+            lines.append(
+                "| overexposure gate | at strictness above 0, overexposure needs a clipped white pixel "
+                f"(every RGB channel ≥ {CLIPPED_WHITE:g} of full scale) |"
+            )
+        if policy.jitter_min_motion_signature:
+            lines.append(
+                "| jitter gate | at strictness above 0, jitter needs a motion-blur signature of at least "
+                f"{policy.jitter_min_motion_signature:g} where the readout covers it (read off the training "
+                "photos' undistorted content, `inference_policy.json`) |"
+            )
+        if policy.low_light_min_log_contrast:
+            lines.append(
+                "| low-light gate | at strictness above 0, low light needs a median log contrast of at least "
+                f"{policy.low_light_min_log_contrast:g} where the readout covers it (underexposure is steep in the log "
+                f"domain, a well-exposed shadow is smooth; the {CONTRAST_QUANTILE:.0%} quantile of the training "
+                "photos' low-light regions, `inference_policy.json`) |"
+            )
+    if policy.jitter_signature_weight:
+        lines.append(
+            f"| jitter masks | blend in P(jitter \\| motion-blur signature s) = σ((s − "
+            f"{policy.jitter_signature_center:g}) / {policy.jitter_signature_scale:g}) at weight "
+            f"{policy.jitter_signature_weight:g} (fitted on the training photos, weight chosen on validation photos, "
+            "`inference_policy.json`) |"
+        )
+    if policy.flip_average:
+        lines.append(
+            "| test-time views | each image is also read mirrored left-right: presence logits, readout coverage and "
+            "masks are averaged over both views (chosen on validation photos, `inference_policy.json`) |"
+        )
+    if policy.mask_refine_radius:
+        lines.append(
+            f"| mask edges | guided filter on the photo (radius {policy.mask_refine_radius:g} model-input pixels, "
+            f"eps {policy.mask_refine_eps:g}; per-class guides from luminance, residual and gradient energy; radius "
+            "chosen on validation photos, `inference_policy.json`) |"
+        )
+    return lines
+
+
+def _training_rows(train_cfg: dict, run: Path) -> list[str]:
+    """The table's rows on training: optimizer, batch, final loss, metrics (``loss.jsonl``, ``metrics.json``)."""
+    losses = (
+        [json.loads(x) for x in (run / "loss.jsonl").read_text().splitlines()] if (run / "loss.jsonl").exists() else []
+    )
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    lines: list[str] = []
     if train_cfg:
         o = train_cfg["optim"]
         lines += [
@@ -112,22 +140,16 @@ def model_card(folder: Path, repo_id: str) -> str:
     if losses:
         lines.append(f"| final loss | {losses[-1]['loss']:.4f} after {losses[-1]['step']} steps |")
     lines += [f"| {k} | {v} |" for k, v in metrics.items()]
-    lines += [
-        "",
-        "```python",
-        "from qground.checkpoint import load_model",
-        f'model, tokenizer = load_model("{repo_id}")',
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def push(folder: Path, repo_id: str, private: bool = False, revision: str | None = None) -> str:
-    """Write the card into ``folder`` and upload the folder; returns the commit URL."""
+    """Upload the folder with its model card (``README.md``: a hand-written one, such as qground-nano's, as it is;
+    otherwise ``model_card`` writes one); returns the commit URL."""
     from huggingface_hub import HfApi
 
-    (folder / CARD).write_text(model_card(folder, repo_id))
+    if not (folder / CARD).exists():
+        (folder / CARD).write_text(model_card(folder, repo_id))
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision:

@@ -2,9 +2,9 @@
 
 A Co-Instruct-style answer spells the picked image's place ("The second image."), so the LLM would have to route one
 image's evidence to a place word through attention over all images. A small LLM does not learn that for several
-question kinds at once (docs/nano.md, comparison probes). Here the state that predicts ``[CHOICE]`` is a query that
-only has to say *what* is asked (which quality, which direction); each image is a key; the scores are their scaled dot
-products.
+question kinds at once (docs/experiments/2026-12-01-comparisons-before-the-choice-head.md). Here the state that
+predicts ``[CHOICE]`` is a query that only has to say *what* is asked (which quality, which direction); each image
+is a key; the scores are their scaled dot products.
 A key is either the LLM's state at the image's last token or, with ``config.choice_keys`` "readout", the image's own
 whole-image readout scores: then an image's score is a question-dependent linear function of its own evidence, the
 same whatever its place in the prompt or the images before it.

@@ -22,65 +22,11 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration
 
 from qground.config import QGroundConfig
-from qground.detail import region_contrast
 from qground.modeling.choice_head import ChoiceHead
 from qground.modeling.losses import dice_loss, sigmoid_bce
 from qground.modeling.pixel_decoder import PixelDecoder
 from qground.modeling.readout import DistortionReadout
 from qground.modeling.seg_head import SegHead
-from qground.taxonomy import CLASS_NAMES
-
-# An input pixel is clipped white when its every RGB channel is at least this (253 of 255 and up: JPEG ringing around a
-# clipped highlight leaves it a few levels short of 255).
-CLIPPED_WHITE = 0.99
-
-
-def clipped_white(pixel_values: torch.Tensor, config: QGroundConfig) -> torch.Tensor:
-    """``pixel_values`` (M, C, S, S) normalized, padded model inputs → (M,) bool: the image holds a pixel whose every
-    RGB channel is ≥ ``CLIPPED_WHITE`` once un-normalized (the padding is the mean color, never white)."""
-    mean = torch.tensor(config.image_mean[:3]).view(1, 3, 1, 1)
-    std = torch.tensor(config.image_std[:3]).view(1, 3, 1, 1)
-    rgb = pixel_values[:, :3].float().cpu() * std + mean
-    return (rgb.amin(dim=1) >= CLIPPED_WHITE).flatten(1).any(dim=1)
-
-
-def region_passes(
-    evidence: torch.Tensor,
-    coverage: torch.Tensor,
-    minimum: float,
-    level: Callable[[torch.Tensor, torch.Tensor], float | None],
-) -> torch.Tensor:
-    """``evidence`` (M, S, S) a native-resolution map in the padded input frame (0: no evidence), ``coverage`` (M,
-    g·sub, g·sub) the readout's coverage of one class in that frame → (M,) bool: ``level(map, region)`` over the
-    region where the coverage is above one half is ≥ ``minimum``, or it is None (no evidence there: no check
-    possible). ``level`` takes the map and the region (bool), both at the coverage's size."""
-    maps = F.interpolate(evidence[:, None].float(), size=coverage.shape[-2:], mode="nearest")[:, 0]
-    keep = []
-    for v, c in zip(maps.cpu(), coverage.float().cpu(), strict=True):
-        value = level(v, c > 0.5)
-        keep.append(value is None or value >= minimum)
-    return torch.tensor(keep)
-
-
-def _signature_level(signature: torch.Tensor, region: torch.Tensor) -> float | None:
-    """The 75th percentile of the motion-blur signature over the region's windows that hold evidence, or None."""
-    values = signature[region & (signature > 0)]
-    return float(torch.quantile(values, 0.75)) if values.numel() else None
-
-
-def motion_blurred(signature: torch.Tensor, coverage: torch.Tensor, minimum: float) -> torch.Tensor:
-    """``signature`` (M, S, S) motion-blur signature in the padded input frame (0: no evidence), ``coverage`` (M, g·sub,
-    g·sub) the readout's jitter coverage of that frame → (M,) bool: the 75th percentile of the signature where the
-    coverage is above one half is ≥ ``minimum``, or nothing there holds evidence (no check possible)."""
-    return region_passes(signature, coverage, minimum, _signature_level)
-
-
-def low_light_contrasted(contrast: torch.Tensor, coverage: torch.Tensor, minimum: float) -> torch.Tensor:
-    """``contrast`` (M, S, S) log-contrast channel in the padded input frame (``qground.detail.log_contrast``; 0 in the
-    padding: no evidence), ``coverage`` (M, g·sub, g·sub) the readout's low-light coverage of that frame → (M,) bool:
-    the log contrast of the region where the coverage is above one half (``qground.detail.region_contrast``) is
-    ≥ ``minimum``, or the region holds no content (no check possible)."""
-    return region_passes(contrast, coverage, minimum, region_contrast)
 
 
 def mirror(maps: torch.Tensor, content_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
@@ -102,20 +48,17 @@ def mix_probabilities(logits: torch.Tensor, other: torch.Tensor, weight: float) 
 
 @dataclass
 class ImageFeatures:
-    """Vision outputs for M images: ``tokens`` (M, T, D) for the LLM, ``decoder`` two (M, g², Dv) patch maps;
-    when the config blends masks with the readout (``readout_mask_weight`` > 0) its ``coverage`` (M, classes, g·sub,
-    g·sub) of the padded input frame, and when the choice head compares readouts (``choice_keys`` "readout") the
-    ``evidence`` (M, 3·classes): each image's whole-image readout scores as trained (``DistortionReadout``); when
-    the config blends jitter masks with the motion-blur signature (``jitter_signature_weight`` > 0) that
-    ``signature`` (M, S, S) in the padded input frame (0: no evidence). With ``config.flip_average`` and the
-    ``content_sizes`` (M (h, w)) given, ``mirrored`` holds the decoder's patch maps of the mirrored views, the
-    coverage is (M, classes, S, S), and coverage and evidence are averages of both views."""
+    """Vision outputs for M images: ``tokens`` (M, T, D) for the LLM, ``decoder`` two (M, g², Dv) patch maps; when
+    asked for (``keep_coverage``) the readout's ``coverage`` (M, classes, g·sub, g·sub) of the padded input frame, and
+    when the choice head compares readouts (``choice_keys`` "readout") the ``evidence`` (M, 3·classes): each image's
+    whole-image readout scores as trained (``DistortionReadout``). With two views (``mirrored``, and the
+    ``content_sizes`` M (h, w)) ``mirrored`` holds the decoder's patch maps of the mirrored views, the coverage is
+    (M, classes, S, S), and coverage and evidence are averages of both views."""
 
     tokens: torch.Tensor
     decoder: tuple[torch.Tensor, torch.Tensor]
     coverage: torch.Tensor | None = None
     evidence: torch.Tensor | None = None
-    signature: torch.Tensor | None = None
     mirrored: tuple[torch.Tensor, torch.Tensor] | None = None
     content_sizes: Sequence[tuple[int, int]] | None = None
 
@@ -178,44 +121,29 @@ class QGroundModel(nn.Module):
     def encode_images(
         self,
         pixel_values: torch.Tensor,
-        strictness: float = 0.0,
         content_sizes: Sequence[tuple[int, int]] | None = None,
+        thresholds: Callable[[Callable[[], torch.Tensor]], torch.Tensor | None] | None = None,
+        keep_coverage: bool = False,
     ) -> ImageFeatures:
         """``pixel_values`` (M, C, S, S) normalized, padded model inputs → ``ImageFeatures``. The tower and the readout
-        are frozen. With ``config.flip_average`` and the images' ``content_sizes`` (M (h, w), the processor's
-        ``resized_size``; inference only) the tower also reads each image mirrored inside its window (``mirror``) and
-        the readout's whole-image logits and coverage are averaged over both views, aligned.
-        ``strictness`` s > 0 (models with a readout only) hides class k's evidence from φv in every image whose
-        readout presence logit is below s × c_k / mean(c), with c = ``config.readout_confidence`` (1 for every class
-        when unset): a class the readout is less sure of needs less; with ``config.overexposure_needs_clipping`` also
-        overexposure's in every image without a clipped white pixel (``clipped_white``), and with
-        ``config.jitter_min_motion_signature`` jitter's in every image whose jitter region shows no motion-blur
-        signature (``motion_blurred``), and with ``config.low_light_min_log_contrast`` low light's in every image whose
-        low-light region is smooth in the log domain (``low_light_contrasted``). 0: as trained."""
-        if strictness and self.readout is None:
-            raise ValueError(
-                f"strictness {strictness} needs a model with a distortion readout (config.readout); this one has none"
-            )
+        are frozen.
+
+        ``content_sizes`` (M (h, w), the processor's ``resized_size``; inference only): the tower also reads each image
+        mirrored inside its window (``mirror``), and the readout's whole-image logits and coverage are averaged over
+        both views, aligned. ``thresholds`` (models with a readout): given a function returning the readout's coverage
+        (M, K, ·, ·), the presence logit (M, K) each class needs before φv hears of it, or None (as trained); see
+        ``qground.policy.readout_thresholds``. ``keep_coverage``: ``ImageFeatures.coverage`` is filled (mask blends).
+        """
         cfg = self.config
-        if pixel_values.shape[1] != cfg.input_channels:
+        if (thresholds is not None or keep_coverage) and self.readout is None:
+            raise ValueError("readout gates and coverage need a model with a distortion readout (config.readout)")
+        if pixel_values.shape[1] != cfg.vision.num_channels:
             raise ValueError(
-                f"image tensors have {pixel_values.shape[1]} channels; this model takes {cfg.input_channels} "
-                f"({cfg.vision.num_channels} for the tower{' + the motion-blur signature' * cfg.motion_signature}"
-                f"{' + the log contrast' * cfg.low_light_contrast})"
+                f"image tensors have {pixel_values.shape[1]} channels; this model's tower takes "
+                f"{cfg.vision.num_channels}"
             )
-        extra = cfg.vision.num_channels
-        signature = pixel_values[:, extra] if cfg.motion_signature else None
-        contrast = pixel_values[:, extra + cfg.motion_signature] if cfg.low_light_contrast else None
-        pixel_values = pixel_values[:, :extra]
-        threshold = None
-        if strictness:
-            confidence = torch.tensor(cfg.readout_confidence or (1.0,) * self.readout.num_classes)
-            threshold = strictness * confidence / confidence.mean()  # (K,)
-            threshold = threshold.repeat(len(pixel_values), 1)  # (M, K)
-            if cfg.overexposure_needs_clipping:
-                threshold[~clipped_white(pixel_values, cfg), CLASS_NAMES.index("overexposure")] = float("inf")
         m = len(pixel_values)
-        two_views = cfg.flip_average and content_sizes is not None
+        two_views = content_sizes is not None
         if two_views:
             pixel_values = torch.cat([pixel_values, mirror(pixel_values, content_sizes)])
         tower_param = next(self.vision_tower.parameters())
@@ -229,44 +157,43 @@ class QGroundModel(nn.Module):
         coverage = evidence = None
         if self.readout is not None:  # frozen like the tower
             with torch.no_grad():
-                last = hs[-1].to(next(self.readout.parameters()).dtype)
-                dense, whole = self.readout.logits(last)
+                dense, whole = self.readout.logits(hs[-1].to(next(self.readout.parameters()).dtype))
                 whole = whole.view(1 + two_views, m, -1).mean(0)  # (M, 3·K), averaged over the views
-                gate_jitter = threshold is not None and cfg.jitter_min_motion_signature > 0
-                gate_low_light = threshold is not None and cfg.low_light_min_log_contrast > 0
-                if gate_jitter or gate_low_light or cfg.readout_mask_weight:
-                    coverage = self.readout.coverage(dense)  # (M or 2M views, K, g·sub, g·sub)
-                    if two_views:  # the mirrored views' maps mirrored back, at S × S where the windows are whole pixels
-                        size = (cfg.image_size, cfg.image_size)
-                        coverage = F.interpolate(coverage, size=size, mode="bilinear", align_corners=False)
-                        coverage = (coverage[:m] + mirror(coverage[m:], content_sizes)) / 2
-                if gate_jitter:
-                    jitter = CLASS_NAMES.index("jitter")
-                    moved = motion_blurred(signature, coverage[:, jitter], cfg.jitter_min_motion_signature)
-                    threshold[~moved, jitter] = float("inf")
-                if gate_low_light:
-                    low = CLASS_NAMES.index("low light")
-                    lit = low_light_contrasted(contrast, coverage[:, low], cfg.low_light_min_log_contrast)
-                    threshold[~lit, low] = float("inf")
+                cache: list[torch.Tensor] = []
+
+                def readout_coverage() -> torch.Tensor:
+                    if not cache:
+                        cache.append(self._coverage(dense, m, content_sizes))
+                    return cache[0]
+
+                threshold = thresholds(readout_coverage) if thresholds is not None else None
                 stacked = self.readout.scores(dense[:m], whole, threshold)  # CLS + patches
-                coverage = coverage if cfg.readout_mask_weight else None  # for blend_readout
+                coverage = readout_coverage() if keep_coverage else None
                 if cfg.choice_keys == "readout":  # ungated: comparisons read the evidence as trained
                     evidence = whole.sigmoid()
         else:
             stacked = torch.cat([hs[i][:m] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype
         tokens = self.projector(stacked.to(proj_dtype))
-        decoder = tuple(hs[i][:m, 1:] for i in cfg.decoder.layers)
-        signature = signature if cfg.jitter_signature_weight else None  # for blend_motion
         return ImageFeatures(
             tokens=tokens,
-            decoder=decoder,
+            decoder=tuple(hs[i][:m, 1:] for i in cfg.decoder.layers),
             coverage=coverage,
             evidence=evidence,
-            signature=signature,
             mirrored=tuple(hs[i][m:, 1:] for i in cfg.decoder.layers) if two_views else None,
-            content_sizes=content_sizes if two_views else None,
+            content_sizes=content_sizes,
         )
+
+    def _coverage(self, dense: torch.Tensor, m: int, content_sizes: Sequence[tuple[int, int]] | None) -> torch.Tensor:
+        """The readout's coverage (M, K, g·sub, g·sub) of ``dense`` logits of M images, or with two views (``dense``
+        of 2M) the mean of both views' coverage, the mirrored view's mirrored back, at S × S where the windows are
+        whole pixels."""
+        coverage = self.readout.coverage(dense)
+        if content_sizes is None:
+            return coverage
+        size = (self.config.image_size, self.config.image_size)
+        coverage = F.interpolate(coverage, size=size, mode="bilinear", align_corners=False)
+        return (coverage[:m] + mirror(coverage[m:], content_sizes)) / 2
 
     def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings (B, L, D) with image-token positions replaced by ``image_tokens`` (M, T, D) in order: all T
@@ -350,44 +277,6 @@ class QGroundModel(nn.Module):
             return logits
         back = mirror(masks(features.mirrored), [features.content_sizes[i] for i in image_index.tolist()])
         return mix_probabilities(logits, back.sigmoid(), 0.5)
-
-    def blend_readout(
-        self, logits: torch.Tensor, features: ImageFeatures, image_index: torch.Tensor, classes: torch.Tensor
-    ) -> torch.Tensor:
-        """Mask ``logits`` (N, S, S) of ``decode_masks`` for classes ``classes`` (N,) (index into the taxonomy; −1:
-        none) → the logits of (1 − w) · their probability + w · the readout's coverage of that class (bilinear to
-        S × S), w = ``config.readout_mask_weight``: two predictors of the same mask, averaged (inference only).
-        Unchanged when w is 0, for class −1, or without a readout."""
-        w = self.config.readout_mask_weight
-        rows = (classes >= 0).nonzero().flatten()
-        if not w or features.coverage is None or not len(rows):
-            return logits
-        size = logits.shape[-2:]
-        cover = features.coverage[image_index[rows], classes[rows]].float()  # (n, g·sub, g·sub)
-        cover = F.interpolate(cover[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        blended = logits.clone()
-        blended[rows] = mix_probabilities(logits[rows], cover, w).to(logits.dtype)
-        return blended
-
-    def blend_motion(
-        self, logits: torch.Tensor, features: ImageFeatures, image_index: torch.Tensor, classes: torch.Tensor
-    ) -> torch.Tensor:
-        """Mask ``logits`` (N, S, S) over the padded input frame for classes ``classes`` (N,) → jitter rows become the
-        logits of (1 − w) · p + w · σ((signature − center) / scale) where the image's motion-blur signature holds
-        evidence (> 0) and stay p elsewhere, p their probability, w = ``config.jitter_signature_weight`` (inference
-        only). Other rows, w = 0, or features without a signature: unchanged."""
-        cfg = self.config
-        rows = (classes == CLASS_NAMES.index("jitter")).nonzero().flatten()
-        if not cfg.jitter_signature_weight or features.signature is None or not len(rows):
-            return logits
-        p = logits[rows].float().sigmoid()
-        signature = features.signature[image_index[rows]].float()  # (n, S, S)
-        q = torch.where(
-            signature > 0, torch.sigmoid((signature - cfg.jitter_signature_center) / cfg.jitter_signature_scale), p
-        )
-        blended = logits.clone()
-        blended[rows] = mix_probabilities(logits[rows], q, cfg.jitter_signature_weight).to(logits.dtype)
-        return blended
 
     # -- training forward --------------------------------------------------------------------------------------------
     def forward(
