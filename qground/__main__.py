@@ -1,4 +1,4 @@
-"""Command line: ``python -m qground {info,ground,eval,describe,compare} …`` (``--help`` on each).
+"""Command line: ``python -m qground {serve,info,ground,eval,describe,compare} …`` (``--help`` on each).
 
 Exit codes: 0 success; 1 some images failed (the others are still written); 2 usage errors (bad arguments, no
 input images, a model that cannot be loaded).
@@ -22,18 +22,16 @@ from qground.builder import REGISTRY, build_model, build_tokenizer
 from qground.checkpoint import QUANT_CHOICES, CheckpointError
 from qground.evaluate import IMAGE_EXTENSIONS, TASKS, evaluate, report_table
 from qground.imageio import ImageLoadError, load_image
-from qground.inference import GROUNDING_QUESTION, MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
+from qground.inference import MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
+from qground.models import DEFAULT_MODEL, resolve_model
 from qground.processor import PromptTooLongError
 from qground.prompts import Turn, ordinal
-from qground.service import load_engine as service_load_engine
+from qground.questions import QUESTIONS
+from qground.service import load_engine
 from qground.taxonomy import CLASS_NAMES, get
 from qground.visualize import overlay
 
-DEFAULT_MODEL = "qground-nano"
-DESCRIBE_QUESTION = "Describe the quality of this image and the distortions in it."
-COMPARE_QUESTION = "Which image has the better quality?"
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-DEFAULT_QUESTIONS = {"ground": GROUNDING_QUESTION, "describe": DESCRIBE_QUESTION, "compare": COMPARE_QUESTION}
 
 
 class UsageError(Exception):
@@ -75,22 +73,6 @@ def summary(name: str) -> str:
         f"    {'total':<22}{total:>16,}  ({total / 1e9:.3f} B)",
     ]
     return "\n".join(lines)
-
-
-# -- the engine --------------------------------------------------------------------------------------------------------
-def load_engine(source: str | None, revision: str | None, quant: str) -> QGroundEngine:
-    """The engine for ``--model`` (a registry name, checkpoint folder or Hub repo id); without it ``$QGROUND_MODEL``
-    or ``qground-nano``. Raises UsageError with what to set when the model cannot be loaded."""
-    chosen = source or os.environ.get("QGROUND_MODEL") or DEFAULT_MODEL
-    try:
-        return service_load_engine(chosen, revision=revision, quant=quant)
-    except CheckpointError as e:
-        hint = (
-            ""
-            if source
-            else " — pass --model NAME_OR_FOLDER_OR_REPO or set QGROUND_MODEL to a checkpoint folder or Hub repo id"
-        )
-        raise UsageError(f"cannot load the model {chosen!r}: {e}{hint}") from None
 
 
 # -- ground ------------------------------------------------------------------------------------------------------------
@@ -296,14 +278,25 @@ def _add_model_options(parser: argparse.ArgumentParser, strictness: bool = True)
 
 
 def load_engine_and_settings(args: argparse.Namespace) -> tuple[QGroundEngine, GenerationSettings]:
-    """The model of ``--model`` and the generation settings of the command line, checked against each other. Without
-    ``--strictness`` the model's ``default_strictness`` applies."""
+    """The model of ``--model`` (a registry name, checkpoint folder or Hub repo id; without it ``$QGROUND_MODEL``, else
+    ``DEFAULT_MODEL``: ``qground.models.resolve_model``) and the generation settings of the command line, checked
+    against each other; UsageError with what to set when the model cannot be loaded. Without ``--strictness`` the
+    model's ``default_strictness`` applies."""
     try:  # checked before the (slow) model load
         requested = None if args.strictness is None else GenerationSettings(strictness=args.strictness)
     except ValueError as e:
         raise UsageError(f"--strictness: {e}") from None
-    engine = load_engine(args.model, args.revision, args.quant)
-    settings = requested or GenerationSettings(strictness=engine.config.default_strictness)
+    chosen = resolve_model(args.model)  # --model, else $QGROUND_MODEL, else the default
+    try:
+        engine = load_engine(chosen, revision=args.revision, quant=args.quant)
+    except CheckpointError as e:
+        hint = (
+            ""
+            if args.model
+            else " — pass --model NAME_OR_FOLDER_OR_REPO or set QGROUND_MODEL to a checkpoint folder or Hub repo id"
+        )
+        raise UsageError(f"cannot load the model {chosen!r}: {e}{hint}") from None
+    settings = requested or GenerationSettings(strictness=engine.policy.default_strictness)
     try:
         settings.check_model(engine.config.readout)
     except ValueError as e:
@@ -321,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     ground = sub.add_parser("ground", help="segment the distortions of images; write masks, overlays, result.json")
     ground.add_argument("inputs", nargs="+", metavar="IMG_OR_DIR", help="image files and/or folders of images")
     ground.add_argument("--out", required=True, help="output folder: OUT/STEM/<class>.png, overlay.png, result.json")
-    ground.add_argument("--question", default=GROUNDING_QUESTION)
+    ground.add_argument("--question", default=QUESTIONS["ground"])
     ground.add_argument("--batch", type=int, default=1, help="images decoded ahead while the model runs (default 1)")
     _add_model_options(ground)
 
@@ -334,27 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     describe = sub.add_parser("describe", help="describe the quality of one image")
     describe.add_argument("images", nargs=1, metavar="IMG")
-    describe.add_argument("--question", default=DESCRIBE_QUESTION)
+    describe.add_argument("--question", default=QUESTIONS["describe"])
     _add_model_options(describe)
 
     compare = sub.add_parser("compare", help="compare the quality of 2–4 images")
     compare.add_argument("images", nargs="+", metavar="IMG")
-    compare.add_argument("--question", default=COMPARE_QUESTION)
+    compare.add_argument("--question", default=QUESTIONS["compare"])
     _add_model_options(compare, strictness=False)
     return parser
 
 
 def serve(argv: list[str]) -> int:
-    """``python -m qground serve [app options]`` = ``python app.py [app options]`` (the repository's app.py)."""
-    import importlib.util
+    """``python -m qground serve [app options]`` = ``python app.py [app options]`` (both run ``qground.app.main``)."""
+    from qground.app import main as app_main  # gradio is imported only to serve
 
-    path = Path(__file__).resolve().parent.parent / "app.py"
-    spec = importlib.util.spec_from_file_location("app", path)
-    if spec is None or not path.exists():
-        raise UsageError(f"{path} not found: serve runs the app.py of a qground checkout")
-    app = sys.modules.setdefault("app", importlib.util.module_from_spec(spec))  # gradio inspects the module
-    spec.loader.exec_module(app)
-    app.main(argv)
+    app_main(argv)
     return EXIT_OK
 
 
@@ -366,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "compare" and not 2 <= len(args.images) <= 4:
         parser.error("compare takes 2 to 4 images")
-    if args.command in DEFAULT_QUESTIONS and not args.question.strip():
-        args.question = DEFAULT_QUESTIONS[args.command]  # a blank --question asks the default one, as the app does
+    if args.command in QUESTIONS and not args.question.strip():
+        args.question = QUESTIONS[args.command]  # a blank --question asks the default one, as the app does
     try:
         if args.command == "info":
             print(summary(args.name))

@@ -38,10 +38,11 @@ from tqdm import tqdm
 
 from qground.baseline import baseline_masks
 from qground.imageio import load_image
-from qground.inference import GROUNDING_QUESTION, GenerationSettings, QGroundEngine
+from qground.inference import GenerationSettings, QGroundEngine
 from qground.naming import parse_choice, question_options
 from qground.prompts import Turn
-from qground.taxonomy import CLASS_NAMES, DISTORTIONS, get, match_class, normalize
+from qground.questions import QUESTIONS
+from qground.taxonomy import CLASS_NAMES, MAX_PHRASE_WORDS, get, match_class, normalize
 
 __all__ = [
     "EMPTY_MASK_FRACTION",
@@ -184,35 +185,6 @@ def grounding_table(columns: Mapping[str, dict], seconds: Mapping[str, float | N
 
 
 # -- descriptions ------------------------------------------------------------------------------------------------------
-def _phrases() -> dict[tuple[str, ...], str]:
-    """Every name, key, display name and alias of every class as a tuple of normalized words → canonical name."""
-    table = {}
-    for d in DISTORTIONS:
-        for phrase in (d.name, d.key, d.display, *d.aliases):
-            table[tuple(normalize(phrase).split())] = d.name
-    return table
-
-
-_PHRASES = _phrases()
-_MAX_PHRASE = max(len(p) for p in _PHRASES)
-_FIRST_LETTERS = {d.name: {words[0][0] for words, name in _PHRASES.items() if name == d.name} for d in DISTORTIONS}
-# Everyday words of ≥ 5 letters one edit from a class word and starting with the same letter: never typos of it.
-_NEAR_MISSES = frozenset(
-    "shady shape shade share shame shave stake snake shale shaly shako noose grail groin blurt blurb blurted slurry "
-    "slurred jotter".split()
-)
-_SUFFIXES = (
-    ("iness", "y"),
-    ("iest", "y"),
-    ("ier", "y"),
-    ("ness", ""),
-    ("ing", ""),
-    ("ing", "e"),
-    ("er", ""),
-    ("es", ""),
-    ("s", ""),
-    ("ed", ""),
-)
 _NEGATORS = frozenset(
     "no not without never neither nor none non lack lacks lacking absence isnt arent wasnt werent doesnt dont didnt "
     "hasnt havent cannot cant hardly barely".split()
@@ -241,43 +213,19 @@ def _words(clause: str) -> list[str]:
     return out
 
 
-def _fuzzy(span: str) -> str | None:
-    """A class for a possibly misspelled span (one edit away, ≥ 5 letters, same first letter, not a common word)."""
-    if len(span.replace(" ", "")) < 5 or span in _NEAR_MISSES:
-        return None
-    name = match_class(span, max_distance=1)
-    return name if name is not None and span[0] in _FIRST_LETTERS[name] else None
-
-
-def _word_class(word: str) -> str | None:
-    """The class one word names: exactly, after removing an inflection ("blurriness" → "blurry"), or as a typo."""
-    forms = [word] + [word[: -len(s)] + r for s, r in _SUFFIXES if word.endswith(s) and len(word) > len(s) + 2]
-    for form in forms:
-        if (form,) in _PHRASES:
-            return _PHRASES[(form,)]
-    for form in forms:
-        name = _fuzzy(form)
-        if name is not None:
-            return name
-    return None
-
-
 def _mentions(words: list[str]) -> list[tuple[int, int, str]]:
-    """(start, end, class) of every class mention in a clause's words, longest match first, left to right."""
+    """(start, end, class) of every class mention in a clause's words (``taxonomy.match_class`` of spans of up to
+    ``MAX_PHRASE_WORDS`` words without a comma), longest match first, left to right."""
     found, i = [], 0
     while i < len(words):
         hit = None
-        for n in range(_MAX_PHRASE, 1, -1):
+        for n in range(MAX_PHRASE_WORDS, 0, -1):
             span = words[i : i + n]
-            if len(span) == n and "," not in span and tuple(span) in _PHRASES:
-                hit = (n, _PHRASES[tuple(span)])
-                break
-        if hit is None and "," not in words[i : i + 2] and len(words[i : i + 2]) == 2:
-            name = _fuzzy(" ".join(words[i : i + 2]))
-            hit = (2, name) if name else None
-        if hit is None and words[i] != ",":
-            name = _word_class(words[i])
-            hit = (1, name) if name else None
+            if len(span) == n and "," not in span:
+                name = match_class(" ".join(span))
+                if name is not None:
+                    hit = (n, name)
+                    break
         if hit is None:
             i += 1
             continue
@@ -323,9 +271,9 @@ def named_classes(text: str) -> set[str]:
     """Canonical names of the distortion classes ``text`` names, e.g. "Heavy motion blur, but no noise." →
     {"jitter"}.
 
-    Names, keys and aliases match as whole words after ``taxonomy.normalize``, longest phrase first ("motion blur" is
-    jitter, not blur); inflections ("blurriness", "darker") are reduced; one-edit typos of 1–2-word spans of ≥ 5
-    letters with the right first letter match via ``match_class(max_distance=1)`` ("bluryy", "over exposed").
+    Spans of whole words are read by ``taxonomy.match_class`` (names, keys and aliases, inflections such as
+    "blurriness" and "darker", one-edit typos such as "bluryy" and "over exposed"), longest span first ("motion blur"
+    is jitter, not blur).
     Negated mentions ("no noise", "without blur or noise", "not blurry", "noise-free") do not count; negation stops at
     clause boundaries (. ; : ! ? and but/however/although/while/except)."""
     found: set[str] = set()
@@ -444,7 +392,7 @@ def _run_grounding(
         image = load_image(path)
         gt = load_gt(data_dir, path.stem, (image.height, image.width))
         t0 = time.perf_counter()
-        result = engine.ground(image, GROUNDING_QUESTION, settings)
+        result = engine.ground(image, QUESTIONS["ground"], settings)
         t1 = time.perf_counter()
         classical = baseline_masks(image)
         t2 = time.perf_counter()

@@ -98,7 +98,8 @@ VICUNA_V1 = PromptStyle()
 
 
 def grounding_answer(classes: list[str], group_text: str) -> str:
-    """The seed's grounding answer (fig. 4): ``The segmentation results are: noise [SEG0] … [SEG5] , blur [SEG0] …``.
+    """Q-Ground's grounding answer (supplementary fig. 4): ``The segmentation results are: noise [SEG0] … [SEG5] ,
+    blur [SEG0] …``.
 
     ``group_text`` is ``SegTokens.group_text()``; with no classes the answer says there is no distortion.
     """

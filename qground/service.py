@@ -31,22 +31,24 @@ import numpy as np
 import torch
 from PIL import Image
 
-from qground.checkpoint import QUANT_CHOICES, CheckpointError, dtype_name, load_model, parse_dtype
+from qground.checkpoint import QUANT_CHOICES, CheckpointError, dtype_name, load_model, load_policy, parse_dtype
 from qground.imageio import ImageLoadError, load_image
-from qground.inference import GROUNDING_QUESTION, MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
+from qground.inference import MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
+from qground.models import DEFAULT_MODEL, resolve_model
 from qground.naming import named_images, question_options
 from qground.processor import PromptTooLongError, QGroundProcessor
 from qground.prompts import Turn
+from qground.questions import COMPARE_PRESETS, GROUNDING_QUESTION, QUESTIONS
 from qground.sam import AnnotationError, write_atomically
-from qground.taxonomy import DISTORTIONS, get, match_class
+from qground.taxonomy import DISTORTIONS, MAX_PHRASE_WORDS, get, match_class
 from qground.visualize import masks_to_annotations, overlay
 
 __all__ = [
-    "ASSESS_QUESTION",
     "COMPARE_PRESETS",
     "DEFAULT_MODEL",
     "GROUNDING_QUESTION",
     "MAX_STRICTNESS",
+    "QUESTIONS",
     "RANDOM_MODEL",
     "RANKING_HEADERS",
     "SLOTS",
@@ -84,15 +86,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "qground-nano"
-RANDOM_MODEL = "qground-tiny"
-ASSESS_QUESTION = "How is the quality of this image? Describe its distortions and where they are."
-COMPARE_PRESETS = {
-    "Overall quality": "Which image has the best overall quality?",
-    "Sharpness": "Which image is the sharpest?",
-    "Noise": "Which image has the least noise?",
-    "Exposure": "Which image is the best exposed?",
-}
+RANDOM_MODEL = "qground-tiny"  # the untrained test model: the last fallback (DEFAULT_MODEL: qground.models)
 SLOTS = "ABCD"
 MIN_COMPARE, MAX_COMPARE = 2, len(SLOTS)
 TABLE_HEADERS = ["Distortion", "Area %", "Where", "Score"]
@@ -140,10 +134,12 @@ def default_quant() -> str:
 def load_engine(
     source: str, revision: str | None = None, quant: str = "none", dtype: torch.dtype | None = None
 ) -> QGroundEngine:
-    """An engine for a registry name, checkpoint folder or Hub repo id (``qground.checkpoint.load_model``); ``dtype``
-    None: the device's default (``qground.checkpoint.default_device_dtype``)."""
+    """An engine for a registry name, checkpoint folder or Hub repo id (``qground.checkpoint.load_model``), run by
+    the checkpoint's inference policy (``load_policy``); ``dtype`` None: the device's default
+    (``qground.checkpoint.default_device_dtype``)."""
     model, tokenizer = load_model(source, revision=revision, quant=quant, dtype=dtype)
-    return QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name=str(source))
+    policy = load_policy(source, revision)
+    return QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name=str(source), policy=policy)
 
 
 def served_model(engine: QGroundEngine, revision: str | None = None, quant: str = "none", **extra) -> ServedModel:
@@ -170,7 +166,7 @@ def load_engine_from_env(
     dtype.
     """
     env = os.environ if env is None else env
-    requested = model or env.get("QGROUND_MODEL") or DEFAULT_MODEL
+    requested = resolve_model(model, env)
     revision = revision or env.get("QGROUND_REVISION") or None
     quant = (quant or env.get("QGROUND_QUANT") or default_quant()).lower()
     if quant not in QUANT_CHOICES:
@@ -210,17 +206,20 @@ def _notice(failures: list[str], served: str) -> str:
 
 # -- requests ----------------------------------------------------------------------------------------------------------
 def generation_settings(
-    max_new_tokens: float, temperature: float, top_p: float, strictness: float = 0.0, readout: bool = True
+    max_new_tokens: float, temperature: float, top_p: float, strictness: float | None = None, readout: bool = True
 ) -> GenerationSettings:
     """Validated settings from UI values (``readout``: whether the served model has a distortion readout, which
-    ``strictness`` needs); UserError naming the bad setting."""
+    ``strictness`` needs; None: the policy's default); UserError naming the bad setting."""
     try:
         max_new = int(max_new_tokens)
     except (TypeError, ValueError, OverflowError):  # None, text, NaN, infinity
         raise UserError(f"Generation settings: max new tokens must be a whole number, got {max_new_tokens}.") from None
     try:
         settings = GenerationSettings(
-            max_new_tokens=max_new, temperature=float(temperature), top_p=float(top_p), strictness=float(strictness)
+            max_new_tokens=max_new,
+            temperature=float(temperature),
+            top_p=float(top_p),
+            strictness=None if strictness is None else float(strictness),
         )
         settings.check_model(readout)
     except (TypeError, ValueError) as err:
@@ -397,27 +396,22 @@ def class_choices(result: GroundingResult | None) -> list[tuple[str, str]]:
     return [(d.display, d.name) for d in DISTORTIONS if d.name in masks]
 
 
-def _phrase_class(phrase: str) -> str | None:
-    """The class a word or short phrase names, allowing 0 edits under 5 letters, 1 under 8, else 2."""
-    letters = len(re.sub(r"[^a-z]", "", phrase.lower()))
-    return match_class(phrase, max_distance=0 if letters < 5 else 1 if letters < 8 else 2)
-
-
 def highlight_spans(text: str) -> list[tuple[str, str | None]]:
-    """The answer as ``gr.HighlightedText`` spans: distortion words and phrases (up to 3 words, longest first:
-    "motion blur" → jitter, "out of focus" → blur) labelled with their class name, the rest unlabelled."""
+    """The answer as ``gr.HighlightedText`` spans: distortion words and phrases (``taxonomy.match_class`` of up to
+    ``MAX_PHRASE_WORDS`` words, longest first: "motion blur" → jitter, "out of focus" → blur) labelled with their class
+    name, the rest unlabelled."""
     words = list(re.finditer(r"[A-Za-z]+", text))
     spans: list[tuple[str, str | None]] = []
     pos = i = 0
     while i < len(words):
-        for n in (3, 2, 1):
+        for n in range(MAX_PHRASE_WORDS, 0, -1):
             if i + n > len(words):
                 continue
             start, end = words[i].start(), words[i + n - 1].end()
             phrase = text[start:end]
             if n > 1 and not re.fullmatch(r"[A-Za-z]+(?:[ \-][A-Za-z]+)*", phrase):
                 continue
-            name = _phrase_class(phrase)
+            name = match_class(phrase)
             if name is not None:
                 if start > pos:
                     spans.append((text[pos:start], None))
@@ -559,9 +553,9 @@ def ground_each(
 def describe_request(
     engine: QGroundEngine, image: str | None, question: str, settings: GenerationSettings
 ) -> Iterator[str]:
-    """One photo, one question (``ASSESS_QUESTION`` when blank); yields the answer as it grows."""
+    """One photo, one question (``QUESTIONS["describe"]`` when blank); yields the answer as it grows."""
     photo = load_photo(image)
-    for item in _stream(engine, [photo], [Turn((question or "").strip() or ASSESS_QUESTION)], settings):
+    for item in _stream(engine, [photo], [Turn((question or "").strip() or QUESTIONS["describe"])], settings):
         yield item if isinstance(item, str) else item.text
 
 

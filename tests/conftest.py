@@ -28,7 +28,7 @@ def served_app(engine, temp_dir: Path, sam=None) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         mp.setenv("GRADIO_TEMP_DIR", str(temp_dir))
-        from app import build_demo
+        from qground.app import build_demo
 
         demo = build_demo(engine, sam)
         _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)

@@ -112,7 +112,7 @@ def test_segment_export_reimports_to_the_same_masks(client, photos, sam, tmp_pat
 
 def test_strictness_slider_only_for_readout_models(trained_tiny):
     """The tiny model has no distortion readout, so the strictness setting is hidden (and refused by the service)."""
-    from app import build_demo
+    from qground.app import build_demo
 
     slider = next(b for b in build_demo(trained_tiny).blocks.values() if getattr(b, "elem_id", None) == "strictness")
     assert not slider.visible

@@ -25,10 +25,10 @@ from huggingface_hub.errors import RevisionNotFoundError
 from PIL import Image
 
 import qground.checkpoint
-from app import _friendly
 from qground import builder
 from qground import sam as annot
 from qground import service as svc
+from qground.app import _friendly
 from qground.builder import build_from_registry
 from qground.checkpoint import FULL_WEIGHTS, HEADS_NAME, CheckpointError, load_model, save_checkpoint
 from qground.config import CONFIG_NAME, FORMAT_VERSION, QGroundConfig

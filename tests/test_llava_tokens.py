@@ -1,6 +1,6 @@
-"""``prompt_tokenization="llava"`` gives LLaVA-1.5 / Q-Ground's 53 prompt ids (docs PIXELLM.md §6.2), "pieces" the
-documented 54-id variant, on a LLaMA stand-in tokenizer (``llama_pieces``: no real one can be downloaded here) in each
-of its whitespace variants."""
+"""``prompt_tokenization="llava"`` gives LLaVA-1.5 / Q-Ground's 53 prompt ids (measured with transformers 4.31's
+LlamaTokenizer and the LLaMA sentencepiece model), "pieces" the documented 54-id variant, on a LLaMA stand-in
+tokenizer (``llama_pieces``: no real one can be downloaded here) in each of its whitespace variants."""
 
 import dataclasses
 

@@ -233,7 +233,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
         root.addHandler(handler)
         root.setLevel(logging.DEBUG)
         try:
-            app = importlib.reload(importlib.import_module("app"))
+            app = importlib.reload(importlib.import_module("qground.app"))
             analytics_env = os.environ.get("GRADIO_ANALYTICS_ENABLED")
             engine, model = svc.load_engine_from_env(REPO, None, "none", env={})
             demo = app.build_demo(engine, served=model)

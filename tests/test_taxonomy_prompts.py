@@ -33,7 +33,7 @@ def test_match_class_variants_and_typos(word, expected):
 def test_match_class_empty_and_threshold():
     assert match_class("") is None
     assert match_class("  ,. ") is None
-    assert match_class("spaceship", max_distance=2) is None
+    assert match_class("spaceship") is None
 
 
 def test_edit_distance():
