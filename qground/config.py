@@ -305,23 +305,34 @@ class QGroundConfig:
         return build_dataclass(cls, data, "config")
 
     def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return save_dataclass(self, Path(folder) / CONFIG_NAME)
 
     @classmethod
     def load(cls, folder: str | Path) -> QGroundConfig:
         path = Path(folder) / CONFIG_NAME
         try:
-            data = json.loads(path.read_text())
+            return load_dataclass(cls, path, "config")
         except FileNotFoundError:
             raise FileNotFoundError(f"{path} not found: a qground checkpoint folder holds {CONFIG_NAME}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); the checkpoint is damaged, download it again") from None
-        try:
-            return cls.from_dict(data)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+
+
+def save_dataclass(obj: Any, path: Path) -> Path:
+    """Write a dataclass as indented JSON to ``path``; returns ``path``."""
+    path.write_text(json.dumps(asdict(obj), indent=2) + "\n")
+    return path
+
+
+def load_dataclass(cls: type, path: Path, where: str) -> Any:
+    """``cls`` from the JSON file at ``path`` (``build_dataclass``, ``where`` naming it in errors). ``ConfigError``
+    naming the file when it is not valid JSON or does not fit ``cls``; FileNotFoundError when it is missing."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); the checkpoint is damaged, download it again") from None
+    try:
+        return build_dataclass(cls, data, where)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def build_dataclass(cls: type, data: Any, where: str) -> Any:

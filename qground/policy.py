@@ -14,7 +14,6 @@ coverage is (M, K, G, G) over the same frame at any resolution G.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from qground.config import ConfigError, QGroundConfig, build_dataclass
+from qground.config import ConfigError, QGroundConfig, load_dataclass, save_dataclass
 from qground.detail import region_contrast
 from qground.taxonomy import CLASS_NAMES
 
@@ -139,24 +138,13 @@ class InferencePolicy:
         return asdict(self)
 
     def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / POLICY_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return save_dataclass(self, Path(folder) / POLICY_NAME)
 
     @classmethod
     def load(cls, folder: str | Path) -> InferencePolicy:
         """The policy saved in ``folder``, or the as-trained default when it has none."""
         path = Path(folder) / POLICY_NAME
-        if not path.exists():
-            return cls()
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); the checkpoint is damaged, download it again") from None
-        try:
-            return build_dataclass(cls, data, POLICY_NAME)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+        return load_dataclass(cls, path, POLICY_NAME) if path.exists() else cls()
 
 
 # -- the readout gates -------------------------------------------------------------------------------------------------

@@ -31,7 +31,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from qground.checkpoint import QUANT_CHOICES, CheckpointError, dtype_name, load_model, load_policy, parse_dtype
+from qground.builder import REGISTRY
+from qground.checkpoint import (
+    QUANT_CHOICES,
+    CheckpointError,
+    dtype_name,
+    load_model,
+    load_policy,
+    parse_dtype,
+    resolve,
+)
 from qground.imageio import ImageLoadError, load_image
 from qground.inference import MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
 from qground.models import DEFAULT_MODEL, resolve_model
@@ -137,8 +146,10 @@ def load_engine(
     """An engine for a registry name, checkpoint folder or Hub repo id (``qground.checkpoint.load_model``), run by
     the checkpoint's inference policy (``load_policy``); ``dtype`` None: the device's default
     (``qground.checkpoint.default_device_dtype``)."""
-    model, tokenizer = load_model(source, revision=revision, quant=quant, dtype=dtype)
-    policy = load_policy(source, revision)
+    entry = REGISTRY.get(str(source))
+    where = source if entry is not None and entry.checkpoint is None else resolve(source, revision)  # download once
+    model, tokenizer = load_model(where, quant=quant, dtype=dtype)
+    policy = load_policy(where)
     return QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name=str(source), policy=policy)
 
 

@@ -197,9 +197,9 @@ class Calibration:
         self.record[field] = {"chosen": chosen, **(extra or {}), "sweep": {key(v): sweeps[v] for v in sweeps}}
         return chosen
 
-    def sweep(self, field: str, values: Sequence, include_current: bool = True) -> dict:
+    def sweep(self, field: str, values: Sequence) -> dict:
         """``policy_sweep`` at the chosen strictness; the current policy's summary stands for its own value."""
-        current = {getattr(self.policy, field): self.latest} if include_current and self.latest else {}
+        current = {getattr(self.policy, field): self.latest} if self.latest else {}
         todo = [v for v in values if v not in current]
         strictness = self.policy.default_strictness
         return current | policy_sweep(self.engine, self.data, field, todo, strictness, self.limit)
@@ -207,8 +207,7 @@ class Calibration:
 
 def choose_strictness(cal: Calibration, grid: Sequence[float]) -> None:
     """The strictness with the best validation mIoU (masks from the pixel decoder alone)."""
-    summaries = {s: _summary(cal.engine, cal.data, s, cal.limit, f"strictness {s:g}") for s in grid}
-    cal.keep("default_strictness", summaries)
+    cal.keep("default_strictness", sweep(cal.engine, cal.data, grid, cal.limit))
 
 
 def choose_jitter(cal: Calibration, train: Path, weights: Sequence[float]) -> None:
