@@ -49,10 +49,12 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "TASKS",
     "GroundingMetrics",
+    "answer_quality",
     "comparison_accuracy",
     "description_f1",
     "evaluate",
     "grounding_table",
+    "is_finished_sentence",
     "load_gt",
     "named_classes",
     "report_table",
@@ -282,6 +284,27 @@ def named_classes(text: str) -> set[str]:
     return found
 
 
+_FINISHED = re.compile(r"^(?:[A-D]\. )?[A-Z][^.!?]*\w[^.!?]*[.!?](?: [A-Z][^.!?]*\w[^.!?]*[.!?])*$")
+
+
+def is_finished_sentence(text: str) -> bool:
+    """Whether ``text`` is one or more finished sentences: each starts with a capital, holds a word and ends with
+    . ! or ? (an option letter "B. " may lead). "There is", "The." and "." are not."""
+    text = text.strip()
+    return bool(_FINISHED.match(text)) and len(text.split()) >= 2
+
+
+def answer_quality(preds: Sequence[str], refs: Sequence[str]) -> dict:
+    """Over aligned answers and references: ``well_formed`` (share of ``is_finished_sentence`` answers) and
+    ``names_truth`` (share of answers that name exactly the classes the reference names, none for a clean image),
+    with ``items``."""
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions for {len(refs)} references")
+    formed = sum(is_finished_sentence(p) for p in preds)
+    truth = sum(named_classes(p) == named_classes(r) for p, r in zip(preds, refs))
+    return {"well_formed": _ratio(formed, len(preds)), "names_truth": _ratio(truth, len(preds)), "items": len(preds)}
+
+
 def description_f1(preds: Sequence[str], refs: Sequence[str]) -> dict:
     """Micro precision/recall/F1 of the classes named by ``preds`` vs ``refs`` (texts, aligned) over (item, class)
     pairs: ``{"precision", "recall", "f1", "tp", "fp", "fn", "items"}``, None where a ratio is 0/0."""
@@ -387,6 +410,8 @@ def _run_grounding(
     """Model, classical baseline and all-empty predictions over ``images/`` vs ``gt/``."""
     methods = {"model": GroundingMetrics(), "baseline": GroundingMetrics(), "all-empty": GroundingMetrics()}
     seconds: dict[str, list[float]] = {"model": [], "baseline": []}
+    families = _families(data_dir)
+    by_family: dict[str, dict[str, GroundingMetrics]] = {}
     per_image = []
     for path in tqdm(_image_paths(data_dir)[:limit], desc="ground", disable=not progress, dynamic_ncols=True):
         image = load_image(path)
@@ -400,6 +425,9 @@ def _run_grounding(
         seconds["baseline"].append(t2 - t1)
         for name, pred in (("model", result.masks), ("baseline", classical), ("all-empty", {})):
             methods[name].add(pred, gt)
+            for cls, family in families.get(path.stem, {}).items():
+                metrics = by_family.setdefault(family, {}).setdefault(name, GroundingMetrics(classes=(cls,)))
+                metrics.add({k: m for k, m in pred.items() if match_class(k) == cls}, {cls: gt[cls]})
         per_image.append(
             {
                 "image": path.name,
@@ -413,8 +441,28 @@ def _run_grounding(
     return {
         "methods": {name: m.summary() for name, m in methods.items()},
         "seconds_per_image": {name: _mean(times) for name, times in seconds.items()},
+        "by_family": {
+            family: {"images": m["model"].images} | {name: m[name].summary()["mIoU"] for name in ("model", "baseline")}
+            for family, m in sorted(by_family.items())
+        },
+        "held_out_families": _held_out_families(data_dir),
         "per_image": per_image,
     }
+
+
+def _meta(data_dir: Path) -> dict:
+    path = data_dir / "meta.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _families(data_dir: Path) -> dict[str, dict[str, str]]:
+    """Image stem → class → the distortion family that made it, from a synthetic folder's ``meta.json`` (empty
+    without one)."""
+    return {m["id"]: m["families"] for m in _meta(data_dir).get("images", []) if "families" in m}
+
+
+def _held_out_families(data_dir: Path) -> list[str]:
+    return _meta(data_dir).get("held_out_families", [])
 
 
 def _run_describe(
@@ -428,7 +476,12 @@ def _run_describe(
         answers.append(engine.chat(images, [Turn(question)], settings).text)
         seconds.append(time.perf_counter() - t0)
         refs.append(reference)
-    return description_f1(answers, refs) | {"seconds_per_item": _mean(seconds), "answers": answers}
+    quality = answer_quality(answers, refs)
+    return (
+        description_f1(answers, refs)
+        | {"well_formed": quality["well_formed"], "names_truth": quality["names_truth"]}
+        | {"seconds_per_item": _mean(seconds), "answers": answers}
+    )
 
 
 def _run_compare(
@@ -489,12 +542,25 @@ def report_table(report: dict) -> str:
     if "ground" in report:
         g = report["ground"]
         lines += ["", grounding_table(g["methods"], g["seconds_per_image"])]
+        if g.get("by_family"):
+            held = set(g.get("held_out_families", []))
+            lines += [
+                "",
+                f"{'IoU by distortion family (* held out of training)':<52}{'images':>8}{'model':>8}{'baseline':>10}",
+            ]
+            lines += [
+                f"  {family + (' *' if family in held else ''):<50}{f['images']:>8}{_cell(f['model']):>8}"
+                f"{_cell(f['baseline']):>10}"
+                for family, f in g["by_family"].items()
+            ]
     if "describe" in report:
         d = report["describe"]
         lines += [
             "",
             f"description F1 {_cell(d['f1'])} (precision {_cell(d['precision'])}, recall {_cell(d['recall'])}) "
             f"over {d['items']} descriptions",
+            f"finished sentences {_cell(d['well_formed'])}, answers naming exactly the true classes "
+            f"{_cell(d['names_truth'])}",
         ]
     if "compare" in report:
         c = report["compare"]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from qground.answers import TokenConstraint, comparison_grammar, single_image_grammar
 from qground.masks import ground_masks
 from qground.modeling.qground import ImageFeatures, QGroundModel
 from qground.naming import question_options
@@ -27,6 +28,7 @@ from qground.processor import ImageMeta, QGroundProcessor
 from qground.prompts import Turn, ordinal
 from qground.questions import GROUNDING_QUESTION
 from qground.taxonomy import match_class
+from qground.tokens import SegTokens
 from qground.visualize import area_percent, region_location
 
 _SEPARATORS = re.compile(r"[,;:\n]|\band\b|\bare\b|\bis\b")
@@ -120,10 +122,15 @@ def _select(logits: torch.Tensor, settings: GenerationSettings, generator: torch
 
 
 def decode(
-    model: QGroundModel, input_ids: torch.Tensor, features: ImageFeatures | None, settings: GenerationSettings
+    model: QGroundModel,
+    input_ids: torch.Tensor,
+    features: ImageFeatures | None,
+    settings: GenerationSettings,
+    constraint: TokenConstraint | None = None,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
     """Generate for one prompt (1, L); yields ``(token_id, predicting_state (D,), choice)`` per new token, where
     ``choice`` is the choice head's (n,) logits over the prompt's n images when the token is ``[CHOICE]``, else None.
+    ``constraint``: only tokens its grammar allows are generated (``qground.answers``).
 
     With ``settings.use_cache`` the prompt is prefilled once and every step feeds one token through the KV cache;
     without it every step re-runs the whole sequence (the PixelLM-style reference).
@@ -139,9 +146,12 @@ def decode(
         keys = None
         if model.choice_head is not None:
             keys = model.image_keys(input_ids[0].to(hidden.device), hidden[0], features, 0)
+        grammar_state = constraint.start() if constraint is not None else None
         for step in range(settings.max_new_tokens):
             state = hidden[0, -1]
             logits = head(state).float()
+            if constraint is not None:
+                logits[~constraint.mask(grammar_state)[: len(logits)]] = -float("inf")
             if step < settings.min_new_tokens:
                 logits[eos] = -float("inf")
             if keys is not None and len(keys) == 0:
@@ -152,6 +162,8 @@ def decode(
             yield token, state, choice
             if token == eos:
                 return
+            if constraint is not None:
+                grammar_state = constraint.advance(grammar_state, token)
             new = embed_tokens(torch.tensor([[token]], device=embeds.device))
             if settings.use_cache:
                 hidden = lm(inputs_embeds=new, past_key_values=cache, use_cache=True).last_hidden_state
@@ -177,6 +189,7 @@ class QGroundEngine:
         self.tokenizer = processor.tokenizer
         self.name = name
         self.policy = InferencePolicy()
+        self._constraints: dict[int, TokenConstraint] = {}  # by 1 (one image or none) / 2 (several)
         self.set_policy(policy or InferencePolicy())
 
     @property
@@ -211,6 +224,20 @@ class QGroundEngine:
         with torch.inference_mode():
             return model.encode_images(pixels, sizes, gate, keep_coverage=bool(policy.readout_mask_weight))
 
+    def constraint(self, num_images: int) -> TokenConstraint | None:
+        """The answer grammar decoding is held to under the policy (``constrained_answers``): the one-image grammar,
+        or with several images the comparison answer (models with a choice head); None: free decoding."""
+        if not self.policy.constrained_answers or (num_images > 1 and not self.config.choice_head):
+            return None
+        key = min(num_images, 2)
+        if key not in self._constraints:
+            seg = SegTokens(self.config.seg_levels, self.config.seg_tokens_per_level)
+            grammar = single_image_grammar(seg) if key <= 1 else comparison_grammar()
+            self._constraints[key] = TokenConstraint.for_tokenizer(
+                grammar, self.tokenizer, self.config.token_ids, self.config.llm.vocab_size
+            )
+        return self._constraints[key]
+
     def stream(
         self, images: list, turns: list[Turn], settings: GenerationSettings | None = None
     ) -> Iterator[str | GroundingResult]:
@@ -227,12 +254,13 @@ class QGroundEngine:
         strictness = self.strictness(settings, len(metas))
         letters = {image: letter for letter, image in question_options(turns[-1].question, len(metas)).items()}
         features = self.encode(sample, strictness)
+        constraint = self.constraint(len(metas))
         tokens: list[int] = []
         states: list[torch.Tensor] = []
         choices: list[list[float]] = []
         shown = ""
         t_first = None
-        for token, state, choice in decode(self.model, sample["input_ids"][None], features, settings):
+        for token, state, choice in decode(self.model, sample["input_ids"][None], features, settings, constraint):
             t_first = t_first or time.perf_counter()
             tokens.append(token)
             states.append(state)

@@ -64,6 +64,9 @@ class InferencePolicy:
     - ``flip_average``: the tower also reads each image mirrored; readout logits, coverage and masks are averaged.
     - ``mask_refine_radius`` (model-input pixels) and ``mask_refine_eps``: masks guided-filtered on the photo
       (``qground.refine``); radius 0: only upsampled.
+    - ``constrained_answers``: decoding is held to the answer grammar (``qground.answers``): one image, a grounding
+      answer or a description; several images, ``The [CHOICE] image.`` (models with a choice head). Every answer is
+      then a finished sentence; the model picks which.
     - ``calibration``: how the values were chosen (sweeps, references), for the record; never read at run time.
     """
 
@@ -79,6 +82,7 @@ class InferencePolicy:
     flip_average: bool = False
     mask_refine_radius: float = 0.0
     mask_refine_eps: float = 0.01
+    constrained_answers: bool = False
     calibration: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

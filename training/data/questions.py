@@ -1,0 +1,215 @@
+"""Questions as a grammar: phrasing families per intent, expanded into hundreds of wordings, for the synthetic data.
+
+Intents: ``describe`` (open questions about the quality, the lighting, the focus, where the problems are, ratings),
+``yes/no`` about one class, follow-ups that refer to the previous answer, and comparisons of 2–4 images by kind
+(``COMPARISONS``: every preset of the app's Compare tab among them). Each template belongs to a *family*;
+``HELD_OUT`` families never appear in training data: the validation and evaluation splits ask only those, so the
+metrics measure phrasings the model has not seen. Templates are ``str.format`` strings over the slots of ``SLOTS``
+plus ``adj`` / ``noun`` (a class's words, ``CLASS_WORDS``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import string
+
+import numpy as np
+
+from qground.taxonomy import CLASS_NAMES
+
+SLOTS = {
+    "image": ("image", "photo", "picture", "shot"),
+    "aspect": ("lighting", "exposure", "focus", "sharpness", "colors", "brightness", "details"),
+    "please": ("", "Please ", "Could you ", "Can you "),
+    "verb": ("describe", "assess", "evaluate", "judge", "analyze", "comment on"),
+    "what": ("quality", "image quality", "visual quality", "technical quality"),
+    "detail": ("", " in detail", " briefly", " for me"),
+}
+# (adjectives, nouns) a person may use for each class
+CLASS_WORDS = {
+    "blur": (("blurry", "out of focus", "soft", "unsharp", "fuzzy", "blurred"), ("blur", "defocus", "softness")),
+    "jitter": (
+        ("shaky", "motion blurred", "smeared by camera shake", "streaky"),
+        ("camera shake", "motion blur", "jitter", "shake", "motion streaks"),
+    ),
+    "overexposure": (
+        ("overexposed", "too bright", "blown out", "washed out"),
+        ("overexposure", "blown highlights", "clipped highlights", "too much light"),
+    ),
+    "low light": (
+        ("too dark", "underexposed", "dim", "dark"),
+        ("low light", "underexposure", "darkness", "poor lighting"),
+    ),
+    "noise": (("noisy", "grainy", "speckled"), ("noise", "grain", "sensor noise", "speckles")),
+}
+
+DESCRIBE = {
+    "formal": (
+        "{please}{verb} the {what} of this {image}{detail}.",
+        "{please}{verb} this {image}'s {what}{detail}.",
+        "{please}rate the {what} of this {image}.",
+    ),
+    "how": (
+        "How is the quality of this {image}?",
+        "How good is this {image}?",
+        "How does this {image} look?",
+        "What do you think of this {image}'s quality?",
+        "How would you rate this {image}?",
+        "Is this a good {image}?",
+        "Is the quality of this {image} good?",
+        "What is the overall quality of the {image}?",
+    ),
+    "problems": (
+        "What's wrong with this {image}?",
+        "What is wrong with the {aspect}?",
+        "Are there any problems with this {image}?",
+        "What distortions does this {image} have?",
+        "What quality issues can you see?",
+        "Any problems with the {aspect}?",
+        "Is the {aspect} OK?",
+        "What distortions does this {image} have, and where are they?",
+        "Where are the distortions?",
+        "Which parts of the {image} have problems?",
+    ),
+    "casual": (  # held out
+        "thoughts on this {image}?",
+        "Tell me about the quality.",
+        "Give me your honest opinion of this {image}'s quality.",
+        "Anything off with it?",
+        "Quality check, please.",
+        "Could you tell me whether this {image} is any good?",
+        "how does the {aspect} look",
+        "Is there something I should fix in this {image}?",
+    ),
+}
+YES_NO = {
+    "is_adj": (
+        "Is this {image} {adj}?",
+        "Is the {image} {adj}?",
+        "Does this {image} look {adj}?",
+        "Would you say the {image} is {adj}?",
+    ),
+    "there_noun": (
+        "Is there any {noun} in this {image}?",
+        "Is there {noun} in the {image}?",
+        "Do you see {noun}?",
+        "Does the {image} have {noun}?",
+        "Does it suffer from {noun}?",
+    ),
+    "casual": (  # held out
+        "{adj}?",
+        "Any {noun}?",
+        "Can you spot {noun} in it?",
+        "I think it's {adj}, am I right?",
+        "Check for {noun}, please.",
+    ),
+}
+FOLLOW_UP_YES_NO = ("What about {noun}?", "And is it {adj}?", "How about {noun}?")
+FOLLOW_UP_DESCRIBE = ("Anything else?", "Is that all?", "How bad is it overall?", "Where is it?", "Can you say more?")
+
+# kind → phrasing families; the first "plain" phrasing of best/sharpest/least noise/best exposed are the app's presets
+COMPARISONS = {
+    "best": {
+        "plain": (
+            "Which image has the best overall quality?",
+            "Which image looks best?",
+            "Which is the best photo?",
+            "Which of these images has the highest quality?",
+        ),
+        "casual": ("Which one would you keep?", "Which picture is of the best quality?"),
+    },
+    "worst": {
+        "plain": ("Which image has the worst quality?", "Which image looks worst?"),
+        "casual": ("Which one has the lowest quality?", "Which photo would you delete?"),
+    },
+    "sharpest": {
+        "plain": ("Which image is the sharpest?", "Which image is sharper?", "Which one is the most in focus?"),
+        "casual": ("Which photo has the crispest details?",),
+    },
+    "blurriest": {
+        "plain": ("Which image is blurrier?", "Which image is the blurriest?"),
+        "casual": ("Which one is most out of focus?",),
+    },
+    "least noise": {
+        "plain": ("Which image has the least noise?", "Which image is the cleanest?"),
+        "casual": ("Which one is least grainy?",),
+    },
+    "noisiest": {
+        "plain": ("Which image is noisier?", "Which image is the noisiest?", "Which has the most noise?"),
+        "casual": ("Which one is the grainiest?",),
+    },
+    "best exposed": {
+        "plain": ("Which image is the best exposed?", "Which one has the best exposure?"),
+        "casual": ("Which photo has the best lighting?",),
+    },
+    "darkest": {
+        "plain": ("Which image is darker?", "Which image is the darkest?"),
+        "casual": ("Which one is most underexposed?",),
+    },
+    "overexposed": {
+        "plain": ("Which image is more overexposed?", "Which has the most blown highlights?"),
+        "casual": ("Which one is most washed out?",),
+    },
+    "shakiest": {
+        "plain": ("Which image shows more camera shake?", "Which one has the most motion blur?"),
+        "casual": ("Which image is the shakiest?",),
+    },
+}
+HELD_OUT = frozenset({"casual"})  # phrasing families asked only in the validation and evaluation splits
+
+
+def _fields(template: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
+def expand(template: str, cls: str | None = None) -> list[str]:
+    """Every wording of ``template`` (with ``cls``'s words for ``adj`` / ``noun``)."""
+    slots = dict(SLOTS)
+    if cls is not None:
+        slots["adj"], slots["noun"] = CLASS_WORDS[cls]
+    names = _fields(template)
+    texts = [template.format(**dict(zip(names, v, strict=True))) for v in itertools.product(*(slots[n] for n in names))]
+    return [t[0].upper() + t[1:] for t in texts]
+
+
+def _families(table: dict, held_out: bool) -> list[str]:
+    return [f for f in table if (f in HELD_OUT) == held_out]
+
+
+def _pick(table: dict, rng: np.random.Generator, held_out: bool, cls: str | None = None) -> tuple[str, str]:
+    family = str(rng.choice(_families(table, held_out)))
+    template = str(rng.choice(table[family]))
+    return str(rng.choice(expand(template, cls))), family
+
+
+def describe_question(rng: np.random.Generator, held_out: bool) -> tuple[str, str]:
+    """(question, family) of an open question about one image's quality."""
+    return _pick(DESCRIBE, rng, held_out)
+
+
+def yes_no_question(cls: str, rng: np.random.Generator, held_out: bool) -> tuple[str, str]:
+    """(question, family) asking whether the image has ``cls``."""
+    return _pick(YES_NO, rng, held_out, cls)
+
+
+def follow_up(cls: str | None, rng: np.random.Generator) -> str:
+    """A second-turn question: a yes/no about ``cls`` in a few words, or (``cls`` None) a request for more."""
+    if cls is None:
+        return str(rng.choice(FOLLOW_UP_DESCRIBE))
+    return str(rng.choice(expand(str(rng.choice(FOLLOW_UP_YES_NO)), cls)))
+
+
+def comparison_question(kind: str, rng: np.random.Generator, held_out: bool) -> tuple[str, str]:
+    """(question, family) comparing images by ``kind`` (a key of ``COMPARISONS``)."""
+    return _pick(COMPARISONS[kind], rng, held_out)
+
+
+def count_wordings() -> dict[str, int]:
+    """How many distinct wordings each intent has (training families, held-out families)."""
+    out = {}
+    for name, table, classes in (("describe", DESCRIBE, [None]), ("yes/no", YES_NO, CLASS_NAMES)):
+        for held in (False, True):
+            out[f"{name}{' (held out)' if held else ''}"] = len(
+                {w for f in _families(table, held) for t in table[f] for c in classes for w in expand(t, c)}
+            )
+    return out
