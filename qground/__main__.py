@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from qground.builder import REGISTRY, build_model, build_tokenizer
 from qground.checkpoint import QUANT_CHOICES, CheckpointError
-from qground.evaluate import IMAGE_EXTENSIONS, TASKS, evaluate, report_table
+from qground.evaluate import IMAGE_EXTENSIONS, TASKS, evaluate, report_table, side_by_side_table
 from qground.imageio import ImageLoadError, load_image
 from qground.inference import MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
 from qground.models import DEFAULT_MODEL, resolve_model
@@ -231,6 +231,17 @@ def run_eval(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:  # malformed data (ImageLoadError and JSON errors included)
         raise UsageError(f"{args.data}: {e}") from None
     print(report_table(report))
+    reports = {engine.name: report}
+    for other in args.against:  # each at its own default strictness, on the same items
+        try:
+            rival = load_engine(resolve_model(other), revision=None, quant=args.quant)
+        except CheckpointError as e:
+            raise UsageError(f"--against: cannot load the model {other!r}: {e}") from None
+        rival_settings = GenerationSettings(strictness=rival.policy.default_strictness)
+        reports[rival.name] = evaluate(rival, args.data, tasks, args.limit, settings=rival_settings)
+    if args.against:
+        report["against"] = {name: r for name, r in reports.items() if name != engine.name}
+        print("\n" + side_by_side_table(reports))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -323,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
     ev.add_argument("--limit", type=int, help="at most N items per task")
     ev.add_argument("--out", help="write the JSON report here")
+    ev.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="also evaluate this model (name, folder or Hub repo id; repeatable) on the same items, each at its own "
+        "default strictness, and print the models side by side",
+    )
     _add_model_options(ev)
 
     describe = sub.add_parser("describe", help="describe the quality of one image")

@@ -110,7 +110,7 @@ def config_nano() -> QGroundConfig:
         decoder=DecoderConfig(dim=64, depth=1, num_heads=4, mlp_dim=256, layers=(4, 3)),
         image_size=128,
         detail_channels=True,
-        detail_max_side=640,  # training.data.synth's max_side: the largest training photos
+        detail_max_side=1280,  # training.data.synth's MAX_SIDE: the largest training photos
         image_mean=(*CLIP_MEAN, *[0.0] * NUM_DETAIL_CHANNELS),
         image_std=(*CLIP_STD, *[1.0] * NUM_DETAIL_CHANNELS),
         feature_layers=(2, 3, 4),

@@ -58,6 +58,7 @@ __all__ = [
     "load_gt",
     "named_classes",
     "report_table",
+    "side_by_side_table",
 ]
 
 EMPTY_MASK_FRACTION = 0.001
@@ -533,6 +534,50 @@ def evaluate(
         else:
             report["skipped"][task] = f"no {path.name} in {data_dir}"
     return report
+
+
+def side_by_side_table(reports: Mapping[str, dict]) -> str:
+    """The headline numbers of several ``evaluate`` reports on the same folder, one column per model plus the classical
+    baseline (from the first report): IoU per class and per distortion family (held-out families marked *), mIoU, the
+    share of clean photos given a mask, finished sentences and answers naming exactly the true classes (description
+    questions), description F1 and comparison accuracy (all groups; pairs)."""
+    first = next(iter(reports.values()))
+    names = list(reports)
+    ground = {n: r["ground"] for n, r in reports.items() if "ground" in r}
+    columns = names + (["classical baseline"] if "ground" in first else [])
+    width = max(12, *(len(n) + 2 for n in columns))
+
+    def row(label: str, values: Iterable[float | None]) -> str:
+        return f"{label:<48}" + "".join(f"{_cell(v):>{width}}" for v in values)
+
+    def grounding(pick) -> list[float | None]:
+        return [pick(ground[n]["methods"]["model"]) if n in ground else None for n in names] + (
+            [pick(first["ground"]["methods"]["baseline"])] if "ground" in first else []
+        )
+
+    lines = [f"{'':<48}" + "".join(f"{n:>{width}}" for n in columns)]
+    if "ground" in first:
+        lines += [row(f"IoU {c}", grounding(lambda m, c=c: m["per_class"][c]["iou"])) for c in CLASS_NAMES]
+        lines.append(row("mIoU", grounding(lambda m: m["mIoU"])))
+        lines.append(row("clean photos given a mask", grounding(lambda m: _complement(m["clean_rate"]))))
+        held = set(first["ground"].get("held_out_families", []))
+        for family in first["ground"].get("by_family", {}):
+            values = [ground[n].get("by_family", {}).get(family, {}).get("model") for n in names]
+            label = f"IoU {family}{' *' if family in held else ''} ({first['ground']['by_family'][family]['images']})"
+            lines.append(row(label, [*values, first["ground"]["by_family"][family]["baseline"]]))
+    if "describe" in first:
+        for key, label in (("well_formed", "finished sentences"), ("names_truth", "answers naming the true classes")):
+            lines.append(row(label, [r.get("describe", {}).get(key) for r in reports.values()]))
+        lines.append(row("description class F1", [r.get("describe", {}).get("f1") for r in reports.values()]))
+    if "compare" in first:
+        lines.append(row("comparison accuracy", [r.get("compare", {}).get("accuracy") for r in reports.values()]))
+        pairs = [r.get("compare", {}).get("by_images", {}).get("2", {}).get("accuracy") for r in reports.values()]
+        lines.append(row("… of pairs", pairs))
+    return "\n".join(lines)
+
+
+def _complement(value: float | None) -> float | None:
+    return None if value is None else 1.0 - value
 
 
 def report_table(report: dict) -> str:

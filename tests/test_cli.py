@@ -139,6 +139,26 @@ def test_eval_writes_metrics_and_the_model_beats_all_empty(checkpoint, overfit_b
     assert report["skipped"] == {} and report["strictness"] == 0.0
 
 
+def test_eval_against_other_models_prints_them_side_by_side(checkpoint, overfit_batch, tmp_path, capsys):
+    """``--against`` evaluates more models on the same items in the same run: one column each, plus the classical
+    baseline; their reports go into the JSON under "against"."""
+    data = tmp_path / "data"
+    write_eval_folder(data, overfit_batch)
+    meta = {"held_out_families": ["noise/speckle"], "images": [{"id": "a", "families": {"noise": "noise/speckle"}}]}
+    (data / "meta.json").write_text(json.dumps(meta))
+    out = tmp_path / "metrics.json"
+    argv = ["eval", "--data", str(data), "--model", checkpoint, "--against", "qground-tiny", "--out", str(out)]
+    assert main(argv) == 0
+    table = capsys.readouterr().out.split("\n\n")[-1]
+    assert "qground-tiny" in table and "classical baseline" in table and checkpoint in table
+    for label in ("mIoU", "clean photos given a mask", "IoU noise/speckle * (1)", "finished sentences"):
+        assert label in table, label
+    report = json.loads(out.read_text())
+    assert set(report["against"]) == {"qground-tiny"} and report["ground"]["by_family"]["noise/speckle"]["images"] == 1
+    assert main(["eval", "--data", str(data), "--model", checkpoint, "--against", str(tmp_path / "none")]) == 2
+    assert "--against: cannot load the model" in capsys.readouterr().err
+
+
 def test_eval_usage_errors(tmp_path, capsys):
     assert main(["eval", "--data", str(tmp_path), "--tasks", "ground,dance"]) == 2
     assert "dance" in capsys.readouterr().err
