@@ -298,7 +298,9 @@ class QGroundEngine:
         self, tokens: list[int], choices: list[list[float]] = (), letters: Mapping[int, str] | None = None
     ) -> str:
         """Decoded answer without special tokens, each ``[CHOICE]`` shown as the place word of the image its
-        ``choices`` entry (probabilities per image) favours; spaces before punctuation tidied. ``letters`` (image
+        ``choices`` entry (probabilities per image) favours; spaces before punctuation tidied; a finished answer (ended
+        by end-of-sequence) that ends in a word, as a grounding answer's list of classes does, gets its full stop.
+        ``letters`` (image
         index → option letter of a multiple-choice question): the answer starts with the letter of the option its first
         ``[CHOICE]`` picks, as such questions ask ("B. The first image.")."""
         picks = [max(range(len(probs)), key=probs.__getitem__) for probs in choices]
@@ -309,6 +311,8 @@ class QGroundEngine:
         text = " ".join([*pieces, self.tokenizer.decode(tokens[start:], skip_special_tokens=True)])
         text = re.sub(r"\s+([,.;:!?])", r"\1", text)
         text = re.sub(r"[ \t]+", " ", text).strip()
+        if text and text[-1].isalnum() and tokens[-1] == self.config.token_ids.eos:  # a grounding answer's last class
+            text += "."
         return f"{letters[picks[0]]}. {text}" if picks and letters and picks[0] in letters else text
 
     def _finish(

@@ -28,7 +28,7 @@ begin, none adding ``<s>``/``</s>`` itself:
 
 from __future__ import annotations
 
-import functools
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +63,10 @@ class PromptTooLongError(ValueError):
     """The conversation does not fit the model's context."""
 
 
+# Preprocessed training images, least recently used first: (path, size, mtime, image settings) → (pixels, meta).
+_IMAGE_CACHE: OrderedDict[tuple, tuple[torch.Tensor, ImageMeta]] = OrderedDict()
+
+
 class QGroundProcessor:
     """Images + conversation → model inputs, and model masks → original image frames."""
 
@@ -74,15 +78,23 @@ class QGroundProcessor:
         max_length: int | None = None,
         cache_images: int = 0,
     ) -> None:
-        """``cache_images``: keep that many preprocessed images from file paths in memory (training reads every
-        photo many times; off for inference, where files may change)."""
+        """``cache_images``: keep up to that many preprocessed images from file paths in memory, shared by every
+        processor whose image settings match (training reads every photo many times, in stage after stage; off for
+        inference). An entry is keyed by the path, the file's size and modification time and those settings."""
         self.tokenizer = tokenizer
         self.config = config
         self.style = style
         self.max_length = max_length or config.llm.max_position_embeddings
         self._mean = torch.tensor(config.image_mean).view(-1, 1, 1)
         self._std = torch.tensor(config.image_std).view(-1, 1, 1)
-        self._cached = functools.lru_cache(maxsize=cache_images)(self._preprocess) if cache_images else None
+        self._cache_size = cache_images
+        self._image_key = (
+            config.image_size,
+            tuple(config.image_mean),
+            tuple(config.image_std),
+            config.detail_channels,
+            config.detail_max_side,
+        )
 
     # -- images ------------------------------------------------------------------------------------------------------
     def content_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
@@ -96,8 +108,16 @@ class QGroundProcessor:
     ) -> tuple[torch.Tensor, ImageMeta]:
         """A path, bytes or PIL image → ``(C, S, S)`` float tensor (the tower's channels) and its ``ImageMeta`` with
         the ``evidence`` maps named (``EVIDENCE_MAPS``) and, with ``keep_photo``, the photo."""
-        if self._cached is not None and isinstance(image, str | Path) and not evidence and not keep_photo:
-            return self._cached(str(image))
+        if self._cache_size and isinstance(image, str | Path) and not evidence and not keep_photo:
+            stat = Path(image).stat()
+            key = (str(image), stat.st_size, stat.st_mtime_ns, self._image_key)
+            if key in _IMAGE_CACHE:
+                _IMAGE_CACHE.move_to_end(key)
+                return _IMAGE_CACHE[key]
+            _IMAGE_CACHE[key] = self._preprocess(image)
+            while len(_IMAGE_CACHE) > self._cache_size:
+                _IMAGE_CACHE.popitem(last=False)
+            return _IMAGE_CACHE[key]
         return self._preprocess(image, evidence, keep_photo)
 
     def _preprocess(

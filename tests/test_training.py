@@ -148,3 +148,24 @@ def test_push_writes_card_and_uploads(tmp_path, monkeypatch, trained_tiny):
         assert needle in card, needle
     model, _ = load_model(folder)  # the card does not disturb loading
     assert model.config == trained_tiny.model.config
+
+
+def test_preprocessed_images_are_shared_across_stages_until_the_file_changes(tiny, tmp_path):
+    """Processors with ``cache_images`` (one per training stage) share preprocessed photos; rewriting the file, or
+    other image settings, preprocess it anew; inference processors (no cache) never read the cache."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    model, tokenizer, _ = tiny
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(path)
+    first, second = (QGroundProcessor(tokenizer, model.config, cache_images=8) for _ in range(2))
+    a, _ = first.preprocess_image(path)
+    assert second.preprocess_image(path)[0] is a  # the second stage reads the first one's result
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(path)
+    os.utime(path, ns=(0, 1))  # a new modification time
+    b, _ = second.preprocess_image(path)
+    assert b is not a and b.mean() > a.mean()
+    assert QGroundProcessor(tokenizer, model.config).preprocess_image(path)[0] is not b

@@ -40,8 +40,8 @@ from training.data.questions import COMPARISONS, comparison_question, describe_q
 
 # Longest side of the generated photos (each is shrunk to a random side in [MAX_SIDE / 2.5, MAX_SIDE]); qground-nano's
 # detail_max_side reads larger photos at this scale.
-MAX_SIDE = 640
-POOL_MAX_SIDE = 1280  # pool photos are read at most this large (a capture twice the generated size at most)
+MAX_SIDE = 1280
+POOL_MAX_SIDE = 2048  # pool photos are read at most this large (room for a capture larger than the generated size)
 CAPTURE = 0.35  # share of images distorted at up to twice their final size, then shrunk (a larger camera's photo)
 WHOLE_IMAGE = 0.3  # share of one-class images distorted everywhere
 SPLITS = ("train", "eval", "val")  # disjoint photos: training, held-out evaluation, validation (choosing settings)
