@@ -38,9 +38,10 @@ from training.data.distortions import HELD_OUT, Family, families, strength_of_se
 from training.data.photo_pool import POOL, PoolPhoto, load_pool_photo, pool_photos
 from training.data.questions import COMPARISONS, comparison_question, describe_question, follow_up, yes_no_question
 
-# Longest side of the generated photos (each is shrunk to a random side in [MAX_SIDE / 2.5, MAX_SIDE]); qground-nano's
-# detail_max_side reads larger photos at this scale.
+# Longest side of the generated photos (each is shrunk to a side drawn log-uniformly in [MIN_SIDE, MAX_SIDE]: the model
+# meets photos of every size); qground-nano's detail_max_side reads larger photos at this scale.
 MAX_SIDE = 1280
+MIN_SIDE = 320
 POOL_MAX_SIDE = 2048  # pool photos are read at most this large (room for a capture larger than the generated size)
 CAPTURE = 0.35  # share of images distorted at up to twice their final size, then shrunk (a larger camera's photo)
 WHOLE_IMAGE = 0.3  # share of one-class images distorted everywhere
@@ -177,8 +178,8 @@ def photo_names(split: str) -> list[str]:
 
 # -- image generation --------------------------------------------------------------------------------------------------
 def augment(photo: np.ndarray, rng: np.random.Generator, max_side: int) -> np.ndarray:
-    """Random crop (≥ 50 % area), flip, shrink to a longest side in [max_side/2.5, max_side] (never enlarged: upscaling
-    would smooth the photo's own detail and blur every pixel), mild color jitter."""
+    """Random crop (≥ 50 % area), flip, shrink to a longest side drawn log-uniformly in [MIN_SIDE, max_side] (never
+    enlarged: upscaling would smooth the photo's own detail and blur every pixel), mild color jitter."""
     h, w = photo.shape[:2]
     scale = np.sqrt(rng.uniform(0.5, 1.0))
     ch, cw = int(h * scale * rng.uniform(0.85, 1.15)), int(w * scale * rng.uniform(0.85, 1.15))
@@ -187,7 +188,7 @@ def augment(photo: np.ndarray, rng: np.random.Generator, max_side: int) -> np.nd
     crop = photo[y0 : y0 + ch, x0 : x0 + cw]
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
-    side = int(rng.uniform(max_side / 2.5, max_side))
+    side = int(np.exp(rng.uniform(np.log(min(MIN_SIDE, max_side)), np.log(max_side))))
     s = min(1.0, side / max(ch, cw))
     img = Image.fromarray(np.ascontiguousarray(crop)).resize(
         (max(8, round(cw * s)), max(8, round(ch * s))), Image.Resampling.LANCZOS
