@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-from qground.taxonomy import CLASS_NAMES
+from qground.taxonomy import CLASS_NAMES, MAX_PHRASE_WORDS, match_class, normalize
 from qground.tokens import SegTokens
 
 __all__ = [
+    "asked_classes",
     "LOCATIONS",
     "QUALITIES",
     "SEVERITIES",
@@ -196,38 +197,65 @@ def _seg_group(seg: SegTokens) -> str:
     return " ".join(chr(SEG_CHAR0 + k) for k in range(seg.count))
 
 
-def single_image_grammar(seg: SegTokens | None = None) -> Grammar:
-    """Every one-image answer of the module docstring (grounding, or an optional yes/no lead and a description)."""
+def asked_classes(question: str) -> frozenset[str]:
+    """The distortion classes a question names (``taxonomy.match_class`` over spans of up to ``MAX_PHRASE_WORDS``
+    words: "Is it blurry?" → {"blur"}, "any camera shake?" → {"jitter"}, "What do you think?" → none)."""
+    words = normalize(question).split()
+    found = set()
+    for n in range(MAX_PHRASE_WORDS, 0, -1):
+        for i in range(len(words) - n + 1):
+            name = match_class(" ".join(words[i : i + n]))
+            if name is not None:
+                found.add(name)
+    return frozenset(found)
+
+
+def single_image_grammar(
+    seg: SegTokens | None = None, present: frozenset[str] | None = None, asked: frozenset[str] | None = None
+) -> Grammar:
+    """Every one-image answer of the module docstring (grounding, or an optional yes/no lead and a description).
+
+    ``present`` (None: any): the classes the answer may name, as the model's readout found them; with none the
+    answer says there is no obvious distortion, with some it names at least one of them. ``asked`` (None: any): the
+    classes the question names (``asked_classes``); a yes/no lead answers about those only: "Yes." needs one of them
+    present, "No, there is no X." needs X asked and absent."""
     seg = seg or SegTokens()
+    named = [i for i, name in enumerate(CLASS_NAMES) if present is None or name in present]
     g = Grammar()
     begin, describe, quality = g.node(), g.node(), g.node()
     g.choice(g.start, ("", " "), begin)
     # grounding: classes in taxonomy order, each once
-    g.edge(begin, CLEAN_GROUNDING, g.accept)
+    if present is None or not present:
+        g.edge(begin, CLEAN_GROUNDING, g.accept)
     lead = g.node()
-    g.edge(begin, GROUNDING_LEAD, lead)
-    after = [g.node() for _ in CLASS_NAMES]
-    for i, name in enumerate(CLASS_NAMES):
-        g.edge(lead, f"{name} {_seg_group(seg)}", after[i])
+    if named:
+        g.edge(begin, GROUNDING_LEAD, lead)
+    after = {i: g.node() for i in named}
+    for i in named:
+        g.edge(lead, f"{CLASS_NAMES[i]} {_seg_group(seg)}", after[i])
         g.edge(after[i], "", g.accept)
-        for j in range(i + 1, len(CLASS_NAMES)):
+        for j in (j for j in named if j > i):
             g.edge(after[i], f" , {CLASS_NAMES[j]} {_seg_group(seg)}", after[j])
     # description, after an optional yes/no lead
     g.edge(begin, "", describe)
-    g.edge(begin, "Yes. ", describe)
+    if (present is None or present) and (asked is None or asked & (CLASS_NAMES if present is None else present)):
+        g.edge(begin, "Yes. ", describe)
     for name in CLASS_NAMES:
-        g.edge(begin, f"No, there is no {name}. ", describe)
-    g.edge(describe, CLEAN_DESCRIPTION + " ", quality)
+        if (present is None or name not in present) and (asked is None or name in asked):
+            g.edge(begin, f"No, there is no {name}. ", describe)
+    if present is None or not present:
+        g.edge(describe, CLEAN_DESCRIPTION + " ", quality)
     items = g.node()
     g.edge(describe, "The image has ", items)
-    first, middle, last = ([g.node() for _ in CLASS_NAMES] for _ in range(3))  # after an item of class i
-    for i, _ in enumerate(CLASS_NAMES):
+    first, middle, last = ({i: g.node() for i in named} for _ in range(3))  # after an item of class i
+    for i in named:
         _item(g, items, i, first[i])
         g.edge(first[i], ". ", quality)
         g.edge(last[i], ". ", quality)
-        for j in range(i + 1, len(CLASS_NAMES)):
+        for j in (j for j in named if j > i):
             for src in (first[i], middle[i]):
-                _item(g, _joined(g, src, ", "), j, middle[j])
+                if j != named[-1]:  # a middle item needs a later class to follow it
+                    _item(g, _joined(g, src, ", "), j, middle[j])
                 _item(g, _joined(g, src, " and "), j, last[j])
     end = g.node()
     g.edge(quality, "Overall, its quality is ", end)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from qground.answers import TokenConstraint, comparison_grammar, single_image_grammar
+from qground.answers import TokenConstraint, asked_classes, comparison_grammar, single_image_grammar
 from qground.masks import ground_masks
 from qground.modeling.qground import ImageFeatures, QGroundModel
 from qground.naming import question_options
@@ -27,7 +27,7 @@ from qground.policy import MAX_STRICTNESS, InferencePolicy, readout_thresholds
 from qground.processor import ImageMeta, QGroundProcessor
 from qground.prompts import Turn, ordinal
 from qground.questions import GROUNDING_QUESTION
-from qground.taxonomy import match_class
+from qground.taxonomy import CLASS_NAMES, match_class
 from qground.tokens import SegTokens
 from qground.visualize import area_percent, region_location
 
@@ -189,7 +189,7 @@ class QGroundEngine:
         self.tokenizer = processor.tokenizer
         self.name = name
         self.policy = InferencePolicy()
-        self._constraints: dict[int, TokenConstraint] = {}  # by 1 (one image or none) / 2 (several)
+        self._constraints: dict[tuple, TokenConstraint] = {}  # by (1 or 2 = several images, classes present)
         self.set_policy(policy or InferencePolicy())
 
     @property
@@ -224,15 +224,19 @@ class QGroundEngine:
         with torch.inference_mode():
             return model.encode_images(pixels, sizes, gate, keep_coverage=bool(policy.readout_mask_weight))
 
-    def constraint(self, num_images: int) -> TokenConstraint | None:
+    def constraint(
+        self, num_images: int, present: frozenset[str] | None = None, asked: frozenset[str] | None = None
+    ) -> TokenConstraint | None:
         """The answer grammar decoding is held to under the policy (``constrained_answers``): the one-image grammar,
-        or with several images the comparison answer (models with a choice head); None: free decoding."""
+        naming only the ``present`` classes and leading with yes/no only about the ``asked`` ones when given
+        (``answers_follow_readout``), or with several images the comparison answer (models with a choice head); None:
+        free decoding. Each grammar is compiled once."""
         if not self.policy.constrained_answers or (num_images > 1 and not self.config.choice_head):
             return None
-        key = min(num_images, 2)
+        key = (min(num_images, 2), present, asked) if num_images <= 1 else (2, None, None)
         if key not in self._constraints:
             seg = SegTokens(self.config.seg_levels, self.config.seg_tokens_per_level)
-            grammar = single_image_grammar(seg) if key <= 1 else comparison_grammar()
+            grammar = single_image_grammar(seg, present, asked) if key[0] <= 1 else comparison_grammar()
             self._constraints[key] = TokenConstraint.for_tokenizer(
                 grammar, self.tokenizer, self.config.token_ids, self.config.llm.vocab_size
             )
@@ -254,7 +258,11 @@ class QGroundEngine:
         strictness = self.strictness(settings, len(metas))
         letters = {image: letter for letter, image in question_options(turns[-1].question, len(metas)).items()}
         features = self.encode(sample, strictness)
-        constraint = self.constraint(len(metas))
+        present = asked = None
+        if self.policy.answers_follow_readout and len(metas) == 1 and features.present is not None:
+            present = frozenset(name for name, on in zip(CLASS_NAMES, features.present[0].tolist(), strict=True) if on)
+            asked = asked_classes(turns[-1].question)
+        constraint = self.constraint(len(metas), present, asked)
         tokens: list[int] = []
         states: list[torch.Tensor] = []
         choices: list[list[float]] = []

@@ -67,6 +67,10 @@ class InferencePolicy:
     - ``constrained_answers``: decoding is held to the answer grammar (``qground.answers``): one image, a grounding
       answer or a description; several images, ``The [CHOICE] image.`` (models with a choice head). Every answer is
       then a finished sentence; the model picks which.
+    - ``answers_follow_readout`` (with ``constrained_answers``, models with a readout): a one-image answer names only
+      the classes the readout finds present at the request's strictness (presence logit at its threshold), and says
+      there is no obvious distortion when it finds none, so the words, the masks and the readout agree; a yes/no lead
+      ("Yes." / "No, there is no blur.") answers only about the classes the question names.
     - ``calibration``: how the values were chosen (sweeps, references), for the record; never read at run time.
     """
 
@@ -83,6 +87,7 @@ class InferencePolicy:
     mask_refine_radius: float = 0.0
     mask_refine_eps: float = 0.01
     constrained_answers: bool = False
+    answers_follow_readout: bool = False
     calibration: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +124,10 @@ class InferencePolicy:
             if getattr(self, name)
         ]
         _check(config.readout or not needs_readout, f"{', '.join(needs_readout)} need a model with a readout")
+        _check(
+            not self.answers_follow_readout or (config.readout and self.constrained_answers),
+            "answers_follow_readout needs constrained_answers and a model with a readout",
+        )
         _check(
             self.mask_refine_radius <= config.image_size,
             f"mask_refine_radius {self.mask_refine_radius} exceeds the model's input size {config.image_size}",

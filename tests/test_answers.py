@@ -8,6 +8,8 @@ from PIL import Image
 from qground.answers import (
     LOCATIONS,
     Finding,
+    TokenConstraint,
+    asked_classes,
     comparison_grammar,
     describe_answer,
     quality_word,
@@ -107,3 +109,68 @@ def test_free_decoding_stays_the_default(random_nano):
     engine = QGroundEngine(random_nano.model, random_nano.processor, "random nano")
     assert engine.constraint(1) is None and random_nano.constraint(1) is not None
     assert random_nano.constraint(3) is random_nano.constraint(2)  # compiled once per grammar
+
+
+def _reachable_states(constraint, limit: int = 20000):
+    """Every grammar state decoding can reach, following each allowed token (breadth first, up to ``limit``)."""
+    seen, todo = set(), [constraint.start()]
+    while todo and len(seen) < limit:
+        state = todo.pop()
+        if state in seen:
+            continue
+        seen.add(state)
+        todo += [constraint.advance(state, i) for i in constraint.mask(state).nonzero().flatten().tolist()]
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("present", "asked"),
+    [(None, None), (frozenset(), frozenset()), (frozenset({"blur", "noise"}), frozenset({"jitter"})),
+     (frozenset(CLASS_NAMES), frozenset({"blur"})), (frozenset({"noise"}), None)],
+)  # fmt: skip
+def test_decoding_never_reaches_a_dead_end(random_nano, present, asked):
+    """From every reachable state some token is allowed, or the answer is complete (end of sequence)."""
+    model = random_nano.model
+    grammar = single_image_grammar(None, present, asked)
+    constraint = TokenConstraint.for_tokenizer(
+        grammar, random_nano.tokenizer, model.config.token_ids, model.config.llm.vocab_size
+    )
+    assert all(constraint.mask(state).any() for state in _reachable_states(constraint))
+
+
+def test_answers_follow_what_the_readout_finds_and_what_was_asked():
+    """With the readout's classes, the answer names only those (no "no obvious distortion" when it finds some); a
+    yes/no lead answers about the classes the question names only."""
+    found = [Finding("noise", 2, "the center")]
+    grammar = single_image_grammar(None, frozenset({"noise"}), asked_classes("Is it blurry?"))
+    assert grammar.matches("No, there is no blur. " + describe_answer(found, "fair"))
+    assert grammar.matches(describe_answer(found, "fair"))
+    for wrong in (
+        "Yes. " + describe_answer(found, "fair"),  # blur was asked and is absent
+        "No, there is no jitter. " + describe_answer(found, "fair"),  # jitter was not asked
+        describe_answer([Finding("blur", 2, "the top")], "fair"),  # not found by the readout
+        describe_answer([], "excellent"),  # the readout found noise
+        grounding_answer([], ""),
+    ):
+        assert not grammar.matches(wrong), wrong
+    clean = single_image_grammar(None, frozenset(), frozenset())
+    assert clean.matches(describe_answer([], "excellent")) and clean.matches(grounding_answer([], ""))
+    assert not clean.matches("Yes. " + describe_answer([], "excellent"))
+    assert asked_classes("any camera shake?") == {"jitter"} and not asked_classes("What do you think of it?")
+
+
+def test_a_random_model_names_only_what_its_readout_finds(random_nano):
+    from qground.config import ConfigError
+
+    engine = QGroundEngine(random_nano.model, random_nano.processor, "random nano")
+    with pytest.raises(ConfigError, match="answers_follow_readout needs constrained_answers"):
+        engine.set_policy(InferencePolicy(answers_follow_readout=True))
+    engine.set_policy(InferencePolicy(constrained_answers=True, answers_follow_readout=True))
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    sample = engine.processor([image], [Turn("?")])
+    present = engine.encode(sample, 0.0).present[0]
+    found = {name for name, on in zip(CLASS_NAMES, present.tolist(), strict=True) if on}
+    for question in ("Describe the quality of this image.", "Please segment out distorted regions in the image."):
+        result = engine.ground(image, question, GenerationSettings(max_new_tokens=1024))
+        assert named_classes(result.text) <= found and set(result.masks) <= found, (found, result.text)
+        assert is_finished_sentence(result.text)

@@ -23,7 +23,7 @@ Whether overexposure needs a clipped white pixel (``overexposure_needs_clipping`
 the strictness. Every choice maximizes validation mIoU less the clean rate's shortfall below 0.9 (``score``), and a
 gate read off the training photos is kept only when validation gains from it: the validation split holds photo
 sources and distortion families that training never saw, so a gate survives only if it generalizes. Decoding is held
-to the answer grammar (``constrained_answers``).
+to the answer grammar, naming the classes the readout finds (``constrained_answers``, ``answers_follow_readout``).
 Prints the tables and writes the choices, and the sweeps under ``calibration``, as the checkpoint's inference policy
 (``inference_policy.json``, ``qground.policy``) — that file and nothing else. The held-out evaluation photos play no
 part in the choice.
@@ -288,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     grid, weights, radii = _floats(args.grid), _floats(args.weights), _floats(args.radii)
     model, tokenizer = load_model(args.model)
     engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name=str(args.model))
-    # decoding held to the answer grammar (it changes no grounding answer's masks); the decoder alone, one view
-    engine.set_policy(InferencePolicy(constrained_answers=True))
+    # decoding held to the answer grammar, answers naming what the readout finds; the decoder alone, one view
+    engine.set_policy(InferencePolicy(constrained_answers=True, answers_follow_readout=True))
     cal = Calibration(engine, args.data, args.limit)
     choose_strictness(cal, grid)
     cal.keep("overexposure_needs_clipping", cal.sweep("overexposure_needs_clipping", (False, True)))

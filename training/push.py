@@ -108,6 +108,11 @@ def _policy_rows(config: QGroundConfig, policy: InferencePolicy, calibrated: boo
             f"{policy.jitter_signature_weight:g} (fitted on the training photos, weight chosen on validation photos, "
             "`inference_policy.json`) |"
         )
+    if policy.constrained_answers:
+        lines.append(
+            "| answers | decoding is held to the answer grammar (`qground/answers.py`): every answer is a finished "
+            "sentence; the model picks which |"
+        )
     if policy.flip_average:
         lines.append(
             "| test-time views | each image is also read mirrored left-right: presence logits, readout coverage and "

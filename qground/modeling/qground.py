@@ -53,7 +53,8 @@ class ImageFeatures:
     when the choice head compares readouts (``choice_keys`` "readout") the ``evidence`` (M, 3·classes): each image's
     whole-image readout scores as trained (``DistortionReadout``). With two views (``mirrored``, and the
     ``content_sizes`` M (h, w)) ``mirrored`` holds the decoder's patch maps of the mirrored views, the coverage is
-    (M, classes, S, S), and coverage and evidence are averages of both views."""
+    (M, classes, S, S), and coverage and evidence are averages of both views. Models with a readout: ``present`` (M,
+    classes) bool, the classes whose whole-image presence logit reaches its threshold (0 as trained)."""
 
     tokens: torch.Tensor
     decoder: tuple[torch.Tensor, torch.Tensor]
@@ -61,6 +62,7 @@ class ImageFeatures:
     evidence: torch.Tensor | None = None
     mirrored: tuple[torch.Tensor, torch.Tensor] | None = None
     content_sizes: Sequence[tuple[int, int]] | None = None
+    present: torch.Tensor | None = None
 
 
 @dataclass
@@ -168,10 +170,13 @@ class QGroundModel(nn.Module):
 
                 threshold = thresholds(readout_coverage) if thresholds is not None else None
                 stacked = self.readout.scores(dense[:m], whole, threshold)  # CLS + patches
+                k = self.readout.num_classes
+                present = whole[:, :k] >= (0.0 if threshold is None else threshold.to(whole))
                 coverage = readout_coverage() if keep_coverage else None
                 if cfg.choice_keys == "readout":  # ungated: comparisons read the evidence as trained
                     evidence = whole.sigmoid()
         else:
+            present = None
             stacked = torch.cat([hs[i][:m] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype
         tokens = self.projector(stacked.to(proj_dtype))
@@ -182,6 +187,7 @@ class QGroundModel(nn.Module):
             evidence=evidence,
             mirrored=tuple(hs[i][m:, 1:] for i in cfg.decoder.layers) if two_views else None,
             content_sizes=content_sizes,
+            present=present,
         )
 
     def _coverage(self, dense: torch.Tensor, m: int, content_sizes: Sequence[tuple[int, int]] | None) -> torch.Tensor:
