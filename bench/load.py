@@ -102,12 +102,14 @@ class Report:
 
 # -- what each endpoint answers ----------------------------------------------------------------------------------------
 def call(client, endpoint: str, user: User):
-    """One request of ``endpoint`` with the user's photos and blank or preset questions (greedy decoding)."""
+    """One request of ``endpoint`` with the user's photos and blank or preset questions (greedy decoding); one-image
+    requests at strictness 0 (as trained), so each user's photo gets its own masks and words and cross-talk between
+    users stays detectable."""
     from gradio_client import handle_file
 
     if endpoint == "/compare":
         return client.predict([handle_file(p) for p in user.photos], "Which image is sharper?", api_name=endpoint)
-    return client.predict(handle_file(user.photos[0]), "", api_name=endpoint)
+    return client.predict(handle_file(user.photos[0]), "", 0.0, api_name=endpoint)
 
 
 def masks_digest(archive: str | None) -> str:

@@ -24,6 +24,7 @@ CHOSEN = {
     "mask_refine_radius": 6.0,
     "mask_refine_eps": 0.02,
     "constrained_answers": True,
+    "answers_follow_readout": True,
 }
 
 
