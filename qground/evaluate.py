@@ -411,7 +411,8 @@ def _run_grounding(
     """Model, classical baseline and all-empty predictions over ``images/`` vs ``gt/``."""
     methods = {"model": GroundingMetrics(), "baseline": GroundingMetrics(), "all-empty": GroundingMetrics()}
     seconds: dict[str, list[float]] = {"model": [], "baseline": []}
-    families = _families(data_dir)
+    meta = _meta(data_dir)
+    families = {m["id"]: m["families"] for m in meta.get("images", []) if "families" in m}  # stem → class → family
     by_family: dict[str, dict[str, GroundingMetrics]] = {}
     per_image = []
     for path in tqdm(_image_paths(data_dir)[:limit], desc="ground", disable=not progress, dynamic_ncols=True):
@@ -446,24 +447,16 @@ def _run_grounding(
             family: {"images": m["model"].images} | {name: m[name].summary()["mIoU"] for name in ("model", "baseline")}
             for family, m in sorted(by_family.items())
         },
-        "held_out_families": _held_out_families(data_dir),
+        "held_out_families": meta.get("held_out_families", []),
         "per_image": per_image,
     }
 
 
 def _meta(data_dir: Path) -> dict:
+    """A synthetic folder's ``meta.json`` (per image the distortion family of each class, the held-out families), or
+    {} without one."""
     path = data_dir / "meta.json"
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _families(data_dir: Path) -> dict[str, dict[str, str]]:
-    """Image stem → class → the distortion family that made it, from a synthetic folder's ``meta.json`` (empty
-    without one)."""
-    return {m["id"]: m["families"] for m in _meta(data_dir).get("images", []) if "families" in m}
-
-
-def _held_out_families(data_dir: Path) -> list[str]:
-    return _meta(data_dir).get("held_out_families", [])
 
 
 def _run_describe(

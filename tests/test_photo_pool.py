@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from training.data import debian, photo_pool
-from training.data.debian import DebianPackage, fetch_package, sha256_of
+from training.data.archives import sha256_of
+from training.data.debian import DebianPackage, fetch_package
 from training.data.photo_pool import POOL, SPLITS, PoolPhoto, load_pool_photo, pool_photos
 
 FORBIDDEN = ("mate-backgrounds", "plasma-workspace-wallpapers", "lomiri-")

@@ -33,7 +33,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("QGROUND_PHOTO_CACHE") or Path.home() / ".cache" / "qground" / "archives")
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -46,7 +47,7 @@ def fetch(archive: Archive) -> Path:
     ``write_atomically`` moves into place). Raises ``RuntimeError`` naming the URL when the registry cannot be reached
     or the download does not match the pinned checksum (nothing unverified is kept)."""
     path = cache_dir() / archive.filename
-    if path.is_file() and _sha256(path) == archive.sha256:
+    if path.is_file() and sha256_of(path) == archive.sha256:
         return path
 
     def download(f) -> None:

@@ -3,13 +3,14 @@ sha256 and unpack it once under a cache folder (``debs/`` holds the files, ``roo
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from training.data.archives import sha256_of
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,6 @@ def apt_download(name: str, version: str, dest: Path) -> None:
     )
     if done.returncode != 0:
         raise RuntimeError(f"apt-get download {name}={version} failed:\n{done.stderr.strip()}")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def deb_path(pkg: DebianPackage, cache: Path) -> Path:
