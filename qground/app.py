@@ -12,6 +12,7 @@ event that runs a model (Q-Ground or SAM) shares the queue ``concurrency_id="mod
 import argparse
 import functools
 import inspect
+import json
 import logging
 import os
 
@@ -19,29 +20,72 @@ from qground.models import DEFAULT_MODEL
 from qground.questions import COMPARE_PRESETS, QUESTIONS
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+log = logging.getLogger(__name__)
 
 MODEL = {"concurrency_id": "model", "api_visibility": "private"}  # a private UI event that runs a model
 PRIVATE = {"api_visibility": "private"}
 INSTANT = {"queue": False, "api_visibility": "private"}  # cheap UI updates
-API_DOC = """Every model call is a named endpoint. `pip install gradio_client`, then:
+PAPER = "https://arxiv.org/abs/2407.17035"
+NARROW_PX = 768  # a window narrower than this is a phone: the layout stacks and a run scrolls to its answer
+
+
+def api_doc(client_address: str, segment: bool) -> str:
+    """The API tab's usage notes: ``client_address`` is what ``gradio_client.Client`` takes (this server's URL as
+    the browser reached it, or the Space id); ``segment`` documents /segment (only served when SAM is on)."""
+    segment_call = (
+        'regions, annotation_zip = client.predict(handle_file("photo.jpg"),\n'
+        '                                         \'[{"label": "blur", "points": [[120, 80]]}]\', '
+        'api_name="/segment")\n'
+        if segment
+        else ""
+    )
+    return f"""Every model call is a named endpoint. `pip install gradio_client`, then:
 ```python
 from gradio_client import Client, handle_file
-client = Client("http://127.0.0.1:7860")  # or the Space id, e.g. "ORG/qground"
+client = Client("{client_address}")
 overlay, answer, table, masks_zip = client.predict(handle_file("photo.jpg"), "", api_name="/ground")
 answer = client.predict(handle_file("photo.jpg"), "How sharp is this photo?", api_name="/describe")
 answer, ranking, note = client.predict([handle_file("a.jpg"), handle_file("b.jpg")], "Which is sharper?",
                                       api_name="/compare")
 overlay, answer, table, masks_zip = client.predict(handle_file("photo.jpg"), "", 6.0, api_name="/ground")
-regions, annotation_zip = client.predict(handle_file("photo.jpg"), '[{"label": "blur", "points": [[120, 80]]}]',
-                                         api_name="/segment")
-```
-`/ground` returns `{"image", "annotations": [{"image", "label"}]}` (labels are class names), the answer, the rows
-(class, area %, score) and a zip of one lossless PNG mask per class + `result.json`; a blank question asks the default
-grounding (/ground) or assessment (/describe) question. `client.submit(...)` streams the answer (`job.outputs()`).
-/ground and /describe take an optional third input, the detection strictness (0–8; models with a distortion readout
-such as qground-nano; default: the model's inference policy's `default_strictness`, chosen on validation photos):
-higher means fewer false alarms on clean photos, fewer distortions found; 0 = as trained. /compare ranks the images
-by their evidence as read."""
+{segment_call}```
+`/ground` returns `{{"image", "annotations": [{{"image", "label"}}]}}` (labels are class names; full-size masks), the
+answer, the table (4 columns: distortion, area %, where, score) and a zip of one lossless PNG mask per class +
+`result.json`; a blank question asks the default grounding (/ground) or assessment (/describe) question.
+`client.submit(...)` streams the answer (`job.outputs()`). /ground and /describe take an optional third input, the
+detection strictness (0–8; models with a distortion readout such as qground-nano; default: the model's inference
+policy's `default_strictness`, chosen on validation photos): higher means fewer false alarms on clean photos, fewer
+distortions found; 0 = as trained. /compare ranks the images by their evidence as read.""" + (
+        ""
+        if segment
+        else "\n\nClick-to-segment (/segment) is served only when Segment Anything is on (see the Annotate tab)."
+    )
+
+
+def _client_address(request) -> str:
+    """What a ``gradio_client.Client`` should be given to reach this app: the Space id on Hugging Face Spaces, else
+    the scheme and host the browser used (a ``gr.Request``; proxies' X-Forwarded-* headers respected)."""
+    space = os.environ.get("SPACE_ID")
+    if space:
+        return space
+    headers = request.headers if request is not None else {}
+    host = headers.get("x-forwarded-host") or headers.get("host") or "127.0.0.1:7860"
+    scheme = headers.get("x-forwarded-proto") or "http"
+    return f"{scheme}://{host}"
+
+
+def intro(card_url: str | None) -> str:
+    """One line above the tabs: what the app does, the five classes in their overlay colors, links."""
+    from qground.taxonomy import DISTORTIONS
+
+    swatches = " · ".join(
+        f'<span class="swatch" style="color:{d.color}">■</span> {d.display.lower()}' for d in DISTORTIONS
+    )
+    links = f"[Q-Ground paper]({PAPER})" + (f" · [model card]({card_url})" if card_url else "")
+    return (
+        "Upload a photo (or pick an example) and ask about its quality: the answer comes with one mask per "
+        f"distortion — {swatches}. {links}"
+    )
 
 
 def _gpu(fn):
@@ -53,11 +97,68 @@ def _gpu(fn):
     return spaces.GPU(fn)
 
 
+def _user_error(err: Exception) -> None:
+    """A problem the person can fix: one log line, no traceback."""
+    log.info("user error: %s", err)
+
+
+def _server_error(err: Exception):
+    """An unexpected failure: logged with its traceback, shown in words (``gr.Error`` to raise)."""
+    import gradio as gr
+
+    log.exception("request failed")
+    return gr.Error(
+        f"Something went wrong on the server ({type(err).__name__}: {err}). Your photo and conversation are kept; "
+        "try again, or try another photo. The server log has the details."
+    )
+
+
 def _friendly(fn):
-    """Show the service's user errors as ``gr.Error`` toasts (a generator stays a generator, for streaming)."""
+    """For public API endpoints: user errors raise ``gr.Error`` with the message (clients get an exception that
+    says what to fix; one log line), other failures ``_server_error`` (a generator stays a generator)."""
     import gradio as gr
 
     from qground.service import USER_ERRORS
+
+    def fail(err: Exception):
+        if isinstance(err, USER_ERRORS):
+            _user_error(err)
+            return gr.Error(str(err), print_exception=False)
+        return _server_error(err)
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as err:
+                raise fail(err) from None
+
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as err:
+            raise fail(err) from None
+
+    return call
+
+
+def _ui(fn, outputs: int):
+    """For the UI's own handlers: a user error is a warning toast and leaves all ``outputs`` (their count) as they
+    were; other failures ``_server_error``. A generator stays a generator."""
+    import gradio as gr
+
+    from qground.service import USER_ERRORS
+
+    unchanged = gr.skip() if outputs == 1 else tuple(gr.skip() for _ in range(outputs))
 
     if inspect.isgeneratorfunction(fn):
 
@@ -66,7 +167,13 @@ def _friendly(fn):
             try:
                 yield from fn(*args, **kwargs)
             except USER_ERRORS as err:
-                raise gr.Error(str(err)) from None
+                _user_error(err)
+                gr.Warning(str(err))
+                yield unchanged
+            except gr.Error:
+                raise
+            except Exception as err:
+                raise _server_error(err) from None
 
         return stream
 
@@ -75,14 +182,40 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as err:
-            raise gr.Error(str(err)) from None
+            _user_error(err)
+            gr.Warning(str(err))
+            return unchanged
+        except gr.Error:
+            raise
+        except Exception as err:
+            raise _server_error(err) from None
 
     return call
 
 
-def _model(fn):
-    """A handler that runs a model: GPU-scheduled on ZeroGPU, user errors shown as toasts."""
-    return _gpu(_friendly(fn))
+def _model(fn, outputs: int | None = None):
+    """A handler that runs a model: GPU-scheduled on ZeroGPU; a UI handler (``_ui``) when ``outputs`` is given,
+    else a public endpoint (``_friendly``)."""
+    return _gpu(_friendly(fn) if outputs is None else _ui(fn, outputs))
+
+
+def _run(trigger, fn, inputs: list, outputs: list, buttons: list, scroll_to: str | None = None, **kwargs):
+    """``trigger`` → the ``buttons`` are disabled → ``fn`` (a model handler) runs on the model queue → the buttons
+    are enabled again, whatever happened. On a narrow screen (a phone) the element ``scroll_to`` (an elem_id) is
+    scrolled into view at once, so the answer is seen as it comes. Returns the model event (for ``cancels``)."""
+    import gradio as gr
+
+    def busy():
+        return [gr.update(interactive=False)] * len(buttons)
+
+    if scroll_to is not None:
+        target = f"document.getElementById('{scroll_to}')"
+        js = f"() => {{ if (window.innerWidth < {NARROW_PX}) {target}?.scrollIntoView(); }}"
+        trigger(None, None, None, js=js, **INSTANT)
+
+    run = trigger(busy, None, buttons, **INSTANT).then(_model(fn, len(outputs)), inputs, outputs, **MODEL, **kwargs)
+    run.then(lambda: [gr.update(interactive=True)] * len(buttons), None, buttons, **INSTANT)
+    return run
 
 
 @functools.cache
@@ -112,31 +245,53 @@ def _photo(**kwargs):
     return _photo_component()(type="filepath", image_mode=None, **kwargs)
 
 
-def build_demo(engine, sam=None, served=None, sam_message: str = ""):
-    """The Gradio Blocks for a ``QGroundEngine`` and an optional ``qground.sam.SamAnnotator`` (queue enabled)."""
+CSS = """  /* the app's own styles: pass to launch(css=CSS) (Gradio 6 takes CSS at launch) */
+#intro .swatch { font-size: 1.2em; }
+.dark #chat-highlights .token.highlighted {  /* Gradio writes black on the half-transparent class color */
+  color: #ffffff !important; background-image: linear-gradient(rgba(0, 0, 0, 0.35), rgba(0, 0, 0, 0.35));
+}
+@media (max-width: 640px) { #chat-table table, #compare-ranking table { font-size: 0.8em; } }
+"""
+
+
+def build_demo(engine, sam=None, served=None, sam_message: str = "", examples=None):
+    """The Gradio Blocks for a ``QGroundEngine`` and an optional ``qground.sam.SamAnnotator`` (queue enabled).
+    ``examples``: ``qground.examples.Examples`` for the Chat and Compare tabs (None: the shipped ones when present)."""
     import gradio as gr
 
+    from qground import examples as ex
     from qground import service as svc
 
     served = served or svc.served_model(engine)
+    if examples is None:
+        try:
+            examples = ex.shipped()
+        except ValueError as err:  # a damaged install: serve without examples
+            log.warning("no examples: %s", err)
+            examples = ex.Examples()
     scratch = svc.Scratch()
     with gr.Blocks(title="Q-Ground", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# Q-Ground: where does this photo lose quality?")
+        gr.Markdown(intro(None), elem_id="intro")
         if served.random or served.notice:
             gr.Markdown(served.footer(), elem_id="model-notice")
         with gr.Tab("Chat"):
-            settings = _chat_tab(gr, svc, engine, scratch)
+            settings = _chat_tab(gr, svc, engine, scratch, examples.chat)
         with gr.Tab("Compare"):
-            _compare_tab(gr, svc, engine, scratch, settings)
+            _compare_tab(gr, svc, engine, scratch, settings, examples.compare)
         with gr.Tab("Annotate"):
             _annotate_tab(gr, svc, sam, scratch, sam_message)
         with gr.Tab("API"):
-            _api_tab(gr, svc, engine, sam, scratch)
+            _api_tab(gr, svc, engine, sam, scratch, demo)
+        card = svc.model_card(engine)
+        if card:
+            with gr.Accordion("Model card: what this model is, how it was trained, its results and limits", open=False):
+                gr.Markdown(card, elem_id="model-card")
         gr.Markdown(served.footer(), elem_id="footer")
     return demo.queue(default_concurrency_limit=1, max_size=32)
 
 
-def _chat_tab(gr, svc, engine, scratch) -> list:
+def _chat_tab(gr, svc, engine, scratch, examples: list) -> list:
     """Photo + conversation + masks; returns the generation-settings sliders (shared with Compare)."""
     from qground.visualize import color_map
 
@@ -167,11 +322,20 @@ def _chat_tab(gr, svc, engine, scratch) -> list:
             chatbot = gr.Chatbot(label="Conversation", height=340, buttons=["copy"], elem_id="chatbot")
             question = gr.Textbox(placeholder="Ask about the photo's quality…", show_label=False, elem_id="chat-q")
             with gr.Row():
-                send = gr.Button("Send", variant="primary", size="sm", min_width=60)
+                send = gr.Button("Send", variant="primary", size="sm", min_width=60, elem_id="chat-send")
                 stop = gr.Button("Stop", variant="stop", size="sm", min_width=60)
                 retry_btn, undo_btn, clear_btn = (
-                    gr.Button(n, size="sm", min_width=60) for n in ("Retry", "Undo", "Clear")
+                    gr.Button(n, size="sm", min_width=60, elem_id=f"chat-{n.lower()}")
+                    for n in ("Retry", "Undo", "Clear")
                 )
+    if examples:
+        gr.Examples(
+            [[e.path, e.question] for e in examples],
+            [photo, question],
+            example_labels=[e.caption for e in examples],
+            label="Examples: click one, then Send",
+            elem_id="chat-examples",
+        )
     with gr.Row():
         with gr.Column(scale=3):
             annotated = gr.AnnotatedImage(
@@ -179,38 +343,54 @@ def _chat_tab(gr, svc, engine, scratch) -> list:
             )
             with gr.Row():
                 shown = gr.CheckboxGroup(label="Show classes", choices=[], elem_id="chat-classes")
-                opacity = gr.Slider(0.0, 1.0, 0.5, step=0.05, label="Mask opacity")
+                opacity = gr.Slider(0.0, 1.0, 0.5, step=0.05, label="Mask opacity", elem_id="chat-opacity")
         with gr.Column(scale=2):
             mask_status = gr.Markdown(elem_id="mask-status")
-            highlights = gr.HighlightedText(label="Answer, distortion words colored", color_map=color_map())
-            table = gr.Dataframe(headers=svc.TABLE_HEADERS, label="Per class", interactive=False)
+            highlights = gr.HighlightedText(
+                label="Answer, distortion words colored",
+                color_map=color_map(),
+                show_inline_category=False,
+                elem_id="chat-highlights",
+            )
+            table = gr.Dataframe(
+                headers=svc.TABLE_HEADERS, label="Per class", interactive=False, wrap=True, elem_id="chat-table"
+            )
             download = gr.File(label="Masks: one PNG per class + result.json", height=90)
 
+    def _shown(t: svc.Thread):
+        """The photo overlays are drawn on: the thread's preview (the photo is not decoded again), else its path."""
+        return t.preview if t.preview is not None else t.image
+
     def results(t: svc.Thread, alpha: float) -> tuple:
-        """Outputs derived from the thread's last result (cleared when there is none)."""
-        r = t.result
-        if r is None:
-            return None, gr.update(choices=[], value=[]), [], [], None, ""
-        archive = None
-        if r.masks:
-            archive = str(svc.masks_zip(r, scratch.path("masks.zip"), os.path.basename(t.image), engine.name))
-        choices = svc.class_choices(r)
+        """Outputs derived from the thread: the latest answer's words, the latest masks drawn (``Thread.drawn``)."""
+        r, drawn = t.result, t.drawn
+        words = svc.highlight_spans(r.text) if r is not None else []
+        if drawn is None:
+            return None, gr.update(choices=[], value=[]), words, [], None, svc.drawn_note(t)
+        d = drawn[1]
+        archive = str(svc.masks_zip(d, scratch.path("masks.zip"), os.path.basename(t.image), engine.name))
+        choices = svc.class_choices(d)
         return (
-            svc.annotated_image(t.image, r, scratch, opacity=alpha),
+            svc.annotated_image(_shown(t), d, scratch, opacity=alpha, max_side=svc.DISPLAY_MAX_SIDE),
             gr.update(choices=choices, value=[name for _, name in choices]),
-            svc.highlight_spans(r.text),
-            svc.table_rows(r),
+            words,
+            svc.table_rows(d),
             archive,
-            svc.mask_note(r),
+            svc.drawn_note(t),
         )
 
-    def show(t: svc.Thread, text: str = "") -> tuple:
-        return t, svc.thread_messages(t), text, *results(t, 0.5)
+    def show(t: svc.Thread) -> tuple:
+        """Outputs of ``keep_question`` for thread ``t`` (what is typed in the question box stays)."""
+        return t, svc.thread_messages(t), *results(t, 0.5)
 
     def ask(t, text, max_new, temp, p, strict, alpha):
         settings = svc.generation_settings(max_new, temp, p, strict, engine.config.readout)
-        for new, finished in svc.chat_turn(engine, t, text, settings):
-            yield new, svc.thread_messages(new), "", *(results(new, alpha) if finished else [gr.skip()] * 6)
+        try:  # the pending answer's note names the stage (reading the photo, answering, drawing masks)
+            for new, finished in svc.chat_turn(engine, t, text, settings):
+                yield new, svc.thread_messages(new), "", *(results(new, alpha) if finished else [gr.skip()] * 6)
+        except svc.USER_ERRORS:  # what was asked and typed stays as it was
+            yield t, svc.thread_messages(t), text, *[gr.skip()] * 6
+            raise
 
     def preset(text: str):
         def run(t, max_new, temp, p, strict, alpha):
@@ -223,27 +403,39 @@ def _chat_tab(gr, svc, engine, scratch) -> list:
         yield from ask(previous, text, max_new, temp, p, strict, alpha)
 
     def rerender(t: svc.Thread, classes: list[str], alpha: float):
-        return svc.annotated_image(t.image, t.result, scratch, classes, alpha) if t.result else gr.skip()
+        if t.drawn is None:
+            return gr.skip()
+        return svc.annotated_image(_shown(t), t.drawn[1], scratch, classes, alpha, max_side=svc.DISPLAY_MAX_SIDE)
 
     outputs = [thread, chatbot, question, annotated, shown, highlights, table, download, mask_status]
     knobs = [max_tokens, temperature, top_p, strictness, opacity]
-    photo.change(lambda path: show(svc.new_thread(path)), photo, outputs, **INSTANT)
+    buttons = [send, assess, ground, retry_btn, undo_btn, clear_btn]
+    keep_question = [o for o in outputs if o is not question]
+    photo.change(lambda path: show(svc.new_thread(path)), photo, keep_question, **INSTANT)
+    progress_on = {"show_progress_on": [chatbot], "show_progress": "minimal", "scroll_to": "chatbot"}
     runs = [
-        send.click(_model(ask), [thread, question, *knobs], outputs, **MODEL),
-        question.submit(_model(ask), [thread, question, *knobs], outputs, **MODEL),
-        assess.click(_model(preset(QUESTIONS["describe"])), [thread, *knobs], outputs, **MODEL),
-        ground.click(_model(preset(QUESTIONS["ground"])), [thread, *knobs], outputs, **MODEL),
-        retry_btn.click(_model(retry), [thread, *knobs], outputs, **MODEL),
+        _run(send.click, ask, [thread, question, *knobs], outputs, buttons, **progress_on),
+        _run(question.submit, ask, [thread, question, *knobs], outputs, buttons, **progress_on),
+        _run(assess.click, preset(QUESTIONS["describe"]), [thread, *knobs], outputs, buttons, **progress_on),
+        _run(ground.click, preset(QUESTIONS["ground"]), [thread, *knobs], outputs, buttons, **progress_on),
+        _run(retry_btn.click, retry, [thread, *knobs], outputs, buttons, **progress_on),
     ]
-    stop.click(None, cancels=runs, **INSTANT)
-    undo_btn.click(_friendly(lambda t: show(*svc.undo_turn(t))), thread, outputs, **INSTANT)
-    clear_btn.click(lambda t: show(svc.clear_thread(t)), thread, outputs, **INSTANT)
-    shown.input(_friendly(rerender), [thread, shown, opacity], annotated, **PRIVATE)
-    opacity.release(_friendly(rerender), [thread, shown, opacity], annotated, **PRIVATE)
+    stop.click(lambda: [gr.update(interactive=True)] * len(buttons), None, buttons, cancels=runs, **INSTANT)
+
+    def undo(t: svc.Thread) -> tuple:
+        """The thread without its last exchange; that exchange's question goes back into the box to edit."""
+        previous, text = svc.undo_turn(t)
+        t, messages, *rest = show(previous)
+        return t, messages, text, *rest
+
+    undo_btn.click(_ui(undo, len(outputs)), thread, outputs, **INSTANT)
+    clear_btn.click(lambda t: show(svc.clear_thread(t)), thread, keep_question, **INSTANT)
+    shown.input(_ui(rerender, 1), [thread, shown, opacity], annotated, **PRIVATE)
+    opacity.change(_ui(rerender, 1), [thread, shown, opacity], annotated, trigger_mode="always_last", **PRIVATE)
     return knobs[:4]
 
 
-def _compare_tab(gr, svc, engine, scratch, settings: list) -> None:
+def _compare_tab(gr, svc, engine, scratch, settings: list, examples: list) -> None:
     """Slots A–D, preset or free question, streamed answer + ranking, per-image masks, A/B slider."""
     with gr.Row():
         slots = [
@@ -251,36 +443,72 @@ def _compare_tab(gr, svc, engine, scratch, settings: list) -> None:
             for s in svc.SLOTS
         ]
     with gr.Row():
-        preset = gr.Radio(list(COMPARE_PRESETS), value="Overall quality", label="Preset question")
-        question = gr.Textbox(COMPARE_PRESETS["Overall quality"], label="Question", scale=2)
+        preset = gr.Radio(list(COMPARE_PRESETS), value="Overall quality", label="Preset question", elem_id="preset")
+        question = gr.Textbox(COMPARE_PRESETS["Overall quality"], label="Question", scale=2, elem_id="compare-q")
+    if examples:
+        gr.Examples(
+            [[*e.paths, *[None] * (len(slots) - len(e.paths)), e.question] for e in examples],
+            [*slots, question],
+            example_labels=[e.caption for e in examples],
+            label="Examples: click one, then Compare",
+            elem_id="compare-examples",
+        )
     with gr.Row():
-        compare_btn = gr.Button("Compare", variant="primary")
-        each_btn, swap_btn = gr.Button("Ground each image"), gr.Button("Swap A ↔ B")
+        compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
+        each_btn, swap_btn = gr.Button("Ground each image", elem_id="compare-each"), gr.Button("Swap A ↔ B")
     with gr.Row():
         with gr.Column():
-            answer = gr.Textbox(label="Answer", lines=3, interactive=False)
-            ranking = gr.Dataframe(headers=svc.RANKING_HEADERS, label="Ranking", interactive=False)
+            answer = gr.Textbox(label="Answer", lines=3, interactive=False, elem_id="compare-answer")
+            ranking = gr.Dataframe(
+                headers=svc.RANKING_HEADERS, label="Ranking", interactive=False, wrap=True, elem_id="compare-ranking"
+            )
             note = gr.Markdown()
         slider = gr.ImageSlider(label="A / B", type="filepath", format="png")
-    gallery = gr.Gallery(label="Distortion masks per image", format="png", columns=4, object_fit="contain")
+    PROGRESS = gr.Progress()  # noqa: N806 — the default Gradio replaces by each request's tracker
+    gallery = gr.Gallery(
+        label="Distortion masks per image", format="png", columns=4, object_fit="contain", elem_id="compare-gallery"
+    )
 
-    def compare_slots(text, max_new, temp, p, strict, *paths):
-        labels, photos = svc.compare_photos(paths)
+    def compare_slots(text, max_new, temp, p, strict, a, b, c, d, progress=PROGRESS):
+        progress(0.0, desc="Reading the photos…")
+        labels, photos = svc.compare_photos([a, b, c, d])
+        progress(0.5, desc="Comparing…")
         answer = ("", None)  # (text so far, the choice head's probabilities once complete)
         settings = svc.generation_settings(max_new, temp, p, strict, engine.config.readout)
         for answer in svc.compare_turn(engine, photos, text, settings):
             yield answer[0], gr.skip(), gr.skip()
         yield answer[0], *svc.ranking_rows(answer[0], labels, answer[1], text)
 
-    def ground_slots(max_new, temp, p, strict, *paths):
-        labels, photos = svc.compare_photos(paths)
+    def ground_slots(max_new, temp, p, strict, a, b, c, d, progress=PROGRESS):
+        progress(0.0, desc="Reading the photos…")
+        labels, photos = svc.compare_photos([a, b, c, d])
         settings = svc.generation_settings(max_new, temp, p, strict, engine.config.readout)
-        yield from svc.ground_each(engine, labels, photos, settings, scratch)
+        progress((0, len(labels)), desc=f"Grounding image {labels[0]}…")
+        shown = svc.ground_each(engine, labels, photos, settings, scratch, max_side=svc.DISPLAY_MAX_SIDE)
+        for done, gallery in enumerate(shown, 1):
+            if done < len(labels):
+                progress((done, len(labels)), desc=f"Grounding image {labels[done]}…")
+            yield gallery
 
+    def forget(label: str):
+        """Slot ``label`` changed: its masks leave the gallery."""
+
+        def drop(entries):
+            return [(path, caption) for path, caption in entries or [] if not caption.startswith(f"{label} —")]
+
+        return drop
+
+    buttons = [compare_btn, each_btn]
     preset.input(lambda label: COMPARE_PRESETS.get(label), preset, question, **INSTANT)
-    compare_btn.click(_model(compare_slots), [question, *settings, *slots], [answer, ranking, note], **MODEL)
-    each_btn.click(_model(ground_slots), [*settings, *slots], gallery, **MODEL)
+    presets = json.dumps({" ".join(text.split()).casefold(): label for label, text in COMPARE_PRESETS.items()})
+    follow = f"(q) => ({presets})[(q || '').split(/\\s+/).filter(Boolean).join(' ').toLowerCase()] ?? null"
+    question.input(None, question, preset, js=follow, **INSTANT)  # in the browser: no round trip, no reordering
+    _run(compare_btn.click, compare_slots, [question, *settings, *slots], [answer, ranking, note], buttons,
+         show_progress_on=[answer])  # fmt: skip
+    _run(each_btn.click, ground_slots, [*settings, *slots], [gallery], buttons, show_progress_on=[gallery])
     swap_btn.click(lambda a, b: (b, a), slots[:2], slots[:2], **INSTANT)
+    for label, slot in zip(svc.SLOTS, slots):
+        slot.change(forget(label), gallery, gallery, **INSTANT)
     for slot in slots[:2]:
         slot.change(lambda a, b: (a, b) if a and b else None, slots[:2], slider, **INSTANT)
 
@@ -323,28 +551,31 @@ def _annotate_tab(gr, svc, sam, scratch, sam_message: str) -> None:
         return view(annot.add_point(sam, a, int(evt.index[0]), int(evt.index[1]), point_mode == "Include"))
 
     outputs = [ann, canvas, regions, status]
-    canvas.upload(_model(lambda path: view(annot.start(sam, path))), canvas, outputs, **MODEL)
-    canvas.select(_model(click), [ann, mode], outputs, **MODEL)
+    canvas.upload(_model(lambda path: view(annot.start(sam, path)), 4), canvas, outputs, **MODEL)
+    canvas.select(_model(click, 4), [ann, mode], outputs, **MODEL)
     canvas.clear(lambda: view(None), None, outputs, **INSTANT)
-    undo_btn.click(_model(lambda a: view(annot.undo(sam, a))), ann, outputs, **MODEL)
-    add_btn.click(_friendly(lambda a, name: view(annot.add_region(a, name))), [ann, label], outputs, **PRIVATE)
-    delete_btn.click(_friendly(lambda a, n: view(annot.delete_region(a, int(n)))), [ann, number], outputs, **PRIVATE)
-    export = _friendly(
-        lambda a: gr.update(value=str(annot.export_zip(a, scratch.path("annotation.zip"))), visible=True)
-    )
+    undo_btn.click(_model(lambda a: view(annot.undo(sam, a)), 4), ann, outputs, **MODEL)
+    add_btn.click(_ui(lambda a, name: view(annot.add_region(a, name)), 4), [ann, label], outputs, **PRIVATE)
+    delete_btn.click(_ui(lambda a, n: view(annot.delete_region(a, int(n))), 4), [ann, number], outputs, **PRIVATE)
+    export = _ui(lambda a: gr.update(value=str(annot.export_zip(a, scratch.path("annotation.zip"))), visible=True), 1)
     export_btn.click(export, ann, exported, **PRIVATE)
     imported.upload(
-        _model(lambda path: view(annot.import_zip(sam, path, scratch.folder()))), imported, outputs, **MODEL
+        _model(lambda path: view(annot.import_zip(sam, path, scratch.folder())), 4), imported, outputs, **MODEL
     )
 
 
-def _api_tab(gr, svc, engine, sam, scratch) -> None:
+def _api_tab(gr, svc, engine, sam, scratch, demo) -> None:
     """Usage notes and small forms whose buttons are the public, named endpoints (plain inputs: file(s) + text)."""
     from qground import sam as annot
     from qground.inference import GenerationSettings
     from qground.visualize import color_map
 
-    gr.Markdown(API_DOC)
+    doc = gr.Markdown(api_doc(_client_address(None), sam is not None), elem_id="api-doc")
+
+    def doc_for(request: gr.Request) -> str:
+        return api_doc(_client_address(request), sam is not None)
+
+    demo.load(doc_for, None, doc, **INSTANT)
     strictness_slider = gr.Slider(
         0.0,
         svc.MAX_STRICTNESS,
@@ -426,10 +657,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # ZeroGPU: ``spaces`` must come before torch, so the model can be placed on the GPU at start-up
+        import spaces  # noqa: F401
+    except ImportError:
+        pass
 
     from qground.sam import SamAnnotator
     from qground.service import load_engine_from_env
 
     engine, served = load_engine_from_env(args.model, args.revision, args.quant, args.dtype)
     sam, sam_message = SamAnnotator.from_env()
-    build_demo(engine, sam, served, sam_message).launch(server_name=args.host, server_port=args.port, share=args.share)
+    demo = build_demo(engine, sam, served, sam_message)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS)

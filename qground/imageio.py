@@ -10,6 +10,12 @@ images are read as 0..65535 and scaled by 255/65535, so mid-gray 32768 becomes 1
 to 255); float (F) images are read as 0..1 when no value exceeds 1, else as 0..255. Animated GIF/APNG/MPO files give
 their first frame; a PIL image passed in gives its current frame.
 
+HEIC/HEIF photos (iPhone uploads) are read through the ``pillow-heif`` package, whose PIL opener is registered the
+first time such a file is decoded (nothing is imported before). libheif turns them upright by the container's
+rotation and mirror boxes (irot/imir, which iPhones write along with the EXIF tag) and pillow-heif then resets the EXIF
+orientation to 1, so they are rotated exactly once; as in the HEIF standard and Apple's viewers, an EXIF orientation
+without those boxes is ignored. Without pillow-heif installed a HEIC file is refused with a message naming the package.
+
 Refused with `ImageLoadError`: empty files, files that are not images, truncated or damaged files (the whole image is
 decoded before returning), images of more than `MAX_PIXELS` pixels (checked from the header, before decoding) and images
 with a side shorter than `MIN_SIDE` pixels.
@@ -17,6 +23,7 @@ with a side shorter than `MIN_SIDE` pixels.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -30,17 +37,19 @@ __all__ = ["MAX_PIXELS", "MIN_SIDE", "SUPPORTED_FORMATS", "ImageLoadError", "Ima
 
 MAX_PIXELS = 80_000_000
 MIN_SIDE = 2
-SUPPORTED_FORMATS = "JPEG, PNG, WebP, TIFF, BMP, GIF"
+SUPPORTED_FORMATS = "JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC/HEIF"
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
 _EMPTY = "the file is empty"
 _NOT_AN_IMAGE = f"not an image PIL can read — supported: {SUPPORTED_FORMATS}"
 _TRUNCATED = "the image file is truncated or damaged"
+_NO_HEIF = "it is a HEIC/HEIF photo, and reading those needs the pillow-heif package (pip install pillow-heif)"
 
 # File starts of the supported formats: a file that starts like an image but cannot be opened is damaged, not foreign.
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM")
-_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+# ISO-BMFF major brands of HEIC/HEIF stills and sequences (at bytes 8..12, after "ftyp"): the ones pillow-heif opens.
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
 _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
@@ -66,6 +75,8 @@ def _decode(data: bytes, label: str) -> Image.Image:
     """Open, check and fully decode an encoded image; ``label`` starts every error message."""
     if not data:
         raise ImageLoadError(f"{label}: {_EMPTY}")
+    if _is_heif(data) and not _register_heif():
+        raise ImageLoadError(f"{label}: {_NO_HEIF}")
     # PIL warns between 1x and 2x its own limit and raises above; a warning becomes an error here. (On Python < 3.14
     # concurrent threads may leave this filter installed, which only turns that warning into an error elsewhere too.)
     with warnings.catch_warnings():
@@ -124,9 +135,25 @@ def _to_8bit_gray(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(values).astype(np.uint8))
 
 
+def _is_heif(data: bytes) -> bool:
+    """Whether ``data`` starts like a HEIC/HEIF file (an ISO-BMFF "ftyp" box with a HEIF brand)."""
+    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+
+
+@functools.cache
+def _register_heif() -> bool:
+    """Register pillow-heif's HEIC/HEIF opener with PIL, once per process; False when pillow-heif is not installed."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
 def _unreadable_reason(data: bytes) -> str:
     """Why PIL could not identify ``data``: a damaged image, or another kind of file (named when recognizable)."""
-    if data.startswith(_IMAGE_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+    if data.startswith(_IMAGE_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP") or _is_heif(data):
         return _TRUNCATED
     head = data[:4096].lstrip().lower()
     if head.startswith(b"%pdf-"):
@@ -135,8 +162,6 @@ def _unreadable_reason(data: bytes) -> str:
         kind = "an HTML web page"
     elif b"<svg" in head:
         kind = "an SVG drawing"
-    elif data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
-        kind = "a HEIC/HEIF photo; export it as JPEG"
     else:
         return _NOT_AN_IMAGE
     return f"{_NOT_AN_IMAGE} (this file looks like {kind})"

@@ -9,11 +9,13 @@ masks need no second pass over the sequence (PixelLM re-runs the whole sequence 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,6 +76,14 @@ class Region:
 
     area_percent: float
     where: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage of a request starting (``QGroundEngine.stream(..., stages=True)``): ``"answer"`` (the images are
+    read and encoded; the text comes next) or ``"masks"`` (the text is complete; the masks come next)."""
+
+    name: str
 
 
 @dataclass
@@ -181,10 +191,13 @@ class QGroundEngine:
         processor: QGroundProcessor,
         name: str = "qground",
         policy: InferencePolicy | None = None,
+        folder: str | os.PathLike | None = None,
     ) -> None:
         """``policy``: how the model is run (``qground.policy``; the checkpoint's ``inference_policy.json``, loaded by
-        ``qground.checkpoint.load_policy``); None: as trained."""
+        ``qground.checkpoint.load_policy``); None: as trained. ``folder``: the checkpoint folder it was loaded from
+        (its model card is ``README.md`` there), None when built in memory."""
         self.model = model.eval()
+        self.folder = Path(folder) if folder is not None else None
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.name = name
@@ -243,9 +256,15 @@ class QGroundEngine:
         return self._constraints[key]
 
     def stream(
-        self, images: list, turns: list[Turn], settings: GenerationSettings | None = None
-    ) -> Iterator[str | GroundingResult]:
-        """Yield the display text as it grows, then the final ``GroundingResult`` (masks on the first image)."""
+        self,
+        images: list,
+        turns: list[Turn],
+        settings: GenerationSettings | None = None,
+        stages: bool = False,
+    ) -> Iterator[str | Stage | GroundingResult]:
+        """Yield the display text as it grows, then the final ``GroundingResult`` (masks on the first image). With
+        ``stages``, also a ``Stage`` when one starts: ``"answer"`` once the images are read and encoded, ``"masks"``
+        once the text is complete (for progress displays)."""
         settings = settings or GenerationSettings()
         settings.check_model(self.config.readout)
         policy = self.policy
@@ -263,6 +282,8 @@ class QGroundEngine:
             present = frozenset(name for name, on in zip(CLASS_NAMES, features.present[0].tolist(), strict=True) if on)
             asked = asked_classes(turns[-1].question)
         constraint = self.constraint(len(metas), present, asked)
+        if stages:
+            yield Stage("answer")
         tokens: list[int] = []
         states: list[torch.Tensor] = []
         choices: list[list[float]] = []
@@ -279,6 +300,8 @@ class QGroundEngine:
                 shown = text
                 yield text
         t2 = time.perf_counter()
+        if stages:
+            yield Stage("masks")
         result = self._finish(tokens, states, features, metas[0] if metas else None, choices, letters)
         result.strictness = strictness
         t3 = time.perf_counter()

@@ -42,7 +42,7 @@ from qground.checkpoint import (
     resolve,
 )
 from qground.imageio import ImageLoadError, load_image
-from qground.inference import MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
+from qground.inference import MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine, Stage
 from qground.models import DEFAULT_MODEL, resolve_model
 from qground.naming import named_images, question_options
 from qground.processor import PromptTooLongError, QGroundProcessor
@@ -55,12 +55,14 @@ from qground.visualize import masks_to_annotations, overlay
 __all__ = [
     "COMPARE_PRESETS",
     "DEFAULT_MODEL",
+    "DISPLAY_MAX_SIDE",
     "GROUNDING_QUESTION",
     "MAX_STRICTNESS",
     "QUESTIONS",
     "RANDOM_MODEL",
     "RANKING_HEADERS",
     "SLOTS",
+    "STAGES",
     "TABLE_HEADERS",
     "USER_ERRORS",
     "Exchange",
@@ -76,6 +78,8 @@ __all__ = [
     "compare_turn",
     "default_quant",
     "describe_request",
+    "display_size",
+    "drawn_note",
     "generation_settings",
     "ground_each",
     "ground_request",
@@ -85,6 +89,7 @@ __all__ = [
     "load_photo",
     "mask_note",
     "masks_zip",
+    "model_card",
     "new_thread",
     "served_model",
     "ranking_rows",
@@ -99,6 +104,8 @@ RANDOM_MODEL = "qground-tiny"  # the untrained test model: the last fallback (DE
 SLOTS = "ABCD"
 MIN_COMPARE, MAX_COMPARE = 2, len(SLOTS)
 TABLE_HEADERS = ["Distortion", "Area %", "Where", "Score"]
+STAGES = {"read": "Reading the photo…", "answer": "Answering…", "masks": "Drawing masks…"}  # shown while pending
+DISPLAY_MAX_SIDE = 1600  # longest side of the overlays the app shows (full-size masks stay in the zip and the API)
 RANKING_HEADERS = ["Rank", "Image", "Named as", "Choice probability"]
 _LOAD_ERRORS = (CheckpointError, OSError, ValueError, RuntimeError, ImportError, KeyError)
 
@@ -150,7 +157,8 @@ def load_engine(
     where = source if entry is not None and entry.checkpoint is None else resolve(source, revision)  # download once
     model, tokenizer = load_model(where, quant=quant, dtype=dtype)
     policy = load_policy(where)
-    return QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name=str(source), policy=policy)
+    folder = where if isinstance(where, Path) else None
+    return QGroundEngine(model, QGroundProcessor(tokenizer, model.config), str(source), policy, folder)
 
 
 def served_model(engine: QGroundEngine, revision: str | None = None, quant: str = "none", **extra) -> ServedModel:
@@ -252,11 +260,15 @@ def load_photo(path: str | os.PathLike | None, what: str = "photo") -> Image.Ima
 
 
 def _stream(
-    engine: QGroundEngine, photos: list[Image.Image], turns: list[Turn], settings: GenerationSettings
-) -> Iterator[str | GroundingResult]:
+    engine: QGroundEngine,
+    photos: list[Image.Image],
+    turns: list[Turn],
+    settings: GenerationSettings,
+    stages: bool = False,
+) -> Iterator[str | Stage | GroundingResult]:
     """``engine.stream`` with a too-long conversation turned into a UserError."""
     try:
-        yield from engine.stream(photos, turns, settings)
+        yield from engine.stream(photos, turns, settings, stages=stages)
     except PromptTooLongError as err:
         raise UserError(str(err)) from None
 
@@ -290,26 +302,43 @@ class Scratch:
 
 
 # -- chat --------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Exchange:
     """One question and the model's answer: ``answer`` is the display text (it grows while streaming), ``raw`` the
-    raw text with seg tokens once finished (what the model sees as history), ``note`` what was drawn."""
+    raw text with seg tokens once finished (what the model sees as history), ``note`` what was drawn, ``result`` the
+    finished answer's ``GroundingResult`` (None while streaming)."""
 
     question: str
     answer: str = ""
     raw: str | None = None
     note: str = ""
+    result: GroundingResult | None = None
 
 
 @dataclass(frozen=True, eq=False)
 class Thread:
-    """A conversation about one photo (``image`` path), with a ``notice`` shown first and the last finished answer's
-    ``result`` (its masks feed the overlay)."""
+    """A conversation about one photo (``image`` path) with a ``notice`` shown first; ``preview``: the photo shrunk
+    to fit ``DISPLAY_MAX_SIDE``, decoded once when the photo arrives, for drawing overlays."""
 
     image: str | None = None
     exchanges: tuple[Exchange, ...] = ()
     notice: str = ""
-    result: GroundingResult | None = None
+    preview: Image.Image | None = None
+
+    @property
+    def result(self) -> GroundingResult | None:
+        """The last exchange's finished result (None while it streams or before the first answer)."""
+        return self.exchanges[-1].result if self.exchanges else None
+
+    @property
+    def drawn(self) -> tuple[int, GroundingResult] | None:
+        """(turn number from 1, result) of the latest answer that drew masks: the overlay stays on it through answers
+        that draw none, until one draws new masks, the turn is undone or the photo changes."""
+        for turn in range(len(self.exchanges), 0, -1):
+            result = self.exchanges[turn - 1].result
+            if result is not None and result.masks:
+                return turn, result
+        return None
 
 
 def new_thread(image: str | None) -> Thread:
@@ -324,6 +353,7 @@ def new_thread(image: str | None) -> Thread:
     return Thread(
         image=image,
         notice=f"New photo {Path(image).name} ({photo.width}×{photo.height} px): started a new conversation.",
+        preview=_for_display(photo, {}, DISPLAY_MAX_SIDE)[0],
     )
 
 
@@ -339,35 +369,45 @@ def thread_messages(thread: Thread) -> list[dict]:
 
 
 def chat_turn(
-    engine: QGroundEngine, thread: Thread, question: str, settings: GenerationSettings
+    engine: QGroundEngine,
+    thread: Thread,
+    question: str,
+    settings: GenerationSettings,
 ) -> Iterator[tuple[Thread, bool]]:
     """Ask ``question`` about the thread's photo with the conversation so far; yields ``(thread, finished)`` as the
-    answer grows, the last one with the new ``result``. UserError without a photo or question, or when too long."""
+    answer grows, the last one with the new ``result``; until then the new exchange's ``note`` names the stage the
+    request is in (``STAGES``). UserError without a photo or question, or when too long."""
     question = (question or "").strip()
     if not question:
         raise UserError("Type a question first (or press “Assess quality” / “Ground distortions”).")
+    if not thread.image:
+        raise UserError("Upload a photo first.")
+    before = thread.exchanges
+    yield dataclasses.replace(thread, exchanges=(*before, Exchange(question, note=STAGES["read"]))), False
     photo = load_photo(thread.image)
     turns = [Turn(ex.question, ex.raw or ex.answer) for ex in thread.exchanges] + [Turn(question)]
-    before = thread.exchanges
-    yield dataclasses.replace(thread, exchanges=(*before, Exchange(question))), False
-    for item in _stream(engine, [photo], turns, settings):
-        if isinstance(item, str):
-            yield dataclasses.replace(thread, exchanges=(*before, Exchange(question, item))), False
+    text, stage = "", STAGES["read"]
+    for item in _stream(engine, [photo], turns, settings, stages=True):
+        if isinstance(item, (str, Stage)):
+            text, stage = (item, stage) if isinstance(item, str) else (text, STAGES[item.name])
+            yield dataclasses.replace(thread, exchanges=(*before, Exchange(question, text, note=stage))), False
         else:
-            done = Exchange(question, item.text, item.raw_text, mask_note(item))
-            yield dataclasses.replace(thread, exchanges=(*before, done), result=item), True
+            done = Exchange(question, item.text, item.raw_text, mask_note(item), item)
+            yield dataclasses.replace(thread, exchanges=(*before, done)), True
 
 
 def undo_turn(thread: Thread) -> tuple[Thread, str]:
     """The thread without its last exchange (and its result), plus that exchange's question to edit and resend."""
     if not thread.exchanges:
         raise UserError("There is no answer yet to undo or retry.")
-    return dataclasses.replace(thread, exchanges=thread.exchanges[:-1], result=None), thread.exchanges[-1].question
+    return dataclasses.replace(thread, exchanges=thread.exchanges[:-1]), thread.exchanges[-1].question
 
 
 def clear_thread(thread: Thread) -> Thread:
     """The same photo with an empty conversation."""
-    return Thread(image=thread.image, notice="Conversation cleared; ask a new question about the same photo.")
+    return Thread(
+        thread.image, notice="Conversation cleared; ask a new question about the same photo.", preview=thread.preview
+    )
 
 
 def mask_note(result: GroundingResult) -> str:
@@ -382,21 +422,68 @@ def mask_note(result: GroundingResult) -> str:
     return f"Drew {len(parts)} mask{'s' if len(parts) > 1 else ''}: " + "; ".join(parts) + "." + warnings
 
 
+def drawn_note(thread: Thread) -> str:
+    """What the overlay shows, in words: the latest answer's ``mask_note``, or, when it drew none, that answer's note
+    followed by which earlier turn the masks on screen come from ("" before the first answer)."""
+    result, drawn = thread.result, thread.drawn
+    if result is None:
+        return ""
+    if drawn is None or drawn[1] is result:
+        return mask_note(result)
+    turn, earlier = drawn
+    question = thread.exchanges[turn - 1].question
+    return f"{mask_note(result)} Shown: the masks of turn {turn} (“{question}”). {mask_note(earlier)}"
+
+
 # -- result views ------------------------------------------------------------------------------------------------------
+def display_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """(W, H) of a photo shrunk to fit ``max_side`` on its longer side (unchanged when it fits or ``max_side`` is
+    None)."""
+    w, h = size
+    if max_side is None or max(w, h) <= max_side:
+        return w, h
+    scale = max_side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _for_display(
+    photo: Image.Image, masks: Mapping[str, np.ndarray], max_side: int | None
+) -> tuple[Image.Image, dict[str, np.ndarray]]:
+    """The photo shrunk to ``display_size`` and its bool masks (of any size: the photo's own, or the full photo's
+    when ``photo`` is already a preview) brought to the same size (box filter: a display pixel is in a mask when at
+    least half of the pixels it covers are)."""
+    size = display_size(photo.size, max_side)
+    if size != photo.size:
+        photo = photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    w, h = size
+    shrunk = {
+        name: m
+        if m.shape == (h, w)
+        else np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)) >= 128
+        for name, m in masks.items()
+    }
+    return photo, shrunk
+
+
 def annotated_image(
     image: str | Image.Image,
     result: GroundingResult | None,
     scratch: Scratch,
     classes: Sequence[str] | None = None,
     opacity: float = 0.5,
+    max_side: int | None = None,
 ) -> tuple[str, list[tuple[np.ndarray, str]]]:
-    """``gr.AnnotatedImage`` value for a photo (path or loaded): (PNG path of the photo with the shown classes'
-    outlines drawn by ``visualize.overlay``, [(float32 (H, W) alpha = ``opacity`` inside the mask, class name)]).
-    The fill comes from the annotations, so hovering the legend highlights one class. ``classes`` None shows all."""
+    """``gr.AnnotatedImage`` value for a photo (path or loaded; a loaded one may be a smaller preview of the photo the
+    masks were made on): (PNG path of the photo with the shown classes' outlines drawn by ``visualize.overlay``,
+    [(float32 alpha = ``opacity`` inside the mask, class name)]), at the image's size or, with ``max_side``, shrunk to
+    fit it (``display_size``: a screen needs no 12 MP overlay; the zip and the API keep full-size masks). The fill
+    comes from the annotations, so hovering the legend highlights one class. ``classes`` None shows all."""
     name = Path(image).stem if isinstance(image, (str, os.PathLike)) else "photo"
-    rgb = np.asarray(load_photo(image) if isinstance(image, (str, os.PathLike)) else image.convert("RGB"))
+    photo = load_photo(image) if isinstance(image, (str, os.PathLike)) else image.convert("RGB")
     masks = result.masks if result is not None else {}
     shown = {cls: m for cls, m in masks.items() if classes is None or cls in classes}
+    photo, shown = _for_display(photo, shown, max_side)
+    rgb = np.asarray(photo)
     base = overlay(rgb, shown, alpha=0.0, outline=True, outline_width=max(2, min(rgb.shape[:2]) // 300))
     return scratch.png(base, f"{name}-overlay.png"), masks_to_annotations(shown, opacity=opacity)
 
@@ -491,6 +578,18 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def model_card(engine: QGroundEngine) -> str:
+    """The served model's card (``README.md`` beside its weights, YAML front matter removed), "" when it has none."""
+    card = engine.folder / "README.md" if engine.folder is not None else None
+    if card is None or not card.is_file():
+        return ""
+    text = card.read_text(encoding="utf-8")
+    if text.startswith("---\n"):
+        end = text.find("\n---\n", 4)
+        text = text[end + 5 :] if end != -1 else text
+    return text.strip()
+
+
 # -- comparison --------------------------------------------------------------------------------------------------------
 def compare_photos(paths: Sequence[str | None]) -> tuple[list[str], list[Image.Image]]:
     """Slots A, B, C, D (empty ones None) → (labels, photos) of the filled ones; UserError unless 2 to 4 are filled."""
@@ -501,7 +600,10 @@ def compare_photos(paths: Sequence[str | None]) -> tuple[list[str], list[Image.I
 
 
 def compare_turn(
-    engine: QGroundEngine, photos: list[Image.Image], question: str, settings: GenerationSettings
+    engine: QGroundEngine,
+    photos: list[Image.Image],
+    question: str,
+    settings: GenerationSettings,
 ) -> Iterator[tuple[str, list[float] | None]]:
     """The answer to a question about 2–4 photos (the processor builds the Co-Instruct "The first image: …" prompt),
     as it grows: ``(text, None)``, and last ``(text, choice)`` where ``choice`` is the choice head's probability of
@@ -549,12 +651,14 @@ def ground_each(
     settings: GenerationSettings,
     scratch: Scratch,
     opacity: float = 0.45,
+    max_side: int | None = None,
 ) -> Iterator[list[tuple[str, str]]]:
-    """Ground every photo separately; yields the gallery so far: [(overlay PNG path, "A — noise 12.3 %")]."""
+    """Ground every photo separately; yields the gallery so far: [(overlay PNG path, "A — noise 12.3 %")], each
+    overlay shrunk to fit ``max_side`` (None: full size)."""
     gallery: list[tuple[str, str]] = []
     for label, photo in zip(labels, photos):
         *_, result = _stream(engine, [photo], [Turn(GROUNDING_QUESTION)], settings)
-        drawn = overlay(photo, result.masks, alpha=opacity)
+        drawn = overlay(*_for_display(photo, result.masks, max_side), alpha=opacity)
         areas = ", ".join(f"{get(n).display.lower()} {r.area_percent:.1f} %" for n, r in result.regions.items())
         gallery.append((scratch.png(drawn, f"overlay-{label}.png"), f"{label} — {areas or 'no distortion masks'}"))
         yield list(gallery)

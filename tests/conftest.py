@@ -29,10 +29,10 @@ def served_app(engine, temp_dir: Path, sam=None) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         mp.setenv("GRADIO_TEMP_DIR", str(temp_dir))
-        from qground.app import build_demo
+        from qground.app import CSS, build_demo
 
         demo = build_demo(engine, sam)
-        _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+        _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, css=CSS)
         try:
             yield url
         finally:

@@ -2,9 +2,9 @@
 (``python -m qground ground``, in process, on a checkpoint of the overfit tiny model) and the launched app's public API.
 
 Every bad file gets its own plain-words message naming the file (never a server path); odd but valid photos (CMYK,
-16-bit, transparency, palette, gray, EXIF-rotated, animated) are read upright at full size; prompts reach the model as
-plain text (no injected image or seg tokens) in any script; bad generation settings are refused by name. After every
-batch of errors the next valid request still grounds the overfit photo's noise.
+16-bit, transparency, palette, gray, EXIF-rotated, iPhone HEIC, animated) are read upright at full size; prompts reach
+the model as plain text (no injected image or seg tokens) in any script; bad generation settings are refused by name.
+After every batch of errors the next valid request still grounds the overfit photo's noise.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+from pillow_heif import register_heif_opener
 
 from conftest import photo, served_app
 from qground import service as svc
@@ -30,7 +31,7 @@ from qground.checkpoint import save_checkpoint
 from qground.inference import GROUNDING_QUESTION, GenerationSettings, QGroundEngine
 from qground.processor import QGroundProcessor
 
-NOT_AN_IMAGE = "not an image PIL can read — supported: JPEG, PNG, WebP, TIFF, BMP, GIF"
+NOT_AN_IMAGE = "not an image PIL can read — supported: JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC/HEIF"
 TRUNCATED = "the image file is truncated or damaged"
 LOOKS_LIKE = f"{NOT_AN_IMAGE} (this file looks like"
 
@@ -65,13 +66,21 @@ class Bad:
     says: str
 
 
+def heic(image: Image.Image, **params) -> bytes:
+    """``image`` encoded as HEIC, as an iPhone stores photos (pillow-heif's writer, registered with PIL here)."""
+    register_heif_opener()
+    return encode(image, "HEIF", **params)
+
+
 def bad_files() -> list[Bad]:
     png, jpeg = noisy_png_and_jpeg()
+    cut_heic = heic(Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)))
     return [
         Bad("empty.jpg", b"", "the file is empty"),
         Bad("zeros.jpg", bytes(4096), NOT_AN_IMAGE),
         Bad("cut.jpg", jpeg[: len(jpeg) // 2], TRUNCATED),
         Bad("cut.png", png[: len(png) // 2], TRUNCATED),
+        Bad("cut.heic", cut_heic[: len(cut_heic) // 2], TRUNCATED),
         Bad("page.jpg", b"<!DOCTYPE html>\n<html><body>404</body></html>", f"{LOOKS_LIKE} an HTML"),
         Bad("scan.jpg", b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\n", f"{LOOKS_LIKE} a PDF"),
         Bad("logo.jpg", b'<svg xmlns="http://www.w3.org/2000/svg" width="4"/>', f"{LOOKS_LIKE} an SVG"),
@@ -104,6 +113,7 @@ def odd_photos() -> list[Odd]:
         Odd("palette.png", encode(base.convert("P", palette=Image.Palette.ADAPTIVE), "PNG", transparency=0), (40, 24)),
         Odd("gray.png", encode(base.convert("L"), "PNG"), (40, 24)),
         Odd("rotated.jpg", encode(base, "JPEG", exif=exif), (24, 40)),
+        Odd("iphone.heic", heic(base, exif=exif.tobytes()), (24, 40)),  # bytes: pillow-heif writes the irot box
         Odd("animated.gif", encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=40), (40, 24)),
     ]
 

@@ -174,7 +174,7 @@ def test_a_blank_api_question_asks_the_table(tmp_path):
     class Engine:
         name = "fake"
 
-        def stream(self, images, turns, settings):
+        def stream(self, images, turns, settings, stages=False):
             asked.append(turns[-1].question)
             yield GroundingResult("ok", "ok", {}, {}, image_size=None, timings={}, token_ids=[])
 

@@ -1,19 +1,22 @@
-"""load_image: orientation, mode conversions and every refusal, on small images generated in tmp_path."""
+"""load_image: orientation, mode conversions, HEIC/HEIF and every refusal, on small images generated in tmp_path; one
+rotated HEIC grounded end to end by the overfit tiny model."""
 
 from __future__ import annotations
 
 import io
 import struct
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from qground.imageio import MAX_PIXELS, ImageLoadError, load_image
+from conftest import iou
+from qground.imageio import MAX_PIXELS, ImageLoadError, _register_heif, load_image
 
-NOT_AN_IMAGE = "not an image PIL can read — supported: JPEG, PNG, WebP, TIFF, BMP, GIF"
+NOT_AN_IMAGE = "not an image PIL can read — supported: JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC/HEIF"
 TRUNCATED = "the image file is truncated or damaged"
 
 
@@ -34,6 +37,42 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
 def noisy(h: int, w: int) -> Image.Image:
     """A random RGB image (H, W): compresses badly, so truncation always cuts pixel data."""
     return Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def heic(image: Image.Image, orientation: int | None = None, quality: int = 90) -> bytes:
+    """The image encoded as HEIC by pillow-heif, like an iPhone photo: with an EXIF ``orientation`` tag, which
+    pillow-heif also writes as the container's rotation/mirror boxes."""
+    assert _register_heif()  # pillow-heif's writer too
+    params = {}
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        params["exif"] = exif.tobytes()
+    return encode(image, "HEIF", quality=quality, **params)
+
+
+QUADRANTS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
+
+
+def quadrants(width: int, height: int) -> Image.Image:
+    """An RGB image split in four flat quadrants: red top-left, green top-right, blue bottom-left, yellow
+    bottom-right."""
+    image = Image.new("RGB", (width, height))
+    w, h = width // 2, height // 2
+    for (x, y), color in zip([(0, 0), (w, 0), (0, h), (w, h)], QUADRANTS.values(), strict=True):
+        image.paste(color, (x, y, x + w, y + h))
+    return image
+
+
+def quadrant_colors(image: Image.Image) -> list[np.ndarray]:
+    """The mean color of the middle of each quadrant: top-left, top-right, bottom-left, bottom-right."""
+    pixels = np.asarray(image, dtype=np.float64)
+    h, w = pixels.shape[0] // 4, pixels.shape[1] // 4
+    return [
+        pixels[y - h // 2 : y + h // 2, x - w // 2 : x + w // 2].mean(axis=(0, 1))
+        for y in (h, 3 * h)
+        for x in (w, 3 * w)
+    ]
 
 
 def png_claiming_size(width: int, height: int) -> bytes:
@@ -196,3 +235,74 @@ def test_missing_file_names_the_path(tmp_path):
     path = tmp_path / "nowhere.jpg"
     with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
         load_image(path)
+
+
+# -- HEIC/HEIF (iPhone photos), read through pillow-heif ---------------------------------------------------------------
+def test_heic_with_exif_orientation_6_is_rotated_clockwise_once(tmp_path):
+    stored = quadrants(64, 48)  # W=64, H=48 as the sensor wrote it; shown rotated 90 degrees clockwise
+    path = write(tmp_path, "IMG_0001.HEIC", heic(stored, orientation=6))
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (48, 64)  # rotated once: rotating twice would give 64x48 back
+    top_left, top_right, bottom_left, bottom_right = quadrant_colors(image)
+    # Turned clockwise: the stored bottom-left (blue) comes to the top-left, the stored top-left (red) to the top-right.
+    for seen, name in [(top_left, "blue"), (top_right, "red"), (bottom_left, "yellow"), (bottom_right, "green")]:
+        assert np.abs(seen - QUADRANTS[name]).max() < 40, (name, seen)  # HEIC is lossy
+
+
+@pytest.mark.parametrize("orientation", [None, *range(1, 9)])
+def test_heic_is_upright_like_an_exif_oriented_jpeg(orientation):
+    stored = quadrants(64, 48)
+    if orientation is None:
+        expected = stored
+    else:
+        tagged = stored.copy()
+        tagged.getexif()[0x0112] = orientation
+        expected = ImageOps.exif_transpose(tagged)  # what a viewer shows for the JPEG with that tag
+    image = load_image(heic(stored, orientation))
+    assert image.size == expected.size
+    for seen, want in zip(quadrant_colors(image), quadrant_colors(expected), strict=True):
+        assert np.abs(seen - want).max() < 40, (orientation, seen, want)
+
+
+@pytest.mark.parametrize("kept", [0.02, 0.5, 0.95])
+def test_truncated_heic(tmp_path, kept):
+    data = heic(noisy(48, 64))
+    path = write(tmp_path, "cut.heic", data[: int(len(data) * kept)])
+    with pytest.raises(ImageLoadError, match=TRUNCATED) as info:
+        load_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_heic_with_damaged_pixel_data(tmp_path):
+    data = heic(noisy(48, 64))
+    start = data.index(b"mdat") + 4
+    path = write(tmp_path, "damaged.heic", data[:start] + bytes(len(data) - start))  # header intact, pixels zeroed
+    with pytest.raises(ImageLoadError, match=TRUNCATED) as info:
+        load_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_heic_without_pillow_heif_names_the_package(tmp_path, monkeypatch):
+    path = write(tmp_path, "IMG_0002.HEIC", heic(quadrants(64, 48)))
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # import pillow_heif raises ImportError
+    _register_heif.cache_clear()
+    try:
+        with pytest.raises(ImageLoadError, match=r"needs the pillow-heif package \(pip install pillow-heif\)") as info:
+            load_image(path)
+    finally:
+        _register_heif.cache_clear()
+    assert str(path) in str(info.value)
+
+
+def test_rotated_heic_is_grounded_in_the_upright_frame(tmp_path, trained_tiny, overfit_batch):
+    """The overfit photo (80x48, noise top-left) stored turned a quarter left with EXIF orientation 6, as an iPhone
+    stores a photo taken upright: it is grounded as the upright photo, masks at its size, the noise top-left."""
+    upright, truth = overfit_batch[0][0]
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # 48x80; orientation 6 turns it back clockwise
+    path = write(tmp_path, "IMG_0003.HEIC", heic(stored, orientation=6, quality=95))
+    image = load_image(path)
+    assert image.size == upright.size == (80, 48)
+    result = trained_tiny.ground(image)
+    assert list(result.masks) == ["noise"]
+    assert result.masks["noise"].shape == (48, 80)
+    assert iou(result.masks["noise"], truth["noise"]) >= 0.5

@@ -65,7 +65,7 @@ class FakeEngine:
         self.result = result
         self.calls: list[list] = []
 
-    def stream(self, images, turns, settings):
+    def stream(self, images, turns, settings, stages=False):
         self.calls.append(turns)
         yield "The segmentation"
         yield "The segmentation results are:"
@@ -199,7 +199,7 @@ def test_chat_turn_streams_and_keeps_the_raw_answer_as_history(photo_path):
     *_, (second, _) = svc.chat_turn(engine, final, "And blur?", GenerationSettings())
     assert [(t.question, t.answer) for t in engine.calls[1]] == [("Where is the noise?", raw), ("And blur?", None)]
     previous, question = svc.undo_turn(second)
-    assert question == "And blur?" and len(previous.exchanges) == 1 and previous.result is None
+    assert question == "And blur?" and len(previous.exchanges) == 1 and previous.result is result
     cleared = svc.clear_thread(second)
     assert cleared.image == photo_path and cleared.exchanges == () and "cleared" in cleared.notice
     with pytest.raises(svc.UserError, match="no answer yet to undo or retry"):
@@ -208,6 +208,62 @@ def test_chat_turn_streams_and_keeps_the_raw_answer_as_history(photo_path):
         next(svc.chat_turn(engine, thread, "  ", GenerationSettings()))
     with pytest.raises(svc.UserError, match="Upload a photo"):
         next(svc.chat_turn(engine, svc.new_thread(None), "Hi", GenerationSettings()))
+
+
+def test_masks_stay_through_answers_that_draw_none(photo_path):
+    drew = make_result({"noise": rect(0, 20, 0, 30)}, "The segmentation results are: noise")
+    words = make_result({}, "The image has no obvious distortion.")
+    engine = FakeEngine(drew)
+    *_, (first, _) = svc.chat_turn(engine, svc.new_thread(photo_path), "Where is the noise?", GenerationSettings())
+    assert first.drawn == (1, drew) and svc.drawn_note(first) == svc.mask_note(drew)
+    engine.result = words
+    *_, (second, _) = svc.chat_turn(engine, first, "Is it sharp?", GenerationSettings())
+    assert second.result is words and second.drawn == (1, drew)  # the overlay keeps turn 1's masks
+    assert svc.drawn_note(second) == (
+        "No distortion masks in this answer. Shown: the masks of turn 1 (“Where is the noise?”). "
+        "Drew 1 mask: noise — 25.0 % of the image, the upper left."
+    )
+    engine.result = make_result({"blur": rect(0, 4, 0, 6)})
+    *_, (third, _) = svc.chat_turn(engine, second, "And blur?", GenerationSettings())
+    assert third.drawn[0] == 3 and list(third.drawn[1].masks) == ["blur"]  # new masks replace the old
+    assert svc.undo_turn(third)[0].drawn == (1, drew)  # undone: back to the masks before
+    assert svc.clear_thread(third).drawn is None and svc.new_thread(photo_path).drawn is None
+    assert svc.drawn_note(svc.new_thread(photo_path)) == ""
+
+
+def test_display_overlay_is_screen_sized_and_keeps_the_masks(tmp_path, scratch):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 800, 3), dtype=np.uint8)).save(path)
+    mask = np.zeros((300, 800), dtype=bool)
+    mask[:150, :400] = True
+    result = make_result({"noise": mask})
+    assert svc.display_size((800, 300), 400) == (400, 150) and svc.display_size((800, 300), None) == (800, 300)
+    base, annotations = svc.annotated_image(str(path), result, scratch, max_side=400)
+    assert Image.open(base).size == (400, 150) and annotations[0][0].shape == (150, 400)
+    assert annotations[0][0][:75, :200].min() > 0 and annotations[0][0][75:, 200:].max() == 0
+    full, _ = svc.annotated_image(str(path), result, scratch)
+    assert Image.open(full).size == (800, 300) and result.masks["noise"].shape == (300, 800)  # the result untouched
+    preview = Image.open(path).resize((200, 75))  # a thread's preview: the masks are brought to its size
+    small, on_preview = svc.annotated_image(preview, result, scratch, max_side=400)
+    assert Image.open(small).size == (200, 75) and on_preview[0][0].shape == (75, 200)
+    thread = svc.new_thread(str(path))
+    assert thread.preview.size == (800, 300) and svc.clear_thread(thread).preview is thread.preview
+
+
+def test_model_card_of_the_shipped_model(trained_tiny):
+    card = svc.model_card(svc.load_engine("qground-nano"))
+    assert card.startswith("# qground-nano") and "license:" not in card  # front matter removed
+    assert svc.model_card(trained_tiny) == ""  # built in memory: no card
+
+
+def test_a_pending_answer_names_its_stage(trained_tiny, overfit_batch, tmp_path):
+    path = tmp_path / "overfit.png"
+    overfit_batch[0][0][0].save(path)
+    updates = list(svc.chat_turn(trained_tiny, svc.new_thread(str(path)), svc.GROUNDING_QUESTION, GenerationSettings()))
+    notes = [thread.exchanges[-1].note for thread, _ in updates]
+    stages = [note for k, note in enumerate(notes) if k == 0 or note != notes[k - 1]]
+    assert stages == [*svc.STAGES.values(), svc.mask_note(updates[-1][0].result)]  # read, answer, masks, what it drew
+    assert updates[-1][1] and not any(done for _, done in updates[:-1])
 
 
 def test_too_long_prompt_is_a_user_error(trained_tiny, photo_path):
