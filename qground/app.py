@@ -74,17 +74,18 @@ def _client_address(request) -> str:
     return f"{scheme}://{host}"
 
 
-def intro(card_url: str | None) -> str:
-    """One line above the tabs: what the app does, the five classes in their overlay colors, links."""
+def intro(card: bool) -> str:
+    """One line above the tabs: what the app does, the five classes in their overlay colors, the paper, and (when
+    ``card``) a pointer to the model card at the bottom of the page."""
     from qground.taxonomy import DISTORTIONS
 
     swatches = " · ".join(
         f'<span class="swatch" style="color:{d.color}">■</span> {d.display.lower()}' for d in DISTORTIONS
     )
-    links = f"[Q-Ground paper]({PAPER})" + (f" · [model card]({card_url})" if card_url else "")
+    more = f"[Q-Ground paper]({PAPER})" + (" · the model card is at the bottom of the page" if card else "")
     return (
         "Upload a photo (or pick an example) and ask about its quality: the answer comes with one mask per "
-        f"distortion — {swatches}. {links}"
+        f"distortion — {swatches}. {more}."
     )
 
 
@@ -270,9 +271,10 @@ def build_demo(engine, sam=None, served=None, sam_message: str = "", examples=No
             log.warning("no examples: %s", err)
             examples = ex.Examples()
     scratch = svc.Scratch()
+    card = svc.model_card(engine)
     with gr.Blocks(title="Q-Ground", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# Q-Ground: where does this photo lose quality?")
-        gr.Markdown(intro(None), elem_id="intro")
+        gr.Markdown(intro(bool(card)), elem_id="intro")
         if served.random or served.notice:
             gr.Markdown(served.footer(), elem_id="model-notice")
         with gr.Tab("Chat"):
@@ -283,7 +285,6 @@ def build_demo(engine, sam=None, served=None, sam_message: str = "", examples=No
             _annotate_tab(gr, svc, sam, scratch, sam_message)
         with gr.Tab("API"):
             _api_tab(gr, svc, engine, sam, scratch, demo)
-        card = svc.model_card(engine)
         if card:
             with gr.Accordion("Model card: what this model is, how it was trained, its results and limits", open=False):
                 gr.Markdown(card, elem_id="model-card")

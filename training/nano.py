@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-images", type=int, default=300)
     parser.add_argument("--val-images", type=int, default=120, help="validation images (choosing the strictness)")
     parser.add_argument("--comparisons-per-image", type=int, default=3, help="comparison groups per generated image")
-    parser.add_argument("--vision-epochs", type=int, default=16)
+    parser.add_argument("--vision-epochs", type=int, default=32)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.02: smoke run)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
