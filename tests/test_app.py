@@ -116,3 +116,48 @@ def test_strictness_slider_only_for_readout_models(trained_tiny):
 
     slider = next(b for b in build_demo(trained_tiny).blocks.values() if getattr(b, "elem_id", None) == "strictness")
     assert not slider.visible
+
+
+def test_api_notes_name_the_address_served_and_only_the_endpoints_there(monkeypatch):
+    from qground.app import _client_address, api_doc
+
+    class Request:
+        headers = {"host": "127.0.0.1:7861"}
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert _client_address(Request()) == "http://127.0.0.1:7861"  # the port the app really came up on
+    Request.headers = {"host": "qground.example", "x-forwarded-proto": "https"}
+    assert _client_address(Request()) == "https://qground.example"
+    monkeypatch.setenv("SPACE_ID", "ORG/qground")
+    assert _client_address(Request()) == "ORG/qground"
+    with_sam, without = api_doc("ORG/qground", True), api_doc("ORG/qground", False)
+    assert 'Client("ORG/qground")' in with_sam and 'api_name="/segment"' in with_sam
+    assert 'api_name="/segment"' not in without and "only when Segment Anything is on" in without
+    assert "4 columns: distortion, area %, where, score" in without
+    assert svc.TABLE_HEADERS == ["Distortion", "Area %", "Where", "Score"]
+
+
+def test_a_user_error_is_one_log_line_and_leaves_the_outputs(caplog):
+    import gradio as gr
+
+    from qground.app import _ui
+
+    def ask(text):
+        raise svc.UserError("Type a question first.")
+        yield  # a streaming handler
+
+    def crash():
+        raise RuntimeError("disk full")
+
+    with caplog.at_level("INFO", logger="qground.app"):
+        assert list(_ui(ask, 3)("")) == [(gr.skip(),) * 3]  # every output left as it was
+        assert _ui(lambda: svc.load_photo(None), 1)() == gr.skip()
+    assert [r.getMessage() for r in caplog.records] == [
+        "user error: Type a question first.",
+        "user error: Upload a photo first.",
+    ]
+    assert not any(r.exc_info for r in caplog.records)  # no traceback for a user's mistake
+    caplog.clear()
+    with caplog.at_level("INFO", logger="qground.app"), pytest.raises(gr.Error, match="RuntimeError: disk full"):
+        _ui(crash, 2)()
+    assert caplog.records[-1].exc_info is not None  # a real failure keeps its traceback in the log
