@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from qground import evaluate
 from qground.questions import COMPARE_PRESETS, GROUNDING_QUESTION, QUESTIONS
-from qground.taxonomy import CLASS_NAMES, DISTORTIONS, get
+from qground.taxonomy import CLASS_NAMES, get
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "assets" / "examples"
@@ -402,14 +403,9 @@ def folder_bytes(out: Path) -> int:
 
 # -- checking ----------------------------------------------------------------------------------------------------------
 def named_classes(text: str) -> list[str]:
-    """The classes a model answer names (a class name or one of its aliases as whole words), in taxonomy order."""
-    import re
-
-    low = " " + re.sub(r"[^a-z]+", " ", text.lower()) + " "
-    words = {d.name: (d.name, *d.aliases) for d in DISTORTIONS}
-    for w in sorted((w for ws in words.values() for w in ws), key=len, reverse=True):
-        low = low.replace(f" no {w} ", " ")  # "No, there is no low light."
-    return [name for name, ws in words.items() if any(f" {w} " in low for w in ws)]
+    """The classes a model answer names, negations aside (``qground.evaluate.named_classes``), in taxonomy order."""
+    found = evaluate.named_classes(text)
+    return [name for name in CLASS_NAMES if name in found]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
