@@ -6,7 +6,9 @@ defaults (QGROUND_MODEL, QGROUND_REVISION, QGROUND_QUANT, QGROUND_DTYPE, QGROUND
 to the UI; the work is done in ``qground.service`` and ``qground.sam``, the default questions are
 ``qground.questions.QUESTIONS``. Nothing heavy runs at import.
 Public endpoints for gradio_client: /ground, /describe, /compare, /segment; the UI's own handlers are private. Every
-event that runs a model (Q-Ground or SAM) shares the queue ``concurrency_id="model"``.
+event that runs a model (Q-Ground or SAM) shares the queue ``concurrency_id="model"``, with the run buttons disabled
+meanwhile (``_run``). A user's mistake is a warning toast that leaves every output as it was in the UI (``_ui``) and an
+error with the same words at the public endpoints (``_friendly``). Styles (``CSS``) go to ``launch(css=CSS)``.
 """
 
 import argparse
