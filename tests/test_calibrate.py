@@ -88,3 +88,13 @@ def test_policy_sweeps_choose_on_validation_and_record_the_sweep(tiny, monkeypat
     assert engine.policy == base.replace(flip_average=True, mask_refine_radius=2.0)
     sweep = {"0": {"mIoU": 0.5}, "2": {"mIoU": 0.7}, "4": {"mIoU": 0.7}}
     assert cal.record["mask_refine_radius"] == {"chosen": 2.0, "eps": 0.01, "sweep": sweep}
+
+
+def test_a_gate_is_kept_only_for_a_real_gain_on_validation():
+    def summary(miou: float, clean: float = 0.95) -> dict:
+        return {"mIoU": miou, "clean_rate": clean}
+
+    assert calibrate.choose_gate({0.0: summary(0.4570), 5.3: summary(0.4571)}) == 0.0  # +0.0001: noise, off
+    assert calibrate.choose_gate({0.0: summary(0.40), 5.3: summary(0.41)}) == 5.3  # +0.01: kept
+    assert calibrate.choose_gate({0.0: summary(0.40, 0.80), 5.3: summary(0.40, 0.95)}) == 5.3  # fewer false alarms
+    assert calibrate.choose_gate({0.0: summary(0.41), 5.3: summary(0.40)}) == 0.0

@@ -21,8 +21,9 @@ radius of the guided filter that lays each mask's edges onto the photo's own (``
 0 = off) from its grid.
 Whether overexposure needs a clipped white pixel (``overexposure_needs_clipping``) is chosen on validation right after
 the strictness. Every choice maximizes validation mIoU less the clean rate's shortfall below 0.9 (``score``), and a
-gate read off the training photos is kept only when validation gains from it: the validation split holds photo
-sources and distortion families that training never saw, so a gate survives only if it generalizes. Decoding is held
+gate read off the training photos is kept only when it raises that score by ``GATE_MIN_GAIN`` (0.005): the validation
+split holds photo sources and distortion families that training never saw, so a gate survives only if it generalizes
+(and a smaller gain is noise). Decoding is held
 to the answer grammar, naming the classes the readout finds (``constrained_answers``, ``answers_follow_readout``).
 Prints the tables and writes the choices, and the sweeps under ``calibration``, as the checkpoint's inference policy
 (``inference_policy.json``, ``qground.policy``) — that file and nothing else. The held-out evaluation photos play no
@@ -170,6 +171,7 @@ def contrast_reference(regions: np.ndarray) -> float:
 
 
 CLEAN_TARGET = 0.9  # share of clean validation photos that should get no mask
+GATE_MIN_GAIN = 0.005  # validation score a gate must add to be kept (about one image's IoU in 120)
 
 
 def score(summary: dict) -> float:
@@ -182,6 +184,13 @@ def score(summary: dict) -> float:
 def choose(summaries: dict) -> float:
     """The key with the highest ``score``; the lowest such one on a tie."""
     return min(summaries, key=lambda s: (-score(summaries[s]), s))
+
+
+def choose_gate(summaries: dict) -> float:
+    """A gate's threshold (key) or 0 (off): the gate is kept only when it raises the ``score`` by ``GATE_MIN_GAIN``
+    or more (a smaller gain on the validation images is noise, and a gate is one more moving part)."""
+    best = choose(summaries)
+    return best if best and score(summaries[best]) - score(summaries[0.0]) >= GATE_MIN_GAIN else 0.0
 
 
 def _floats(text: str) -> list[float]:
@@ -201,9 +210,9 @@ class Calibration:
     def policy(self) -> InferencePolicy:
         return self.engine.policy
 
-    def keep(self, field: str, sweeps: dict, extra: dict | None = None):
-        """Adopt the best value of ``sweeps`` (value → summary) for ``field``; record them."""
-        chosen = choose(sweeps)
+    def keep(self, field: str, sweeps: dict, extra: dict | None = None, rule=choose):
+        """Adopt the value of ``sweeps`` (value → summary) that ``rule`` picks for ``field``; record them."""
+        chosen = rule(sweeps)
         self.engine.set_policy(self.policy.replace(**{field: chosen}))
         self.latest = sweeps[chosen]
         key = (lambda v: str(v).lower()) if isinstance(chosen, bool) else (lambda v: f"{v:g}")
@@ -231,7 +240,8 @@ def choose_jitter(cal: Calibration, train: Path, weights: Sequence[float]) -> No
     gate = motion_reference(clean) if cal.policy.default_strictness else 0.0
     if gate:  # kept only if validation, on photo sources and distortion families never trained on, gains from it
         extra = {"reference": reference | {"quantile": MOTION_QUANTILE}}
-        cal.keep("jitter_min_motion_signature", cal.sweep("jitter_min_motion_signature", (0.0, gate)), extra)
+        sweeps = cal.sweep("jitter_min_motion_signature", (0.0, gate))
+        cal.keep("jitter_min_motion_signature", sweeps, extra, rule=choose_gate)
     try:
         center, scale = motion_logistic(clean, jittered)
     except ValueError as err:  # e.g. a toy training split without jitter on textured content
@@ -256,7 +266,7 @@ def choose_low_light(cal: Calibration, train: Path) -> None:
         return
     reference = {"train": str(train), "images": MOTION_IMAGES, "regions": len(levels), "quantile": CONTRAST_QUANTILE}
     sweeps = cal.sweep("low_light_min_log_contrast", (0.0, gate))  # kept only if validation gains from it
-    cal.keep("low_light_min_log_contrast", sweeps, {"reference": reference})
+    cal.keep("low_light_min_log_contrast", sweeps, {"reference": reference}, rule=choose_gate)
 
 
 def main(argv: list[str] | None = None) -> int:
