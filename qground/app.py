@@ -116,18 +116,11 @@ def _server_error(err: Exception):
     )
 
 
-def _friendly(fn):
-    """For public API endpoints: user errors raise ``gr.Error`` with the message (clients get an exception that
-    says what to fix; one log line), other failures ``_server_error`` (a generator stays a generator)."""
+def _guarded(fn, handle):
+    """``fn`` (a generator stays a generator) with any exception other than a ``gr.Error`` passed to ``handle``, from
+    inside the ``except`` block (so a log call there has the traceback): it raises, or returns what the handler gives
+    instead (a generator yields it as its last update)."""
     import gradio as gr
-
-    from qground.service import USER_ERRORS
-
-    def fail(err: Exception):
-        if isinstance(err, USER_ERRORS):
-            _user_error(err)
-            return gr.Error(str(err), print_exception=False)
-        return _server_error(err)
 
     if inspect.isgeneratorfunction(fn):
 
@@ -138,7 +131,7 @@ def _friendly(fn):
             except gr.Error:
                 raise
             except Exception as err:
-                raise fail(err) from None
+                yield handle(err)
 
         return stream
 
@@ -149,51 +142,44 @@ def _friendly(fn):
         except gr.Error:
             raise
         except Exception as err:
-            raise fail(err) from None
+            return handle(err)
 
     return call
 
 
+def _friendly(fn):
+    """For public API endpoints: user errors raise ``gr.Error`` with the message (clients get an exception that
+    says what to fix; one log line), other failures ``_server_error``."""
+    import gradio as gr
+
+    from qground.service import USER_ERRORS
+
+    def handle(err: Exception):
+        if isinstance(err, USER_ERRORS):
+            _user_error(err)
+            raise gr.Error(str(err), print_exception=False) from None
+        raise _server_error(err) from None
+
+    return _guarded(fn, handle)
+
+
 def _ui(fn, outputs: int):
     """For the UI's own handlers: a user error is a warning toast and leaves all ``outputs`` (their count) as they
-    were; other failures ``_server_error``. A generator stays a generator."""
+    were; other failures ``_server_error``."""
     import gradio as gr
 
     from qground.service import USER_ERRORS
 
     unchanged = gr.skip() if outputs == 1 else tuple(gr.skip() for _ in range(outputs))
 
-    if inspect.isgeneratorfunction(fn):
-
-        @functools.wraps(fn)
-        def stream(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except USER_ERRORS as err:
-                _user_error(err)
-                gr.Warning(str(err))
-                yield unchanged
-            except gr.Error:
-                raise
-            except Exception as err:
-                raise _server_error(err) from None
-
-        return stream
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as err:
-            _user_error(err)
-            gr.Warning(str(err))
-            return unchanged
-        except gr.Error:
-            raise
-        except Exception as err:
+    def handle(err: Exception):
+        if not isinstance(err, USER_ERRORS):
             raise _server_error(err) from None
+        _user_error(err)
+        gr.Warning(str(err))
+        return unchanged
 
-    return call
+    return _guarded(fn, handle)
 
 
 def _model(fn, outputs: int | None = None):

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["MAX_PIXELS", "MIN_SIDE", "SUPPORTED_FORMATS", "ImageLoadError", "ImageSource", "load_image"]
+__all__ = ["MAX_PIXELS", "MIN_SIDE", "SUPPORTED_FORMATS", "ImageLoadError", "ImageSource", "fit_size", "load_image"]
 
 MAX_PIXELS = 80_000_000
 MIN_SIDE = 2
@@ -55,6 +55,16 @@ _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 class ImageLoadError(ValueError):
     """An image that cannot be used; the message says why in plain words and names the file when there is one."""
+
+
+def fit_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """(W, H) ``size`` scaled so its longer side is ``max_side`` (each side rounded, at least 1); unchanged when it
+    already fits or ``max_side`` is None or 0."""
+    w, h = size
+    if not max_side or max(w, h) <= max_side:
+        return w, h
+    scale = max_side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 def load_image(source: ImageSource) -> Image.Image:

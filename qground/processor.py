@@ -38,7 +38,7 @@ from PIL import Image
 
 from qground.config import QGroundConfig
 from qground.detail import detail_channels, log_contrast, motion_signature
-from qground.imageio import load_image
+from qground.imageio import fit_size, load_image
 from qground.policy import LOG_CONTRAST, MOTION_SIGNATURE
 from qground.prompts import VICUNA_V1, ImageSlot, PromptStyle, Turn
 
@@ -149,11 +149,9 @@ class QGroundProcessor:
     def _detail_source(self, img: Image.Image) -> Image.Image:
         """The photo the detail channels are computed on: itself, or shrunk (Lanczos, as the training photos were) so
         its longest side is ``config.detail_max_side`` when it is larger."""
-        cap = self.config.detail_max_side
-        if not cap or max(img.size) <= cap:
+        size = fit_size(img.size, self.config.detail_max_side)
+        if size == img.size:
             return img
-        s = cap / max(img.size)
-        size = (max(1, round(img.width * s)), max(1, round(img.height * s)))
         return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)  # ≥ 3: as exact, 2.5× faster at 12 MP
 
     def preprocess_mask(self, mask: np.ndarray, meta: ImageMeta) -> torch.Tensor:

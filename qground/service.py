@@ -41,7 +41,7 @@ from qground.checkpoint import (
     parse_dtype,
     resolve,
 )
-from qground.imageio import ImageLoadError, load_image
+from qground.imageio import ImageLoadError, fit_size, load_image
 from qground.inference import MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine, Stage
 from qground.models import DEFAULT_MODEL, resolve_model
 from qground.naming import named_images, question_options
@@ -78,7 +78,6 @@ __all__ = [
     "compare_turn",
     "default_quant",
     "describe_request",
-    "display_size",
     "drawn_note",
     "generation_settings",
     "ground_each",
@@ -436,23 +435,13 @@ def drawn_note(thread: Thread) -> str:
 
 
 # -- result views ------------------------------------------------------------------------------------------------------
-def display_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
-    """(W, H) of a photo shrunk to fit ``max_side`` on its longer side (unchanged when it fits or ``max_side`` is
-    None)."""
-    w, h = size
-    if max_side is None or max(w, h) <= max_side:
-        return w, h
-    scale = max_side / max(w, h)
-    return max(1, round(w * scale)), max(1, round(h * scale))
-
-
 def _for_display(
     photo: Image.Image, masks: Mapping[str, np.ndarray], max_side: int | None
 ) -> tuple[Image.Image, dict[str, np.ndarray]]:
-    """The photo shrunk to ``display_size`` and its bool masks (of any size: the photo's own, or the full photo's
-    when ``photo`` is already a preview) brought to the same size (box filter: a display pixel is in a mask when at
-    least half of the pixels it covers are)."""
-    size = display_size(photo.size, max_side)
+    """The photo shrunk to fit ``max_side`` (``imageio.fit_size``) and its bool masks (of any size: the photo's own,
+    or the full photo's when ``photo`` is already a preview) brought to the same size (box filter: a display pixel is
+    in a mask when at least half of the pixels it covers are)."""
+    size = fit_size(photo.size, max_side)
     if size != photo.size:
         photo = photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     w, h = size
@@ -476,7 +465,7 @@ def annotated_image(
     """``gr.AnnotatedImage`` value for a photo (path or loaded; a loaded one may be a smaller preview of the photo the
     masks were made on): (PNG path of the photo with the shown classes' outlines drawn by ``visualize.overlay``,
     [(float32 alpha = ``opacity`` inside the mask, class name)]), at the image's size or, with ``max_side``, shrunk to
-    fit it (``display_size``: a screen needs no 12 MP overlay; the zip and the API keep full-size masks). The fill
+    fit it (``imageio.fit_size``: a screen needs no 12 MP overlay; the zip and the API keep full-size masks). The fill
     comes from the annotations, so hovering the legend highlights one class. ``classes`` None shows all."""
     name = Path(image).stem if isinstance(image, (str, os.PathLike)) else "photo"
     photo = load_photo(image) if isinstance(image, (str, os.PathLike)) else image.convert("RGB")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.click_to_overlay import CHROMIUM, CHROMIUM_ARGS  # the browser and flags the bench drives
 from conftest import served_app
 from qground import sam as annot
 from qground.inference import GroundingResult
@@ -26,17 +27,6 @@ from qground.questions import QUESTIONS
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TIMEOUT_MS = 120_000
 

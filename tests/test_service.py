@@ -14,6 +14,7 @@ from PIL import Image
 
 from qground import sam as annot
 from qground import service as svc
+from qground.imageio import fit_size
 from qground.inference import GenerationSettings, GroundingResult
 from qground.naming import named_images
 from qground.taxonomy import DISTORTION_COLORS
@@ -237,7 +238,7 @@ def test_display_overlay_is_screen_sized_and_keeps_the_masks(tmp_path, scratch):
     mask = np.zeros((300, 800), dtype=bool)
     mask[:150, :400] = True
     result = make_result({"noise": mask})
-    assert svc.display_size((800, 300), 400) == (400, 150) and svc.display_size((800, 300), None) == (800, 300)
+    assert fit_size((800, 300), 400) == (400, 150) and fit_size((800, 300), None) == (800, 300)
     base, annotations = svc.annotated_image(str(path), result, scratch, max_side=400)
     assert Image.open(base).size == (400, 150) and annotations[0][0].shape == (150, 400)
     assert annotations[0][0][:75, :200].min() > 0 and annotations[0][0][75:, 200:].max() == 0

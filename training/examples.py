@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from qground import evaluate
+from qground.imageio import fit_size
 from qground.questions import COMPARE_PRESETS, GROUNDING_QUESTION, QUESTIONS
 from qground.taxonomy import CLASS_NAMES, get
 
@@ -270,9 +271,8 @@ def clean_photo(name: str, side: int) -> np.ndarray:
         raise ValueError(f"{name} is {w}×{h}: too small for a longest side of {side} px (never enlarged)")
     if not MIN_SIDE <= side <= MAX_SIDE:
         raise ValueError(f"longest side {side} is outside {MIN_SIDE}–{MAX_SIDE}")
-    s = side / max(h, w)
-    size = (round(w * s), round(h * s))
-    return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS)) if s < 1 else photo
+    size = fit_size((w, h), side)
+    return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS)) if size != (w, h) else photo
 
 
 def _family(key: str):
