@@ -1,4 +1,4 @@
-"""Command line: ``python -m qground {serve,info,ground,eval,describe,compare} …`` (``--help`` on each).
+"""Command line: ``python -m qground {serve,info,ground,eval,describe,compare,convert} …`` (``--help`` on each).
 
 Exit codes: 0 success; 1 some images failed (the others are still written); 2 usage errors (bad arguments, no
 input images, a model that cannot be loaded).
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from qground.builder import REGISTRY, build_model, build_tokenizer
 from qground.checkpoint import QUANT_CHOICES, CheckpointError
+from qground.convert import KINDS, RELEASES, ConversionError, Hardcoded, Release, convert, fetch
 from qground.evaluate import IMAGE_EXTENSIONS, TASKS, evaluate, report_table, side_by_side_table
 from qground.imageio import ImageLoadError, load_image
 from qground.inference import MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
@@ -267,6 +268,36 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------------------------------------
+def run_convert(args: argparse.Namespace) -> int:
+    """``convert KIND SRC --out DIR``: exit 0 with the folder written, 2 (one-line error) when it cannot be done."""
+    release = RELEASES.get(args.source)
+    subfolder = args.subfolder if args.subfolder is not None else (release.subfolder if release else "")
+    clip = args.clip or (release.clip if release else Release(args.kind).clip)
+    try:
+        layers = tuple(int(x) for x in args.decoder_layers.split(","))
+        if len(layers) != 2:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--decoder-layers takes two comma-separated indices, got {args.decoder_layers!r}") from None
+    try:
+        source = fetch(args.source, args.revision, subfolder, allow_bin=args.allow_bin)
+        clip_folder = fetch(clip, args.clip_revision)
+        convert(
+            args.kind,
+            source,
+            clip_folder,
+            Path(args.out),
+            allow_bin=args.allow_bin,
+            hardcoded=Hardcoded(args.decoder_heads, layers),
+            origin=args.source,
+            revision=args.revision,
+            licence=release.licence if release else "",
+        )
+    except (ConversionError, CheckpointError) as e:
+        raise UsageError(str(e)) from None
+    return EXIT_OK
+
+
 def _add_model_options(parser: argparse.ArgumentParser, strictness: bool = True) -> None:
     """--model, --revision, --quant, and --strictness for commands about one image at a time (comparisons rank images
     by their evidence as read)."""
@@ -349,6 +380,37 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--question", default=QUESTIONS["describe"])
     _add_model_options(describe)
 
+    convert = sub.add_parser(
+        "convert", help="convert a released PixelLM or Q-Ground checkpoint into a folder qground serves"
+    )
+    convert.add_argument("kind", choices=KINDS, help="pixellm (PixelLM-7B/13B) or qground (chaofengc/qg_model_*)")
+    convert.add_argument("source", metavar="SRC", help="the release: a folder or a Hub repo id")
+    convert.add_argument(
+        "--clip",
+        metavar="CLIP_SRC",
+        help="its CLIP tower: a folder or Hub repo id (default: the release's, else openai/clip-vit-large-patch14-336)",
+    )
+    convert.add_argument("--out", required=True, help="output folder (new, or an earlier conversion)")
+    convert.add_argument("--revision", help="Hub revision of SRC")
+    convert.add_argument("--clip-revision", help="Hub revision of CLIP_SRC")
+    convert.add_argument("--subfolder", help="where the weights sit in SRC (PixelLM's Hub repos: hf_model)")
+    convert.add_argument(
+        "--allow-bin",
+        action="store_true",
+        help="read pickled .bin shards (with torch.load(weights_only=True), which rebuilds tensors only)",
+    )
+    convert.add_argument(
+        "--decoder-heads",
+        type=int,
+        default=Hardcoded.decoder_heads,
+        help="attention heads of the pixel decoder (fixed in PixelLM's code: 8)",
+    )
+    convert.add_argument(
+        "--decoder-layers",
+        default=",".join(map(str, Hardcoded.decoder_layers)),
+        help="vision hidden states feeding decoder levels 0,1 (fixed in PixelLM's code: -2,-11)",
+    )
+
     compare = sub.add_parser("compare", help="compare the quality of 2–4 images")
     compare.add_argument("images", nargs="+", metavar="IMG")
     compare.add_argument("--question", default=QUESTIONS["compare"])
@@ -382,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_ground(args)
         if args.command == "eval":
             return run_eval(args)
+        if args.command == "convert":
+            return run_convert(args)
         return run_chat(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -31,6 +31,7 @@ from qground.modeling import (
     DistortionReadout,
     MultiLayerProjector,
     PixelDecoder,
+    PixelLMDecoder,
     QGroundModel,
     SegHead,
 )
@@ -201,18 +202,28 @@ def assemble(config: QGroundConfig, llava: LlavaForConditionalGeneration) -> QGr
             config.global_token,
             config.image_ordinals,
             slots=config.readout,
+            hidden_dim=config.projector_hidden or None,
         )
         if device.type != "meta" and _same_shapes(old, projector):
             projector.load_state_dict(old.state_dict())
         seg_head = SegHead(config.llm.hidden_size, config.decoder.dim, config.seg_levels, config.seg_tokens_per_level)
-        d = config.decoder
-        decoder = PixelDecoder(config.vision.hidden_size, d.dim, d.depth, d.num_heads, d.mlp_dim)
+        decoder = pixel_decoder(config)
         choice_head = None
         if config.choice_head:
             key_dim = readout.whole.out_features if config.choice_keys == "readout" else config.llm.hidden_size
             choice_head = ChoiceHead(config.llm.hidden_size, key_dim)
     llava.model.multi_modal_projector = projector
     return QGroundModel(config, llava, seg_head, decoder, readout, choice_head)
+
+
+def pixel_decoder(config: QGroundConfig) -> PixelDecoder | PixelLMDecoder:
+    """The pixel decoder of ``config.decoder.style``, randomly initialized."""
+    d, vision_dim = config.decoder, config.vision.hidden_size
+    if d.style == "pixellm":
+        return PixelLMDecoder(
+            vision_dim, d.input_hidden, d.input_dim, d.dim, d.depth, d.num_heads, d.mlp_dim, d.level_weights
+        )
+    return PixelDecoder(vision_dim, d.dim, d.depth, d.num_heads, d.mlp_dim, d.level_weights)
 
 
 def _same_shapes(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -101,7 +101,7 @@ def save_checkpoint(model: QGroundModel, tokenizer, folder: str | Path, include_
             save_file(_contiguous(get_peft_model_state_dict(model)), tmp / ADAPTER_NAME)
         elif include_base:
             state = None
-            if config.readout:  # φv's readout-sized weights fit no LLaVA projector; the heads file holds them
+            if not projector_in_llava(config):  # φv fits no LLaVA projector; the heads file holds it
                 state = {k: v for k, v in model.llava.state_dict().items() if ".multi_modal_projector." not in k}
             model.llava.save_pretrained(tmp, safe_serialization=True, state_dict=state)
         config.save(tmp)
@@ -121,6 +121,12 @@ def save_checkpoint(model: QGroundModel, tokenizer, folder: str | Path, include_
     return folder
 
 
+def projector_in_llava(config: QGroundConfig) -> bool:
+    """Whether φv's weights fit transformers' LLaVA projector (Linear(in → D), GELU, Linear(D → D)), so the full
+    weights file holds it too; φv on a readout or with another hidden width lives only in the heads file."""
+    return not config.readout and config.projector_hidden in (0, config.llm.hidden_size)
+
+
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
@@ -137,8 +143,18 @@ def resolve(source: str | os.PathLike, revision: str | None = None) -> Path:
     path = Path(text).expanduser()
     if path.is_dir():
         if not (path / CONFIG_NAME).exists():
-            raise CheckpointError(f"{path} is not a qground checkpoint: it has no {CONFIG_NAME}")
+            hint = ""
+            if "PixelLMForCausalLM" in _architectures(path):
+                hint = f" (it is a PixelLM-format release: python -m qground convert pixellm {path} --out DIR)"
+            raise CheckpointError(f"{path} is not a qground checkpoint: it has no {CONFIG_NAME}{hint}")
         return path
+    from qground.convert import RELEASES, ConversionError, converted_release  # qground.convert imports this module
+
+    if text in RELEASES:  # a released PixelLM / Q-Ground model: converted once into the cache
+        try:
+            return converted_release(text, revision)
+        except ConversionError as e:
+            raise CheckpointError(f"{text}: cannot be converted: {e}") from None
     if entry is not None or text.startswith((".", "/", "~")) or text.count("/") != 1:
         raise CheckpointError(
             f"{text!r} is neither a shipped model ({', '.join(k for k, e in REGISTRY.items() if e.checkpoint)}), "
@@ -147,8 +163,23 @@ def resolve(source: str | os.PathLike, revision: str | None = None) -> Path:
     return download(text, revision)
 
 
-def download(repo_id: str, revision: str | None = None) -> Path:
-    """``snapshot_download`` of the files our layout uses (safetensors, json, tokenizer), with clear errors."""
+DOWNLOAD_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model", "*.jinja")  # our layout: no pickles
+
+
+def _architectures(folder: Path) -> list[str]:
+    """The ``architectures`` a transformers ``config.json`` in ``folder`` names (none when absent or unreadable)."""
+    try:
+        names = json.loads((folder / "config.json").read_text()).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return names if isinstance(names, list) else []
+
+
+def download(
+    repo_id: str, revision: str | None = None, allow_patterns: list[str] | tuple[str, ...] = DOWNLOAD_PATTERNS
+) -> Path:
+    """``snapshot_download`` of the files matching ``allow_patterns`` (by default those our layout uses:
+    safetensors, json, tokenizer), with clear errors."""
     import httpx2  # huggingface_hub's HTTP client: a connection lost mid-download surfaces as its TransportError
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -160,11 +191,7 @@ def download(repo_id: str, revision: str | None = None) -> Path:
 
     at = f"{repo_id}@{revision or 'main'}"
     try:
-        return Path(
-            snapshot_download(
-                repo_id, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
-            )
-        )
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(allow_patterns)))
     except RevisionNotFoundError:
         raise CheckpointError(f"{at}: revision {revision!r} does not exist; check QGROUND_REVISION") from None
     except GatedRepoError:
@@ -286,7 +313,8 @@ def load_model(
     if bound.token_ids != config.token_ids:
         raise CheckpointError(f"{folder}: tokenizer ids {bound.token_ids} ≠ {CONFIG_NAME} ids {config.token_ids}")
     base = folder if (folder / FULL_WEIGHTS).exists() else _base_folder(config)
-    llava = _load_llava(base, config, quant, device, dtype, without_projector=config.readout and base == folder)
+    without_projector = not projector_in_llava(config) and base == folder
+    llava = _load_llava(base, config, quant, device, dtype, without_projector=without_projector)
     _check_architecture(config, llava, base)
     model = assemble(config, llava)
     _load_safetensors(model, folder / HEADS_NAME, _load_heads)
@@ -371,8 +399,8 @@ def _load_llava(
     dtype: torch.dtype,
     without_projector: bool = False,
 ) -> LlavaForConditionalGeneration:
-    """``without_projector``: the weights leave LLaVA's projector out by design (a readout checkpoint keeps φv in the
-    heads file; see ``_from_pretrained_without_projector``). On CPU, 4-bit keeps ``cpu_4bit_skips`` unquantized."""
+    """``without_projector``: the weights leave LLaVA's projector out by design (``projector_in_llava``: the heads file
+    keeps φv; see ``_from_pretrained_without_projector``). On CPU, 4-bit keeps ``cpu_4bit_skips`` unquantized."""
     skip = cpu_4bit_skips(config) if quant == "4bit" and device.type == "cpu" else []
     if skip:
         log.info("4-bit on CPU: %s stay in %s (bitsandbytes' CPU kernel cannot pack their widths)", skip, dtype)

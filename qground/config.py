@@ -22,6 +22,11 @@ FORMAT_VERSION = 1
 NUM_DETAIL_CHANNELS = 8  # qground.detail: native-resolution channels appended to RGB when detail_channels is set
 CHOICE_KEYS = ("llm", "readout")  # QGroundConfig.choice_keys: what the choice head compares the query with
 PROMPT_TOKENIZATIONS = ("pieces", "llava")  # QGroundConfig.prompt_tokenization: qground.processor's rules
+RESAMPLINGS = ("bicubic", "bilinear")  # QGroundConfig.resample: the PIL filter resizing a photo to the model input
+SIZE_ROUNDINGS = ("round", "half_up")  # QGroundConfig.size_rounding: how the resized content size is rounded
+DECODER_STYLES = ("qground", "pixellm")  # DecoderConfig.style: qground.modeling.pixel_decoder / pixellm_decoder
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # PixelLM's normalization (SAM's pixel mean/std on 0..1), not CLIP's
+IMAGENET_STD = (0.229, 0.224, 0.225)
 READOUT_SUB = 2  # qground.modeling.readout: sub-cells per patch side whose class coverage the readout predicts
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -72,27 +77,51 @@ class LLMConfig:
     max_position_embeddings: int = 4096
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    # > 0: only ids below it are ever generated (rows from it up were added by a conversion: the source model's
+    # lm_head had this many, and our <image> and padding rows must not win an argmax); 0: every row.
+    sampled_vocab: int = 0
 
     def validate(self) -> None:
         _check(self.hidden_size % self.num_heads == 0, "llm.hidden_size must be divisible by llm.num_heads")
+        _check(
+            0 <= self.sampled_vocab <= self.vocab_size,
+            f"llm.sampled_vocab must be between 0 and vocab_size {self.vocab_size}, got {self.sampled_vocab}",
+        )
         _check(self.num_heads % self.num_kv_heads == 0, "llm.num_heads must be a multiple of llm.num_kv_heads")
 
 
 @dataclass
 class DecoderConfig:
-    """The light two-level pixel decoder (PixelLM-style) built from segment-anything parts; ``dim`` is also the width
-    of the seg embeddings it receives."""
+    """The light two-level pixel decoder built from segment-anything parts; ``dim`` is also the width of the seg
+    embeddings it receives.
+
+    ``style`` "qground" is ours (``qground.modeling.pixel_decoder``); "pixellm" is PixelLM's layout
+    (``qground.modeling.pixellm_decoder``: a shared input MLP Dv → ``input_hidden`` → ``input_dim`` and neck, one
+    position encoding per level, a dense embedding, a learned 2× upsampler, SAM's iou + 4 mask tokens with a level
+    embedding), for converted PixelLM / Q-Ground weights. ``level_weights`` scale level 0's (upsampled) and level 1's
+    logits in their sum (PixelLM: 0.5, 0.5)."""
 
     dim: int = 256
     depth: int = 2
     num_heads: int = 8
     mlp_dim: int = 2048
     layers: tuple[int, int] = (23, 14)  # vision hidden_states index feeding level 0 and level 1
+    style: str = "qground"
+    input_hidden: int = 0  # "pixellm": the input MLP's hidden width (PixelLM-7B: 8192)
+    input_dim: int = 0  # "pixellm": the input MLP's output width, the neck's input (PixelLM-7B: 4096)
+    level_weights: tuple[float, float] = (1.0, 1.0)
 
     def validate(self) -> None:
         _check(self.dim % self.num_heads == 0, "decoder.dim must be divisible by decoder.num_heads")
         _check(self.dim % 8 == 0, "decoder.dim must be divisible by 8 (hypernetwork width dim // 8)")
         _check(len(self.layers) == 2, "decoder.layers needs exactly two vision layers (level 0, level 1)")
+        _check(self.style in DECODER_STYLES, f"decoder.style must be one of {DECODER_STYLES}, got {self.style!r}")
+        pixellm = self.style == "pixellm"
+        _check(
+            (self.input_hidden > 0 and self.input_dim > 0) == pixellm and min(self.input_hidden, self.input_dim) >= 0,
+            "decoder.input_hidden and decoder.input_dim are set (> 0) exactly for decoder.style 'pixellm'",
+        )
+        _check(len(self.level_weights) == 2, "decoder.level_weights needs one weight per level")
 
 
 @dataclass
@@ -129,10 +158,20 @@ class TokenIds:
     bos: int = -1
     eos: int = -1
     choice: int = -1  # [CHOICE], bound only for models with a choice head
+    image_start: int = -1  # <im_start> and <im_end>, bound only for models with image_wrap
+    image_end: int = -1
 
-    def validate(self, seg_count: int, choice: bool) -> None:
+    def validate(self, seg_count: int, choice: bool, image_wrap: bool = False) -> None:
         if self.image < 0:
             return  # not bound to a tokenizer yet
+        wrap = (self.image_start, self.image_end)
+        if image_wrap:
+            _check(
+                min(wrap) >= 0 and len({self.image, *self.seg, *wrap}) == seg_count + 3,
+                f"image_wrap needs <im_start>/<im_end> ids distinct from the image and seg ids, got {list(wrap)}",
+            )
+        else:
+            _check(wrap == (-1, -1), "token_ids.image_start/image_end are set but the config has no image_wrap")
         _check(len(self.seg) == seg_count, f"token_ids.seg needs {seg_count} ids, got {len(self.seg)}")
         _check(len(set(self.seg)) == seg_count, f"seg token ids must be distinct, got {list(self.seg)}")
         _check(self.image not in self.seg, "the image token id collides with a seg token id")
@@ -174,6 +213,15 @@ class QGroundConfig:
     detail_max_side: int = 0
     feature_layers: tuple[int, ...] = (6, 14, 23)
     projector_pool: int = 2
+    projector_hidden: int = 0  # φv's hidden width; 0: the LLM's width (PixelLM-7B: 8192)
+    # PixelLM's padding masks (content_sizes (h, w) of each padded input): the tower's attention ignores patches
+    # (r, c) with r·patch ≥ h or c·patch ≥ w as keys, and the LLM's attention ignores the image tokens whose pooled
+    # cell (i, j) has i·patch·pool ≥ h or j·patch·pool ≥ w (positions stay 0, 1, 2, …).
+    vision_padding_mask: bool = False
+    llm_image_padding_mask: bool = False
+    resample: str = "bicubic"  # RESAMPLINGS: the PIL filter resizing a photo (PixelLM: bilinear)
+    size_rounding: str = "round"  # SIZE_ROUNDINGS: "round" (to even at .5), "half_up" (PixelLM: int(x + 0.5))
+    image_wrap: bool = False  # each image's tokens sit between <im_start> and <im_end> (PixelLM-7B)
     global_token: bool = False  # φv also maps the CLS position (a whole-image summary) to one more image token
     # In a prompt with several images, each image contributes only its whole-image token (needs global_token), as
     # Co-Instruct shrinks each image's tokens for multi-image prompts: the LLM compares a few summary tokens.
@@ -291,11 +339,22 @@ class QGroundConfig:
             self.choice_keys == "llm" or (self.choice_head and self.readout),
             "choice_keys 'readout' needs choice_head: true and readout: true",
         )
+        _check(self.projector_hidden >= 0, f"projector_hidden must be ≥ 0, got {self.projector_hidden}")
+        _check(self.resample in RESAMPLINGS, f"resample must be one of {RESAMPLINGS}, got {self.resample!r}")
+        _check(
+            self.size_rounding in SIZE_ROUNDINGS,
+            f"size_rounding must be one of {SIZE_ROUNDINGS}, got {self.size_rounding!r}",
+        )
+        _check(
+            not (self.llm_image_padding_mask and (self.readout or self.multi_image_global_only)),
+            "llm_image_padding_mask needs image tokens pooled from the patch grid (no readout, no "
+            "multi_image_global_only)",
+        )
         _check(
             self.prompt_tokenization in PROMPT_TOKENIZATIONS,
             f"prompt_tokenization must be one of {PROMPT_TOKENIZATIONS}, got {self.prompt_tokenization!r}",
         )
-        self.token_ids.validate(self.seg_count, self.choice_head)
+        self.token_ids.validate(self.seg_count, self.choice_head, self.image_wrap)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -149,10 +149,15 @@ def decode(
     embed_tokens = model.llava.get_input_embeddings()
     eos = model.config.token_ids.eos
     generator = torch.Generator().manual_seed(settings.seed)
+    sampled = model.config.llm.sampled_vocab
     with torch.inference_mode():
-        embeds = model.embed(input_ids.to(model.device), features.tokens if features is not None else None)
+        input_ids = input_ids.to(model.device)
+        embeds = model.embed(input_ids, features.tokens if features is not None else None)
+        mask = model.attention_mask(input_ids, features)  # None unless padded image tokens are left out
         cache = DynamicCache(config=lm.config) if settings.use_cache else None
-        hidden = lm(inputs_embeds=embeds, past_key_values=cache, use_cache=settings.use_cache).last_hidden_state
+        hidden = lm(
+            inputs_embeds=embeds, attention_mask=mask, past_key_values=cache, use_cache=settings.use_cache
+        ).last_hidden_state
         keys = None
         if model.choice_head is not None:
             keys = model.image_keys(input_ids[0].to(hidden.device), hidden[0], features, 0)
@@ -160,6 +165,8 @@ def decode(
         for step in range(settings.max_new_tokens):
             state = hidden[0, -1]
             logits = head(state).float()
+            if sampled:
+                logits[sampled:] = -float("inf")  # rows a conversion added
             if constraint is not None:
                 logits[~constraint.mask(grammar_state)[: len(logits)]] = -float("inf")
             if step < settings.min_new_tokens:
@@ -175,11 +182,14 @@ def decode(
             if constraint is not None:
                 grammar_state = constraint.advance(grammar_state, token)
             new = embed_tokens(torch.tensor([[token]], device=embeds.device))
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
             if settings.use_cache:
-                hidden = lm(inputs_embeds=new, past_key_values=cache, use_cache=True).last_hidden_state
+                hidden = lm(inputs_embeds=new, attention_mask=mask, past_key_values=cache, use_cache=True)
+                hidden = hidden.last_hidden_state
             else:
                 embeds = torch.cat([embeds, new], dim=1)
-                hidden = lm(inputs_embeds=embeds, use_cache=False).last_hidden_state
+                hidden = lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
 
 
 class QGroundEngine:
@@ -233,9 +243,12 @@ class QGroundEngine:
         if strictness:
             evidence = {name: torch.stack([m.evidence[name] for m in metas]) for name in policy.evidence_maps}
             gate = functools.partial(readout_thresholds, policy, model.config, strictness, pixels, evidence)
-        sizes = [m.resized_size for m in metas] if policy.flip_average else None
+        content = [m.resized_size for m in metas]
+        sizes = content if policy.flip_average else None
         with torch.inference_mode():
-            return model.encode_images(pixels, sizes, gate, keep_coverage=bool(policy.readout_mask_weight))
+            return model.encode_images(
+                pixels, sizes, gate, keep_coverage=bool(policy.readout_mask_weight), image_sizes=content
+            )
 
     def constraint(
         self, num_images: int, present: frozenset[str] | None = None, asked: frozenset[str] | None = None

@@ -15,7 +15,7 @@ from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
 
-def _neck(in_dim: int, dim: int) -> nn.Sequential:
+def neck(in_dim: int, dim: int) -> nn.Sequential:
     """1×1 conv to ``dim``, LayerNorm2d, 3×3 conv, LayerNorm2d (SAM's neck)."""
     return nn.Sequential(
         nn.Conv2d(in_dim, dim, kernel_size=1, bias=False),
@@ -38,7 +38,7 @@ class _FloatPositionEncoding(PositionEmbeddingRandom):
         return self
 
 
-def _upscale(dim: int) -> nn.Sequential:
+def upscale(dim: int) -> nn.Sequential:
     """2× transposed-conv upsampling to ``dim // 8`` channels (the hypernetwork's width)."""
     return nn.Sequential(nn.ConvTranspose2d(dim, dim // 8, kernel_size=2, stride=2), LayerNorm2d(dim // 8), nn.GELU())
 
@@ -52,7 +52,7 @@ class _Level(nn.Module):
         self.output_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.output_token, std=0.02)
         self.transformer = TwoWayTransformer(depth=depth, embedding_dim=dim, num_heads=num_heads, mlp_dim=mlp_dim)
-        self.upscale = _upscale(dim)
+        self.upscale = upscale(dim)
         self.hyper = MLP(dim, dim, dim // 8, 3)
 
     def forward(self, features: torch.Tensor, pe: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
@@ -70,13 +70,22 @@ class PixelDecoder(nn.Module):
 
     ``forward(features, seg)``: ``features`` is a pair of ``(N, g², Dv)`` patch maps (level 0 from a deep layer,
     level 1 from a middle one, one row per target), ``seg`` is ``(N, 2, C)`` from ``SegHead``. Returns ``(N, 4g, 4g)``
-    logits: level 1's prediction plus level 0's, upsampled. Level 1 runs on 2× upsampled features gated by level 0's
-    mask.
+    logits: ``w0 · up(level 0) + w1 · level 1`` (``level_weights``, 1 and 1 by default). Level 1 runs on 2×
+    upsampled features gated by level 0's mask.
     """
 
-    def __init__(self, vision_dim: int, dim: int, depth: int, num_heads: int, mlp_dim: int) -> None:
+    def __init__(
+        self,
+        vision_dim: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_dim: int,
+        level_weights: tuple[float, float] = (1.0, 1.0),
+    ) -> None:
         super().__init__()
-        self.necks = nn.ModuleList([_neck(vision_dim, dim), _neck(vision_dim, dim)])
+        self.level_weights = tuple(level_weights)
+        self.necks = nn.ModuleList([neck(vision_dim, dim), neck(vision_dim, dim)])
         self.pe = _FloatPositionEncoding(dim // 2)
         self.levels = nn.ModuleList([_Level(dim, depth, num_heads, mlp_dim) for _ in range(2)])
 
@@ -87,11 +96,12 @@ class PixelDecoder(nn.Module):
             raise ValueError(f"pixel decoder expects a square patch map, got {hw} patches")
         if seg.shape[:2] != (n, 2):
             raise ValueError(f"seg embeddings must be ({n}, 2, C) for {n} targets, got {tuple(seg.shape)}")
-        maps = [neck(f.transpose(1, 2).reshape(n, -1, g, g)) for neck, f in zip(self.necks, features)]
+        maps = [layer(f.transpose(1, 2).reshape(n, -1, g, g)) for layer, f in zip(self.necks, features)]
         dtype = maps[0].dtype
         mask0 = self.levels[0](maps[0], self.pe((g, g)).to(dtype), seg[:, 0])  # (N, 2g, 2g)
         feat1 = F.interpolate(maps[1], scale_factor=2, mode="bilinear", align_corners=False)
         feat1 = feat1 * (1 + mask0.sigmoid()[:, None])
         mask1 = self.levels[1](feat1, self.pe((2 * g, 2 * g)).to(dtype), seg[:, 1])  # (N, 4g, 4g)
         up0 = F.interpolate(mask0[:, None], scale_factor=2, mode="bilinear", align_corners=False)[:, 0]
-        return mask1 + up0
+        w0, w1 = self.level_weights
+        return w0 * up0 + w1 * mask1

@@ -25,6 +25,7 @@ from qground.config import QGroundConfig
 from qground.modeling.choice_head import ChoiceHead
 from qground.modeling.losses import dice_loss, sigmoid_bce
 from qground.modeling.pixel_decoder import PixelDecoder
+from qground.modeling.pixellm_decoder import PixelLMDecoder
 from qground.modeling.readout import DistortionReadout
 from qground.modeling.seg_head import SegHead
 
@@ -38,6 +39,14 @@ def mirror(maps: torch.Tensor, content_sizes: Sequence[tuple[int, int]]) -> torc
     for i, (h, w) in enumerate(content_sizes):
         out[i, ..., :h, :w] = maps[i, ..., :h, :w].flip(-1)
     return out
+
+
+def patch_validity(sizes: Sequence[tuple[int, int]], grid: int, cell: int) -> torch.Tensor:
+    """Content sizes M (h, w) of padded inputs → (M, grid, grid) bool: cell (r, c) of a ``grid × grid`` map of
+    ``cell``-pixel cells holds content iff r·cell < h and c·cell < w (PixelLM's padding masks)."""
+    starts = torch.arange(grid) * cell
+    hw = torch.tensor(list(sizes), dtype=torch.long).view(-1, 2)
+    return (starts[None, :, None] < hw[:, :1, None]) & (starts[None, None, :] < hw[:, 1:, None])
 
 
 def mix_probabilities(logits: torch.Tensor, other: torch.Tensor, weight: float) -> torch.Tensor:
@@ -54,7 +63,9 @@ class ImageFeatures:
     whole-image readout scores as trained (``DistortionReadout``). With two views (``mirrored``, and the
     ``content_sizes`` M (h, w)) ``mirrored`` holds the decoder's patch maps of the mirrored views, the coverage is
     (M, classes, S, S), and coverage and evidence are averages of both views. Models with a readout: ``present`` (M,
-    classes) bool, the classes whose whole-image presence logit reaches its threshold (0 as trained)."""
+    classes) bool, the classes whose whole-image presence logit reaches its threshold (0 as trained). With
+    ``config.llm_image_padding_mask``: ``token_mask`` (M, T) bool, the image tokens the LLM attends to (those pooled
+    from cells that hold content)."""
 
     tokens: torch.Tensor
     decoder: tuple[torch.Tensor, torch.Tensor]
@@ -63,6 +74,7 @@ class ImageFeatures:
     mirrored: tuple[torch.Tensor, torch.Tensor] | None = None
     content_sizes: Sequence[tuple[int, int]] | None = None
     present: torch.Tensor | None = None
+    token_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -83,7 +95,7 @@ class QGroundModel(nn.Module):
         config: QGroundConfig,
         llava: LlavaForConditionalGeneration,
         seg_head: SegHead,
-        pixel_decoder: PixelDecoder,
+        pixel_decoder: PixelDecoder | PixelLMDecoder,
         readout: DistortionReadout | None = None,
         choice_head: ChoiceHead | None = None,
     ) -> None:
@@ -126,6 +138,7 @@ class QGroundModel(nn.Module):
         content_sizes: Sequence[tuple[int, int]] | None = None,
         thresholds: Callable[[Callable[[], torch.Tensor]], torch.Tensor | None] | None = None,
         keep_coverage: bool = False,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> ImageFeatures:
         """``pixel_values`` (M, C, S, S) normalized, padded model inputs → ``ImageFeatures``. The tower and the readout
         are frozen.
@@ -146,14 +159,24 @@ class QGroundModel(nn.Module):
             )
         m = len(pixel_values)
         two_views = content_sizes is not None
+        image_sizes = image_sizes if image_sizes is not None else content_sizes
+        if (cfg.vision_padding_mask or cfg.llm_image_padding_mask) and image_sizes is None:
+            raise ValueError("this model's padding masks need the images' content sizes (image_sizes)")
         if two_views:
             pixel_values = torch.cat([pixel_values, mirror(pixel_values, content_sizes)])
         tower_param = next(self.vision_tower.parameters())
+        extra = {}
+        if cfg.vision_padding_mask:  # padded patches are no key of any attention; CLS always is
+            valid = patch_validity(image_sizes, cfg.grid, cfg.vision.patch_size).flatten(1).repeat(1 + two_views, 1)
+            keys = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1).to(tower_param.device)
+            blocked = torch.zeros(keys.shape, dtype=tower_param.dtype, device=tower_param.device)
+            extra["attention_mask"] = blocked.masked_fill(~keys, torch.finfo(blocked.dtype).min)[:, None, None, :]
         with torch.no_grad():
             out = self.vision_tower(
                 pixel_values.to(device=tower_param.device, dtype=tower_param.dtype),
                 output_hidden_states=True,
                 interpolate_pos_encoding=cfg.image_size != cfg.vision.native_image_size,
+                **extra,
             )
         hs = out.hidden_states
         coverage = evidence = None
@@ -180,6 +203,12 @@ class QGroundModel(nn.Module):
             stacked = torch.cat([hs[i][:m] for i in cfg.feature_layers], dim=-1)  # CLS + patches
         proj_dtype = next(self.projector.parameters()).dtype
         tokens = self.projector(stacked.to(proj_dtype))
+        token_mask = None
+        if cfg.llm_image_padding_mask:
+            cell = cfg.vision.patch_size * cfg.projector_pool
+            token_mask = patch_validity(image_sizes, cfg.token_grid, cell).flatten(1).to(tokens.device)
+            if cfg.global_token:
+                token_mask = torch.cat([token_mask, torch.ones_like(token_mask[:, :1])], dim=1)
         return ImageFeatures(
             tokens=tokens,
             decoder=tuple(hs[i][:m, 1:] for i in cfg.decoder.layers),
@@ -188,6 +217,7 @@ class QGroundModel(nn.Module):
             mirrored=tuple(hs[i][m:, 1:] for i in cfg.decoder.layers) if two_views else None,
             content_sizes=content_sizes,
             present=present,
+            token_mask=token_mask,
         )
 
     def _coverage(self, dense: torch.Tensor, m: int, content_sizes: Sequence[tuple[int, int]] | None) -> torch.Tensor:
@@ -232,6 +262,22 @@ class QGroundModel(nn.Module):
             start += n
         flat = torch.cat([r.reshape(-1, r.shape[-1]) for r in rows])
         return embeds.masked_scatter(is_image[..., None], flat.to(embeds.dtype))
+
+    def attention_mask(
+        self, input_ids: torch.Tensor, features: ImageFeatures | None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """(B, L) ``attention_mask`` (None: all ones) with the image tokens that ``features.token_mask`` leaves out
+        set to 0 (``config.llm_image_padding_mask``); unchanged (None stays None) otherwise. Positions are not
+        derived from it: they stay 0, 1, 2, … as PixelLM's are."""
+        if features is None or features.token_mask is None:
+            return attention_mask
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.clone()
+        is_image = input_ids == self.config.token_ids.image
+        valid = features.token_mask.flatten().to(mask.device)
+        if int(is_image.sum()) != len(valid):
+            raise ValueError(f"{int(is_image.sum())} image tokens in input_ids but token masks for {len(valid)}")
+        mask[is_image] = mask[is_image] * valid.to(mask.dtype)
+        return mask
 
     def seg_groups(self, input_ids: torch.Tensor, strict: bool = True) -> list[SegGroup]:
         """Find ``[SEG0] … [SEGn-1]`` groups in (B, L) ids (other tokens, e.g. spaces, may sit between them).
@@ -304,8 +350,10 @@ class QGroundModel(nn.Module):
         of its k_b ``[CHOICE]`` tokens picks. Returns ``logits`` and, with labels, ``ce``, ``bce``, ``dice``, ``choice``
         (0 without a choice head), ``loss``.
         """
-        features = self.encode_images(pixel_values) if pixel_values is not None else None
+        sizes = image_sizes.tolist() if image_sizes is not None else None
+        features = self.encode_images(pixel_values, image_sizes=sizes) if pixel_values is not None else None
         embeds = self.embed(input_ids, features.tokens if features is not None else None)
+        attention_mask = self.attention_mask(input_ids, features, attention_mask)
         hidden = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
         logits = self.llava.lm_head(hidden)
         if labels is None:
