@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +121,7 @@ class SourceFiles:
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
                     raise ConversionError(f"{index}: not a weight index ({type(e).__name__}: {e})") from None
                 files: dict[str, list[str]] = {}
-                for key, file in weight_map.items():
+                for key, file in sorted(weight_map.items(), key=lambda item: (item[1], item[0])):
                     files.setdefault(file, []).append(key)
                 for file, keys in files.items():
                     if not (self.folder / file).exists():
@@ -217,13 +218,15 @@ class Target:
 @dataclass
 class Report:
     """What a conversion did with every key: ``consumed`` source → target(s); ``dropped`` source → reason;
-    ``derived`` target → how it is made without a source; ``unplaced`` source keys no rule knows; ``missing`` target
-    keys no source provides; ``wrong_shapes`` one line per mismatch."""
+    ``transformed`` target → how it differs from its source (other than a rename); ``derived`` target → how it is
+    made without a source; ``unplaced`` source keys no rule knows; ``missing`` target keys no source provides;
+    ``wrong_shapes`` one line per mismatch."""
 
     source: str
     clip: str
     consumed: dict[str, list[str]] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
+    transformed: dict[str, str] = field(default_factory=dict)
     derived: dict[str, str] = field(default_factory=dict)
     unplaced: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -319,6 +322,8 @@ def plan(
 
     def add(target: str, sources: tuple[str, ...], fn, note: str = "") -> None:
         targets[target] = Target(sources, fn, note)
+        if note:
+            report.transformed[target] = note
         for s in sources:
             report.consumed.setdefault(s, []).append(target)
 
@@ -347,7 +352,12 @@ def plan(
         else:
             report.unplaced.append(key)
     if all(k in source_keys for k in PREFIX_SOURCES):
-        add("pixel_decoder.prefix_tokens", PREFIX_SOURCES, lambda iou, masks: torch.cat([iou, masks]))
+        add(
+            "pixel_decoder.prefix_tokens",
+            PREFIX_SOURCES,
+            lambda iou, masks: torch.cat([iou, masks]),
+            "SAM's iou token, then its 4 mask tokens",
+        )
     for key in clip_keys:
         m = re.fullmatch(CLIP_RULE, key)
         if m is None:
@@ -534,7 +544,9 @@ def convert(
     shapes = src_files.shapes()
     clip_shapes = clip_files.shapes()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        with warnings.catch_warnings():  # it reads the source's 4.31-era config.json, whose keys it calls deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
         raise ConversionError(f"{source}: no usable tokenizer ({e})") from None
     for needed in ("model.embed_tokens.weight", "model.out_mm_projector.0.weight"):
