@@ -1,7 +1,9 @@
 """The processor owns the image frame and the prompt/token layout.
 
 Image frame: a photo of original size (H, W) (after EXIF orientation) is resized so its longest side is ``S =
-config.image_size`` → content (h, w), normalized, and padded bottom-right with zeros (the mean color) to S×S. With
+config.image_size`` → content (h, w), normalized, and padded bottom-right with zeros (the mean color) to S×S. The
+content size is x·s (s = S / max(H, W)) rounded as ``config.size_rounding`` says (``round``, or PixelLM's half up
+``int(x·s + 0.5)``); the filter is ``config.resample`` (bicubic, or PixelLM's bilinear). With
 ``config.detail_channels`` the eight channels of ``qground.detail``, computed at the photo's native resolution (or
 shrunk to ``config.detail_max_side`` when larger), follow RGB. Evidence maps an inference policy asks for
 (``qground.policy.InferencePolicy.evidence_maps``: the motion-blur signature, the log contrast) are computed from the
@@ -11,7 +13,8 @@ S×S frame, resize to (H, W).
 
 Token layout: ``<s>`` + the template's pieces (``qground.prompts``); each image slot becomes
 ``config.tokens_per_image(num_images)`` image-token ids inserted by id (``num_image_tokens``, or 1 per image of a
-several-image prompt with ``multi_image_global_only``); each answer is tokenized on its own (its special tokens, such as
+several-image prompt with ``multi_image_global_only``), between ``<im_start>`` and ``<im_end>`` with
+``config.image_wrap`` (labels -100); each answer is tokenized on its own (its special tokens, such as
 ``[SEG0]``, recognized) and followed by ``</s>``; answers and their ``</s>`` are the only labelled tokens (prompt and
 padding are -100). Prompt text is tokenized with special tokens split, so neither the template nor user text can
 inject them (typed "[SEG0]" or "<image>" stays text). ``config.prompt_tokenization`` says where tokenizer calls
@@ -24,6 +27,12 @@ begin, none adding ``<s>``/``</s>`` itself:
   ▁ \\n Please … ▁A SS IST ANT :`` and answers starting ``▁The …``, where "pieces" has an extra ``▁`` before ``▁US``,
   ``▁Please`` after the newline and, with the legacy llama normalizer (it prepends ``▁`` even to a leading space),
   one more ``▁`` at an answer's start (``tests/test_llava_tokens.py``).
+- ``"llava"`` with ``image_wrap``: PixelLM-7B's ids, as transformers 4.31 (which strips the whitespace around added
+  tokens) tokenized ``… USER: <im_start><image><im_end>\\n{question} ASSISTANT:``: a run's whitespace next to an
+  image goes, and a run after an image is split as text that follows an added token, its first piece with ``▁``
+  only for a legacy tokenizer (``qground.tokenizer.is_legacy``): ``… ▁US ER : <im_start> <image>… <im_end> ▁Please
+  …`` (legacy) or ``… <im_end> Please …`` (``legacy: false``); no ``▁`` before ``<im_start>``, no newline token
+  (``tests/test_processor_variants.py``).
 """
 
 from __future__ import annotations
@@ -41,9 +50,11 @@ from qground.detail import detail_channels, log_contrast, motion_signature
 from qground.imageio import fit_size, load_image
 from qground.policy import LOG_CONTRAST, MOTION_SIGNATURE
 from qground.prompts import VICUNA_V1, ImageSlot, PromptStyle, Turn
+from qground.tokenizer import is_legacy
 
 IGNORE_INDEX = -100
 EVIDENCE_MAPS = {MOTION_SIGNATURE: motion_signature, LOG_CONTRAST: log_contrast}
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}  # by config.resample
 
 
 @dataclass(frozen=True)
@@ -94,14 +105,21 @@ class QGroundProcessor:
             tuple(config.image_std),
             config.detail_channels,
             config.detail_max_side,
+            config.resample,
+            config.size_rounding,
         )
 
     # -- images ------------------------------------------------------------------------------------------------------
     def content_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
-        """(h, w) of an (H, W) photo resized so its longest side is ``image_size`` (each side ≥ 1)."""
+        """(h, w) of an (H, W) photo resized so its longest side is ``image_size`` (each side ≥ 1), x·s rounded as
+        ``config.size_rounding`` says (s = image_size / max(H, W))."""
         h, w = original_size
         s = self.config.image_size / max(h, w)
-        return max(1, round(h * s)), max(1, round(w * s))
+        return max(1, self._round(h * s)), max(1, self._round(w * s))
+
+    def _round(self, x: float) -> int:
+        """``round`` (half to even), or half up as PixelLM's ResizeLongestSide: ``int(x + 0.5)``."""
+        return round(x) if self.config.size_rounding == "round" else int(x + 0.5)
 
     def preprocess_image(
         self, image, evidence: frozenset[str] = frozenset(), keep_photo: bool = False
@@ -129,7 +147,7 @@ class QGroundProcessor:
         img = load_image(image)
         original = (img.height, img.width)
         h, w = self.content_size(original)
-        resized = np.asarray(img.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+        resized = np.asarray(img.resize((w, h), RESAMPLE[self.config.resample]), dtype=np.float32) / 255.0
         content = torch.from_numpy(resized).permute(2, 0, 1)
         if self.config.detail_channels or evidence or keep_photo:
             native = np.asarray(self._detail_source(img))
@@ -172,24 +190,27 @@ class QGroundProcessor:
         """Token ids and labels for a conversation (the last turn may be unanswered: a generation prompt); the layout
         and ``config.prompt_tokenization`` are described in the module docstring."""
         ids = self.config.token_ids
-        per_image = self.config.tokens_per_image(num_images)
+        image_ids = self._image_ids(self.config.tokens_per_image(num_images))
         llava = self.config.prompt_tokenization == "llava"
         input_ids, labels = [ids.bos], [IGNORE_INDEX]
         run: list[str] = []  # prompt text not tokenized yet
+        after_image = False  # whether the run follows an image's ids
 
-        def flush() -> None:
+        def flush(before_image: bool = False) -> None:
+            nonlocal after_image
             text = "".join(run)
             run.clear()
-            if text:
-                tokens = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
-                input_ids.extend(tokens)
-                labels.extend([IGNORE_INDEX] * len(tokens))
+            tokens = self._prompt_ids(text, after_image, before_image) if text else []
+            after_image = False
+            input_ids.extend(tokens)
+            labels.extend([IGNORE_INDEX] * len(tokens))
 
         for piece in self.style.pieces(turns, num_images):
             if isinstance(piece, ImageSlot):
-                flush()
-                input_ids.extend([ids.image] * per_image)
-                labels.extend([IGNORE_INDEX] * per_image)
+                flush(before_image=True)
+                input_ids.extend(image_ids)
+                labels.extend([IGNORE_INDEX] * len(image_ids))
+                after_image = True
             elif piece.trainable:
                 flush()
                 text = piece.text.removeprefix(" ") if llava else piece.text
@@ -208,6 +229,39 @@ class QGroundProcessor:
                 "Shorten the question or clear the chat history."
             )
         return input_ids, labels
+
+    def _image_ids(self, count: int) -> list[int]:
+        """One image's ids: ``count`` image tokens, between ``<im_start>`` and ``<im_end>`` with ``image_wrap``."""
+        ids = self.config.token_ids
+        tokens = [ids.image] * count
+        return [ids.image_start, *tokens, ids.image_end] if self.config.image_wrap else tokens
+
+    def _prompt_ids(self, text: str, after_image: bool, before_image: bool) -> list[int]:
+        """Ids of a run of prompt text (special tokens split); ``after_image`` / ``before_image``: it follows /
+        precedes an image's ids, which only PixelLM's rule (``image_wrap`` with "llava", module docstring) heeds."""
+        if not (self.config.image_wrap and self.config.prompt_tokenization == "llava"):
+            return self._text_ids(text)
+        if before_image:
+            text = text.rstrip()
+        if after_image:
+            text = text.lstrip()
+            if not is_legacy(self.tokenizer):
+                return self._ids_without_prefix_space(text)
+        return self._text_ids(text)
+
+    def _text_ids(self, text: str) -> list[int]:
+        """Ids of prompt text, special tokens split (a typed special token such as ``<image>`` stays text)."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+
+    def _ids_without_prefix_space(self, text: str) -> list[int]:
+        """Ids of ``text`` with no "▁" prepended, as a sentencepiece model splits text that follows an added token
+        without the legacy prefix: those of "\\n" + ``text`` after the ids of "\\n" (no LLaMA piece spans a newline, so
+        the newline takes only the prefix)."""
+        newline = self._text_ids("\n")
+        tokens = self._text_ids("\n" + text)
+        if tokens[: len(newline)] != newline:
+            raise ValueError(f"the tokenizer merges a newline with {text!r}: its pieces without a prefix are unknown")
+        return tokens[len(newline) :]
 
     def __call__(
         self,

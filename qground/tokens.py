@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 IMAGE_TOKEN = "<image>"
+# Models with image_wrap (config.image_wrap, PixelLM-7B) put each image's tokens between these two.
+IMAGE_START = "<im_start>"
+IMAGE_END = "<im_end>"
 # Models with a choice head (config.choice_head) answer "which image?" with this token: the head points at one image of
 # the prompt from the state that predicts it, and the answer text shows that image's ordinal ("The [CHOICE] image." →
 # "The second image.").
@@ -41,6 +44,7 @@ class SegTokens:
         return " ".join(self.strings)
 
 
-def special_tokens(seg: SegTokens, choice: bool = False) -> list[str]:
-    """Every added special token string: image token, seg tokens, then the choice token when ``choice``."""
-    return [IMAGE_TOKEN, *seg.strings, *[CHOICE_TOKEN] * choice]
+def special_tokens(seg: SegTokens, choice: bool = False, image_wrap: bool = False) -> list[str]:
+    """Every added special token string: image token, seg tokens, the choice token when ``choice``, then
+    ``IMAGE_START`` and ``IMAGE_END`` when ``image_wrap``."""
+    return [IMAGE_TOKEN, *seg.strings, *[CHOICE_TOKEN] * choice, *[IMAGE_START, IMAGE_END] * image_wrap]

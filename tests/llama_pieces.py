@@ -93,3 +93,17 @@ def llama_like_tokenizer(whitespace: str = "always") -> PreTrainedTokenizerFast:
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+# PixelLM-7B's added tokens at their ids (its tokenizer, re-created with transformers 4.31: docs PIXELLM.md §2.2).
+PIXELLM_ADDED = {**{32000 + k: f"[SEG{k}]" for k in range(6)}, 32006: "<im_start>", 32007: "<im_end>"}
+
+
+def pixellm_like_tokenizer(whitespace: str = "always", legacy: bool = True) -> PreTrainedTokenizerFast:
+    """The stand-in with ``PIXELLM_ADDED`` as transformers 5 loads PixelLM's tokenizer folder: plain (not special)
+    added tokens from ``added_tokens.json``, whose ``special_tokens_map.json`` names none of them, and
+    ``tokenizer_config.json``'s ``legacy`` flag as ``tokenizer.legacy`` (as ``LlamaTokenizer`` keeps it)."""
+    tokenizer = llama_like_tokenizer(whitespace)
+    tokenizer.add_tokens(list(PIXELLM_ADDED.values()))
+    tokenizer.legacy = legacy
+    return tokenizer
