@@ -296,6 +296,9 @@ CLIP_DROP = (
     "CLIP's text tower and projections: LLaVA reads only the vision tower",
 )
 QGROUND_PROJECTOR = r"model\.mm_projector\..+"
+SEG_SCALE_NOTE = (
+    "× 1/levels: PixelLM weighs each seg token 1/len(seg_token_idx) (1/6), our fusion 1/tokens_per_level (1/3)"
+)
 
 
 def _rename(x: torch.Tensor) -> torch.Tensor:
@@ -345,6 +348,8 @@ def plan(
             add(llava, (key,), lambda x: _pad_rows(x, rows, x.new_zeros(x.shape[1])), "rows added: zero, never sampled")
         elif llava is not None:
             add(llava, (key,), _rename)
+        elif head is not None and head.startswith("seg_head.mlp.2."):
+            add(head, (key,), lambda x: x * (1 / config.seg_levels), SEG_SCALE_NOTE)
         elif head is not None:
             add(head, (key,), _rename)
             if head.startswith("projector.") and projector_in_llava(config):
@@ -372,7 +377,7 @@ def plan(
         else:
             add(target, (key,), _rename)
     fusion = torch.zeros(config.seg_levels, config.seg_tokens_per_level)
-    targets["seg_head.fusion"] = Target((), lambda: fusion, "zeros: softmax gives PixelLM's fixed 1/3 per seg token")
+    targets["seg_head.fusion"] = Target((), lambda: fusion, "zeros: softmax weighs a level's seg tokens alike")
     report.derived["seg_head.fusion"] = targets["seg_head.fusion"].note
     return targets, report
 
@@ -574,6 +579,7 @@ def convert(
         save_file(heads, staging / HEADS_NAME)
         config.save(staging)
         tokenizer.save_pretrained(staging)
+        _keep_legacy_flag(source, staging)
         report.save(staging / REPORT_NAME)
         (staging / CARD_NAME).write_text(model_card(kind, config, report, origin or str(source), revision, licence))
         for item in out.iterdir():
@@ -585,6 +591,20 @@ def convert(
             item.rename(out / item.name)
     log(f"wrote {out}")
     return Conversion(out, report)
+
+
+def _keep_legacy_flag(source: Path, saved: Path) -> None:
+    """Write a LLaMA tokenizer's ``legacy`` flag into the saved ``tokenizer_config.json``: transformers 4.31 (PixelLM's)
+    reads a missing flag as true, transformers 5 as false and does not write it back (``qground.tokenizer.is_legacy``),
+    so the source's flag, else 4.31's default, is stated explicitly."""
+    path = source / "tokenizer_config.json"
+    original = read_json(path) if path.exists() else {}
+    if "llama" not in str(original.get("tokenizer_class", "")).lower():
+        return
+    target = saved / "tokenizer_config.json"
+    config = read_json(target)
+    config["legacy"] = bool(original.get("legacy", True))
+    target.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _refusal(report: Report, shapes: dict[str, tuple[torch.Size, str]], path: Path, kind: str) -> str:

@@ -9,7 +9,7 @@ from torch import nn
 class SegHead(nn.Module):
     """``(N, levels·k, D)`` hidden states (the states that *predict* each seg token of N groups) → ``(N, levels, E)``.
 
-    An MLP (D → D → E) maps every state; the k tokens of a level are fused by a learned softmax-weighted sum
+    An MLP (D → D → E) maps every state; the k tokens of a level are fused by a learned softmax-weighted sum in float32
     (``fusion`` is a registered parameter, uniform at initialization).
     """
 
@@ -25,5 +25,5 @@ class SegHead(nn.Module):
         if t != self.levels * self.tokens_per_level:
             raise ValueError(f"a seg group has {self.levels * self.tokens_per_level} tokens, got {t}")
         emb = self.mlp(hidden).view(n, self.levels, self.tokens_per_level, -1)
-        weights = self.fusion.softmax(dim=-1).to(emb.dtype)
-        return (emb * weights[None, :, :, None]).sum(dim=2)
+        weights = self.fusion.float().softmax(dim=-1)  # weighed in float32 (1/3 is not a bf16 number)
+        return (emb.float() * weights[None, :, :, None]).sum(dim=2).to(emb.dtype)
