@@ -95,7 +95,7 @@ def llama_like_tokenizer(whitespace: str = "always") -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-# PixelLM-7B's added tokens at their ids (its tokenizer, re-created with transformers 4.31: docs PIXELLM.md §2.2).
+# PixelLM-7B's added tokens at their ids (its tokenizer re-created with transformers 4.31).
 PIXELLM_ADDED = {**{32000 + k: f"[SEG{k}]" for k in range(6)}, 32006: "<im_start>", 32007: "<im_end>"}
 
 

@@ -1,5 +1,6 @@
 """The GPU path on this CPU: every model layout × {fp32, bf16, fp16} × {full precision, NF4 4-bit} loaded through the
-app's own loader, then ground / stream / compare and masks at the original size. A dtype mismatch anywhere fails.
+app's own loader (a converted PixelLM-format checkpoint among them), then ground / stream / compare and masks at the
+original size. A dtype mismatch anywhere fails.
 
 fp16 and NF4 run on CPU kernels here (slow but exact in kind); what a CUDA host adds is speed, not other code paths.
 """
@@ -20,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+import pixellm_layout as layout
 from conftest import photo
 from qground.builder import build_from_registry, build_model, build_tokenizer, config_7b, config_nano
 from qground.checkpoint import (
@@ -33,6 +35,7 @@ from qground.checkpoint import (
     save_checkpoint,
 )
 from qground.config import DecoderConfig, LLMConfig, VisionConfig
+from qground.convert import Hardcoded, convert
 from qground.inference import GROUNDING_QUESTION, GenerationSettings, GroundingResult
 from qground.prompts import Turn, grounding_answer
 from qground.service import default_quant, load_engine, load_engine_from_env
@@ -41,6 +44,7 @@ from training.data import synth
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = GenerationSettings(max_new_tokens=12)
+TINY_HARDCODED = Hardcoded(decoder_heads=layout.TINY.dec_heads, decoder_layers=(-2, -3))  # hidden states 3 and 2
 
 
 def config_7b_layout():
@@ -63,10 +67,16 @@ def sources(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("dtype-models")
     tiny, tiny_tok = build_from_registry("qground-tiny")
     tok7, config7 = build_tokenizer(config_7b_layout())
+    layout.write_pixellm(folder / "pixellm-source", layout.TINY, dtype="release")
+    layout.write_clip(folder / "clip", layout.TINY)
+    pixellm = convert(
+        "pixellm", folder / "pixellm-source", folder / "clip", folder / "pixellm", hardcoded=TINY_HARDCODED
+    )
     return {
         "qground-tiny": str(save_checkpoint(tiny, tiny_tok, folder / "tiny")),
         "qground-7b-layout": str(save_checkpoint(build_model(config7), tok7, folder / "7b-layout")),
         "qground-nano": "qground-nano",
+        "pixellm-converted": str(pixellm.folder),
     }
 
 
@@ -82,8 +92,10 @@ def forced_grounding(engine, image: Image.Image, classes: list[str]) -> Groundin
     ids = sample["input_ids"][None].to(model.device)
     start = int((sample["labels"] == -100).sum())  # the answer tokens + EOS are the only labelled ones, at the end
     features = engine.encode(sample, engine.strictness(GenerationSettings(), 1))
+    mask = model.attention_mask(ids, features)  # PixelLM's mask over padded image tokens, for converted models
     with torch.inference_mode():
-        hidden = model.language_model(inputs_embeds=model.embed(ids, features.tokens)).last_hidden_state[0]
+        hidden = model.language_model(inputs_embeds=model.embed(ids, features.tokens), attention_mask=mask)
+        hidden = hidden.last_hidden_state[0]
     tokens = ids[0, start:].tolist()
     states = list(hidden[start - 1 : -1])
     return engine._finish(tokens, states, features, sample["metas"][0], [])
@@ -100,7 +112,7 @@ def _check_dtypes(engine, dtype: torch.dtype, quant: str) -> None:
 
 @pytest.mark.parametrize("quant", ["none", "4bit"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("name", ["qground-tiny", "qground-7b-layout", "qground-nano"])
+@pytest.mark.parametrize("name", ["qground-tiny", "qground-7b-layout", "qground-nano", "pixellm-converted"])
 def test_dtype_matrix(sources, name, dtype, quant):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a dtype mismatch that only warns is a failure too

@@ -1,4 +1,4 @@
-"""The opt-in preprocessing variants of converted PixelLM / Q-Ground checkpoints (docs PIXELLM.md §3, §6): the bilinear
+"""The opt-in preprocessing variants of converted PixelLM / Q-Ground checkpoints (docs/pixellm.md): the bilinear
 resize, half-up content sizes, ``<im_start>``/``<im_end>`` around each image and PixelLM's prompt ids (transformers
 4.31 strips the whitespace around added tokens; ``legacy`` decides "▁Please" or "Please" after ``<im_end>``)."""
 
@@ -118,8 +118,9 @@ def pixellm(request):
 
 
 def test_pixellm_prompt_ids(pixellm):
-    """PIXELLM.md §6.2: ``… USER: <im_start><image><im_end>\\n{q} ASSISTANT:`` as transformers 4.31 tokenizes it:
-    LLaVA's ``▁ <image> ▁ \\n Please`` becomes ``<im_start> <image> <im_end> ▁Please`` (legacy) or ``… Please``."""
+    """PixelLM-7B's prompt (docs/pixellm.md): ``… USER: <im_start><image><im_end>\\n{q} ASSISTANT:`` as
+    transformers 4.31 tokenizes it: LLaVA's ``▁ <image> ▁ \\n Please`` becomes ``<im_start> <image> <im_end> ▁Please``
+    (legacy) or ``… Please``."""
     processor, legacy = pixellm
     config = processor.config
     ids, labels = processor.encode([Turn(GROUNDING_QUESTION)], 1)
