@@ -142,8 +142,10 @@ class SourceFiles:
             except (SafetensorError, OSError) as e:
                 raise ConversionError(f"{path}: damaged safetensors ({e})") from None
         elif not self.allow_bin:
+            holding = f" (holding {self.files[file][0]}, …)" if self.files[file] else ""
             raise ConversionError(
-                f"{path}: pickled PyTorch weights; pass --allow-bin to read them with torch.load(weights_only=True)"
+                f"{path}{holding}: pickled PyTorch weights; pass --allow-bin to read them with "
+                "torch.load(weights_only=True)"
             )
         else:
             try:
@@ -635,9 +637,7 @@ def _tensors(
     built: dict[str, torch.Tensor] = {k: t.fn() for k, t in targets.items() if not t.sources}
     for source in files:
         for _file, tensors in source.shards():
-            for key, tensor in tensors.items():
-                if key in needs:
-                    held[key] = tensor
+            held.update({key: tensor for key, tensor in tensors.items() if key in needs})
             for key in [k for k, t in targets.items() if k not in built and all(s in held for s in t.sources)]:
                 built[key] = targets[key].fn(*[held[s] for s in targets[key].sources]).contiguous().clone()
             for key in [k for k in held if all(t in built for t in needs[k])]:

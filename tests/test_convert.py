@@ -193,7 +193,7 @@ def test_bin_needs_allow_bin(sources, tmp_path, capsys):
     out = tmp_path / "o"
     code, err = _cli(capsys, "pixellm", str(sources["bin"]), "--clip", str(sources["clip"]), "--out", str(out))
     assert code == 2 and len(err.splitlines()) == 1
-    assert "pytorch_model-00001-of-00002.bin" in err and "--allow-bin" in err
+    assert "pytorch_model-00001-of-00002.bin (holding " in err and "--allow-bin" in err
     code, _ = _cli(
         capsys,
         "pixellm",
@@ -356,3 +356,43 @@ def test_llama_tokenizer_keeps_the_legacy_reading_pixellm_had(sources, tmp_path)
     out = convert("pixellm", tmp_path / "src", sources["clip"], tmp_path / "out", hardcoded=TINY_HARDCODED).folder
     assert json.loads((out / "tokenizer_config.json").read_text())["legacy"] is True
     assert is_legacy(AutoTokenizer.from_pretrained(out))
+
+
+def test_convert_command_reads_a_hub_release(hub, tmp_path, capsys):
+    """SRC as a Hub repo id: the release's subfolder (hf_model/) and pickled shards, its CLIP, a model card naming
+    the source, revision and licence."""
+    out = tmp_path / "pixellm-7b"
+    args = ["pixellm", "maverickrzw/PixelLM-7B", "--revision", "v1", "--out", str(out), "--allow-bin"]
+    code, err = _cli(capsys, *args)
+    assert code == 0, err
+    assert [(c[0], c[1]) for c in hub] == [
+        ("maverickrzw/PixelLM-7B", "v1"),
+        ("openai/clip-vit-large-patch14-336", None),
+    ]
+    card = (out / "README.md").read_text()
+    assert "maverickrzw/PixelLM-7B" in card and "`v1`" in card and "apache-2.0" in card
+
+
+def test_shards_are_read_one_at_a_time(sources, tmp_path, monkeypatch):
+    """Conversion holds one source shard (and what a target still waits for), not the whole checkpoint: when a shard
+    is read, the tensors of the shards before it are gone unless a target still needs them."""
+    import gc
+    import weakref
+
+    from qground.convert import PREFIX_SOURCES, SourceFiles
+
+    alive: list[tuple[str, weakref.ref]] = []
+    seen: list[list[str]] = []
+    read = SourceFiles.read
+
+    def tracking(self, file):
+        gc.collect()
+        seen.append([key for key, ref in alive if ref() is not None])
+        tensors = read(self, file)
+        alive.extend((key, weakref.ref(t)) for key, t in tensors.items())
+        return tensors
+
+    monkeypatch.setattr(SourceFiles, "read", tracking)
+    convert("pixellm", sources["safetensors"], sources["clip"], tmp_path / "o", hardcoded=TINY_HARDCODED)
+    assert len(seen) == 3  # two source shards, then CLIP
+    assert all(set(still) <= set(PREFIX_SOURCES) for still in seen), seen
