@@ -281,7 +281,7 @@ def run_convert(args: argparse.Namespace) -> int:
         raise UsageError(f"--decoder-layers takes two comma-separated indices, got {args.decoder_layers!r}") from None
     try:
         source = fetch(args.source, args.revision, subfolder, allow_bin=args.allow_bin)
-        clip_folder = fetch(clip, args.clip_revision)
+        clip_folder = fetch(clip, args.clip_revision, allow_bin=args.allow_bin)
         convert(
             args.kind,
             source,

@@ -9,11 +9,13 @@ LLaVA weights (``config.json`` + ``model.safetensors``, loadable by plain transf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -163,9 +165,6 @@ def resolve(source: str | os.PathLike, revision: str | None = None) -> Path:
     return download(text, revision)
 
 
-DOWNLOAD_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model", "*.jinja")  # our layout: no pickles
-
-
 def _architectures(folder: Path) -> list[str]:
     """The ``architectures`` a transformers ``config.json`` in ``folder`` names (none when absent or unreadable)."""
     try:
@@ -175,13 +174,22 @@ def _architectures(folder: Path) -> list[str]:
     return names if isinstance(names, list) else []
 
 
-def download(
-    repo_id: str, revision: str | None = None, allow_patterns: list[str] | tuple[str, ...] = DOWNLOAD_PATTERNS
-) -> Path:
-    """``snapshot_download`` of the files matching ``allow_patterns`` (by default those our layout uses:
-    safetensors, json, tokenizer), with clear errors."""
-    import httpx2  # huggingface_hub's HTTP client: a connection lost mid-download surfaces as its TransportError
+def download(repo_id: str, revision: str | None = None) -> Path:
+    """``snapshot_download`` of the files our layout uses (safetensors, json, tokenizer), with clear errors."""
     from huggingface_hub import snapshot_download
+
+    with hub_errors(repo_id, revision):
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+            )
+        )
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
+    """Turn the Hub's errors inside the block into a ``CheckpointError`` that says what to do."""
+    import httpx2  # huggingface_hub's HTTP client: a connection lost mid-download surfaces as its TransportError
     from huggingface_hub.errors import (
         GatedRepoError,
         LocalEntryNotFoundError,
@@ -191,7 +199,7 @@ def download(
 
     at = f"{repo_id}@{revision or 'main'}"
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(allow_patterns)))
+        yield
     except RevisionNotFoundError:
         raise CheckpointError(f"{at}: revision {revision!r} does not exist; check QGROUND_REVISION") from None
     except GatedRepoError:

@@ -73,13 +73,14 @@ class Hardcoded:
 @dataclass(frozen=True)
 class Release:
     """A known release on the Hub: its format, where the weights sit in the repo, the CLIP repo its tower comes from,
-    the licence as its pages state it, and whether its weights are pickled only."""
+    the licence as its pages state it, and whether pickled ``.bin`` weights may be read (PixelLM-7B's are, and so
+    are those of ``openai/clip-vit-large-patch14-336``, the CLIP every release uses; read weights-only)."""
 
     kind: str
     subfolder: str = ""
     clip: str = "openai/clip-vit-large-patch14-336"
     licence: str = ""
-    pickled: bool = False
+    allow_bin: bool = True
 
 
 _QGROUND_LICENCE = (
@@ -88,10 +89,14 @@ _QGROUND_LICENCE = (
 )
 RELEASES: dict[str, Release] = {
     "maverickrzw/PixelLM-7B": Release(
-        "pixellm", "hf_model", licence="apache-2.0 (repo tag); weights derive from LLaMA-1 / Vicuna v1.1", pickled=True
+        "pixellm",
+        "hf_model",
+        licence="apache-2.0 (repo tag); weights derive from LLaMA-1 / Vicuna v1.1",
     ),
     "maverickrzw/PixelLM-13B": Release(
-        "pixellm", "hf_model", licence="apache-2.0 (repo tag); weights derive from LLaMA-1 / Vicuna v1.1", pickled=True
+        "pixellm",
+        "hf_model",
+        licence="apache-2.0 (repo tag); weights derive from LLaMA-1 / Vicuna v1.1",
     ),
     **{
         f"chaofengc/qg_model_multiscale{suffix}": Release("qground", licence=_QGROUND_LICENCE)
@@ -679,18 +684,26 @@ the generated token ids should match and the masks' IoU be close to 1.
 
 # -- the Hub -----------------------------------------------------------------------------------------------------------
 def fetch(repo_or_folder: str, revision: str | None, subfolder: str = "", allow_bin: bool = False) -> Path:
-    """A local folder as is, or a Hub repo's files (weights, JSON, tokenizer) at ``revision`` via
-    ``qground.checkpoint``'s download rules; ``subfolder``: where the weights sit in the repo."""
+    """A local folder as is, or a Hub repo's weights, JSON and tokenizer files at ``revision``; ``subfolder``: where
+    the weights sit. Pickled ``.bin`` weights are fetched only with ``allow_bin`` and only when the repo has no
+    safetensors there (this module is the one place that fetches them; ``SourceFiles`` reads them weights-only)."""
     path = Path(repo_or_folder).expanduser()
     if path.is_dir():
         return path / subfolder if subfolder else path
-    from qground.checkpoint import download
+    from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", *["*.bin"] * allow_bin]
-    if subfolder:
-        patterns = [f"{subfolder}/{p}" for p in patterns]
-    folder = download(repo_or_folder, revision, allow_patterns=patterns)
-    return folder / subfolder if subfolder else folder
+    from qground.checkpoint import hub_errors
+
+    with hub_errors(repo_or_folder, revision):
+        folder = Path(
+            snapshot_download(
+                repo_or_folder, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]
+            )
+        )
+        weights = folder / subfolder if subfolder else folder
+        if allow_bin and not any(weights.glob("*.safetensors")):
+            snapshot_download(repo_or_folder, revision=revision, allow_patterns=["*.json", "*.bin", "*.model", "*.txt"])
+    return weights
 
 
 def cache_root() -> Path:
@@ -707,15 +720,15 @@ def converted_release(repo: str, revision: str | None = None, log: Callable[[str
     out = cache_root() / "converted" / f"{repo.replace('/', '--')}@{revision or 'main'}"
     if (out / CONFIG_NAME).exists():
         return out
-    source = fetch(repo, revision, release.subfolder, allow_bin=release.pickled)
-    clip = fetch(release.clip, None)
+    source = fetch(repo, revision, release.subfolder, allow_bin=release.allow_bin)
+    clip = fetch(release.clip, None, allow_bin=release.allow_bin)
     log(f"converting {repo} into {out} (once)")
     convert(
         release.kind,
         source,
         clip,
         out,
-        allow_bin=release.pickled,
+        allow_bin=release.allow_bin,
         origin=repo,
         revision=revision,
         licence=release.licence,

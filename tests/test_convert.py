@@ -269,12 +269,12 @@ def hub(tmp_path, monkeypatch):
 def test_release_named_as_model_is_converted_once_and_served(hub, tmp_path):
     folder = resolve("maverickrzw/PixelLM-7B")
     assert folder == tmp_path / "cache" / "converted" / "maverickrzw--PixelLM-7B@main"
-    assert [c[0] for c in hub] == ["maverickrzw/PixelLM-7B", "openai/clip-vit-large-patch14-336"]
-    assert any(p.endswith(".bin") for p in hub[0][2]) and all(p.startswith("hf_model/") for p in hub[0][2])
+    assert [c[0] for c in hub] == [*["maverickrzw/PixelLM-7B"] * 2, "openai/clip-vit-large-patch14-336"]
+    assert [any(p.endswith(".bin") for p in c[2]) for c in hub] == [False, True, False]  # its CLIP has safetensors
     card = (folder / "README.md").read_text()
     assert "maverickrzw/PixelLM-7B" in card and "apache-2.0" in card
     engine = load_engine("maverickrzw/PixelLM-7B")
-    assert len(hub) == 2  # the second time it comes from the cache
+    assert len(hub) == 3  # the second time it comes from the cache
     result = engine.ground(Image.new("RGB", (30, 50), (10, 120, 200)))
     assert result.token_ids
 
@@ -367,6 +367,7 @@ def test_convert_command_reads_a_hub_release(hub, tmp_path, capsys):
     assert code == 0, err
     assert [(c[0], c[1]) for c in hub] == [
         ("maverickrzw/PixelLM-7B", "v1"),
+        ("maverickrzw/PixelLM-7B", "v1"),
         ("openai/clip-vit-large-patch14-336", None),
     ]
     card = (out / "README.md").read_text()
@@ -396,3 +397,21 @@ def test_shards_are_read_one_at_a_time(sources, tmp_path, monkeypatch):
     convert("pixellm", sources["safetensors"], sources["clip"], tmp_path / "o", hardcoded=TINY_HARDCODED)
     assert len(seen) == 3  # two source shards, then CLIP
     assert all(set(still) <= set(PREFIX_SOURCES) for still in seen), seen
+
+
+def test_pickles_are_fetched_and_read_only_when_allowed(sources, hub, tmp_path, monkeypatch):
+    """Without ``--allow-bin`` no ``.bin`` is downloaded or unpickled; with it, only where a repo has no safetensors,
+    and only with ``torch.load(weights_only=True)``."""
+    from qground.convert import fetch
+
+    fetch("openai/clip-vit-large-patch14-336", None, allow_bin=True)  # has safetensors: no .bin fetched
+    fetch("maverickrzw/PixelLM-7B", None, "hf_model")  # .bin only, not allowed
+    assert not any(p.endswith(".bin") for _, _, patterns in hub for p in patterns)
+    loads = []
+    original = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k) or original(*a, **k))
+    with pytest.raises(ConversionError, match="--allow-bin"):
+        convert("pixellm", sources["bin"], sources["clip"], tmp_path / "refused", hardcoded=TINY_HARDCODED)
+    assert loads == []
+    convert("pixellm", sources["bin"], sources["clip"], tmp_path / "o", allow_bin=True, hardcoded=TINY_HARDCODED)
+    assert loads and all(k.get("weights_only") is True for k in loads)

@@ -39,6 +39,7 @@ PICKLERS = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "sh
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack")
 FAKE_TOKEN = "hf_qgroundFAKEtokenDoNotLeak0123456789"
 REPO = "someorg/qground-private"
+CONVERTER = "qground/convert.py"  # the one module that may fetch pickled weights (released PixelLM checkpoints)
 
 
 # -- the source --------------------------------------------------------------------------------------------------------
@@ -101,17 +102,19 @@ def violations(source: str, where: str) -> Iterator[str]:
             if remote is not None and not is_constant(remote, False):
                 yield f"{line}: trust_remote_code is not False"
             if name.endswith("snapshot_download"):
-                yield from (f"{line}: {p}" for p in snapshot_problems(node))
+                yield from (f"{line}: {p}" for p in snapshot_problems(node, pickles_allowed=where == CONVERTER))
 
 
-def snapshot_problems(call: ast.Call) -> Iterator[str]:
-    """A snapshot must list what it fetches: literal patterns, none of them pickled weights or everything."""
+def snapshot_problems(call: ast.Call, pickles_allowed: bool = False) -> Iterator[str]:
+    """A snapshot must list what it fetches: literal patterns, none of them everything, and none of them pickled
+    weights unless ``pickles_allowed`` (the converter of released checkpoints, behind ``--allow-bin``:
+    ``tests/test_convert.py::test_pickles_are_fetched_and_read_only_when_allowed``)."""
     patterns = keyword(call, "allow_patterns")
     if not isinstance(patterns, ast.List) or not all(isinstance(p, ast.Constant) for p in patterns.elts):
         yield "snapshot_download without a literal allow_patterns list"
         return
     for pattern in (p.value for p in patterns.elts):
-        if pattern in ("*", "*.*") or pattern.endswith(PICKLED_WEIGHTS):
+        if pattern in ("*", "*.*") or (pattern.endswith(PICKLED_WEIGHTS) and not pickles_allowed):
             yield f"snapshot_download allows {pattern!r}"
 
 
