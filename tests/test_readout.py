@@ -476,8 +476,8 @@ def test_the_engine_gives_the_model_its_images_content_sizes(readout_model, over
     model, tokenizer = readout_model
     seen, encode = [], model.encode_images
 
-    def spy(pixel_values, content_sizes=None, thresholds=None, keep_coverage=False):
-        features = encode(pixel_values, content_sizes, thresholds, keep_coverage)
+    def spy(pixel_values, content_sizes=None, thresholds=None, keep_coverage=False, image_sizes=None):
+        features = encode(pixel_values, content_sizes, thresholds, keep_coverage, image_sizes)
         seen.append((content_sizes, features.mirrored is not None))
         return features
 
