@@ -172,7 +172,7 @@ def test_run_buttons_are_disabled_while_a_request_runs(page, url, overfit_batch,
     buttons = [page.locator("#chat-send"), page.get_by_role("button", name="Ground distortions")]
     page.wait_for_function("e => e.disabled", arg=buttons[0].element_handle())
     assert all(b.is_disabled() for b in buttons)
-    assert page.locator("#chatbot").get_by_text(re.compile("Reading the photo|Answering|Drawing masks")).count()
+    page.locator("#chatbot").get_by_text(re.compile("Reading the photo|Answering|Drawing masks")).first.wait_for()
     page.wait_for_function("e => !e.disabled", arg=buttons[0].element_handle())
     assert not any(b.is_disabled() for b in buttons)
     assert "Drew 1 mask: noise" in page.locator("#mask-status").inner_text()
