@@ -15,6 +15,18 @@ from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
 
+def check_inputs(features: tuple[torch.Tensor, torch.Tensor], seg: torch.Tensor) -> tuple[int, int]:
+    """A decoder's inputs: ``features`` (N, g², Dv) pairs, ``seg`` (N, 2, C) → (N, g); ValueError when they do not
+    fit."""
+    n, hw, _ = features[0].shape
+    g = int(hw**0.5)
+    if g * g != hw:
+        raise ValueError(f"pixel decoder expects a square patch map, got {hw} patches")
+    if seg.shape[:2] != (n, 2):
+        raise ValueError(f"seg embeddings must be ({n}, 2, C) for {n} targets, got {tuple(seg.shape)}")
+    return n, g
+
+
 def neck(in_dim: int, dim: int) -> nn.Sequential:
     """1×1 conv to ``dim``, LayerNorm2d, 3×3 conv, LayerNorm2d (SAM's neck)."""
     return nn.Sequential(
@@ -90,12 +102,7 @@ class PixelDecoder(nn.Module):
         self.levels = nn.ModuleList([_Level(dim, depth, num_heads, mlp_dim) for _ in range(2)])
 
     def forward(self, features: tuple[torch.Tensor, torch.Tensor], seg: torch.Tensor) -> torch.Tensor:
-        n, hw, _ = features[0].shape
-        g = int(hw**0.5)
-        if g * g != hw:
-            raise ValueError(f"pixel decoder expects a square patch map, got {hw} patches")
-        if seg.shape[:2] != (n, 2):
-            raise ValueError(f"seg embeddings must be ({n}, 2, C) for {n} targets, got {tuple(seg.shape)}")
+        n, g = check_inputs(features, seg)
         maps = [layer(f.transpose(1, 2).reshape(n, -1, g, g)) for layer, f in zip(self.necks, features)]
         dtype = maps[0].dtype
         mask0 = self.levels[0](maps[0], self.pe((g, g)).to(dtype), seg[:, 0])  # (N, 2g, 2g)

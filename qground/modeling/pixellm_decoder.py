@@ -19,7 +19,7 @@ from segment_anything.modeling.mask_decoder import MLP
 from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 from torch import nn
 
-from qground.modeling.pixel_decoder import neck, upscale
+from qground.modeling.pixel_decoder import check_inputs, neck, upscale
 
 NUM_PREFIX_TOKENS = 5  # SAM's iou token and its four mask tokens
 MASK_TOKEN = 1  # the output index the hypernetwork reads: the first mask token
@@ -86,12 +86,7 @@ class PixelLMDecoder(nn.Module):
         return (weights[:, None, :] @ up.flatten(2)).view(n, 2 * h, 2 * w)
 
     def forward(self, features: tuple[torch.Tensor, torch.Tensor], seg: torch.Tensor) -> torch.Tensor:
-        n, hw, _ = features[0].shape
-        g = int(hw**0.5)
-        if g * g != hw:
-            raise ValueError(f"pixel decoder expects a square patch map, got {hw} patches")
-        if seg.shape[:2] != (n, 2):
-            raise ValueError(f"seg embeddings must be ({n}, 2, C) for {n} targets, got {tuple(seg.shape)}")
+        n, g = check_inputs(features, seg)
         maps = [self.neck(self.in_proj(f).transpose(1, 2).reshape(n, -1, g, g)) for f in features]
         dtype = maps[0].dtype
         dense = self.dense_embed.view(1, -1, 1, 1).expand(n, -1, g, g)
