@@ -24,6 +24,7 @@ from qground.convert import KINDS, RELEASES, ConversionError, Hardcoded, Release
 from qground.evaluate import IMAGE_EXTENSIONS, TASKS, evaluate, report_table, side_by_side_table
 from qground.imageio import ImageLoadError, load_image
 from qground.inference import MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
+from qground.mcq import evaluate_mcq, mcq_table, read_mcq
 from qground.models import DEFAULT_MODEL, resolve_model
 from qground.processor import PromptTooLongError
 from qground.prompts import Turn, ordinal
@@ -217,8 +218,13 @@ def run_ground(args: argparse.Namespace) -> int:
 
 # -- eval, describe, compare -------------------------------------------------------------------------------------------
 def run_eval(args: argparse.Namespace) -> int:
-    """Evaluate on a synthetic folder; print the table and write the JSON report."""
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    """Evaluate on a synthetic folder (``--data``) or a multiple-choice benchmark file (``--mcq``); print the table and
+    write the JSON report."""
+    if args.mcq is not None:
+        return run_mcq(args)
+    if args.images is not None:
+        raise UsageError("--images goes with --mcq, not --data")
+    tasks = [t.strip() for t in (",".join(TASKS) if args.tasks is None else args.tasks).split(",") if t.strip()]
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown or not tasks:
         raise UsageError(f"--tasks takes a comma-separated subset of {','.join(TASKS)}, got {args.tasks!r}")
@@ -243,6 +249,34 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.against:
         report["against"] = {name: r for name, r in reports.items() if name != engine.name}
         print("\n" + side_by_side_table(reports))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return EXIT_OK
+
+
+def run_mcq(args: argparse.Namespace) -> int:
+    """``eval --mcq FILE``: the model's accuracy on a MICBench / Q-Bench-pair multiple-choice file
+    (``qground.mcq``); print the table and write the JSON report."""
+    if args.tasks is not None or args.against:
+        raise UsageError("--tasks and --against go with --data, not --mcq")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    try:
+        bench = read_mcq(args.mcq, args.images)
+    except OSError as e:
+        raise UsageError(error_message(Path(args.mcq), e)) from None
+    except ValueError as e:  # MCQFormatError: one line naming the file, record and field
+        raise UsageError(str(e)) from None
+    missing = next((p for item in bench.items[: args.limit] for p in item.images if not p.is_file()), None)
+    if missing is not None:
+        raise UsageError(f"{args.mcq}: no image {missing} (--images DIR: the folder its image paths are relative to)")
+    engine, settings = load_engine_and_settings(args)
+    try:
+        report = evaluate_mcq(engine, bench, args.limit, settings=settings)
+    except ValueError as e:  # an image that cannot be read (ImageLoadError), a prompt too long for the model
+        raise UsageError(f"{args.mcq}: {e}") from None
+    print(mcq_table(report))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -360,10 +394,25 @@ def build_parser() -> argparse.ArgumentParser:
     ground.add_argument("--batch", type=int, default=1, help="images decoded ahead while the model runs (default 1)")
     _add_model_options(ground)
 
-    ev = sub.add_parser("eval", help="metrics on an evaluation folder: model vs classical baseline vs all-empty")
-    ev.add_argument("--data", required=True, help="folder with images/, gt/, optional describe.json, compare.json")
-    ev.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
-    ev.add_argument("--limit", type=int, help="at most N items per task")
+    ev = sub.add_parser(
+        "eval",
+        help="metrics on an evaluation folder (model vs classical baseline vs all-empty), or accuracy on a "
+        "multiple-choice benchmark file",
+    )
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="folder with images/, gt/, optional describe.json, compare.json")
+    source.add_argument(
+        "--mcq",
+        metavar="FILE",
+        help="a MICBench / Q-Bench(-pair) multiple-choice file, JSON or JSON lines (layouts: qground.mcq)",
+    )
+    ev.add_argument(
+        "--images",
+        metavar="DIR",
+        help="with --mcq: the folder its image paths are relative to (default: the file's folder)",
+    )
+    ev.add_argument("--tasks", help=f"with --data: comma-separated subset of {','.join(TASKS)} (default: all)")
+    ev.add_argument("--limit", type=int, help="at most N items per task (with --mcq: the first N questions)")
     ev.add_argument("--out", help="write the JSON report here")
     ev.add_argument(
         "--against",

@@ -16,7 +16,8 @@ G_c = Σ |gt| (pixels).
 Descriptions: `named_classes(text)` finds the distortion classes a sentence names (negated mentions excluded) and
 `description_f1` is the micro-F1 of the classes named by predicted vs reference descriptions over (item, class) pairs.
 Comparisons: `comparison_accuracy` scores answers against truths, reading the image each one picks with
-`qground.naming.parse_choice`.
+`qground.naming.parse_choice`; the compare task also scores them per question type (`qground.mcq.question_type`, the
+kinds the multiple-choice benchmarks of `qground.mcq` are broken down by).
 
 Evaluation folder (``evaluate``): ``images/STEM.png`` (any image extension), ``gt/STEM/<class key>.png`` (8-bit, image
 size, non-zero = the class; only present classes; a clean image has none), optional ``describe.json`` and
@@ -39,6 +40,7 @@ from tqdm import tqdm
 from qground.baseline import baseline_masks
 from qground.imageio import load_image
 from qground.inference import GenerationSettings, QGroundEngine
+from qground.mcq import question_type
 from qground.naming import parse_choice, question_options
 from qground.prompts import Turn
 from qground.questions import QUESTIONS
@@ -492,7 +494,13 @@ def _run_compare(
         counts.append(len(images))
         questions.append(question)
     result = comparison_accuracy(answers, truths, counts, questions)
-    return result | {"seconds_per_item": _mean(seconds), "answers": answers}
+    types = [question_type(q) for q in questions]
+    by_type = {}
+    for kind in sorted(set(types)):
+        keep = [i for i, t in enumerate(types) if t == kind]
+        part = comparison_accuracy(*([seq[i] for i in keep] for seq in (answers, truths, counts, questions)))
+        by_type[kind] = {"accuracy": part["accuracy"], "items": part["items"]}
+    return result | {"by_type": by_type, "seconds_per_item": _mean(seconds), "answers": answers}
 
 
 def evaluate(
@@ -609,7 +617,7 @@ def report_table(report: dict) -> str:
             "  "
             + ", ".join(
                 f"{name}{' images' * (key == 'by_images')} {_cell(part['accuracy'])} ({part['items']})"
-                for key in ("by_images", "by_form")
+                for key in ("by_images", "by_type", "by_form")
                 for name, part in c[key].items()
             ),
         ]
