@@ -29,6 +29,7 @@ __all__ = [
     "IMAGE_URL_PLACEHOLDER",
     "SEVERITIES",
     "draw_set_of_marks",
+    "find_json",
     "gpt4v_messages",
     "mark_anchor",
     "mark_colors",
@@ -48,6 +49,7 @@ _DEFINITIONS = {
 _ID_KEYS = ("id", "region", "region_id", "region_number", "number", "mark")
 _DISTORTION_KEYS = ("distortion", "distortion_type", "type", "label", "category", "class")
 _SEVERITY_KEYS = ("severity", "level", "degree")
+_FENCED = re.compile(r"```[\w-]*[ \t]*\n?(.*?)```", re.DOTALL)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def parse_gpt4v_reply(text: str) -> list[RegionLabel]:
     "Blurry" -> blur, "motion blur" -> jitter, "none"/"clean" -> None). Raises ValueError when no JSON object with
     region entries is found, an entry has no id or no distortion field, or an id repeats.
     """
-    entries = _region_entries(_find_json(text))
+    entries = _region_entries(find_json(text))
     labels = sorted((_region_label(entry, k) for k, entry in enumerate(entries)), key=lambda label: label.id)
     ids = [label.id for label in labels]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
@@ -182,12 +184,16 @@ def parse_gpt4v_reply(text: str) -> list[RegionLabel]:
     return labels
 
 
-def _find_json(text: str) -> dict[str, Any] | list[Any]:
-    """The first JSON object or list in ``text`` (fenced blocks first) that parses after repair and is an object or a
-    list of objects."""
-    fenced = re.findall(r"```(?:json|JSON)?\s*(.*?)```", text, flags=re.DOTALL)
-    for candidate in [*fenced, text]:
-        for start in (m.start() for m in re.finditer(r"[{\[]", candidate)):
+def find_json(text: str, objects_only: bool = True) -> dict[str, Any] | list[Any]:
+    """The first JSON object or list in a model's reply ``text`` (fenced ``` blocks first, then the whole text) that
+    parses after repair (single-quoted strings, trailing commas) and is an object or a non-empty list of objects.
+
+    With ``objects_only=False`` a list need only hold one object among other values (callers count the others as bad
+    entries), and ``[]`` is returned when nothing else fits but an empty list was found. ValueError otherwise.
+    """
+    saw_empty_list = False
+    for candidate in [*_FENCED.findall(text), text]:
+        for start in (match.start() for match in re.finditer(r"[{\[]", candidate)):
             snippet = _balanced(candidate, start)
             if snippet is None:
                 continue
@@ -195,9 +201,13 @@ def _find_json(text: str) -> dict[str, Any] | list[Any]:
                 data = json.loads(_repair_json(snippet))
             except json.JSONDecodeError:
                 continue
-            if isinstance(data, dict) or (isinstance(data, list) and data and all(isinstance(e, dict) for e in data)):
+            objects = [isinstance(entry, dict) for entry in data] if isinstance(data, list) else []
+            if isinstance(data, dict) or (objects and (all(objects) if objects_only else any(objects))):
                 return data
-    raise ValueError(f"no JSON object found in the GPT-4V reply: {text[:120]!r}")
+            saw_empty_list = saw_empty_list or data == []
+    if saw_empty_list and not objects_only:
+        return []
+    raise ValueError(f"no JSON object found in the reply: {text[:120]!r}")
 
 
 def _balanced(text: str, start: int) -> str | None:
