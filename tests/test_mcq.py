@@ -169,6 +169,11 @@ def test_qbench2_pairs_are_read_as_their_two_single_images(tmp_path):
         ("how", "Other", 1),
     ]
     assert second.options == ["Yes", "No"] and third.question.startswith("How is the lighting")
+    # scored by hand: right ("B. …" picks option B), right ("Yes"), wrong ("(A)" where B is true) → 2/3
+    report = evaluate_mcq(ScriptedEngine(["B. Blur.", "Yes", "(A)"]), bench, progress=False)
+    assert (report["accuracy"], report["correct"], report["unanswerable"]) == (2 / 3, 2, 0)
+    assert report["by_type"]["how"] == {"accuracy": 0.0, "correct": 0, "items": 1, "unanswerable": 0}
+    assert report["by_concern"]["Distortion"] == {"accuracy": 1.0, "correct": 2, "items": 2, "unanswerable": 0}
     # without an all_single_images/ folder the single images are looked for in the image folder itself
     plain = read_mcq(FIXTURES / "q-bench2-a1-dev.jsonl", images / "all_single_images")
     assert plain.items[0].images == [images / "all_single_images" / "a.png", images / "all_single_images" / "b.png"]
