@@ -1,14 +1,16 @@
 """Q-Ground app: chat about a photo's quality with one mask per distortion, compare 2–4 photos, annotate with SAM.
 
 ``python app.py`` or ``python -m qground serve`` (both run ``main``) ``[--model NAME|FOLDER|REPO] [--revision REV]
-[--quant 4bit|8bit|none] [--dtype auto|fp32|bf16|fp16] [--host H] [--port P] [--share]``; the environment gives the
-defaults (QGROUND_MODEL, QGROUND_REVISION, QGROUND_QUANT, QGROUND_DTYPE, QGROUND_SAM). ``build_demo`` wires an engine
+[--quant 4bit|8bit|none] [--dtype auto|fp32|bf16|fp16] [--max-upload-mb MB] [--time-budget S] [--host H] [--port P]
+[--share]``; the environment gives the defaults (QGROUND_MODEL, QGROUND_REVISION, QGROUND_QUANT, QGROUND_DTYPE,
+QGROUND_MAX_UPLOAD_MB, QGROUND_TIME_BUDGET, QGROUND_SAM). ``build_demo`` wires an engine
 to the UI; the work is done in ``qground.service`` and ``qground.sam``, the default questions are
 ``qground.questions.QUESTIONS``. Nothing heavy runs at import.
 Public endpoints for gradio_client: /ground, /describe, /compare, /segment; the UI's own handlers are private. Every
 event that runs a model (Q-Ground or SAM) shares the queue ``concurrency_id="model"``, with the run buttons disabled
 meanwhile (``_run``). A user's mistake is a warning toast that leaves every output as it was in the UI (``_ui``) and an
-error with the same words at the public endpoints (``_friendly``). Styles (``CSS``) go to ``launch(css=CSS)``.
+error with the same words at the public endpoints (``_friendly``). Styles and the upload limit go to ``launch``
+(``launch_options``): Gradio refuses a larger file while it streams in, in words, and the next request is served.
 """
 
 import argparse
@@ -76,9 +78,18 @@ def _client_address(request) -> str:
     return f"{scheme}://{host}"
 
 
-def intro(card: bool) -> str:
-    """One line above the tabs: what the app does, the five classes in their overlay colors, the paper, and (when
-    ``card``) a pointer to the model card at the bottom of the page."""
+MAX_UPLOAD_MB = 50.0  # default limit per uploaded file (QGROUND_MAX_UPLOAD_MB, --max-upload-mb)
+TIME_BUDGET_S = 120.0  # default generation time per answer (QGROUND_TIME_BUDGET, --time-budget; 0: no limit)
+
+
+def launch_options(max_upload_mb: float = MAX_UPLOAD_MB) -> dict:
+    """``demo.launch`` keywords besides where to listen: the app's styles and the upload limit per file."""
+    return {"css": CSS, "max_file_size": int(max_upload_mb * 1024 * 1024)}
+
+
+def intro(card: bool, max_upload_mb: float = MAX_UPLOAD_MB) -> str:
+    """One line above the tabs: what the app does, the five classes in their overlay colors, the upload limit, the
+    paper, and (when ``card``) a pointer to the model card at the bottom of the page."""
     from qground.taxonomy import DISTORTIONS
 
     swatches = " · ".join(
@@ -86,8 +97,8 @@ def intro(card: bool) -> str:
     )
     more = f"[Q-Ground paper]({PAPER})" + (" · the model card is at the bottom of the page" if card else "")
     return (
-        "Upload a photo (or pick an example) and ask about its quality: the answer comes with one mask per "
-        f"distortion — {swatches}. {more}."
+        f"Upload a photo (up to {max_upload_mb:g} MB, or pick an example) and ask about its quality: the answer "
+        f"comes with one mask per distortion — {swatches}. {more}."
     )
 
 
@@ -243,9 +254,10 @@ CSS = """  /* the app's own styles: pass to launch(css=CSS) (Gradio 6 takes CSS 
 """
 
 
-def build_demo(engine, sam=None, served=None, sam_message: str = "", examples=None):
+def build_demo(engine, sam=None, served=None, sam_message: str = "", examples=None, max_upload_mb=MAX_UPLOAD_MB):
     """The Gradio Blocks for a ``QGroundEngine`` and an optional ``qground.sam.SamAnnotator`` (queue enabled).
-    ``examples``: ``qground.examples.Examples`` for the Chat and Compare tabs (None: the shipped ones when present)."""
+    ``examples``: ``qground.examples.Examples`` for the Chat and Compare tabs (None: the shipped ones when present);
+    ``max_upload_mb``: the upload limit it states (``launch_options`` enforces it)."""
     import gradio as gr
 
     from qground import examples as ex
@@ -262,7 +274,7 @@ def build_demo(engine, sam=None, served=None, sam_message: str = "", examples=No
     card = svc.model_card(engine)
     with gr.Blocks(title="Q-Ground", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# Q-Ground: where does this photo lose quality?")
-        gr.Markdown(intro(bool(card)), elem_id="intro")
+        gr.Markdown(intro(bool(card), max_upload_mb), elem_id="intro")
         if served.random or served.notice:
             gr.Markdown(served.footer(), elem_id="model-notice")
         with gr.Tab("Chat"):
@@ -641,6 +653,19 @@ def main(argv: list[str] | None = None) -> None:
         choices=["auto", "fp32", "bf16", "fp16"],
         help="compute dtype [QGROUND_DTYPE; auto: bf16 on CUDA where supported, else fp16; fp32 on CPU]",
     )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=float(os.environ.get("QGROUND_MAX_UPLOAD_MB") or MAX_UPLOAD_MB),
+        help=f"largest file accepted, in MB [QGROUND_MAX_UPLOAD_MB; {MAX_UPLOAD_MB:g}]",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=float(os.environ.get("QGROUND_TIME_BUDGET") or TIME_BUDGET_S),
+        help=f"seconds an answer may take; then the answer so far is sent [QGROUND_TIME_BUDGET; {TIME_BUDGET_S:g}; "
+        "0: no limit]",
+    )
     parser.add_argument("--host", help="interface to listen on [GRADIO_SERVER_NAME or 127.0.0.1]")
     parser.add_argument("--port", type=int, help="port [GRADIO_SERVER_PORT or 7860]")
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
@@ -654,7 +679,10 @@ def main(argv: list[str] | None = None) -> None:
     from qground.sam import SamAnnotator
     from qground.service import load_engine_from_env
 
+    if args.max_upload_mb <= 0 or args.time_budget < 0:
+        parser.error("--max-upload-mb must be positive and --time-budget at least 0")
     engine, served = load_engine_from_env(args.model, args.revision, args.quant, args.dtype)
+    engine.time_budget = args.time_budget or None
     sam, sam_message = SamAnnotator.from_env()
-    demo = build_demo(engine, sam, served, sam_message)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS)
+    demo = build_demo(engine, sam, served, sam_message, max_upload_mb=args.max_upload_mb)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(args.max_upload_mb))

@@ -33,6 +33,8 @@ from qground.taxonomy import CLASS_NAMES, match_class
 from qground.tokens import SegTokens
 from qground.visualize import area_percent, region_location
 
+# The note a result carries when the engine's time budget stopped its answer (QGroundEngine.time_budget).
+BUDGET_NOTE = "stopped after {seconds:g} s, this server's time limit per answer: the answer is incomplete"
 _SEPARATORS = re.compile(r"[,;:\n]|\band\b|\bare\b|\bis\b")
 
 
@@ -202,16 +204,22 @@ class QGroundEngine:
         name: str = "qground",
         policy: InferencePolicy | None = None,
         folder: str | os.PathLike | None = None,
+        time_budget: float | None = None,
     ) -> None:
         """``policy``: how the model is run (``qground.policy``; the checkpoint's ``inference_policy.json``, loaded by
         ``qground.checkpoint.load_policy``); None: as trained. ``folder``: the checkpoint folder it was loaded from
-        (its model card is ``README.md`` there), None when built in memory."""
+        (its model card is ``README.md`` there), None when built in memory. ``time_budget``: seconds a request may
+        spend generating (None: no limit); at expiry the answer so far is the result, with a note
+        (``BUDGET_NOTE``), so one slow request cannot hold a server's worker."""
         self.model = model.eval()
         self.folder = Path(folder) if folder is not None else None
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.name = name
         self.policy = InferencePolicy()
+        if time_budget is not None and not time_budget > 0:
+            raise ValueError(f"the time budget must be a positive number of seconds, got {time_budget}")
+        self.time_budget = time_budget
         self._constraints: dict[tuple, TokenConstraint] = {}  # by (1 or 2 = several images, classes present)
         self.set_policy(policy or InferencePolicy())
 
@@ -302,6 +310,7 @@ class QGroundEngine:
         choices: list[list[float]] = []
         shown = ""
         t_first = None
+        out_of_time = False
         for token, state, choice in decode(self.model, sample["input_ids"][None], features, settings, constraint):
             t_first = t_first or time.perf_counter()
             tokens.append(token)
@@ -312,11 +321,18 @@ class QGroundEngine:
             if text != shown:
                 shown = text
                 yield text
+            if self.time_budget is not None and time.perf_counter() - t1 > self.time_budget:
+                out_of_time = token != self.config.token_ids.eos
+                break
         t2 = time.perf_counter()
         if stages:
             yield Stage("masks")
         result = self._finish(tokens, states, features, metas[0] if metas else None, choices, letters)
         result.strictness = strictness
+        if out_of_time:
+            note = BUDGET_NOTE.format(seconds=self.time_budget)
+            result.text = f"{result.text} … ({note})" if result.text else f"({note})"
+            result.warnings.append(note)
         t3 = time.perf_counter()
         result.timings = {
             "preprocess": t1 - t0,

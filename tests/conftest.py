@@ -23,16 +23,19 @@ torch.set_num_threads(2)
 
 
 @contextlib.contextmanager
-def served_app(engine, temp_dir: Path, sam=None) -> Iterator[str]:
-    """``app.build_demo(engine, sam)`` launched on 127.0.0.1 with ``temp_dir`` as GRADIO_TEMP_DIR and analytics off;
+def served_app(engine, temp_dir: Path, sam=None, max_upload_mb: float | None = None) -> Iterator[str]:
+    """``app.build_demo(engine, sam)`` launched on 127.0.0.1 as ``app.main`` launches it (``launch_options``; the
+    upload limit ``max_upload_mb``, else the app's default) with ``temp_dir`` as GRADIO_TEMP_DIR and analytics off;
     yields its URL and closes it afterwards."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         mp.setenv("GRADIO_TEMP_DIR", str(temp_dir))
-        from qground.app import CSS, build_demo
+        from qground.app import MAX_UPLOAD_MB, build_demo, launch_options
 
-        demo = build_demo(engine, sam)
-        _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, css=CSS)
+        limit = max_upload_mb or MAX_UPLOAD_MB
+        demo = build_demo(engine, sam, max_upload_mb=limit)
+        options = launch_options(limit)
+        _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **options)
         try:
             yield url
         finally:
