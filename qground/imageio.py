@@ -2,7 +2,9 @@
 
 `load_image` accepts a path, the file's bytes, or a PIL image, and returns a new ``PIL.Image.Image`` of mode "RGB"
 at the file's full resolution (nothing is downscaled), turned upright by its EXIF orientation. Its pixel grid, rows y
-from the top and columns x from the left, is the frame every mask and overlay of this package is expressed in.
+from the top and columns x from the left, is the frame every mask and overlay of this package is expressed in. The
+returned image carries no metadata (its ``info`` is empty): its orientation is applied and must not be applied again.
+EXIF that cannot be parsed (a damaged block) is ignored and the photo used as stored, as browsers do.
 
 Conversions: transparency (RGBA, LA, PA, P or L/RGB with a transparent color) is composited on white; palette,
 grayscale, 1-bit, CMYK and YCbCr use PIL's conversion; 16-bit grayscale (I;16, 16-bit PNG/TIFF) and 32-bit integer (I)
@@ -18,7 +20,13 @@ without those boxes is ignored. Without pillow-heif installed a HEIC file is ref
 
 Refused with `ImageLoadError`: empty files, files that are not images, truncated or damaged files (the whole image is
 decoded before returning), images of more than `MAX_PIXELS` pixels (checked from the header, before decoding) and images
-with a side shorter than `MIN_SIDE` pixels.
+with a side shorter than `MIN_SIDE` pixels. Whatever a damaged file makes PIL or pillow-heif raise while decoding is
+reported that way (tests/test_fuzz_images.py fuzzes every format for it).
+
+Memory: beyond what the decoder needs for the decoded image (at most 4 bytes a pixel in PIL, plus libjpeg's or
+libwebp's working buffers), converting and turning it upright holds one more RGB image (4 bytes a pixel): large images
+are converted in bands of rows, and the decoded image is freed before the upright copy is made. At MAX_PIXELS that is
+about 640 MB for a JPEG, PNG, GIF or TIFF, also when a tiny file declares that size.
 """
 
 from __future__ import annotations
@@ -27,11 +35,12 @@ import functools
 import io
 import os
 import re
+import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 
 __all__ = ["MAX_PIXELS", "MIN_SIDE", "SUPPORTED_FORMATS", "ImageLoadError", "ImageSource", "fit_size", "load_image"]
 
@@ -51,6 +60,23 @@ _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a"
 # ISO-BMFF major brands of HEIC/HEIF stills and sequences (at bytes 8..12, after "ftyp"): the ones pillow-heif opens.
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
 _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_BAND_PIXELS = 1 << 20  # pixels converted at a time in a large image
+# What decoding a damaged file raises: PIL's plugins raise OSError, SyntaxError, ValueError or EOFError, and while
+# reading header fields that came late (a PNG chunk after the pixels, TIFF strip tags) they trust their length and
+# type, so a short or mistyped field surfaces as struct.error or TypeError; pillow-heif reports libheif's errors
+# (damaged stream, a size over libheif's own limits) as RuntimeError.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError, RuntimeError)
+_TRANSPOSITIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# What PIL raises while parsing damaged EXIF (a TIFF structure): a bad header, short or out-of-range values.
+_EXIF_ERRORS = (SyntaxError, ValueError, TypeError, KeyError, IndexError, EOFError, OSError, struct.error)
 
 
 class ImageLoadError(ValueError):
@@ -74,7 +100,7 @@ def load_image(source: ImageSource) -> Image.Image:
     Raises ImageLoadError for unusable images and FileNotFoundError (naming the path) for a missing file.
     """
     if isinstance(source, Image.Image):
-        return _upright_rgb(source, "cannot use the image")
+        return _upright(*_rgb(source, "cannot use the image"))
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode(bytes(source), "cannot read the image")
     path = Path(source)
@@ -100,11 +126,14 @@ def _decode(data: bytes, label: str) -> Image.Image:
         except (OSError, ValueError, EOFError) as err:  # a recognized format whose header is broken
             raise ImageLoadError(f"{label}: {_TRUNCATED}") from err
         with opened:
-            return _upright_rgb(opened, label)
+            rgb, transposition = _rgb(opened, label)
+    del opened  # the decoded pixels are freed before the upright copy is made
+    return _upright(rgb, transposition)
 
 
-def _upright_rgb(img: Image.Image, label: str) -> Image.Image:
-    """Check the header size, decode every pixel, apply the EXIF orientation and convert to RGB (a new image)."""
+def _rgb(img: Image.Image, label: str) -> tuple[Image.Image, Image.Transpose | None]:
+    """Check the header size, decode every pixel, read the EXIF orientation and convert to RGB (a new image);
+    returns it with the transposition that turns it upright."""
     width, height = img.size
     if width * height > MAX_PIXELS:
         raise ImageLoadError(_too_many_pixels(label, width * height))
@@ -114,35 +143,84 @@ def _upright_rgb(img: Image.Image, label: str) -> Image.Image:
         )
     try:
         img.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
+    except _DECODE_ERRORS as err:
         raise ImageLoadError(f"{label}: {_TRUNCATED}") from err
-    return _to_rgb(ImageOps.exif_transpose(img), label)
+    except MemoryError as err:
+        raise ImageLoadError(f"{label}: there is not enough memory to decode this {width}×{height} image") from err
+    return _to_rgb(img, label), _transposition(img)
+
+
+def _transposition(img: Image.Image) -> Image.Transpose | None:
+    """The transposition that turns ``img`` upright by its EXIF orientation (or XMP tiff:Orientation, as
+    ``ImageOps.exif_transpose`` reads it); None when there is none. Damaged EXIF metadata is ignored, as browsers and
+    photo viewers do, and the photo is used as stored."""
+    try:
+        return _TRANSPOSITIONS.get(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except _EXIF_ERRORS:
+        return None
+
+
+def _upright(rgb: Image.Image, transposition: Image.Transpose | None) -> Image.Image:
+    """``rgb`` turned upright, without metadata (its orientation is applied: nothing may apply it again)."""
+    if transposition is not None:
+        rgb = rgb.transpose(transposition)
+    rgb.info = {}
+    return rgb
 
 
 def _to_rgb(img: Image.Image, label: str) -> Image.Image:
-    """Any PIL mode to 8-bit RGB; transparency is composited on white."""
-    if img.mode in _HIGH_BIT_DEPTH_MODES:
-        img = _to_8bit_gray(img)
+    """Any PIL mode to 8-bit RGB (a new image); transparency is composited on white. Large images are converted in
+    bands of rows, so that the conversion adds one RGB image to the decoded one and not several full-size buffers."""
+    width, height = img.size
+    full_scale = _full_scale(img) if img.mode in _HIGH_BIT_DEPTH_MODES else None
+    rows = max(1, _BAND_PIXELS // width)
+    if rows >= height:
+        return _band_to_rgb(img, full_scale, label)
+    out = Image.new("RGB", img.size)
+    for top in range(0, height, rows):
+        box = (0, top, width, min(height, top + rows))
+        out.paste(_band_to_rgb(img.crop(box), full_scale, label), box)
+    return out
+
+
+def _band_to_rgb(img: Image.Image, full_scale: float | None, label: str) -> Image.Image:
+    """One band of the image (or all of it) to 8-bit RGB; ``full_scale`` for high-bit-depth modes."""
+    if full_scale is not None:
+        img = _to_8bit_gray(img, full_scale)
     if img.has_transparency_data:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        try:
+            rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        except ValueError as err:  # e.g. a PNG transparency table longer than its palette
+            raise ImageLoadError(f"{label}: {_TRUNCATED}") from err
+        rgb = Image.new("RGB", img.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba)  # alpha compositing on white, to the same rounding as Image.alpha_composite
+        return rgb
     try:
         return img.convert("RGB")
     except ValueError as err:
         raise ImageLoadError(f"{label}: its color mode {img.mode} is not supported") from err
 
 
-def _to_8bit_gray(img: Image.Image) -> Image.Image:
-    """A 16/32-bit integer or float single-channel image to mode "L", scaling its full range to 0..255 (no clipping)."""
+def _full_scale(img: Image.Image) -> float:
+    """The value read as white in a 16/32-bit integer or float single-channel image: 65535 for integers; for float
+    (F) images 1.0 when no value exceeds 1, else 255."""
+    if img.mode != "F":
+        return 65535.0
+    rows = max(1, _BAND_PIXELS // img.width)
+    peaks = [
+        np.asarray(img.crop((0, top, img.width, min(img.height, top + rows)))).max()
+        for top in range(0, img.height, rows)
+    ]
+    return 1.0 if np.max(peaks) <= 1.0 else 255.0
+
+
+def _to_8bit_gray(img: Image.Image, full_scale: float) -> Image.Image:
+    """A 16/32-bit integer or float single-channel image to mode "L", scaling 0..``full_scale`` to 0..255 (no
+    clipping)."""
     values = np.array(img, dtype=np.float32)  # (H, W), a writable copy
-    if img.mode == "F":
-        full_scale = 1.0 if values.max() <= 1.0 else 255.0
-    else:
-        full_scale = 65535.0
     np.clip(values, 0.0, full_scale, out=values)
     values *= 255.0 / full_scale
-    return Image.fromarray(np.rint(values).astype(np.uint8))
+    return Image.fromarray(np.rint(values, out=values).astype(np.uint8))
 
 
 def _is_heif(data: bytes) -> bool:
