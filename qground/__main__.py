@@ -21,11 +21,22 @@ from tqdm import tqdm
 from qground.builder import REGISTRY, build_model, build_tokenizer
 from qground.checkpoint import QUANT_CHOICES, CheckpointError
 from qground.convert import KINDS, RELEASES, ConversionError, Hardcoded, Release, convert, fetch
-from qground.evaluate import IMAGE_EXTENSIONS, TASKS, evaluate, report_table, side_by_side_table
+from qground.evaluate import (
+    ANNOTATOR_USES,
+    IMAGE_EXTENSIONS,
+    TASKS,
+    evaluate,
+    evaluate_qground_test,
+    qground_test_table,
+    read_qground_test,
+    report_table,
+    side_by_side_table,
+)
 from qground.imageio import ImageLoadError, load_image
 from qground.inference import MAX_STRICTNESS, GenerationSettings, GroundingResult, QGroundEngine
 from qground.mcq import evaluate_mcq, mcq_table, read_mcq
 from qground.models import DEFAULT_MODEL, resolve_model
+from qground.palette import DEFAULT_PALETTE, Palette, PaletteError
 from qground.processor import PromptTooLongError
 from qground.prompts import Turn, ordinal
 from qground.questions import QUESTIONS
@@ -218,12 +229,17 @@ def run_ground(args: argparse.Namespace) -> int:
 
 # -- eval, describe, compare -------------------------------------------------------------------------------------------
 def run_eval(args: argparse.Namespace) -> int:
-    """Evaluate on a synthetic folder (``--data``) or a multiple-choice benchmark file (``--mcq``); print the table and
-    write the JSON report."""
+    """Evaluate on a synthetic folder (``--data``), a multiple-choice benchmark file (``--mcq``) or QGround-Test
+    (``--qground-test``); print the table and write the JSON report."""
+    if args.qground_test is not None:
+        return run_qground_test(args)
+    given = [f"--{name}" for name in ("masks", "palette", "annotators") if getattr(args, name) is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} go{'es' * (len(given) == 1)} with --qground-test only")
     if args.mcq is not None:
         return run_mcq(args)
     if args.images is not None:
-        raise UsageError("--images goes with --mcq, not --data")
+        raise UsageError("--images goes with --mcq or --qground-test, not --data")
     tasks = [t.strip() for t in (",".join(TASKS) if args.tasks is None else args.tasks).split(",") if t.strip()]
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown or not tasks:
@@ -277,6 +293,40 @@ def run_mcq(args: argparse.Namespace) -> int:
     except ValueError as e:  # an image that cannot be read (ImageLoadError), a prompt too long for the model
         raise UsageError(f"{args.mcq}: {e}") from None
     print(mcq_table(report))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return EXIT_OK
+
+
+def run_qground_test(args: argparse.Namespace) -> int:
+    """``eval --qground-test FILE``: the model's masks on QGround-Test scored against the annotators' color masks
+    (``qground.evaluate.evaluate_qground_test``); print the table and write the JSON report. The split, its files and
+    the palette are checked before the model is loaded."""
+    if args.tasks is not None or args.against:
+        raise UsageError("--tasks and --against go with --data, not --qground-test")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    try:
+        palette = Palette.load(args.palette or DEFAULT_PALETTE)
+        items = read_qground_test(args.qground_test, args.images, args.masks)[: args.limit]
+    except OSError as e:
+        raise UsageError(error_message(Path(args.qground_test), e)) from None
+    except ValueError as e:  # PaletteError, or a layout error naming the file, record and field
+        raise UsageError(str(e)) from None
+    missing = next(
+        (p for item in items for p in (item.image, *(r.mask for r in item.references)) if not p.is_file()), None
+    )
+    if missing is not None:
+        raise UsageError(f"{args.qground_test}: no file {missing} (--images DIR / --masks DIR: the folders it names)")
+    engine, settings = load_engine_and_settings(args)
+    try:
+        report = evaluate_qground_test(
+            engine, items, palette, args.annotators or "each", settings=settings, data=args.qground_test
+        )
+    except (ValueError, PaletteError) as e:  # an unreadable image or mask, a mask of another size or palette
+        raise UsageError(str(e)) from None
+    print(qground_test_table(report))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -396,8 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "eval",
-        help="metrics on an evaluation folder (model vs classical baseline vs all-empty), or accuracy on a "
-        "multiple-choice benchmark file",
+        help="metrics on an evaluation folder (model vs classical baseline vs all-empty) or on QGround-Test, or "
+        "accuracy on a multiple-choice benchmark file",
     )
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="folder with images/, gt/, optional describe.json, compare.json")
@@ -406,13 +456,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a MICBench / Q-Bench(-pair) multiple-choice file, JSON or JSON lines (layouts: qground.mcq)",
     )
+    source.add_argument(
+        "--qground-test",
+        metavar="FILE",
+        help="QGround-100K's test split (qground_dataset/qground_test.json): mIoU, mAcc against its annotators' masks",
+    )
     ev.add_argument(
         "--images",
         metavar="DIR",
-        help="with --mcq: the folder its image paths are relative to (default: the file's folder)",
+        help="with --mcq: the folder its image paths are relative to (default: the file's folder); with "
+        "--qground-test: the image folder (default: images/ beside the file)",
+    )
+    ev.add_argument(
+        "--masks", metavar="DIR", help="with --qground-test: the mask folder (default: masks/ beside the file)"
+    )
+    ev.add_argument(
+        "--palette",
+        metavar="FILE",
+        help="with --qground-test: the classes' mask colors, a JSON palette (qground.palette; default: "
+        f"assets/palettes/{DEFAULT_PALETTE.name})",
+    )
+    ev.add_argument(
+        "--annotators",
+        choices=ANNOTATOR_USES,
+        help="with --qground-test: each annotator's mask a reference of its own (each, default) or one majority mask",
     )
     ev.add_argument("--tasks", help=f"with --data: comma-separated subset of {','.join(TASKS)} (default: all)")
-    ev.add_argument("--limit", type=int, help="at most N items per task (with --mcq: the first N questions)")
+    ev.add_argument(
+        "--limit",
+        type=int,
+        help="at most N items per task (with --mcq: the first N questions; with --qground-test: images)",
+    )
     ev.add_argument("--out", help="write the JSON report here")
     ev.add_argument(
         "--against",

@@ -541,7 +541,7 @@ def _annotate_tab(gr, svc, sam, scratch, sam_message: str) -> None:
             with gr.Row():
                 export_btn = gr.Button("Export zip")
                 imported = gr.UploadButton("Import zip", file_types=[".zip"])
-            exported = gr.File(label="Annotation zip: record.json + masks/*.png + the photo", visible=False)
+            exported = gr.File(label="Annotation zip: QGround-100K layout (json, photo, color mask)", visible=False)
 
     def view(a) -> tuple:
         return a, scratch.png(annot.render(a), "annotate.png") if a else None, annot.region_rows(a), annot.status(a)

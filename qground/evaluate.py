@@ -22,19 +22,37 @@ kinds the multiple-choice benchmarks of `qground.mcq` are broken down by).
 Evaluation folder (``evaluate``): ``images/STEM.png`` (any image extension), ``gt/STEM/<class key>.png`` (8-bit, image
 size, non-zero = the class; only present classes; a clean image has none), optional ``describe.json`` and
 ``compare.json`` in the LLaVA conversation schema with image paths relative to the folder.
+
+QGround-Test (``read_qground_test``, ``evaluate_qground_test``): the released test split of QGround-100K,
+``qground_dataset/qground_test.json`` (1,000 images) with ``images/`` and ``masks/`` beside it. Every ``ann_list``
+entry is one annotator's ``{"quality_description", "segmentation_mask"}``, the mask a JPEG whose pixel colors are the
+classes (decoded with ``qground.palette``). The model grounds each image once; its masks are scored with
+``GroundingMetrics`` (the definitions above; DESIGN.md §2 gives only the paper's numbers, mIoU 0.271 and mAcc 0.539 for
+Q-Ground) against the annotators' masks, used as ``ANNOTATOR_USES`` says:
+- ``each`` (default): every annotator's mask is a reference of its own: an image with three annotators adds its
+  prediction three times, once against each, so the pixel counts are pooled over all (image, annotator) pairs;
+- ``majority``: one fused reference per image, a pixel in class c when more than half of the image's annotators
+  marked it c (regions under the palette's ``min_region`` dropped, as the training reader's fused samples).
+Reference masks are read in their image's upright frame; one of another size but the same aspect ratio is resized
+nearest-neighbour, as the training reader does.
+The paper does not say which it used (as far as our sources show). The report also gives the background (the pixels
+of no class) as a sixth class and the means over all six, for comparison with definitions that count it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 from tqdm import tqdm
 
 from qground.baseline import baseline_masks
@@ -42,23 +60,30 @@ from qground.imageio import load_image
 from qground.inference import GenerationSettings, QGroundEngine
 from qground.mcq import question_type
 from qground.naming import parse_choice, question_options
+from qground.palette import Palette, decode_color_mask
 from qground.prompts import Turn
 from qground.questions import QUESTIONS
 from qground.taxonomy import CLASS_NAMES, MAX_PHRASE_WORDS, get, match_class, normalize
 
 __all__ = [
+    "ANNOTATOR_USES",
     "EMPTY_MASK_FRACTION",
     "IMAGE_EXTENSIONS",
     "TASKS",
     "GroundingMetrics",
+    "TestImage",
+    "TestReference",
     "answer_quality",
     "comparison_accuracy",
     "description_f1",
     "evaluate",
+    "evaluate_qground_test",
     "grounding_table",
     "is_finished_sentence",
     "load_gt",
     "named_classes",
+    "qground_test_table",
+    "read_qground_test",
     "report_table",
     "side_by_side_table",
 ]
@@ -66,6 +91,8 @@ __all__ = [
 EMPTY_MASK_FRACTION = 0.001
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 TASKS = ("ground", "describe", "compare")
+ANNOTATOR_USES = ("each", "majority")
+ASPECT_TOLERANCE = 0.01  # a reference mask of another size is resized to its image when the aspect ratios agree so
 
 
 # -- grounding metrics -------------------------------------------------------------------------------------------------
@@ -160,9 +187,11 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def grounding_table(columns: Mapping[str, dict], seconds: Mapping[str, float | None] | None = None) -> str:
+def grounding_table(
+    columns: Mapping[str, dict], seconds: Mapping[str, float | None] | None = None, unit: str = "images"
+) -> str:
     """Fixed-width table of ``GroundingMetrics.summary()`` dicts side by side (one column per method), with an
-    optional seconds-per-image row."""
+    optional seconds-per-image row; ``unit`` names what the summaries counted (QGround-Test: references)."""
     names = list(columns)
     width = max(10, *(len(n) + 2 for n in names))
     first = next(iter(columns.values()))
@@ -174,7 +203,7 @@ def grounding_table(columns: Mapping[str, dict], seconds: Mapping[str, float | N
     def row(label: str, values: Iterable[float | None | str]) -> str:
         return f"{label:<{label_width}}" + "".join(f"{v if isinstance(v, str) else _cell(v):>{width}}" for v in values)
 
-    lines = [row(f"{first['images']} images ({first['clean_images']} clean)", names)]
+    lines = [row(f"{first['images']} {unit} ({first['clean_images']} clean)", names)]
     for metric, label in (("iou", "IoU"), ("acc", "Acc")):
         lines += [row(f"  {label} {c}", (columns[n]["per_class"][c][metric] for n in names)) for c in classes]
     for key, label in (("mIoU", "mIoU"), ("mAcc", "mAcc"), ("gIoU", "gIoU"), ("cIoU", "cIoU")):
@@ -535,6 +564,255 @@ def evaluate(
         else:
             report["skipped"][task] = f"no {path.name} in {data_dir}"
     return report
+
+
+# -- QGround-Test ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TestReference:
+    """One annotator's reference for a test image: ``annotator`` (from the mask's file name
+    ``<stem>_<annotator>_<stem>.jpg``, else ``"#k"`` by position), the color ``mask`` file and the annotator's
+    ``description``."""
+
+    annotator: str
+    mask: Path
+    description: str
+
+
+@dataclass(frozen=True)
+class TestImage:
+    """A QGround-Test image: its ``id`` (the first record's), ``image`` file and its annotators' ``references``."""
+
+    id: str
+    image: Path
+    references: tuple[TestReference, ...]
+
+
+def read_qground_test(
+    json_path: str | Path, images: str | Path | None = None, masks: str | Path | None = None
+) -> list[TestImage]:
+    """The test split's images in file order, records of one image merged (a mask listed twice counts once).
+
+    ``json_path``: ``qground_test.json``, a list of ``{"id", "image", "ann_list": [{"quality_description",
+    "segmentation_mask"}, ...]}``; ``image`` is relative to ``images`` and ``segmentation_mask`` to ``masks`` (defaults:
+    ``images/`` and ``masks/`` beside the JSON file). Files are not opened. ValueError (one line naming the file, the
+    record and the field) for any other layout or an image without a mask."""
+    json_path = Path(json_path)
+    images = json_path.parent / "images" if images is None else Path(images)
+    masks = json_path.parent / "masks" if masks is None else Path(masks)
+    try:
+        records = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{json_path}: not valid JSON ({e})") from None
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{json_path}: expected a non-empty list of records, got {type(records).__name__}")
+    merged: dict[str, tuple[str, list[TestReference]]] = {}
+    for index, record in enumerate(records):
+        record_id, image, references = _test_record(json_path, index, record, masks)
+        _, listed = merged.setdefault(image, (record_id, []))
+        for ref in references:
+            if all(ref.mask != other.mask for other in listed):
+                listed.append(_unique_annotator(ref, {other.annotator for other in listed}))
+    return [TestImage(rid, images / image, tuple(refs)) for image, (rid, refs) in merged.items()]
+
+
+def _test_record(json_path: Path, index: int, record: Any, masks: Path) -> tuple[str, str, list[TestReference]]:
+    """(id, image path relative to the image folder, references) of record ``index``; ValueError naming the field."""
+    where = f"{json_path}: record {index}"
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
+    record_id, image, anns = record.get("id"), record.get("image"), record.get("ann_list")
+    where += f" (id {record_id!r})"
+    if not isinstance(image, str) or not image:
+        raise ValueError(f"{where}: field 'image' must be a path, got {image!r:.80}")
+    if not isinstance(anns, list) or not anns:
+        raise ValueError(f"{where}: field 'ann_list' must be a non-empty list, got {anns!r:.80}")
+    references = []
+    for k, ann in enumerate(anns):
+        mask = ann.get("segmentation_mask") if isinstance(ann, dict) else None
+        text = ann.get("quality_description", "") if isinstance(ann, dict) else None
+        if not isinstance(mask, str) or not mask or not isinstance(text, str):
+            raise ValueError(
+                f"{where}: field 'ann_list[{k}]' must be {{'quality_description': str, 'segmentation_mask': path}}, "
+                f"got {ann!r:.80}"
+            )
+        references.append(TestReference(annotator_name(mask, image, k), masks / mask, text))
+    return str(record_id), image, references
+
+
+def _unique_annotator(ref: TestReference, taken: set[str]) -> TestReference:
+    """``ref``, its annotator renamed ``name-2``, ``name-3``… when an earlier reference of the image has the name."""
+    name, k = ref.annotator, 1
+    while name in taken:
+        k += 1
+        name = f"{ref.annotator}-{k}"
+    return dataclasses.replace(ref, annotator=name)
+
+
+def annotator_name(mask: str, image: str, position: int) -> str:
+    """The annotator a released mask file names: ``spaq_koniq/07454_zhizheng_07454.jpg`` for image
+    ``spaq_koniq/07454.jpg`` → ``"zhizheng"``; ``"#<position + 1>"`` for a name of another shape."""
+    stem, name = Path(image).stem, Path(mask).stem
+    middle = name[len(stem) + 1 : -(len(stem) + 1)]
+    if name.startswith(f"{stem}_") and name.endswith(f"_{stem}") and middle:
+        return middle
+    return f"#{position + 1}"
+
+
+def reference_masks(ref: TestReference, palette: Palette, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Class → bool (H, W) mask of one annotator's color mask (``qground.palette.decode_color_mask``) in the frame of
+    its image of (H, W) ``size``. As the training reader does, a mask of another size but the image's aspect ratio
+    (within ``ASPECT_TOLERANCE``) is decoded at its own size and resized nearest-neighbour; another aspect ratio is a
+    ValueError naming the file, as is an unreadable file or a palette that does not fit (``PaletteError``)."""
+    try:
+        with Image.open(ref.mask) as img:
+            rgb = np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise ValueError(f"{ref.mask}: no such mask file") from None
+    except OSError as e:
+        raise ValueError(f"{ref.mask}: cannot read the mask ({e})") from None
+    (mh, mw), (h, w) = rgb.shape[:2], size
+    if abs((mw / mh) / (w / h) - 1.0) > ASPECT_TOLERANCE:
+        raise ValueError(f"{ref.mask}: mask is {mw}×{mh}, its image {w}×{h}: not the same aspect ratio")
+    masks = decode_color_mask(rgb, palette, where=str(ref.mask))
+    if (mh, mw) == (h, w):
+        return masks
+    return {name: _resized(mask, size) for name, mask in masks.items()}
+
+
+def _resized(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A bool mask resized nearest-neighbour to (H, W) ``size``."""
+    image = Image.fromarray(mask.astype(np.uint8) * 255).resize((size[1], size[0]), Image.Resampling.NEAREST)
+    return np.asarray(image) > 0
+
+
+def majority_masks(references: Sequence[Mapping[str, np.ndarray]], min_region: int = 0) -> dict[str, np.ndarray]:
+    """Per class, the pixels more than half of the annotators' masks hold (one fused reference for an image), regions
+    (8-connected) smaller than ``min_region`` pixels dropped, as the training reader's fused samples are."""
+    names = sorted({name for ref in references for name in ref}, key=_class_order)
+    votes = {name: sum(ref[name].astype(np.int32) for ref in references if name in ref) for name in names}
+    return {name: _without_small_regions(count * 2 > len(references), min_region) for name, count in votes.items()}
+
+
+def _without_small_regions(mask: np.ndarray, min_region: int) -> np.ndarray:
+    if min_region <= 1 or not mask.any():
+        return mask
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    keep = np.bincount(labels.ravel(), minlength=count + 1) >= min_region
+    keep[0] = False
+    return keep[labels]
+
+
+def _class_order(name: str) -> int:
+    return CLASS_NAMES.index(name) if name in CLASS_NAMES else len(CLASS_NAMES)
+
+
+@dataclass
+class BackgroundTally:
+    """The background (pixels in no class) as a class: I, U and ground-truth pixel counts over the set."""
+
+    intersection: int = 0
+    union: int = 0
+    gt_pixels: int = 0
+
+    def add(self, pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray], size: tuple[int, int]) -> None:
+        """One (prediction, reference) pair of an image of (H, W) ``size``."""
+        p, g = ~_any_class(pred, size), ~_any_class(gt, size)
+        self.intersection += int(np.count_nonzero(p & g))
+        self.union += int(np.count_nonzero(p | g))
+        self.gt_pixels += int(np.count_nonzero(g))
+
+    def summary(self) -> dict[str, float | None]:
+        return {"iou": _ratio(self.intersection, self.union), "acc": _ratio(self.intersection, self.gt_pixels)}
+
+
+def _any_class(masks: Mapping[str, np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(size, dtype=bool)
+    for mask in masks.values():
+        out |= np.asarray(mask, dtype=bool)
+    return out
+
+
+def evaluate_qground_test(
+    engine: QGroundEngine,
+    items: Sequence[TestImage],
+    palette: Palette,
+    annotators: str = "each",
+    limit: int | None = None,
+    progress: bool = True,
+    settings: GenerationSettings | None = None,
+    data: str = "",
+) -> dict:
+    """Ground the first ``limit`` of ``items`` (``read_qground_test``) with ``engine`` and score the masks against the
+    annotators' (module docstring; ``annotators`` one of ``ANNOTATOR_USES``). JSON-ready report: ``{"model", "data",
+    "strictness", "annotators", "palette", "images", "references", "metrics"`` (``GroundingMetrics.summary()``),
+    ``"background"`` ({"iou", "acc"}), ``"mIoU_with_background"``, ``"mAcc_with_background"``,
+    ``"seconds_per_image"``, ``"per_image"}``."""
+    if annotators not in ANNOTATOR_USES:
+        raise ValueError(f"annotators must be one of {ANNOTATOR_USES}, got {annotators!r}")
+    settings = settings or GenerationSettings()
+    metrics, background = GroundingMetrics(), BackgroundTally()
+    per_image, seconds, references = [], [], 0
+    for item in tqdm(items[:limit], desc="QGround-Test", disable=not progress, dynamic_ncols=True):
+        image = load_image(item.image)
+        size = (image.height, image.width)
+        refs = {ref.annotator: reference_masks(ref, palette, size) for ref in item.references}
+        t0 = time.perf_counter()
+        result = engine.ground(image, QUESTIONS["ground"], settings)
+        seconds.append(time.perf_counter() - t0)
+        each = list(refs.values())
+        scored = each if annotators == "each" else [majority_masks(each, palette.min_region)]
+        for gt in scored:
+            metrics.add(result.masks, gt)
+            background.add(result.masks, gt, size)
+        references += len(scored)
+        per_image.append(_test_image_entry(item, refs, result, seconds[-1]))
+    summary = metrics.summary()
+    bg = background.summary()
+    return {
+        "model": engine.name,
+        "data": data,
+        "strictness": settings.strictness,
+        "annotators": annotators,
+        "palette": palette.source,
+        "images": len(per_image),
+        "references": references,
+        "metrics": summary,
+        "background": bg,
+        "mIoU_with_background": _mean([*(c["iou"] for c in summary["per_class"].values()), bg["iou"]]),
+        "mAcc_with_background": _mean([*(c["acc"] for c in summary["per_class"].values()), bg["acc"]]),
+        "seconds_per_image": _mean(seconds),
+        "per_image": per_image,
+    }
+
+
+def _test_image_entry(item: TestImage, refs: Mapping[str, Mapping[str, np.ndarray]], result, seconds: float) -> dict:
+    """One image's line of the report: the classes each annotator marked and the model's areas (percent)."""
+    return {
+        "id": item.id,
+        "image": item.image.name,
+        "annotators": {name: [c for c, m in masks.items() if m.any()] for name, masks in refs.items()},
+        "model": {name: r.area_percent for name, r in result.regions.items()},
+        "answer": result.text,
+        "seconds": seconds,
+    }
+
+
+def qground_test_table(report: dict) -> str:
+    """The ``evaluate_qground_test`` report as text: a header line, the grounding table (IoU and Acc per class, mIoU,
+    mAcc, …) and the background line."""
+    head = (
+        f"model {report['model']} on {report['data']} (QGround-Test), {report['images']} images, "
+        f"{report['references']} references ({report['annotators']} annotator), strictness "
+        + ("the model's default" if report["strictness"] is None else f"{report['strictness']:g}")
+    )
+    bg = report["background"]
+    tail = (
+        f"background IoU {_cell(bg['iou'])}, Acc {_cell(bg['acc'])}; with it as a sixth class: "
+        f"mIoU {_cell(report['mIoU_with_background'])}, mAcc {_cell(report['mAcc_with_background'])}"
+    )
+    seconds = {"model": report["seconds_per_image"]}
+    table = grounding_table({"model": report["metrics"]}, seconds, unit="references")
+    return "\n".join([head, "", table, "", tail])
 
 
 def side_by_side_table(reports: Mapping[str, dict]) -> str:

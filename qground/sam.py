@@ -11,14 +11,26 @@ points/mask of the region being drawn. The functions on it return new ``Annotati
 Coordinate frame: the pixel grid of the photo as ``qground.imageio.load_image`` returns it (full resolution,
 EXIF-upright); points are (x, y) = (column, row) from the top-left; masks are bool (H, W).
 
-Export zip (written atomically with ``qground.files.write_atomically``)::
+Export zip (written atomically with ``qground.files.write_atomically``), in one of ``qground.records.RECORD_LAYOUTS``.
+``released`` (default), QGround-100K's layout as released, so that unzipped it is a training data source as it is
+(``json: …/qground_dataset/qground_train.json``, ``image_root: …/images``, ``mask_root: …/masks``)::
 
-    record.json          QGround-100K record (qground.records.to_qground_record) + per ann "rle" (COCO, column-major,
+    qground_dataset/qground_train.json                 [record]: one ann, the annotator's quality_description and
+                                                       segmentation_mask (qground.records.to_qground_record)
+    qground_dataset/images/app/<name>                  the photo's original bytes
+    qground_dataset/masks/app/<stem>_<annotator>_<stem>.png   all regions in one lossless color mask (palette colors)
+    regions.json                                       {"image": <zip member>, "regions": [{"label", "points", "rle"}]}:
+                                                       what the color mask cannot hold (overlaps, points), for import
+
+``legacy``::
+
+    record.json          QGround-100K-style record (legacy layout) + per ann "rle" (COCO, column-major,
                          qground.records.mask_to_rle) and "points" ([[x, y, 1 include | 0 exclude], ...])
     images/<name>        the photo's original bytes
     masks/<id>_<n>.png   region n (1-based) as a lossless 8-bit PNG, 0 / 255
 
-``import_zip`` reads it back to the same regions (masks bit-exact).
+``import_zip`` reads either back to the same regions (masks bit-exact). A released-layout zip without
+``regions.json`` gives one region per class of its color mask (decoded with the default palette), without points.
 """
 
 from __future__ import annotations
@@ -46,7 +58,8 @@ from PIL import Image, ImageDraw
 
 from qground import files
 from qground.imageio import load_image
-from qground.records import RegionLabel, decode_rle, mask_to_rle, to_qground_record
+from qground.palette import DEFAULT_PALETTE, Palette, PaletteError, decode_color_mask
+from qground.records import LEGACY, RECORD_LAYOUTS, RELEASED, RegionLabel, decode_rle, mask_to_rle, to_qground_record
 from qground.taxonomy import get
 from qground.visualize import overlay
 
@@ -458,24 +471,27 @@ def _record_id(image_path: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", Path(image_path).stem) or "image"
 
 
-def export_zip(ann: Annotation, path: str | os.PathLike) -> Path:
-    """Write the annotation as a zip (layout in the module docstring) to ``path``, atomically."""
+RELEASED_ROOT = "qground_dataset"
+RELEASED_JSON = f"{RELEASED_ROOT}/qground_train.json"
+REGIONS_JSON = "regions.json"
+APP_FOLDER = "app"  # the images/ and masks/ subfolder of exported photos (the release has spaq_koniq/)
+
+
+def export_zip(
+    ann: Annotation,
+    path: str | os.PathLike,
+    layout: str = RELEASED,
+    annotator: str = "app",
+    description: str | None = None,
+) -> Path:
+    """Write the annotation as a zip (layouts in the module docstring) to ``path``, atomically. ``annotator`` and
+    ``description`` (default: ``qground.records.describe_regions``) fill the released layout's ann."""
     if not ann.regions:
         raise AnnotationError("there are no regions to export: click on the photo and press “Add region” first")
-    name = Path(ann.image_path).name
-    record_id = _record_id(ann.image_path)
-    labels = [RegionLabel(k + 1, r.label, None, r.label) for k, r in enumerate(ann.regions)]
-    with tempfile.TemporaryDirectory() as tmp:
-        record = to_qground_record(record_id, f"images/{name}", [r.mask for r in ann.regions], labels, tmp)
-        for ann_entry, region in zip(record["ann_list"], ann.regions):
-            ann_entry["rle"] = mask_to_rle(region.mask)
-            ann_entry["points"] = [[p.x, p.y, int(p.include)] for p in region.points]
-        members = {
-            "record.json": json.dumps(record, indent=1).encode(),
-            f"images/{name}": Path(ann.image_path).read_bytes(),
-        }
-        for entry in record["ann_list"]:
-            members[f"masks/{entry['mask']}"] = (Path(tmp) / entry["mask"]).read_bytes()
+    if layout not in RECORD_LAYOUTS:
+        raise ValueError(f"layout must be one of {RECORD_LAYOUTS}, got {layout!r}")
+    build = _legacy_members if layout == LEGACY else partial(_released_members, annotator=annotator, text=description)
+    members = build(ann)
 
     def write(f) -> None:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -485,19 +501,71 @@ def export_zip(ann: Annotation, path: str | os.PathLike) -> Path:
     return write_atomically(path, write)
 
 
+def _labels(ann: Annotation) -> list[RegionLabel]:
+    return [RegionLabel(k + 1, r.label, None, r.label) for k, r in enumerate(ann.regions)]
+
+
+def _legacy_members(ann: Annotation) -> dict[str, bytes]:
+    """Zip member name → bytes of the legacy layout."""
+    name = Path(ann.image_path).name
+    with tempfile.TemporaryDirectory() as tmp:
+        record = to_qground_record(
+            _record_id(ann.image_path),
+            f"images/{name}",
+            [r.mask for r in ann.regions],
+            _labels(ann),
+            tmp,
+            layout=LEGACY,
+        )
+        for ann_entry, region in zip(record["ann_list"], ann.regions):
+            ann_entry["rle"] = mask_to_rle(region.mask)
+            ann_entry["points"] = [[p.x, p.y, int(p.include)] for p in region.points]
+        members = {"record.json": json.dumps(record, indent=1).encode()}
+        members[f"images/{name}"] = Path(ann.image_path).read_bytes()
+        for entry in record["ann_list"]:
+            members[f"masks/{entry['mask']}"] = (Path(tmp) / entry["mask"]).read_bytes()
+    return members
+
+
+def _released_members(ann: Annotation, annotator: str, text: str | None) -> dict[str, bytes]:
+    """Zip member name → bytes of the released layout (+ ``regions.json``)."""
+    name = f"{_record_id(ann.image_path)}{Path(ann.image_path).suffix}"
+    image = f"{APP_FOLDER}/{name}"
+    with tempfile.TemporaryDirectory() as tmp:
+        record = to_qground_record(
+            _record_id(ann.image_path),
+            image,
+            [r.mask for r in ann.regions],
+            _labels(ann),
+            tmp,
+            annotator=annotator,
+            description=text,
+        )
+        mask = record["ann_list"][0]["segmentation_mask"]
+        members = {
+            RELEASED_JSON: json.dumps([record], indent=1).encode(),
+            f"{RELEASED_ROOT}/images/{image}": Path(ann.image_path).read_bytes(),
+            f"{RELEASED_ROOT}/masks/{mask}": (Path(tmp) / mask).read_bytes(),
+        }
+    regions = [
+        {"label": r.label, "points": [[p.x, p.y, int(p.include)] for p in r.points], "rle": mask_to_rle(r.mask)}
+        for r in ann.regions
+    ]
+    members[REGIONS_JSON] = json.dumps({"image": f"{RELEASED_ROOT}/images/{image}", "regions": regions}).encode()
+    return members
+
+
 def import_zip(sam: SamAnnotator, path: str | os.PathLike, workdir: str | os.PathLike) -> Annotation:
-    """Read an exported zip back: the photo is written to ``workdir``; regions come back with the same labels,
-    points and masks (PNG and RLE must agree). Raises AnnotationError naming what is wrong."""
+    """Read an exported zip (either layout) back: the photo is written to ``workdir``; regions come back with the
+    same labels, points and masks (legacy: PNG and RLE must agree). Raises AnnotationError naming what is wrong."""
     label = Path(path).name
     try:
         with zipfile.ZipFile(path) as zf:
             if sum(info.file_size for info in zf.infolist()) > MAX_ZIP_BYTES:
                 raise AnnotationError(f"{label}: the zip unpacks to more than {MAX_ZIP_BYTES >> 20} MB")
-            record = _zip_json(zf, "record.json", label)
-            image_name = _record_field(record, "image", str, label)
-            image_bytes = _zip_member(zf, image_name, label)
-            entries = _record_field(record, "ann_list", list, label)
-            masks = [_zip_mask(zf, entry, k, label) for k, entry in enumerate(entries)]
+            names = set(zf.namelist())
+            read = _read_legacy if "record.json" in names else _read_released
+            image_name, image_bytes, entries = read(zf, names, label)
     except zipfile.BadZipFile:
         raise AnnotationError(f"{label} is not a zip file exported by the Annotate tab") from None
     image_path = Path(workdir) / Path(image_name).name
@@ -505,7 +573,7 @@ def import_zip(sam: SamAnnotator, path: str | os.PathLike, workdir: str | os.Pat
     image_path.write_bytes(image_bytes)
     ann = start(sam, image_path)
     regions = []
-    for k, (entry, mask) in enumerate(zip(entries, masks)):
+    for k, (entry, mask) in enumerate(entries):
         if mask.shape != ann.size:
             raise AnnotationError(f"{label}: region {k + 1} mask is {mask.shape}, the photo is {ann.size}")
         try:
@@ -515,6 +583,49 @@ def import_zip(sam: SamAnnotator, path: str | os.PathLike, workdir: str | os.Pat
         points = tuple(Point(int(x), int(y), bool(inc)) for x, y, inc in entry.get("points", []))
         regions.append(Region(name, points, mask))
     return dataclasses.replace(ann, regions=tuple(regions))
+
+
+Entries = list[tuple[dict[str, Any], np.ndarray]]
+
+
+def _read_legacy(zf: zipfile.ZipFile, names: set[str], label: str) -> tuple[str, bytes, Entries]:
+    """(image member, its bytes, [(region entry, bool mask)]) of a legacy-layout zip."""
+    record = _zip_json(zf, "record.json", label)
+    image_name = _record_field(record, "image", str, label)
+    entries = _record_field(record, "ann_list", list, label)
+    masks = [_zip_mask(zf, entry, k, label) for k, entry in enumerate(entries)]
+    return image_name, _zip_member(zf, image_name, label), list(zip(entries, masks))
+
+
+def _read_released(zf: zipfile.ZipFile, names: set[str], label: str) -> tuple[str, bytes, Entries]:
+    """(image member, its bytes, [(region entry, bool mask)]) of a released-layout zip: the regions of
+    ``regions.json``, else one per class of the color mask."""
+    if REGIONS_JSON in names:
+        data = _zip_json(zf, REGIONS_JSON, label)
+        image_name = _record_field(data, "image", str, label)
+        entries = _record_field(data, "regions", list, label)
+        masks = [_zip_mask(zf, entry, k, label) for k, entry in enumerate(entries)]
+        return image_name, _zip_member(zf, image_name, label), list(zip(entries, masks))
+    if RELEASED_JSON not in names:
+        raise AnnotationError(f"{label} has neither record.json nor {RELEASED_JSON}: not an Annotate tab export")
+    try:
+        records = json.loads(_zip_member(zf, RELEASED_JSON, label))
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{label}: {RELEASED_JSON} is not valid JSON ({err})") from None
+    record = records[0] if isinstance(records, list) and records and isinstance(records[0], dict) else {}
+    image_name = f"{RELEASED_ROOT}/images/{_record_field(record, 'image', str, label)}"
+    anns = _record_field(record, "ann_list", list, label)
+    mask_name = anns[0].get("segmentation_mask") if anns and isinstance(anns[0], dict) else None
+    if not isinstance(mask_name, str):
+        raise AnnotationError(f"{label}: {RELEASED_JSON} ann_list[0] has no segmentation_mask")
+    with Image.open(io.BytesIO(_zip_member(zf, f"{RELEASED_ROOT}/masks/{mask_name}", label))) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    try:
+        by_class = decode_color_mask(rgb, Palette.load(DEFAULT_PALETTE), where=f"{label}: {mask_name}")
+    except PaletteError as err:
+        raise AnnotationError(str(err)) from None
+    entries = [({"label": name}, mask) for name, mask in by_class.items() if mask.any()]
+    return image_name, _zip_member(zf, image_name, label), entries
 
 
 def _zip_member(zf: zipfile.ZipFile, name: str, label: str) -> bytes:

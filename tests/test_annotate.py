@@ -225,7 +225,7 @@ def test_record_round_trip_through_the_reader(tmp_path):
         '[{"id": 3, "distortion": "Noisy", "severity": "slight"}, {"id": 1, "distortion": "blur"}, '
         '{"id": 2, "distortion": "clean"}]'
     )
-    record = to_qground_record("photo 1", "photo 1.png", masks, labels, mask_dir)
+    record = to_qground_record("photo 1", "photo 1.png", masks, labels, mask_dir, layout="legacy")
     assert record == {
         "id": "photo 1",
         "image": "photo 1.png",

@@ -15,7 +15,7 @@ README = ROOT / "README.md"
 CARD = ROOT / "assets" / "qground-nano" / "README.md"
 DOCS = sorted([README, CARD, *(ROOT / "docs").rglob("*.md")])
 MAX_LINE = 120
-MAX_README_WORDS = 1300
+MAX_README_WORDS = 1350
 # [text](target) and ![alt](target); the text may span lines. Targets with a scheme or only an anchor are not files.
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.I)

@@ -422,7 +422,7 @@ def annotated(sam, photo_path) -> annot.Annotation:
 
 def test_export_import_round_trip_is_bit_exact(sam, photo_path, tmp_path):
     ann = annotated(sam, photo_path)
-    path = annot.export_zip(ann, tmp_path / "out" / "street-annotation.zip")
+    path = annot.export_zip(ann, tmp_path / "out" / "street-annotation.zip", layout="legacy")
     with zipfile.ZipFile(path) as zf:
         record = json.loads(zf.read("record.json"))
         assert sorted(zf.namelist()) == ["images/street.png", "masks/street_1.png", "masks/street_2.png", "record.json"]
@@ -462,7 +462,7 @@ def test_import_rejects_broken_zips(sam, photo_path, tmp_path):
     not_zip.write_text("hello")
     with pytest.raises(annot.AnnotationError, match="is not a zip file"):
         annot.import_zip(sam, not_zip, tmp_path)
-    path = annot.export_zip(annotated(sam, photo_path), tmp_path / "a.zip")
+    path = annot.export_zip(annotated(sam, photo_path), tmp_path / "a.zip", layout="legacy")
     with zipfile.ZipFile(path) as zf:
         members = {name: zf.read(name) for name in zf.namelist()}
     record = json.loads(members["record.json"])

@@ -3,7 +3,8 @@
 SAM proposes regions; the image is drawn with numbered Set-of-Mark labels (``draw_set_of_marks``) and shown to GPT-4V
 with ``gpt4v_messages``; its reply is parsed with ``parse_gpt4v_reply`` into ``qground.records.RegionLabel``s (free
 distortion words mapped to the five classes by shortest edit distance) and stored as a QGround-100K record with
-``qground.records.to_qground_record``.
+``qground.records.to_qground_record`` (by default in the released layout: one color mask for the annotator, e.g.
+``annotator="gpt4v"``, so the records mix with the human part as they are).
 
 Coordinate frame: masks are bool arrays of shape (H, W) in the pixel grid of the image they annotate (row y from the
 top, column x from the left); regions are numbered from 1 in list order.

@@ -16,6 +16,14 @@ from qground.config import ConfigError, LoraSettings, build_dataclass
 
 TRAINABLE_GROUPS = ("projector", "lora", "token_rows", "llm", "seg_head", "pixel_decoder", "choice_head")
 DATA_FORMATS = ("llava_pretrain", "llava", "coinstruct", "qground100k")
+# Released evaluation files that never enter training (file name → what it is): a data source naming one is refused.
+TEST_SPLITS = {
+    "qground_test.json": "QGround-Test, the test split of QGround-100K",
+    "q-bench2-a1-dev.jsonl": "Q-Bench2 A1 pairs, dev",
+    "q-bench2-a1-test.jsonl": "Q-Bench2 A1 pairs, test",
+    "q-bench2-a2.jsonl": "Q-Bench2 A2 pairs",
+    "micbench_dev.json": "MICBench, dev",
+}
 
 
 @dataclass
@@ -24,7 +32,9 @@ class DataSource:
 
     ``choice_answers`` (models with a choice head): answers that only name one image of a several-image prompt ("The
     second image.", or an option's letter) are trained as a pointer, ``qground.tokens.CHOICE_ANSWER`` with that image
-    as the choice head's target."""
+    as the choice head's target. ``palette`` and ``fuse_annotators`` (``qground100k``, released layout): the palette
+    JSON the color masks are decoded with (None: ``qground.palette.DEFAULT_PALETTE``), and one sample per image with
+    the annotators' majority masks instead of one per annotator (``training.data.readers.read_qground100k``)."""
 
     name: str
     format: str
@@ -33,12 +43,20 @@ class DataSource:
     weight: float = 1.0
     mask_root: str | None = None
     choice_answers: bool = False
+    palette: str | None = None
+    fuse_annotators: bool = False
 
     def validate(self) -> None:
+        """ConfigError (one line) for an unknown format, a test split (``TEST_SPLITS``), a bad weight or option."""
+        split = TEST_SPLITS.get(Path(self.json).name.lower())
+        if split is not None:
+            raise ConfigError(f"data {self.name!r}: {self.json} is a test split ({split}) and never enters training")
         if self.format not in DATA_FORMATS:
             raise ConfigError(f"data {self.name!r}: format must be one of {DATA_FORMATS}, got {self.format!r}")
         if self.choice_answers and self.format not in ("llava", "coinstruct"):
             raise ConfigError(f"data {self.name!r}: choice_answers needs a conversation format (llava, coinstruct)")
+        if (self.palette is not None or self.fuse_annotators) and self.format != "qground100k":
+            raise ConfigError(f"data {self.name!r}: palette and fuse_annotators go with the qground100k format")
         if self.weight <= 0:
             raise ConfigError(f"data {self.name!r}: weight must be > 0")
 
@@ -60,6 +78,9 @@ class TrainConfig:
 
     ``model``: registry name, checkpoint folder or Hub repo id to start from (stages 2–3: the previous stage's
     ``output_dir``). ``trainable``: parameter groups from ``TRAINABLE_GROUPS``; everything else is frozen.
+    ``drop_duplicates``: a conversation sample (LLaVA, Q-/Co-Instruct formats) identical to one of an earlier source in
+    ``data`` (same images, same conversation text: ``training.data.dataset.duplicate_key``) is dropped, the count
+    printed; Co-Instruct-562K's first 200,277 records are Q-Instruct's.
     """
 
     stage: str
@@ -80,6 +101,7 @@ class TrainConfig:
     seed: int = 0
     max_bad_fraction: float = 0.01
     cache_images: int = 4096  # preprocessed photos kept in memory (each is read many times per run)
+    drop_duplicates: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.trainable) - set(TRAINABLE_GROUPS))

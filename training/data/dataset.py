@@ -25,6 +25,7 @@ from training.data.readers import (
 from training.data.sample import Sample
 
 READERS = {"llava_pretrain": read_llava_pretrain, "llava": read_llava_instruct, "coinstruct": read_coinstruct}
+CONVERSATION_FORMATS = tuple(READERS)  # the formats whose samples are compared for duplicates
 
 
 # An answer that only names an image: "The second image.", "the 2nd one", "B", "(B)", "B." (any case).
@@ -51,9 +52,18 @@ def as_choice(sample: Sample) -> Sample:
 
 def read_source(src: DataSource, max_bad_fraction: float) -> ReadResult:
     """Read one data source with the reader for its format (problems past the threshold raise); with
-    ``src.choice_answers`` its one-image answers become choice-head targets (``as_choice``)."""
+    ``src.choice_answers`` its one-image answers become choice-head targets (``as_choice``). A test split is refused
+    (``DataSource.validate``) however the source was made."""
+    src.validate()
     if src.format == "qground100k":
-        return read_qground100k(src.json, src.image_root, src.mask_root, max_bad_fraction=max_bad_fraction)
+        return read_qground100k(
+            src.json,
+            src.image_root,
+            src.mask_root,
+            max_bad_fraction=max_bad_fraction,
+            palette=src.palette,
+            fuse_annotators=src.fuse_annotators,
+        )
     result = READERS[src.format](src.json, src.image_root, max_bad_fraction=max_bad_fraction)
     if src.choice_answers:
         result = result._replace(samples=[as_choice(s) for s in result.samples])
@@ -88,14 +98,62 @@ class SampleDataset:
 
 
 def load_sources(cfg: TrainConfig, processor: QGroundProcessor) -> tuple[dict[str, list[Sample]], SampleDataset]:
-    """Read every configured source (reports printed) and wrap them for training."""
+    """Read every configured source (reports printed), drop duplicates across conversation sources when
+    ``cfg.drop_duplicates`` (counts printed) and wrap them for training."""
     sources = {}
     for src in cfg.data:
         result = read_source(src, cfg.max_bad_fraction)
         if result.report.bad:
             print(f"[{src.name}] {result.report.summary()}")
         sources[src.name] = result.samples
+    if cfg.drop_duplicates:
+        sources = drop_duplicates(sources, cfg.data)
     return sources, SampleDataset(sources, processor)
+
+
+def duplicate_key(sample: Sample, image_root: Path) -> tuple:
+    """What makes two conversation samples the same: their images, each by its last two path components below
+    ``image_root`` (``spaq_koniq/07454.jpg``: the releases put their images under different roots and leading folders),
+    and the text of every turn, whitespace collapsed (image placeholders are already removed by the readers)."""
+    images = tuple("/".join(_relative(path, image_root).parts[-2:]) for path in sample.images)
+    turns = tuple((" ".join(t.question.split()), " ".join((t.answer or "").split())) for t in sample.turns)
+    return images, turns
+
+
+def _relative(path: Path, root: Path) -> Path:
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return path
+
+
+def drop_duplicates(sources: dict[str, list[Sample]], data: list[DataSource]) -> dict[str, list[Sample]]:
+    """``sources`` without the conversation samples (``CONVERSATION_FORMATS``) whose ``duplicate_key`` an earlier source
+    of ``data`` holds: the first source listed keeps a sample (duplicates within one source are left alone). Prints
+    one line per source that lost samples and the total; ValueError when a source loses them all."""
+    seen: dict[tuple, str] = {}
+    kept: dict[str, list[Sample]] = {}
+    dropped: dict[str, dict[str, int]] = {}
+    for src in data:
+        samples = sources[src.name]
+        if src.format not in CONVERSATION_FORMATS:
+            kept[src.name] = samples
+            continue
+        keys = [duplicate_key(s, Path(src.image_root)) for s in samples]
+        kept[src.name] = [s for s, key in zip(samples, keys) if seen.get(key, src.name) == src.name]
+        for key in keys:
+            owner = seen.setdefault(key, src.name)
+            if owner != src.name:
+                dropped.setdefault(src.name, {}).setdefault(owner, 0)
+                dropped[src.name][owner] += 1
+        if samples and not kept[src.name]:
+            raise ValueError(f"data {src.name!r}: every sample is already in {sorted(dropped[src.name])}")
+    for name, owners in dropped.items():
+        listing = ", ".join(f"{n} already in {owner!r}" for owner, n in owners.items())
+        print(f"[{name}] dropped {sum(owners.values())} of {len(sources[name])} samples as duplicates: {listing}")
+    if dropped:
+        print(f"duplicates dropped across sources: {sum(sum(o.values()) for o in dropped.values())}")
+    return kept
 
 
 def build_order(sources: dict[str, list[Sample]], cfg: TrainConfig, num_samples: int) -> list[int]:
