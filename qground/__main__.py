@@ -274,10 +274,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_mcq(args: argparse.Namespace) -> int:
     """``eval --mcq FILE``: the model's accuracy on a MICBench / Q-Bench-pair multiple-choice file
     (``qground.mcq``); print the table and write the JSON report."""
-    if args.tasks is not None or args.against:
-        raise UsageError("--tasks and --against go with --data, not --mcq")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError("--limit must be at least 1")
+    _check_file_eval(args, "--mcq")
     try:
         bench = read_mcq(args.mcq, args.images)
     except OSError as e:
@@ -292,21 +289,14 @@ def run_mcq(args: argparse.Namespace) -> int:
         report = evaluate_mcq(engine, bench, args.limit, settings=settings)
     except ValueError as e:  # an image that cannot be read (ImageLoadError), a prompt too long for the model
         raise UsageError(f"{args.mcq}: {e}") from None
-    print(mcq_table(report))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    return EXIT_OK
+    return _report(mcq_table(report), report, args.out)
 
 
 def run_qground_test(args: argparse.Namespace) -> int:
     """``eval --qground-test FILE``: the model's masks on QGround-Test scored against the annotators' color masks
     (``qground.evaluate.evaluate_qground_test``); print the table and write the JSON report. The split, its files and
     the palette are checked before the model is loaded."""
-    if args.tasks is not None or args.against:
-        raise UsageError("--tasks and --against go with --data, not --qground-test")
-    if args.limit is not None and args.limit < 1:
-        raise UsageError("--limit must be at least 1")
+    _check_file_eval(args, "--qground-test")
     try:
         palette = Palette.load(args.palette or DEFAULT_PALETTE)
         items = read_qground_test(args.qground_test, args.images, args.masks)[: args.limit]
@@ -326,10 +316,23 @@ def run_qground_test(args: argparse.Namespace) -> int:
         )
     except (ValueError, PaletteError) as e:  # an unreadable image or mask, a mask of another size or palette
         raise UsageError(str(e)) from None
-    print(qground_test_table(report))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return _report(qground_test_table(report), report, args.out)
+
+
+def _check_file_eval(args: argparse.Namespace, flag: str) -> None:
+    """Options an evaluation of one benchmark file (``flag``) cannot take."""
+    if args.tasks is not None or args.against:
+        raise UsageError(f"--tasks and --against go with --data, not {flag}")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+
+
+def _report(table: str, report: dict, out: str | None) -> int:
+    """Print ``table``; write ``report`` as JSON to ``out`` when given."""
+    print(table)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return EXIT_OK
 
 

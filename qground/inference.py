@@ -163,8 +163,11 @@ def decode(
         keys = None
         if model.choice_head is not None:
             keys = model.image_keys(input_ids[0].to(hidden.device), hidden[0], features, 0)
-        grammar_state = constraint.start() if constraint is not None else None
-        for step in range(settings.max_new_tokens):
+    grammar_state = constraint.start() if constraint is not None else None
+    # Inference mode is thread-local and a caller (Gradio) may resume this generator on another thread: every step
+    # enters it anew, and nothing runs between a yield and the next step's ``with``.
+    for step in range(settings.max_new_tokens):
+        with torch.inference_mode():
             state = hidden[0, -1]
             logits = head(state).float()
             if sampled:
@@ -178,11 +181,12 @@ def decode(
             token = _select(logits, settings, generator)
             pointed = keys is not None and token == model.config.token_ids.choice
             choice = model.choice_logits(state, keys) if pointed else None
-            yield token, state, choice
-            if token == eos:
-                return
-            if constraint is not None:
-                grammar_state = constraint.advance(grammar_state, token)
+        yield token, state, choice
+        if token == eos:
+            return
+        if constraint is not None:
+            grammar_state = constraint.advance(grammar_state, token)
+        with torch.inference_mode():
             new = embed_tokens(torch.tensor([[token]], device=embeds.device))
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)

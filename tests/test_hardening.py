@@ -74,3 +74,30 @@ def test_the_app_refuses_an_upload_over_the_limit_and_keeps_serving(slow_engine,
         assert refused.status_code == 413 and "File size exceeded maximum allowed size" in refused.text
         assert not list((tmp_path / "gradio").rglob("large.png"))  # never written whole
         assert client.predict(handle_file(str(small)), "", api_name="/describe")  # the next request is served
+
+
+def test_a_stream_resumed_on_other_threads_answers():
+    """Gradio may resume an answer's generator on another worker thread at every step; inference mode is per
+    thread, so each step must enter it (once it failed: "Inference tensors cannot be saved for backward")."""
+    import threading
+
+    from qground.service import load_engine
+
+    engine = load_engine("qground-nano")  # its choice head reads the prefill's states at a [CHOICE] step
+    images = [Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (30, 40), (10, 10, 200))]
+    stream = engine.stream(images, [Turn("Which image is sharper?")], GenerationSettings(max_new_tokens=6))
+    outputs: list = []
+
+    def step() -> None:
+        try:
+            outputs.append(next(stream, None))
+        except RuntimeError as e:  # raised in the worker thread: kept for the assertion
+            outputs.extend([e, None])
+
+    while not outputs or outputs[-1] is not None:
+        worker = threading.Thread(target=step)
+        worker.start()
+        worker.join()
+    assert not any(isinstance(o, Exception) for o in outputs), outputs[-2]
+    expected = engine.chat(images, [Turn("Which image is sharper?")], GenerationSettings(6))
+    assert outputs[-2].token_ids == expected.token_ids
