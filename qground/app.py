@@ -254,10 +254,13 @@ CSS = """  /* the app's own styles: pass to launch(css=CSS) (Gradio 6 takes CSS 
 """
 
 
-def build_demo(engine, sam=None, served=None, sam_message: str = "", examples=None, max_upload_mb=MAX_UPLOAD_MB):
+def build_demo(
+    engine, sam=None, served=None, sam_message: str = "", examples=None, max_upload_mb=MAX_UPLOAD_MB, temp_age_s=None
+):
     """The Gradio Blocks for a ``QGroundEngine`` and an optional ``qground.sam.SamAnnotator`` (queue enabled).
     ``examples``: ``qground.examples.Examples`` for the Chat and Compare tabs (None: the shipped ones when present);
-    ``max_upload_mb``: the upload limit it states (``launch_options`` enforces it)."""
+    ``max_upload_mb``: the upload limit it states (``launch_options`` enforces it); ``temp_age_s``: how long files
+    handed to or uploaded through Gradio are kept (``qground.service.Scratch``; default ``TEMP_AGE_S``)."""
     import gradio as gr
 
     from qground import examples as ex
@@ -270,9 +273,9 @@ def build_demo(engine, sam=None, served=None, sam_message: str = "", examples=No
         except ValueError as err:  # a damaged install: serve without examples
             log.warning("no examples: %s", err)
             examples = ex.Examples()
-    scratch = svc.Scratch()
+    scratch = svc.Scratch(max_age_s=temp_age_s or svc.TEMP_AGE_S, also=[svc.gradio_temp_dir()])
     card = svc.model_card(engine)
-    with gr.Blocks(title="Q-Ground", delete_cache=(1800, 3600)) as demo:
+    with gr.Blocks(title="Q-Ground") as demo:  # its temp files are swept by ``scratch``
         gr.Markdown("# Q-Ground: where does this photo lose quality?")
         gr.Markdown(intro(bool(card), max_upload_mb), elem_id="intro")
         if served.random or served.notice:

@@ -272,21 +272,38 @@ def _stream(
         raise UserError(str(err)) from None
 
 
+TEMP_AGE_S = 3600.0  # files handed to or uploaded through Gradio are kept this long (Scratch)
+SWEEP_EVERY_S = 60.0  # Gradio's temp folder is swept at most this often
+
+
 class Scratch:
     """A private folder for files handed to Gradio; sub-folders older than ``max_age_s`` are removed whenever a new
-    file is made (Gradio keeps its own copies)."""
+    file is made (Gradio keeps its own copies). ``also``: folders laid out the same way (one sub-folder per file, as
+    Gradio's temp folder is: uploads and the copies of our outputs) swept by the same rule, at most every
+    ``SWEEP_EVERY_S``: Gradio's own cleanup of it (``Blocks(delete_cache=…)``, Gradio 6.31) stops for good at the
+    first request that arrives while it iterates ("Set changed size during iteration", found by ``bench.load --soak``)
+    and leaves the folders. Removal tolerates files that another request or Gradio removes meanwhile."""
 
-    def __init__(self, root: str | os.PathLike | None = None, max_age_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        max_age_s: float = TEMP_AGE_S,
+        also: Sequence[str | os.PathLike] = (),
+    ) -> None:
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="qground-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_age_s = max_age_s
+        self.also = [Path(p) for p in also]
+        self._swept = 0.0
 
     def folder(self) -> Path:
         """A fresh, empty sub-folder (old ones are removed first)."""
-        cutoff = time.time() - self.max_age_s
-        for old in self.root.iterdir():
-            if old.is_dir() and old.stat().st_mtime < cutoff:
-                shutil.rmtree(old, ignore_errors=True)
+        now = time.time()
+        _remove_older(self.root, now - self.max_age_s)
+        if self.also and now - self._swept >= SWEEP_EVERY_S:
+            self._swept = now
+            for root in self.also:
+                _remove_older(root, now - self.max_age_s)
         return Path(tempfile.mkdtemp(dir=self.root))
 
     def path(self, name: str) -> Path:
@@ -298,6 +315,29 @@ class Scratch:
         path = self.path(name)
         Image.fromarray(rgb).save(path, format="PNG", compress_level=1)
         return str(path)
+
+
+def _remove_older(root: Path, cutoff: float) -> None:
+    """Remove the entries of ``root`` last modified before ``cutoff`` (epoch seconds); never raises."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+
+
+def gradio_temp_dir() -> Path:
+    """Where Gradio keeps uploads and the copies of files handed to it: ``$GRADIO_TEMP_DIR``, else ``<tmp>/gradio``."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
 
 
 # -- chat --------------------------------------------------------------------------------------------------------------

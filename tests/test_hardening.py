@@ -101,3 +101,30 @@ def test_a_stream_resumed_on_other_threads_answers():
     assert not any(isinstance(o, Exception) for o in outputs), outputs[-2]
     expected = engine.chat(images, [Turn("Which image is sharper?")], GenerationSettings(6))
     assert outputs[-2].token_ids == expected.token_ids
+
+
+def test_old_temp_files_are_swept_from_gradios_folder_too(tmp_path):
+    """Files older than the age go from our scratch folder at every new file and from Gradio's temp folder at most
+    every SWEEP_EVERY_S; entries that vanish meanwhile are skipped."""
+    import os
+
+    from qground import service as svc
+
+    gradio = tmp_path / "gradio"
+    (gradio / "old").mkdir(parents=True)
+    (gradio / "old" / "upload.png").write_bytes(b"x")
+    (gradio / "new").mkdir()
+    (gradio / "stray.txt").write_text("old file at the top")
+    past = time.time() - 7200
+    for path in (gradio / "old", gradio / "old" / "upload.png", gradio / "stray.txt"):
+        os.utime(path, (past, past))
+    scratch = svc.Scratch(tmp_path / "scratch", max_age_s=3600, also=[gradio, tmp_path / "missing"])
+    (scratch.root / "stale").mkdir()
+    os.utime(scratch.root / "stale", (past, past))
+    scratch.folder()
+    assert sorted(p.name for p in gradio.iterdir()) == ["new"]
+    assert [p.name for p in scratch.root.iterdir() if p.name == "stale"] == []
+    (gradio / "later").mkdir()
+    os.utime(gradio / "later", (past, past))
+    scratch.folder()  # within SWEEP_EVERY_S of the last sweep: Gradio's folder is left for now
+    assert (gradio / "later").exists()

@@ -3,7 +3,7 @@
 Source (parsed with ``ast``, so comments and docstrings do not count): nothing is unpickled (no pickle-family import,
 every ``torch.load`` passes ``weights_only=True``), ``trust_remote_code`` is never switched on, Hub snapshots are
 limited to safetensors + text files; base weights are read from safetensors only. Running app: uploads reach the
-handlers inside Gradio's temp dir, which is cleaned (``delete_cache``); no file outside the allowed dirs can be
+handlers inside Gradio's temp dir, which is swept (``qground.service.Scratch``); no file outside the allowed dirs can be
 fetched; the ``HF_TOKEN`` value appears in no log, message or page; analytics are off unless asked for.
 """
 
@@ -267,8 +267,7 @@ def test_uploads_reach_the_handlers_inside_gradios_temp_dir_which_is_cleaned(ser
     client.predict([handle_file(upload)] * 2, "Which is sharper?", api_name="/compare")
     assert len(served.handed) == 3
     assert all(Path(p).resolve().is_relative_to(served.temp.resolve()) for p in served.handed), served.handed
-    every_s, older_than_s = served.demo.delete_cache
-    assert 0 < every_s <= older_than_s <= 24 * 3600
+    # the app sweeps that folder itself (Gradio's cleanup stops under load): tests/test_hardening.py
 
 
 def test_files_outside_the_allowed_dirs_cannot_be_fetched(served, client, upload):
