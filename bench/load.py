@@ -57,15 +57,16 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import psutil
 from PIL import Image
+
+from bench.app_overhead import gradio_temp_dir
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -629,20 +630,6 @@ def probe_queue(url: str, user: User, size: int, extra: int, folder: Path) -> st
         after = f"the next request FAILED: {err!r}"
     how = f"rejected at once with {QUEUE_FULL!r}" if rejected else "none rejected: all waited"
     return f"max_size {size}: {size + extra} at once → {completed} completed, {rejected} {how}; {after}"
-
-
-@contextmanager
-def gradio_temp_dir(folder: Path) -> Iterator[None]:
-    """GRADIO_TEMP_DIR set to ``folder`` (Gradio's copies of uploads and outputs go there), restored afterwards."""
-    before = os.environ.get("GRADIO_TEMP_DIR")
-    os.environ["GRADIO_TEMP_DIR"] = str(folder)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = before
 
 
 def build_app(engine, folder: Path, cache_age_s: float | None = None):
