@@ -130,8 +130,11 @@ def _server_error(err: Exception):
 def _guarded(fn, handle):
     """``fn`` (a generator stays a generator) with any exception other than a ``gr.Error`` passed to ``handle``, from
     inside the ``except`` block (so a log call there has the traceback): it raises, or returns what the handler gives
-    instead (a generator yields it as its last update)."""
+    instead (a generator yields it as its last update). Afterwards freed memory goes back to the OS
+    (``qground.service.trim_memory``)."""
     import gradio as gr
+
+    from qground.service import trim_memory
 
     if inspect.isgeneratorfunction(fn):
 
@@ -143,6 +146,8 @@ def _guarded(fn, handle):
                 raise
             except Exception as err:
                 yield handle(err)
+            finally:
+                trim_memory()
 
         return stream
 
@@ -154,6 +159,8 @@ def _guarded(fn, handle):
             raise
         except Exception as err:
             return handle(err)
+        finally:
+            trim_memory()
 
     return call
 

@@ -335,6 +335,27 @@ def _remove_older(root: Path, cutoff: float) -> None:
             continue
 
 
+_TRIM = {"last": 0.0}
+TRIM_EVERY_S = 5.0
+
+
+def trim_memory(now: float | None = None) -> bool:
+    """Hand the heap memory freed since the last call back to the OS (glibc's ``malloc_trim``), at most every
+    ``TRIM_EVERY_S``; returns whether it ran (False elsewhere than glibc). A server that decodes photos and runs a
+    model per request otherwise keeps its freed pages, and its RSS climbs request after request
+    (``docs/experiments/2026-12-05-soak.md``)."""
+    now = time.monotonic() if now is None else now
+    if now - _TRIM["last"] < TRIM_EVERY_S:
+        return False
+    _TRIM["last"] = now
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) or True)
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def gradio_temp_dir() -> Path:
     """Where Gradio keeps uploads and the copies of files handed to it: ``$GRADIO_TEMP_DIR``, else ``<tmp>/gradio``."""
     return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")

@@ -128,3 +128,23 @@ def test_old_temp_files_are_swept_from_gradios_folder_too(tmp_path):
     os.utime(gradio / "later", (past, past))
     scratch.folder()  # within SWEEP_EVERY_S of the last sweep: Gradio's folder is left for now
     assert (gradio / "later").exists()
+
+
+def test_freed_memory_is_handed_back_after_requests(monkeypatch):
+    """Every handler the app wires ends by trimming the heap (glibc ``malloc_trim``), at most every TRIM_EVERY_S."""
+    from qground import app
+    from qground import service as svc
+
+    monkeypatch.setitem(svc._TRIM, "last", 0.0)
+    assert svc.trim_memory(now=1000.0) is True  # glibc here
+    assert svc.trim_memory(now=1000.0 + svc.TRIM_EVERY_S / 2) is False
+    calls = []
+    monkeypatch.setattr(svc, "trim_memory", lambda: calls.append(1))
+
+    def answer():
+        yield "partial"
+        yield "done"
+
+    assert list(app._guarded(answer, handle=lambda err: None)()) == ["partial", "done"]
+    assert app._guarded(lambda: 3, handle=lambda err: None)() == 3
+    assert len(calls) == 2
