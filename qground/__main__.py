@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from qground.builder import REGISTRY, build_model, build_tokenizer
 from qground.checkpoint import QUANT_CHOICES, CheckpointError
-from qground.convert import KINDS, RELEASES, ConversionError, Hardcoded, Release, convert, fetch
+from qground.convert import DEFAULT_CLIP, KINDS, RELEASES, ConversionError, Hardcoded, convert, fetch
 from qground.evaluate import (
     ANNOTATOR_USES,
     IMAGE_EXTENSIONS,
@@ -359,7 +359,7 @@ def run_convert(args: argparse.Namespace) -> int:
     """``convert KIND SRC --out DIR``: exit 0 with the folder written, 2 (one-line error) when it cannot be done."""
     release = RELEASES.get(args.source)
     subfolder = args.subfolder if args.subfolder is not None else (release.subfolder if release else "")
-    clip = args.clip or (release.clip if release else Release(args.kind).clip)
+    clip = args.clip or (release.clip if release else DEFAULT_CLIP)
     try:
         layers = tuple(int(x) for x in args.decoder_layers.split(","))
         if len(layers) != 2:

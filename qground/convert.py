@@ -50,6 +50,7 @@ from qground.tokenizer import bind_tokenizer
 
 CACHE_ENV = "QGROUND_CACHE"  # where converted releases are kept (default ~/.cache/qground)
 REPORT_NAME = "convert_report.json"
+DEFAULT_CLIP = "openai/clip-vit-large-patch14-336"  # the tower PixelLM and Q-Ground load
 CARD_NAME = "README.md"
 LLAVA_WEIGHTS = "model.safetensors"
 KINDS = ("pixellm", "qground")
@@ -78,7 +79,7 @@ class Release:
 
     kind: str
     subfolder: str = ""
-    clip: str = "openai/clip-vit-large-patch14-336"
+    clip: str = DEFAULT_CLIP
     licence: str = ""
     allow_bin: bool = True
 

@@ -52,7 +52,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 from tqdm import tqdm
 
 from qground.baseline import baseline_masks
@@ -60,7 +59,7 @@ from qground.imageio import load_image
 from qground.inference import GenerationSettings, QGroundEngine
 from qground.mcq import question_type
 from qground.naming import parse_choice, question_options
-from qground.palette import Palette, decode_color_mask
+from qground.palette import Palette, decode_color_mask, drop_small_regions, same_aspect
 from qground.prompts import Turn
 from qground.questions import QUESTIONS
 from qground.taxonomy import CLASS_NAMES, MAX_PHRASE_WORDS, get, match_class, normalize
@@ -92,7 +91,6 @@ EMPTY_MASK_FRACTION = 0.001
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 TASKS = ("ground", "describe", "compare")
 ANNOTATOR_USES = ("each", "majority")
-ASPECT_TOLERANCE = 0.01  # a reference mask of another size is resized to its image when the aspect ratios agree so
 
 
 # -- grounding metrics -------------------------------------------------------------------------------------------------
@@ -661,8 +659,8 @@ def annotator_name(mask: str, image: str, position: int) -> str:
 def reference_masks(ref: TestReference, palette: Palette, size: tuple[int, int]) -> dict[str, np.ndarray]:
     """Class → bool (H, W) mask of one annotator's color mask (``qground.palette.decode_color_mask``) in the frame of
     its image of (H, W) ``size``. As the training reader does, a mask of another size but the image's aspect ratio
-    (within ``ASPECT_TOLERANCE``) is decoded at its own size and resized nearest-neighbour; another aspect ratio is a
-    ValueError naming the file, as is an unreadable file or a palette that does not fit (``PaletteError``)."""
+    (``qground.palette.same_aspect``) is decoded at its own size and resized nearest-neighbour; another aspect ratio
+    is a ValueError naming the file, as is an unreadable file or a palette that does not fit (``PaletteError``)."""
     try:
         with Image.open(ref.mask) as img:
             rgb = np.asarray(img.convert("RGB"))
@@ -671,7 +669,7 @@ def reference_masks(ref: TestReference, palette: Palette, size: tuple[int, int])
     except OSError as e:
         raise ValueError(f"{ref.mask}: cannot read the mask ({e})") from None
     (mh, mw), (h, w) = rgb.shape[:2], size
-    if abs((mw / mh) / (w / h) - 1.0) > ASPECT_TOLERANCE:
+    if not same_aspect((mh, mw), size):
         raise ValueError(f"{ref.mask}: mask is {mw}×{mh}, its image {w}×{h}: not the same aspect ratio")
     masks = decode_color_mask(rgb, palette, where=str(ref.mask))
     if (mh, mw) == (h, w):
@@ -690,16 +688,7 @@ def majority_masks(references: Sequence[Mapping[str, np.ndarray]], min_region: i
     (8-connected) smaller than ``min_region`` pixels dropped, as the training reader's fused samples are."""
     names = sorted({name for ref in references for name in ref}, key=_class_order)
     votes = {name: sum(ref[name].astype(np.int32) for ref in references if name in ref) for name in names}
-    return {name: _without_small_regions(count * 2 > len(references), min_region) for name, count in votes.items()}
-
-
-def _without_small_regions(mask: np.ndarray, min_region: int) -> np.ndarray:
-    if min_region <= 1 or not mask.any():
-        return mask
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    keep = np.bincount(labels.ravel(), minlength=count + 1) >= min_region
-    keep[0] = False
-    return keep[labels]
+    return {name: drop_small_regions(count * 2 > len(references), min_region) for name, count in votes.items()}
 
 
 def _class_order(name: str) -> int:

@@ -52,6 +52,7 @@ from scipy import ndimage
 from qground.taxonomy import CLASS_NAMES
 
 __all__ = [
+    "ASPECT_TOLERANCE",
     "CHUNK_PIXELS",
     "DEFAULT_PALETTE",
     "MAX_UNMATCHED",
@@ -61,11 +62,14 @@ __all__ = [
     "color_histogram",
     "decode_color_mask",
     "decode_label_map",
+    "drop_small_regions",
     "fringe",
+    "same_aspect",
     "unmatched_summary",
 ]
 
 DEFAULT_PALETTE = Path(__file__).resolve().parent.parent / "assets" / "palettes" / "qground100k.json"
+ASPECT_TOLERANCE = 0.01  # relative difference of width/height ratios under which a mask is resized to its image
 MAX_UNMATCHED = 0.02  # share of a mask's non-background pixels that may match no palette entry
 CHUNK_PIXELS = 1 << 18  # pixels per row chunk in the per-pixel steps
 SUMMARY_RADIUS = 32.0  # unmatched colors closer than this (RGB distance) are reported as one
@@ -190,6 +194,24 @@ def _rgb_triple(value) -> tuple[int, int, int]:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Decoding
+
+
+def same_aspect(mask_size: tuple[int, int], image_size: tuple[int, int]) -> bool:
+    """Whether a mask of (h, w) can be resized to an image of (H, W): width/height ratios within ``ASPECT_TOLERANCE``
+    of each other."""
+    (mh, mw), (ih, iw) = mask_size, image_size
+    return abs((mw / mh) / (iw / ih) - 1.0) <= ASPECT_TOLERANCE
+
+
+def drop_small_regions(mask: np.ndarray, min_region: int) -> np.ndarray:
+    """(H, W) bool ``mask`` without its 8-connected regions of fewer than ``min_region`` pixels (a voted mask's
+    leftovers are not regions); unchanged when ``min_region`` ≤ 1 or the mask is empty."""
+    if min_region <= 1 or not mask.any():
+        return mask
+    components, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    keep = np.bincount(components.ravel(), minlength=count + 1) >= min_region
+    keep[0] = False
+    return keep[components]
 
 
 def decode_color_mask(rgb: np.ndarray, palette: Palette, where: str = "mask") -> dict[str, np.ndarray]:

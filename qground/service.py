@@ -351,9 +351,10 @@ def trim_memory(now: float | None = None) -> bool:
     try:
         import ctypes
 
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) or True)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         return False
+    return True
 
 
 def gradio_temp_dir() -> Path:

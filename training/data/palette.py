@@ -38,16 +38,18 @@ from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image
-from scipy import ndimage
 
 from qground.palette import (
+    ASPECT_TOLERANCE,
     DEFAULT_PALETTE,
     Palette,
     PaletteError,
     cluster_colors,
     color_histogram,
     decode_label_map,
+    drop_small_regions,
     fringe,
+    same_aspect,
 )
 from qground.taxonomy import CLASS_NAMES
 
@@ -71,7 +73,6 @@ __all__ = [
 ]
 
 CACHE_SIZE = 6  # decoded label maps kept per process (uint8, one byte per pixel each)
-ASPECT_TOLERANCE = 0.01  # relative difference of width/height ratios under which a mask is resized to its image
 MASK_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SAMPLE_PIXELS = 1 << 20  # the palette finder strides larger files down to about this many pixels
 
@@ -127,13 +128,6 @@ def stored_size(path: str | Path) -> tuple[int, int]:
         raise MaskFileError(f"{path}: not a readable image ({err})") from None
 
 
-def same_aspect(mask_size: tuple[int, int], image_size: tuple[int, int]) -> bool:
-    """Whether a mask of (h, w) can be resized to an image of (H, W): width/height ratios within ``ASPECT_TOLERANCE``
-    of each other."""
-    (mh, mw), (ih, iw) = mask_size, image_size
-    return abs((mw / mh) / (iw / ih) - 1.0) <= ASPECT_TOLERANCE
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Label maps and lazy masks
 
@@ -165,12 +159,7 @@ def vote(maps: Sequence[np.ndarray], palette: Palette) -> np.ndarray:
         votes = np.zeros(maps[0].shape, dtype=np.uint8)
         for labels in maps:
             votes += labels == k
-        won = votes >= need
-        if palette.min_region > 1 and won.any():
-            components, count = ndimage.label(won, structure=np.ones((3, 3), bool))
-            big = np.bincount(components.ravel(), minlength=count + 1) >= palette.min_region
-            big[0] = False
-            won = big[components]
+        won = drop_small_regions(votes >= need, palette.min_region)
         fused[won] = k  # a strict majority is unique: classes never overlap
     return fused
 
