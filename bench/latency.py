@@ -7,7 +7,8 @@ native-resolution detail channels, generation, masks).
 ``--one-view`` (models with ``flip_average``): also times every image reading one view, interleaved with the default
 (two views), and prints both medians and their ratio: what the mirrored second view costs, measured side by side.
 ``--no-refine`` (models with ``mask_refine_radius``): the same for masks only upsampled, not guided-filtered on the
-photo.
+photo. ``--capped-noise`` (models with ``noise_max_side``): the same for the noise channel read at ``detail_max_side``
+like the other channels (what reading a large photo's noise at its own resolution costs).
 
 ``--resize 4000x3000`` first scales each image to that size (a 12 MP phone photo: native-resolution detail channels and
 full-size masks cost most there) and times the engine on the in-memory image.
@@ -15,12 +16,13 @@ full-size masks cost most there) and times the engine on the in-memory image.
 ``--quick`` times the first 2 held-out images, made afresh by ``training.data.synth`` in a temporary folder (seconds).
 
 Run: ``python -m bench.latency [--model qground-nano] [--data runs/nano/data/eval/images] [--limit 50] [--resize WxH]
-[--one-view] [--no-refine] [--quick]``
+[--one-view] [--no-refine] [--capped-noise] [--quick]``
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -32,6 +34,7 @@ from PIL import Image
 
 from qground.inference import GenerationSettings
 from qground.models import resolve_model
+from qground.processor import QGroundProcessor
 from qground.service import load_engine
 
 
@@ -58,6 +61,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also time each image with masks only upsampled (models with mask_refine_radius)",
     )
+    parser.add_argument(
+        "--capped-noise",
+        action="store_true",
+        help="also time each image with the noise channel read at detail_max_side (models with noise_max_side)",
+    )
     parser.add_argument("--quick", action="store_true", help="2 held-out images made in a temporary folder")
     args = parser.parse_args(argv)
     if args.quick:
@@ -74,8 +82,15 @@ def measure(args: argparse.Namespace) -> None:
         raise SystemExit(f"--one-view: {args.model} reads one view already (flip_average is off)")
     if args.no_refine and not engine.policy.mask_refine_radius:
         raise SystemExit(f"--no-refine: {args.model} does not refine its masks (mask_refine_radius is 0)")
-    variants = {"one view": {"flip_average": False}} if args.one_view else {}
-    variants |= {"masks not refined": {"mask_refine_radius": 0.0}} if args.no_refine else {}
+    if args.capped_noise and not engine.config.noise_max_side:
+        raise SystemExit(f"--capped-noise: {args.model} reads noise at detail_max_side already (noise_max_side is 0)")
+    default, processor = engine.policy, engine.processor
+    variants = {"one view": (default.replace(flip_average=False), processor)} if args.one_view else {}
+    variants |= {"masks not refined": (default.replace(mask_refine_radius=0.0), processor)} if args.no_refine else {}
+    if args.capped_noise:
+        capped = dataclasses.replace(engine.config, noise_max_side=0)
+        capped_processor = QGroundProcessor(engine.tokenizer, capped, processor.style, processor.max_length)
+        variants["noise capped"] = (default, capped_processor)
     files = sorted(args.data.glob("*.png"))[: args.limit]
     if not files:
         raise SystemExit(f"no images in {args.data}: run `python -m training.nano` first or pass --data")
@@ -85,7 +100,6 @@ def measure(args: argparse.Namespace) -> None:
         inputs = [Image.open(f).convert("RGB").resize((width, height), Image.Resampling.BICUBIC) for f in files]
     settings = GenerationSettings(strictness=engine.policy.default_strictness)
     engine.ground(inputs[0], settings=settings)  # warm-up
-    default = engine.policy
     totals, stages = [], {"preprocess": [], "generate": [], "masks": []}
     others: dict[str, list[float]] = {name: [] for name in variants}
     for f in inputs:
@@ -94,12 +108,14 @@ def measure(args: argparse.Namespace) -> None:
         totals.append(time.perf_counter() - t0)
         for k in stages:
             stages[k].append(result.timings[k])
-        for name, changes in variants.items():
-            engine.set_policy(default.replace(**changes))
+        for name, (policy, variant_processor) in variants.items():
+            engine.set_policy(policy)
+            engine.processor = variant_processor
             t0 = time.perf_counter()
             engine.ground(f, settings=settings)
             others[name].append(time.perf_counter() - t0)
             engine.set_policy(default)
+            engine.processor = processor
     size = f", scaled to {args.resize}" if args.resize else ""
     print(
         f"{args.model} on {len(files)} images from {args.data}{size}, strictness {settings.strictness:g} "

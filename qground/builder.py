@@ -112,6 +112,7 @@ def config_nano() -> QGroundConfig:
         image_size=128,
         detail_channels=True,
         detail_max_side=1280,  # training.data.synth's MAX_SIDE: the largest training photos
+        noise_max_side=4096,  # a 12 MP photo's own pixels (shrinking averages its noise away)
         image_mean=(*CLIP_MEAN, *[0.0] * NUM_DETAIL_CHANNELS),
         image_std=(*CLIP_STD, *[1.0] * NUM_DETAIL_CHANNELS),
         feature_layers=(2, 3, 4),

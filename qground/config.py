@@ -211,6 +211,9 @@ class QGroundConfig:
     # > 0: a photo whose longest side exceeds this is first shrunk to it (Lanczos) for the detail channels, so a 12 MP
     # photo is read at the scale of the largest photos the tower was trained on (synth's max_side); 0: no limit.
     detail_max_side: int = 0
+    # > 0 (with detail_max_side): the noise channel alone is read on the photo shrunk to this longest side instead,
+    # since shrinking averages pixel noise away; 0: as the other channels.
+    noise_max_side: int = 0
     feature_layers: tuple[int, ...] = (6, 14, 23)
     projector_pool: int = 2
     projector_hidden: int = 0  # φv's hidden width; 0: the LLM's width (PixelLM-7B: 8192)
@@ -318,6 +321,11 @@ class QGroundConfig:
         _check(self.grid % self.projector_pool == 0, f"patch grid {self.grid} must be divisible by projector_pool")
         _check(self.detail_max_side >= 0, f"detail_max_side must be ≥ 0, got {self.detail_max_side}")
         _check(self.detail_channels or not self.detail_max_side, "detail_max_side needs detail_channels: true")
+        _check(
+            not self.noise_max_side or 0 < self.detail_max_side <= self.noise_max_side,
+            f"noise_max_side ({self.noise_max_side}) needs a detail_max_side in 1 … noise_max_side, got "
+            f"{self.detail_max_side}",
+        )
         _check(
             self.vision.num_channels == 3 + NUM_DETAIL_CHANNELS * self.detail_channels,
             f"vision.num_channels must be {3 + NUM_DETAIL_CHANNELS * self.detail_channels} (RGB + detail channels)",

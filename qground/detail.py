@@ -1,8 +1,10 @@
 """Native-resolution detail channels: evidence of noise and blur that resizing a photo down to the model input erases.
 
 Computed on the photo at its own resolution (luminance Y in [0, 1]), then area-averaged onto the model's content grid
-(h, w). Scale 2 is Y box-downsampled by 2 (what a 2× smaller photo would show), so the log-energy differences between
-scales describe the local spectrum independently of the content's contrast:
+(h, w). The noise channel may be read on a larger copy of the same photo (``noise_rgb``): shrinking a photo averages
+its pixel noise away (a 3× smaller photo keeps a third of the noise's amplitude), while clean content stays smooth
+at the pixel scale. Scale 2 is Y box-downsampled by 2 (what a 2× smaller photo would show), so the log-energy
+differences between scales describe the local spectrum independently of the content's contrast:
 0. noise energy    — log mean of (Y − 3×3 binomial blur of Y)² (the finest residual);
 1. detail energy 1 — log mean squared Sobel gradient of Y (sharp textures high, blur/defocus low);
 2. detail energy 2 — the same at scale 2 (blur lowers scale 1 far more than scale 2; noise raises scale 1 only);
@@ -65,8 +67,23 @@ def _structure(y: torch.Tensor, pool) -> tuple[torch.Tensor, torch.Tensor, torch
     return energy, coherence, directional
 
 
-def detail_channels(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """``rgb`` uint8 (H, W, 3) at native resolution → (8, h, w) float32 detail channels for content size ``size``."""
+def _noise_energy(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(H, W) luminance → (h, w) mean squared finest residual Y − 3×3 binomial blur of Y per content pixel."""
+    residual = y - _smooth(_smooth(_pad(y), 0), 1)
+    return F.adaptive_avg_pool2d(residual.square_()[None, None], size)[0, 0]
+
+
+def _luminance_u8(rgb: np.ndarray) -> torch.Tensor:
+    """``rgb`` uint8 (H, W, 3) → (H, W) float32 Y in [0, 1], one channel at a time (no float copy of the photo)."""
+    y = np.multiply(rgb[..., 0], np.float32(_LUMA[0] / 255.0), dtype=np.float32)
+    for c in (1, 2):
+        y += np.multiply(rgb[..., c], np.float32(_LUMA[c] / 255.0), dtype=np.float32)
+    return torch.from_numpy(y)
+
+
+def detail_channels(rgb: np.ndarray, size: tuple[int, int], noise_rgb: np.ndarray | None = None) -> torch.Tensor:
+    """``rgb`` uint8 (H, W, 3) at native resolution → (8, h, w) float32 detail channels for content size ``size``.
+    ``noise_rgb``: the same photo larger (uint8 (H', W', 3), same aspect), the noise channel's source; None: ``rgb``."""
     with torch.no_grad():
         x = torch.from_numpy(np.asarray(rgb, dtype=np.float32)) / 255.0  # (H, W, 3)
         y = x @ torch.tensor(_LUMA)  # (H, W)
@@ -74,8 +91,7 @@ def detail_channels(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         def pool(t: torch.Tensor) -> torch.Tensor:
             return F.adaptive_avg_pool2d(t[None, None], size)[0, 0]
 
-        p = _pad(y)
-        noise = pool((y - _smooth(_smooth(p, 0), 1)).square_())  # finest residual, scale 1 only
+        noise = _noise_energy(y if noise_rgb is None else _luminance_u8(noise_rgb), size)  # scale 1 only
         energy1, coherence1, dir1 = _structure(y, pool)
         if min(y.shape) >= 4:
             energy2, coherence2, dir2 = _structure(F.avg_pool2d(y[None, None], 2)[0, 0], pool)

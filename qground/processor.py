@@ -5,11 +5,11 @@ config.image_size`` → content (h, w), normalized, and padded bottom-right with
 content size is x·s (s = S / max(H, W)) rounded as ``config.size_rounding`` says (``round``, or PixelLM's half up
 ``int(x·s + 0.5)``); the filter is ``config.resample`` (bicubic, or PixelLM's bilinear). With
 ``config.detail_channels`` the eight channels of ``qground.detail``, computed at the photo's native resolution (or
-shrunk to ``config.detail_max_side`` when larger), follow RGB. Evidence maps an inference policy asks for
-(``qground.policy.InferencePolicy.evidence_maps``: the motion-blur signature, the log contrast) are computed from the
-same photo and travel by name in each image's ``ImageMeta``, (S, S) over the padded frame, 0 in the padding.
-Masks go through the same mapping (nearest) and come back by ``ImageMeta`` (``qground.masks``): crop [:h, :w] of the
-S×S frame, resize to (H, W).
+shrunk to ``config.detail_max_side`` when larger; the noise channel to ``config.noise_max_side``), follow RGB.
+Evidence maps an inference policy asks for (``qground.policy.InferencePolicy.evidence_maps``: the motion-blur
+signature, the log contrast) are computed from the same photo as the detail channels and travel by name in each
+image's ``ImageMeta``, (S, S) over the padded frame, 0 in the padding. Masks go through the same mapping (nearest)
+and come back by ``ImageMeta`` (``qground.masks``): crop [:h, :w] of the S×S frame, resize to (H, W).
 
 Token layout: ``<s>`` + the template's pieces (``qground.prompts``); each image slot becomes
 ``config.tokens_per_image(num_images)`` image-token ids inserted by id (``num_image_tokens``, or 1 per image of a
@@ -105,6 +105,7 @@ class QGroundProcessor:
             tuple(config.image_std),
             config.detail_channels,
             config.detail_max_side,
+            config.noise_max_side,
             config.resample,
             config.size_rounding,
         )
@@ -152,7 +153,7 @@ class QGroundProcessor:
         if self.config.detail_channels or evidence or keep_photo:
             native = np.asarray(self._detail_source(img))
         if self.config.detail_channels:
-            content = torch.cat([content, detail_channels(native, (h, w))])
+            content = torch.cat([content, detail_channels(native, (h, w), self._noise_source(img, native))])
         content = (content - self._mean) / self._std
         s = self.config.image_size
         out = torch.zeros(content.shape[0], s, s)
@@ -171,6 +172,14 @@ class QGroundProcessor:
         if size == img.size:
             return img
         return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)  # ≥ 3: as exact, 2.5× faster at 12 MP
+
+    def _noise_source(self, img: Image.Image, native: np.ndarray) -> np.ndarray | None:
+        """The photo the noise channel is read on when it is larger than the detail channels' ``native`` source:
+        ``img`` itself, or shrunk to ``config.noise_max_side``; None: ``native`` serves."""
+        size = fit_size(img.size, self.config.noise_max_side)
+        if not self.config.noise_max_side or size[0] <= native.shape[1]:
+            return None
+        return np.asarray(img if size == img.size else img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
 
     def preprocess_mask(self, mask: np.ndarray, meta: ImageMeta) -> torch.Tensor:
         """A bool/0-1 mask (H, W) in the original frame → (S, S) float {0, 1} in the padded input frame."""

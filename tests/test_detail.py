@@ -88,7 +88,7 @@ def test_photos_larger_than_detail_max_side_are_read_at_that_size(texture):
     photo within it at its own resolution; the RGB input does not change. The evidence maps asked for (the gates'
     and blends') and the photo kept for mask refinement come from the same shrunk photo; the maps travel in the
     ``ImageMeta`` (0 in the padding), not as channels."""
-    config = dataclasses.replace(config_nano(), detail_max_side=240)
+    config = dataclasses.replace(config_nano(), detail_max_side=240, noise_max_side=0)  # noise: the next test
     assert config_nano().detail_max_side == synth.MAX_SIDE
     capped = QGroundProcessor(None, config)
     native = QGroundProcessor(None, dataclasses.replace(config, detail_max_side=0))
@@ -117,6 +117,45 @@ def test_photos_larger_than_detail_max_side_are_read_at_that_size(texture):
     assert torch.equal(capped.preprocess_image(small)[0], native.preprocess_image(small)[0])
     with pytest.raises(ConfigError, match="detail_max_side needs detail_channels"):
         dataclasses.replace(config_tiny(), detail_max_side=640)
+
+
+def test_the_noise_channel_reads_a_large_photo_at_its_own_resolution(texture):
+    """Shrinking a photo averages its pixel noise away, so with ``noise_max_side`` the noise channel (and only it) of
+    a photo larger than ``detail_max_side`` is read on the photo itself, or shrunk to ``noise_max_side``; a photo
+    within ``detail_max_side`` is read as before. White noise of σ = 0.04 on flat gray reads the same at 1600 px as at
+    400 px that way, and about 4× weaker in amplitude when the 1600-px photo is first shrunk to 400 px."""
+    rng = np.random.default_rng(0)
+
+    def noisy(side: int) -> np.ndarray:
+        return (np.clip(0.5 + rng.normal(0, 0.04, (side, side)), 0, 1) * 255 + 0.5).astype(np.uint8)[..., None]
+
+    small, big = np.repeat(noisy(400), 3, -1), np.repeat(noisy(1600), 3, -1)
+    shrunk = np.asarray(Image.fromarray(big).resize((400, 400), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    at_native = detail_channels(shrunk, (16, 16), noise_rgb=big)[0].median()
+    assert abs(at_native - detail_channels(small, (16, 16))[0].median()) < 0.02
+    energy_ratio = np.exp(4.0 * float(at_native - detail_channels(shrunk, (16, 16))[0].median()))  # log scale 4
+    assert 8 < energy_ratio < 32  # ≈ 16: a quarter of the amplitude
+
+    config = dataclasses.replace(config_nano(), detail_max_side=240, noise_max_side=480)
+    assert config_nano().noise_max_side == 4096  # a 12 MP photo at its own resolution
+    processor = QGroundProcessor(None, config)
+    photo = Image.fromarray(np.tile(texture, (3, 3, 1))[:960, :1440])  # 1440 × 960
+    x, meta = processor.preprocess_image(photo)
+    h, w = meta.resized_size
+    at_240 = np.asarray(photo.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    at_480 = np.asarray(photo.resize((480, 320), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    mean, std = torch.tensor(config.image_mean[3:])[:, None, None], torch.tensor(config.image_std[3:])[:, None, None]
+    expected = (detail_channels(at_240, (h, w), noise_rgb=at_480) - mean) / std
+    assert torch.allclose(x[3:, :h, :w], expected, atol=1e-5)
+    capped = QGroundProcessor(None, dataclasses.replace(config, noise_max_side=0)).preprocess_image(photo)[0]
+    assert torch.equal(x[4:], capped[4:]) and not torch.allclose(x[3], capped[3], atol=1e-2)
+    within = Image.fromarray(texture[:200, :200])
+    unlimited = QGroundProcessor(None, dataclasses.replace(config, noise_max_side=0))
+    assert torch.equal(processor.preprocess_image(within)[0], unlimited.preprocess_image(within)[0])
+    with pytest.raises(ConfigError, match="noise_max_side"):
+        dataclasses.replace(config, noise_max_side=200)
+    with pytest.raises(ConfigError, match="noise_max_side"):
+        dataclasses.replace(config, detail_max_side=0)
 
 
 def _line(length: int, angle: float) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The shipped qground-nano: loads with no network, stays small, grounds held-out photos, and answers every question
 the app offers, and questions in wordings it was never trained on, in finished sentences naming the right class."""
 
+import dataclasses
 import functools
 import json
 
@@ -159,6 +160,31 @@ def test_a_photo_darkened_to_15_percent_is_low_light_everywhere(nano):
     result = nano.ground(dark)
     assert "low light" in result.masks and result.masks["low light"].mean() >= 0.7, result.text
     assert "low light" in named_classes(nano.ground(dark, QUESTIONS["describe"]).text)
+
+
+def test_noise_on_a_12_mp_photo_is_read_at_the_photo_own_resolution(nano):
+    """Four held-out clean photos enlarged to 4000 px (bicubic, so smooth at the pixel scale) with white noise of
+    σ = 0.04 added at that size, as a 12 MP camera's: the noise channel reads them at their own resolution
+    (``noise_max_side``) and the model names noise on 3 (measured; the crop of grace_hopper it misses is missed at
+    every size); read on the photo shrunk to 1280 px like the other channels, the noise is averaged down to a third
+    of its amplitude and the model names it on none. The same photos without the noise get no noise."""
+    _, clean = examples()
+    capped = QGroundEngine(
+        nano.model,
+        QGroundProcessor(nano.tokenizer, dataclasses.replace(nano.config, noise_max_side=0)),
+        policy=nano.policy,
+    )
+    rng = np.random.default_rng(0)
+    found = {"native": 0, "capped": 0}
+    for g in clean[:4]:
+        h, w = g.image.shape[:2]
+        size = (round(w * 4000 / max(h, w)), round(h * 4000 / max(h, w)))
+        big = np.asarray(Image.fromarray(g.image).resize(size, Image.Resampling.BICUBIC), np.float32) / 255
+        noisy = Image.fromarray((np.clip(big + rng.normal(0, 0.04, big.shape), 0, 1) * 255 + 0.5).astype(np.uint8))
+        found["native"] += "noise" in nano.ground(noisy).masks
+        found["capped"] += "noise" in capped.ground(noisy).masks
+        assert "noise" not in nano.ground(Image.fromarray((big * 255 + 0.5).astype(np.uint8))).masks
+    assert found["native"] >= 3 and found["capped"] == 0, found
 
 
 GATES = ("jitter_min_motion_signature", "low_light_min_log_contrast")  # read off the training photos
