@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from qground.builder import REGISTRY, build_model, build_tokenizer
+from qground.builder import REGISTRY, build_from_registry
 from qground.checkpoint import QUANT_CHOICES, CheckpointError
 from qground.convert import DEFAULT_CLIP, KINDS, RELEASES, ConversionError, Hardcoded, convert, fetch
 from qground.evaluate import (
@@ -53,10 +53,7 @@ class UsageError(Exception):
 
 def summary(name: str) -> str:
     """Architecture summary and parameter counts of a registry model, built on the meta device (no download)."""
-    config = REGISTRY[name].config()
-    if config.token_ids.image < 0:  # tiny / nano: their own offline BPE tokenizer fixes the special-token ids
-        _, config = build_tokenizer(config)
-    model = build_model(config, device="meta")
+    model, _ = build_from_registry(name, device="meta")
     c = model.config
     parts = {
         "vision tower (frozen)": model.vision_tower,

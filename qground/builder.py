@@ -259,11 +259,13 @@ def build_model(config: QGroundConfig, device: str | torch.device = "cpu", seed:
 
 
 def build_from_registry(name: str, device: str | torch.device = "cpu"):
-    """``(model, tokenizer)`` with random weights for a registry name; the tokenizer is None on the meta device."""
+    """``(model, tokenizer)`` with random weights for a registry name. On the meta device a tokenizer that would be
+    downloaded (``config.tokenizer_id``: qground-7b's, whose token ids the config already holds) is not, and is None;
+    the offline BPE of qground-tiny and qground-nano fixes their token ids, so it is always built."""
     if name not in REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered: {sorted(REGISTRY)}")
     config = REGISTRY[name].config()
     tokenizer = None
-    if str(device) != "meta":
+    if str(device) != "meta" or config.tokenizer_id is None:
         tokenizer, config = build_tokenizer(config)
     return build_model(config, device=device), tokenizer

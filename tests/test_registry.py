@@ -14,6 +14,14 @@ def test_7b_builds_on_meta_with_paper_size():
     assert all(p.device.type == "meta" for p in model.parameters())
 
 
+def test_tiny_and_nano_build_on_meta_with_their_offline_tokenizer():
+    """Their BPE tokenizer is trained offline and fixes the special-token ids, so it is built even on meta."""
+    for name in ("qground-tiny", "qground-nano"):
+        model, tokenizer = build_from_registry(name, device="meta")
+        assert tokenizer is not None and model.config.token_ids.image == tokenizer.convert_tokens_to_ids("<image>")
+        assert all(p.device.type == "meta" for p in model.parameters())
+
+
 def test_info_command():
     out = subprocess.run(
         [sys.executable, "-m", "qground", "info", "qground-7b"], capture_output=True, text=True, check=True
