@@ -394,11 +394,21 @@ def _chat_tab(gr, svc, engine, scratch, examples: list) -> list:
         """Outputs of ``keep_question`` for thread ``t`` (what is typed in the question box stays)."""
         return t, svc.thread_messages(t), *results(t, 0.5)
 
-    def ask(t, text, max_new, temp, p, strict, alpha):
+    def finished_results(on_screen: svc.Thread, new: svc.Thread, alpha: float) -> tuple:
+        """``results`` of a finished answer; when it drew no masks, what shows them stays (``svc.same_drawing``)."""
+        if not svc.same_drawing(on_screen, new):
+            return results(new, alpha)
+        words = svc.highlight_spans(new.result.text)
+        return gr.skip(), gr.skip(), words, gr.skip(), gr.skip(), svc.drawn_note(new)
+
+    def ask(t, text, max_new, temp, p, strict, alpha, on_screen=None):
+        """``on_screen``: the thread whose outputs are shown (default ``t``; a retry asks from the turn before it)."""
         settings = svc.generation_settings(max_new, temp, p, strict, engine.config.readout)
+        on_screen = on_screen or t
         try:  # the pending answer's note names the stage (reading the photo, answering, drawing masks)
             for new, finished in svc.chat_turn(engine, t, text, settings):
-                yield new, svc.thread_messages(new), "", *(results(new, alpha) if finished else [gr.skip()] * 6)
+                done = finished_results(on_screen, new, alpha) if finished else [gr.skip()] * 6
+                yield new, svc.thread_messages(new), "", *done
         except svc.USER_ERRORS:  # what was asked and typed stays as it was
             yield t, svc.thread_messages(t), text, *[gr.skip()] * 6
             raise
@@ -411,7 +421,7 @@ def _chat_tab(gr, svc, engine, scratch, examples: list) -> list:
 
     def retry(t, max_new, temp, p, strict, alpha):
         previous, text = svc.undo_turn(t)
-        yield from ask(previous, text, max_new, temp, p, strict, alpha)
+        yield from ask(previous, text, max_new, temp, p, strict, alpha, on_screen=t)
 
     def rerender(t: svc.Thread, classes: list[str], alpha: float):
         if t.drawn is None:

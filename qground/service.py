@@ -79,6 +79,7 @@ __all__ = [
     "default_quant",
     "describe_request",
     "drawn_note",
+    "same_drawing",
     "generation_settings",
     "ground_each",
     "ground_request",
@@ -481,6 +482,13 @@ def mask_note(result: GroundingResult) -> str:
         for name, r in result.regions.items()
     ]
     return f"Drew {len(parts)} mask{'s' if len(parts) > 1 else ''}: " + "; ".join(parts) + "." + warnings
+
+
+def same_drawing(before: Thread, after: Thread) -> bool:
+    """Whether ``after`` shows the very masks ``before`` showed (an answer that drew none, on the same photo): the
+    overlay, class choices, table and masks archive on screen stay as they are (the user's class selection too)."""
+    a, b = before.drawn, after.drawn
+    return a is not None and b is not None and a[1] is b[1] and before.image == after.image
 
 
 def drawn_note(thread: Thread) -> str:

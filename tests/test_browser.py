@@ -46,7 +46,7 @@ class Scripted:
         return getattr(self._engine, name)
 
     def stream(self, images, turns, settings=None, stages=False):
-        if turns[-1].question == WORDS:
+        if turns[-1].question in (WORDS, "And the colors?"):
             text = "No blur, jitter, overexposure, low light or noise here."
             yield text
             yield GroundingResult(text, text, {}, {}, image_size=None, timings={}, token_ids=[])
@@ -153,6 +153,14 @@ def test_the_overlay_survives_an_answer_without_masks(page, url, overfit_batch, 
     _ask(page, WORDS, "Shown: the masks of turn 1")
     assert _overlay_src(page) == src and page.locator("#chat-masks").get_by_text("noise", exact=True).is_visible()
     assert page.locator("#chatbot").get_by_text("No blur, jitter, overexposure").is_visible()
+    page.locator("#chat-classes").get_by_label("Noise").uncheck()  # the user hides the class ...
+    page.locator("#chat-masks").get_by_text("noise", exact=True).wait_for(state="detached")
+    page.locator("#chat-q textarea").fill("And the colors?")  # ... and it stays hidden through another answer
+    page.locator("#chat-q textarea").press("Enter")  # without masks
+    page.locator("#chatbot").get_by_text("No blur, jitter, overexposure").nth(1).wait_for()
+    page.locator("#chat-send:not([disabled])").wait_for()  # the request has finished
+    assert not page.locator("#chat-classes").get_by_label("Noise").is_checked()
+    assert not page.locator("#chat-masks").get_by_text("noise", exact=True).count()
 
 
 def test_a_typed_opacity_redraws_the_masks(page, url, overfit_batch, tmp_path):

@@ -227,7 +227,10 @@ def test_masks_stay_through_answers_that_draw_none(photo_path):
     engine.result = make_result({"blur": rect(0, 4, 0, 6)})
     *_, (third, _) = svc.chat_turn(engine, second, "And blur?", GenerationSettings())
     assert third.drawn[0] == 3 and list(third.drawn[1].masks) == ["blur"]  # new masks replace the old
+    assert svc.same_drawing(first, second) and not svc.same_drawing(second, third)  # the app keeps the overlay
+    assert not svc.same_drawing(svc.new_thread(photo_path), first)
     assert svc.undo_turn(third)[0].drawn == (1, drew)  # undone: back to the masks before
+    assert not svc.same_drawing(third, svc.undo_turn(third)[0])  # a retry from turn 2 redraws turn 1's masks
     assert svc.clear_thread(third).drawn is None and svc.new_thread(photo_path).drawn is None
     assert svc.drawn_note(svc.new_thread(photo_path)) == ""
 
