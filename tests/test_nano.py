@@ -153,6 +153,21 @@ def test_questions_in_wordings_never_trained_on_get_finished_sentences(nano):
     assert named >= 4, (named, total)
 
 
+def test_a_follow_up_assessment_names_what_the_masks_drew(nano):
+    """The chat tab's "Assess" right after "Ground distortions" (the issue: a blur mask, then "no obvious
+    distortion"), at the default strictness and as trained (0), on the held-out examples and six clean photos: the
+    assessment names exactly the classes the grounding answer drew masks for, whatever they are. At strictness 0 that
+    takes ``answers_follow_readout`` (without it: 2 of these 11 disagree, measured on 2026-12-05)."""
+    by_class, clean = examples()
+    for settings in (GenerationSettings(), GenerationSettings(strictness=0.0)):
+        for g in [*by_class.values(), *clean[:6]]:
+            image = Image.fromarray(g.image)
+            grounded = nano.ground(image, settings=settings)
+            turns = [Turn(QUESTIONS["ground"], grounded.raw_text), Turn(QUESTIONS["describe"])]
+            assessed = nano.chat([image], turns, settings)
+            assert named_classes(assessed.text) == set(grounded.masks), (settings, grounded.text, assessed.text)
+
+
 def test_a_photo_darkened_to_15_percent_is_low_light_everywhere(nano):
     """A clean held-out photo at 15 % of its brightness: the model names low light and its mask covers most of it."""
     _, clean = examples()
