@@ -19,8 +19,10 @@
    the Scratch root at every new file and from Gradio's temp dir at most every ``SWEEP_EVERY_S`` (default age: the
    app's ``TEMP_AGE_S``; the app sweeps Gradio's dir itself: Gradio's own cleanup stops under load).
 4. Solo references: one client asks every endpoint for every user, one request at a time, before the load.
-5. Load: ``--users`` threads, each with its own ``gradio_client.Client``, send ``--requests`` requests cycling over
-   /ground, /describe, /compare (bounded in count, and in time by ``--deadline``). Every answer must equal the user's
+5. Load: ``--users`` processes, each with its own ``gradio_client.Client``, send ``--requests`` requests cycling over
+   /ground, /describe, /compare (bounded in count, and in time by ``--deadline``). The users run in processes of
+   their own (spawned), so the RSS measured is the server's alone: in one process, the clients' own growth was
+   counted as the app's. Every answer must equal the user's
    own solo reference: for /ground the overlay size, mask labels, per-class area % and score, every mask PNG, the
    answer; an answer equal to another user's reference is cross-talk.
 6. Temp space: bytes on disk (allocated blocks of files and folders, as ``du``) and entries (files + folders) of
@@ -50,7 +52,9 @@ import hashlib
 import ipaddress
 import json
 import math
+import multiprocessing
 import os
+import queue
 import sys
 import tempfile
 import threading
@@ -58,7 +62,6 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,7 +96,8 @@ class User:
 @dataclass(frozen=True)
 class Record:
     """One request under load: who sent it, where, how long it took (s), what went wrong ("" = nothing), the
-    process RSS (bytes) when it finished, and when that was (``time.monotonic``)."""
+    server's RSS (bytes) when the record reached it (0 until then), and when the request finished (``time.monotonic``,
+    system-wide on Linux, so a user process's clock)."""
 
     user: int
     endpoint: str
@@ -540,7 +544,8 @@ def pick_engine(users: list[User], masks: list[dict[str, np.ndarray]], steps: in
 
 # -- the load ----------------------------------------------------------------------------------------------------------
 class RssMonitor:
-    """The process RSS now, and its peak sampled every ``every_s`` seconds in a background thread."""
+    """This process's RSS now (the server's: users run in processes of their own), and its peak sampled every
+    ``every_s`` seconds in a background thread."""
 
     def __init__(self, every_s: float = 0.05) -> None:
         self.process = psutil.Process()
@@ -581,7 +586,6 @@ def user_loop(
     references: list[dict[str, tuple]],
     requests: int,
     deadline: float,
-    rss: RssMonitor,
     folder: Path,
     sink: Callable[[Record], None],
 ) -> None:
@@ -600,11 +604,39 @@ def user_loop(
             output = call(client, endpoint, dataclasses.replace(users[user], photos=photos))
         except Exception as err:  # any failure of a request is a result of the load test
             seconds = time.perf_counter() - t0
-            sink(Record(user, endpoint, seconds, f"error: {endpoint}: {err!r}", rss.now(), time.monotonic()))
+            sink(Record(user, endpoint, seconds, f"error: {endpoint}: {err!r}", 0, time.monotonic()))
             continue
         seconds = time.perf_counter() - t0
         problem = verdict(references, user, endpoint, fingerprint(endpoint, output))
-        sink(Record(user, endpoint, seconds, problem, rss.now(), time.monotonic()))
+        sink(Record(user, endpoint, seconds, problem, 0, time.monotonic()))
+
+
+def user_process(url: str, user: int, users: list[User], references, requests: int, deadline: float, folder, out):
+    """``user_loop`` in a spawned process (loopback only here too), each ``Record`` put on the queue ``out``."""
+    sys.addaudithook(loopback_only)
+    user_loop(url, user, users, references, requests, deadline, folder, out.put)
+
+
+def run_users(url: str, users: list[User], references, requests: int, deadline: float, folder, sink, rss) -> None:
+    """Every user's ``user_process`` at once; their records go to ``sink`` stamped with the server's RSS
+    (``rss.now()``) as they arrive. A user process that fails (it could not even connect) fails the run."""
+    context = multiprocessing.get_context("spawn")
+    records = context.Queue()
+    procs = [
+        context.Process(target=user_process, args=(url, k, users, references, requests, deadline, folder, records))
+        for k in range(len(users))
+    ]
+    for proc in procs:
+        proc.start()
+    while any(proc.is_alive() for proc in procs) or not records.empty():
+        try:
+            record = records.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        sink(dataclasses.replace(record, rss=rss.now()))
+    failed = {k: proc.exitcode for k, proc in enumerate(procs) if proc.exitcode}
+    if failed:
+        raise RuntimeError(f"user processes failed (user: exit code): {failed}")
 
 
 def probe_queue(url: str, user: User, size: int, extra: int, folder: Path) -> str:
@@ -691,13 +723,7 @@ def run(
             disk = DiskMonitor(report.areas, lambda: len(report.records))
             try:
                 deadline = time.monotonic() + deadline_s
-                with ThreadPoolExecutor(max_workers=len(users)) as pool:
-                    loops = [
-                        pool.submit(user_loop, url, k, users, references, requests, deadline, rss, folder, sink)
-                        for k in range(len(users))
-                    ]
-                    for loop in loops:
-                        loop.result()  # a user that could not even connect fails the run
+                run_users(url, users, references, requests, deadline, folder, sink, rss)
             finally:
                 report.samples = disk.stop()
             report.queue = probe_queue(url, users[0], queue_size, len(users) + 2, folder / "probe")
