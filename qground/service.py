@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from qground.answers import CLEAN_DESCRIPTION, CLEAN_GROUNDING
 from qground.builder import REGISTRY
 from qground.checkpoint import (
     QUANT_CHOICES,
@@ -473,9 +474,16 @@ def clear_thread(thread: Thread) -> Thread:
 
 
 def mask_note(result: GroundingResult) -> str:
-    """What the answer drew, in words ("No distortion masks in this answer." when nothing)."""
+    """What the answer drew, in words ("No distortion masks in this answer." when nothing). A clean verdict made at a
+    detection strictness above 0 says so, and that a lower one also shows weaker evidence: the slider sits in the
+    closed Generation settings, and a higher strictness trades finds for fewer false alarms."""
     warnings = "".join(f" ({w})" for w in result.warnings)
     if not result.masks:
+        if result.strictness > 0 and any(clean in result.text for clean in (CLEAN_DESCRIPTION, CLEAN_GROUNDING)):
+            return (
+                f"No distortion found at detection strictness {result.strictness:g}; a lower one (Generation "
+                "settings) also shows weaker evidence." + warnings
+            )
         return "No distortion masks in this answer." + warnings
     parts = [
         f"{get(name).display.lower()} — {r.area_percent:.1f} % of the image, {r.where}"

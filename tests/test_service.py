@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zipfile
@@ -115,6 +116,11 @@ def test_table_rows_note_and_choices():
     empty.warnings.append("a mask had no distortion name before it and was left out")
     assert svc.mask_note(empty).startswith("No distortion masks in this answer.")
     assert "left out" in svc.mask_note(empty)
+    clean = dataclasses.replace(make_result({}, "There is no obvious distortion in the image."), strictness=6.0)
+    assert svc.mask_note(clean) == (
+        "No distortion found at detection strictness 6; a lower one (Generation settings) also shows weaker evidence."
+    )
+    assert svc.mask_note(dataclasses.replace(clean, strictness=0.0)) == "No distortion masks in this answer."
     assert svc.table_rows(empty) == [] and svc.table_rows(None) == []
 
 
