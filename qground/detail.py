@@ -73,14 +73,6 @@ def _noise_energy(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(residual.square_()[None, None], size)[0, 0]
 
 
-def _luminance_u8(rgb: np.ndarray) -> torch.Tensor:
-    """``rgb`` uint8 (H, W, 3) → (H, W) float32 Y in [0, 1], one channel at a time (no float copy of the photo)."""
-    y = np.multiply(rgb[..., 0], np.float32(_LUMA[0] / 255.0), dtype=np.float32)
-    for c in (1, 2):
-        y += np.multiply(rgb[..., c], np.float32(_LUMA[c] / 255.0), dtype=np.float32)
-    return torch.from_numpy(y)
-
-
 def detail_channels(rgb: np.ndarray, size: tuple[int, int], noise_rgb: np.ndarray | None = None) -> torch.Tensor:
     """``rgb`` uint8 (H, W, 3) at native resolution → (8, h, w) float32 detail channels for content size ``size``.
     ``noise_rgb``: the same photo larger (uint8 (H', W', 3), same aspect), the noise channel's source; None: ``rgb``."""
@@ -91,7 +83,7 @@ def detail_channels(rgb: np.ndarray, size: tuple[int, int], noise_rgb: np.ndarra
         def pool(t: torch.Tensor) -> torch.Tensor:
             return F.adaptive_avg_pool2d(t[None, None], size)[0, 0]
 
-        noise = _noise_energy(y if noise_rgb is None else _luminance_u8(noise_rgb), size)  # scale 1 only
+        noise = _noise_energy(y if noise_rgb is None else luminance(noise_rgb), size)  # scale 1 only
         energy1, coherence1, dir1 = _structure(y, pool)
         if min(y.shape) >= 4:
             energy2, coherence2, dir2 = _structure(F.avg_pool2d(y[None, None], 2)[0, 0], pool)
