@@ -33,8 +33,9 @@ Q-Ground) against the annotators' masks, used as ``ANNOTATOR_USES`` says:
   prediction three times, once against each, so the pixel counts are pooled over all (image, annotator) pairs;
 - ``majority``: one fused reference per image, a pixel in class c when more than half of the image's annotators
   marked it c (regions under the palette's ``min_region`` dropped, as the training reader's fused samples).
-Reference masks are read in their image's upright frame; one of another size but the same aspect ratio is resized
-nearest-neighbour, as the training reader does.
+Reference masks are read in their image's upright frame by the training reader's function
+(``qground.palette.read_label_map``: one of another size but the same aspect ratio is resized nearest-neighbour) and
+fused by its vote (``qground.palette.vote``).
 The paper does not say which it used (as far as our sources show). The report also gives the background (the pixels
 of no class) as a sixth class and the means over all six, for comparison with definitions that count it.
 """
@@ -59,7 +60,7 @@ from qground.imageio import load_image
 from qground.inference import GenerationSettings, QGroundEngine
 from qground.mcq import question_type
 from qground.naming import parse_choice, question_options
-from qground.palette import Palette, decode_color_mask, drop_small_regions, same_aspect
+from qground.palette import Palette, class_masks, read_label_map, vote
 from qground.prompts import Turn
 from qground.questions import QUESTIONS
 from qground.taxonomy import CLASS_NAMES, MAX_PHRASE_WORDS, get, match_class, normalize
@@ -656,43 +657,15 @@ def annotator_name(mask: str, image: str, position: int) -> str:
     return f"#{position + 1}"
 
 
-def reference_masks(ref: TestReference, palette: Palette, size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Class → bool (H, W) mask of one annotator's color mask (``qground.palette.decode_color_mask``) in the frame of
-    its image of (H, W) ``size``. As the training reader does, a mask of another size but the image's aspect ratio
-    (``qground.palette.same_aspect``) is decoded at its own size and resized nearest-neighbour; another aspect ratio
-    is a ValueError naming the file, as is an unreadable file or a palette that does not fit (``PaletteError``)."""
+def reference_labels(ref: TestReference, palette: Palette, size: tuple[int, int]) -> np.ndarray:
+    """One annotator's color mask → (H, W) uint8 labels (0 background, k ``palette.names[k - 1]``) in the frame of its
+    image of (H, W) ``size``, read as the training reader reads masks (``qground.palette.read_label_map``): a mask of
+    another size but the image's aspect ratio is resized nearest-neighbour; another aspect ratio, a missing or
+    unreadable file, or a palette that does not fit is a ValueError naming the file."""
     try:
-        with Image.open(ref.mask) as img:
-            rgb = np.asarray(img.convert("RGB"))
+        return read_label_map(ref.mask, palette, size)
     except FileNotFoundError:
         raise ValueError(f"{ref.mask}: no such mask file") from None
-    except OSError as e:
-        raise ValueError(f"{ref.mask}: cannot read the mask ({e})") from None
-    (mh, mw), (h, w) = rgb.shape[:2], size
-    if not same_aspect((mh, mw), size):
-        raise ValueError(f"{ref.mask}: mask is {mw}×{mh}, its image {w}×{h}: not the same aspect ratio")
-    masks = decode_color_mask(rgb, palette, where=str(ref.mask))
-    if (mh, mw) == (h, w):
-        return masks
-    return {name: _resized(mask, size) for name, mask in masks.items()}
-
-
-def _resized(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A bool mask resized nearest-neighbour to (H, W) ``size``."""
-    image = Image.fromarray(mask.astype(np.uint8) * 255).resize((size[1], size[0]), Image.Resampling.NEAREST)
-    return np.asarray(image) > 0
-
-
-def majority_masks(references: Sequence[Mapping[str, np.ndarray]], min_region: int = 0) -> dict[str, np.ndarray]:
-    """Per class, the pixels more than half of the annotators' masks hold (one fused reference for an image), regions
-    (8-connected) smaller than ``min_region`` pixels dropped, as the training reader's fused samples are."""
-    names = sorted({name for ref in references for name in ref}, key=_class_order)
-    votes = {name: sum(ref[name].astype(np.int32) for ref in references if name in ref) for name in names}
-    return {name: drop_small_regions(count * 2 > len(references), min_region) for name, count in votes.items()}
-
-
-def _class_order(name: str) -> int:
-    return CLASS_NAMES.index(name) if name in CLASS_NAMES else len(CLASS_NAMES)
 
 
 @dataclass
@@ -744,12 +717,13 @@ def evaluate_qground_test(
     for item in tqdm(items[:limit], desc="QGround-Test", disable=not progress, dynamic_ncols=True):
         image = load_image(item.image)
         size = (image.height, image.width)
-        refs = {ref.annotator: reference_masks(ref, palette, size) for ref in item.references}
+        labels = [reference_labels(ref, palette, size) for ref in item.references]
+        refs = {ref.annotator: class_masks(lab, palette) for ref, lab in zip(item.references, labels)}
         t0 = time.perf_counter()
         result = engine.ground(image, QUESTIONS["ground"], settings)
         seconds.append(time.perf_counter() - t0)
         each = list(refs.values())
-        scored = each if annotators == "each" else [majority_masks(each, palette.min_region)]
+        scored = each if annotators == "each" else [class_masks(vote(labels, palette), palette)]
         for gt in scored:
             metrics.add(result.masks, gt)
             background.add(result.masks, gt, size)

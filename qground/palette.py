@@ -8,10 +8,12 @@ mapping is not published. A ``Palette`` is that mapping as data, saved as JSON (
 documented guess: black background and the five classes in pure primary/secondary colors. Confirm or fix it with
 ``python -m training.data.palette MASK_DIR``, which lists the colors a sample of masks actually holds.
 
-Frame: an (H, W, 3) uint8 RGB mask, rows y from the top, columns x from the left, in the pixel grid of the mask file
-(callers resize the result to their image; ``training.data.palette.ColorMask`` does it nearest-neighbour).
+Frame: an (H, W, 3) uint8 RGB mask, rows y from the top, columns x from the left, in the pixel grid of the mask file.
+``read_label_map`` reads a file and resizes its labels nearest-neighbour to the frame of the image it annotates (a
+file of another aspect ratio is refused); ``vote`` fuses several annotators' label maps of one image. Training
+(``training.data.palette``, with a cache) and evaluation (``qground.evaluate``) both read masks this way.
 
-Decoding (``decode_label_map``; ``decode_color_mask`` splits its result per class):
+Decoding (``decode_label_map``; ``class_masks`` splits a label map per class, ``decode_color_mask`` does both):
 
 1. every pixel takes its nearest palette entry (background included), looked up in a 64³ table of 6-bit colors.
    "Nearest" weighs luma fully and chroma by ``CHROMA_WEIGHT`` (YCbCr): JPEG keeps luma at full resolution but
@@ -47,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from qground.taxonomy import CLASS_NAMES
@@ -56,16 +59,21 @@ __all__ = [
     "CHUNK_PIXELS",
     "DEFAULT_PALETTE",
     "MAX_UNMATCHED",
+    "MaskFileError",
     "Palette",
     "PaletteError",
+    "class_masks",
     "cluster_colors",
     "color_histogram",
     "decode_color_mask",
     "decode_label_map",
     "drop_small_regions",
     "fringe",
+    "read_color_mask",
+    "read_label_map",
     "same_aspect",
     "unmatched_summary",
+    "vote",
 ]
 
 DEFAULT_PALETTE = Path(__file__).resolve().parent.parent / "assets" / "palettes" / "qground100k.json"
@@ -80,6 +88,10 @@ _YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.
 _UNMATCHED = 0x80  # flag bit of the lookup table: the entry in the low bits is farther than the tolerance
 _UNASSIGNED = 0xFF  # label of a pixel removed by cleaning, before the fill
 _HIST_BITS = 5  # color histograms count colors quantized to 5 bits per channel (32³ bins)
+
+
+class MaskFileError(ValueError):
+    """A mask file that cannot be read as an image, or does not fit its image's aspect ratio."""
 
 
 class PaletteError(ValueError):
@@ -217,8 +229,56 @@ def drop_small_regions(mask: np.ndarray, min_region: int) -> np.ndarray:
 def decode_color_mask(rgb: np.ndarray, palette: Palette, where: str = "mask") -> dict[str, np.ndarray]:
     """(H, W, 3) uint8 RGB color mask → class name → (H, W) bool, for every class of the palette (empty ones too),
     pairwise disjoint. ``where`` names the file in errors; raises ``PaletteError`` (module docstring, step 3)."""
-    labels = decode_label_map(rgb, palette, where)
+    return class_masks(decode_label_map(rgb, palette, where), palette)
+
+
+def class_masks(labels: np.ndarray, palette: Palette) -> dict[str, np.ndarray]:
+    """(H, W) labels (``decode_label_map``) → class name → (H, W) bool, for every class of the palette."""
     return {name: labels == k for k, name in enumerate(palette.names, start=1)}
+
+
+def read_color_mask(path: str | Path) -> np.ndarray:
+    """A mask file → (H, W, 3) uint8 RGB in its stored pixel grid (masks carry no EXIF orientation). Raises
+    FileNotFoundError or ``MaskFileError``."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:
+        raise MaskFileError(f"{path}: not a readable image ({err})") from None
+
+
+def read_label_map(path: str | Path, palette: Palette, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One mask file → (H, W) uint8 labels (``decode_label_map``) in the frame of an image of ``size`` (H, W):
+    decoded in the file's own pixel grid, then resized nearest-neighbour when the sizes differ; None: the file's grid.
+    Raises FileNotFoundError, ``MaskFileError`` (unreadable, or not the image's aspect ratio, ``same_aspect``) or
+    ``PaletteError``, each naming the file."""
+    rgb = read_color_mask(path)
+    if size is None or rgb.shape[:2] == tuple(size):
+        return decode_label_map(rgb, palette, where=str(path))
+    (mh, mw), (h, w) = rgb.shape[:2], size
+    if not same_aspect((mh, mw), size):
+        raise MaskFileError(f"{path}: mask is {mw}×{mh}, its image {w}×{h}: not the same aspect ratio")
+    labels = decode_label_map(rgb, palette, where=str(path))
+    return np.asarray(Image.fromarray(labels).resize((w, h), Image.Resampling.NEAREST))
+
+
+def vote(maps: list[np.ndarray] | tuple[np.ndarray, ...], palette: Palette) -> np.ndarray:
+    """Label maps of the same image by several annotators (each (H, W) uint8) → one label map: a pixel takes class k
+    when more than half of the maps give it k (else background: 2 of 3, 2 of 2, 3 of 4, …); voted regions smaller than
+    ``palette.min_region`` go to background. One map is returned as is."""
+    if len(maps) == 1:
+        return maps[0]
+    need = len(maps) // 2 + 1
+    fused = np.zeros(maps[0].shape, dtype=np.uint8)
+    for k in range(1, len(palette.colors) + 1):
+        votes = np.zeros(maps[0].shape, dtype=np.uint8)
+        for labels in maps:
+            votes += labels == k
+        won = drop_small_regions(votes >= need, palette.min_region)
+        fused[won] = k  # a strict majority is unique: classes never overlap
+    return fused
 
 
 def decode_label_map(rgb: np.ndarray, palette: Palette, where: str = "mask") -> np.ndarray:

@@ -19,11 +19,18 @@ from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
 import qground.palette as palette_module
-from qground.palette import Palette, PaletteError, decode_color_mask, decode_label_map, unmatched_summary
+from qground.palette import (
+    Palette,
+    PaletteError,
+    decode_color_mask,
+    decode_label_map,
+    read_color_mask,
+    unmatched_summary,
+)
 from qground.prompts import Turn, grounding_answer
 from qground.tokens import SegTokens
 from training.data import palette as palette_tool
-from training.data.palette import ColorMask, find_palette, label_map, mask_files, read_color_mask
+from training.data.palette import ColorMask, find_palette, label_map, mask_files
 from training.data.readers import (
     DESCRIBE_QUESTIONS,
     describe_first,

@@ -12,6 +12,7 @@ overexposure [16:32, 32:48]; 00003: nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,9 +20,9 @@ import numpy as np
 import pytest
 
 from qground import __main__ as cli
-from qground.evaluate import evaluate_qground_test, majority_masks, qground_test_table, read_qground_test
+from qground.evaluate import evaluate_qground_test, qground_test_table, read_qground_test
 from qground.inference import GenerationSettings, GroundingResult
-from qground.palette import Palette
+from qground.palette import Palette, class_masks, vote
 
 FIXTURE = Path(__file__).parent / "fixtures" / "qground_test"
 TEST_JSON = FIXTURE / "qground_dataset" / "qground_test.json"
@@ -120,9 +121,11 @@ def test_metrics_with_majority_masks(palette):
     assert report["metrics"]["mIoU"] == pytest.approx(1 / 4) and report["metrics"]["mAcc"] == 1.0
 
 
-def test_majority_needs_more_than_half():
+def test_majority_needs_more_than_half(palette):
     a, b = box(0, 8, 0, 8), box(0, 8, 0, 16)
-    fused = majority_masks([{"blur": a}, {"blur": b}, {"noise": b}])
+    blur, noise = (palette.names.index(name) + 1 for name in ("blur", "noise"))
+    maps = [(a * blur).astype(np.uint8), (b * blur).astype(np.uint8), (b * noise).astype(np.uint8)]
+    fused = class_masks(vote(maps, dataclasses.replace(palette, min_region=0)), palette)
     assert np.array_equal(fused["blur"], a) and not fused["noise"].any()
 
 
@@ -172,15 +175,17 @@ def test_a_palette_that_does_not_fit_the_masks_is_one_line(monkeypatch, capsys):
 def test_a_mask_of_the_images_aspect_is_resized_and_another_is_refused(palette, tmp_path):
     from PIL import Image
 
-    from qground.evaluate import TestReference, reference_masks
+    from qground.evaluate import TestReference, reference_labels
 
     rgb = np.zeros((16, 24, 3), dtype=np.uint8)
     rgb[:8, :8] = palette.colors["blur"]
     Image.fromarray(rgb).save(tmp_path / "half.png")
-    masks = reference_masks(TestReference("a", tmp_path / "half.png", ""), palette, (H, W))
+    masks = class_masks(reference_labels(TestReference("a", tmp_path / "half.png", ""), palette, (H, W)), palette)
     assert np.array_equal(masks["blur"], box(0, 16, 0, 16)) and not masks["noise"].any()
     with pytest.raises(ValueError, match="not the same aspect ratio"):
-        reference_masks(TestReference("a", tmp_path / "half.png", ""), palette, (W, H))
+        reference_labels(TestReference("a", tmp_path / "half.png", ""), palette, (W, H))
+    with pytest.raises(ValueError, match="no such mask file"):
+        reference_labels(TestReference("a", tmp_path / "gone.png", ""), palette, (H, W))
 
 
 RELEASED = Path(__file__).parent / "fixtures" / "qground100k_released"

@@ -4,11 +4,12 @@ Lazy masks. A QGround-100K mask file is one JPEG per annotator whose colors say 
 ``ColorMask(paths, label, palette, size)`` stands for one class's bool (H, W) mask in the frame of the image it
 annotates (upright, after EXIF orientation, as ``qground.imageio.load_image`` reads it); it decodes on ``load()``:
 
-- each file is decoded with ``qground.palette.decode_label_map`` in its own pixel grid and the label map is resized
-  nearest-neighbour to the image's (H, W) when the sizes differ (the reader only accepts files whose aspect ratio
-  matches the image's, ``same_aspect``);
-- with several files (annotators) a pixel is in the class when more than half of them label it so (``vote``; 2 of 3,
-  2 of 2, 3 of 4, …), and the voted regions smaller than ``palette.min_region`` are dropped.
+- each file is read with ``qground.palette.read_label_map`` (decoded in its own pixel grid, the label map resized
+  nearest-neighbour to the image's (H, W) when the sizes differ; a file of another aspect ratio is refused), as
+  ``qground.evaluate`` reads reference masks;
+- with several files (annotators) a pixel is in the class when more than half of them label it so
+  (``qground.palette.vote``; 2 of 3, 2 of 2, 3 of 4, …), and the voted regions smaller than ``palette.min_region``
+  are dropped.
 
 A ``ColorMask`` is picklable, decodes its files again on each ``load()`` (the last ``CACHE_SIZE`` label maps are kept:
 the classes of one sample share their files), and works where a mask path is expected: ``np.asarray(mask)`` gives the
@@ -40,25 +41,24 @@ import numpy as np
 from PIL import ExifTags, Image
 
 from qground.palette import (
-    ASPECT_TOLERANCE,
     DEFAULT_PALETTE,
+    MaskFileError,
     Palette,
     PaletteError,
     cluster_colors,
     color_histogram,
     decode_label_map,
-    drop_small_regions,
     fringe,
-    same_aspect,
+    read_color_mask,
+    read_label_map,
+    vote,
 )
 from qground.taxonomy import CLASS_NAMES
 
 __all__ = [
-    "ASPECT_TOLERANCE",
     "CACHE_SIZE",
     "ColorMask",
     "FoundColor",
-    "MaskFileError",
     "find_palette",
     "fused_label_map",
     "image_size",
@@ -66,10 +66,7 @@ __all__ = [
     "main",
     "mask_files",
     "palette_json",
-    "read_color_mask",
-    "same_aspect",
     "stored_size",
-    "vote",
 ]
 
 CACHE_SIZE = 6  # decoded label maps kept per process (uint8, one byte per pixel each)
@@ -80,24 +77,8 @@ _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that turn the stored image by 90
 _cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
 
-class MaskFileError(ValueError):
-    """A mask file that cannot be read as an image."""
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Files
-
-
-def read_color_mask(path: str | Path) -> np.ndarray:
-    """A mask file → (H, W, 3) uint8 RGB in its stored pixel grid (masks carry no EXIF orientation). Raises
-    FileNotFoundError or ``MaskFileError``."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-    except FileNotFoundError:
-        raise
-    except (OSError, SyntaxError, ValueError) as err:
-        raise MaskFileError(f"{path}: not a readable image ({err})") from None
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -133,35 +114,14 @@ def stored_size(path: str | Path) -> tuple[int, int]:
 
 
 def label_map(path: str | Path, palette: Palette, size: tuple[int, int] | None = None) -> np.ndarray:
-    """One mask file decoded (``decode_label_map``: 0 background, k = ``palette.names[k - 1]``), resized
-    nearest-neighbour to ``size`` (H, W) when given and different. Cached (``CACHE_SIZE`` maps). Raises
-    FileNotFoundError, ``MaskFileError`` or ``PaletteError`` (naming the file)."""
+    """``qground.palette.read_label_map`` (0 background, k = ``palette.names[k - 1]``, in the frame of ``size``),
+    cached (``CACHE_SIZE`` maps). Raises FileNotFoundError, ``MaskFileError`` or ``PaletteError`` (naming the file)."""
     stat = Path(path).stat()  # FileNotFoundError for a missing file; a rewritten file is decoded again
     key = ("file", str(path), stat.st_mtime_ns, stat.st_size, size, palette.key)
     if key in _cache:
         _cache.move_to_end(key)
         return _cache[key]
-    labels = decode_label_map(read_color_mask(path), palette, where=str(path))
-    if size is not None and labels.shape != tuple(size):
-        labels = np.asarray(Image.fromarray(labels).resize((size[1], size[0]), Image.Resampling.NEAREST))
-    return _remember(key, labels)
-
-
-def vote(maps: Sequence[np.ndarray], palette: Palette) -> np.ndarray:
-    """Label maps of the same image by several annotators → one label map: a pixel takes class k when more than half
-    of the maps give it k (else background); voted regions smaller than ``palette.min_region`` go to background.
-    One map is returned as is."""
-    if len(maps) == 1:
-        return maps[0]
-    need = len(maps) // 2 + 1
-    fused = np.zeros(maps[0].shape, dtype=np.uint8)
-    for k in range(1, len(palette.colors) + 1):
-        votes = np.zeros(maps[0].shape, dtype=np.uint8)
-        for labels in maps:
-            votes += labels == k
-        won = drop_small_regions(votes >= need, palette.min_region)
-        fused[won] = k  # a strict majority is unique: classes never overlap
-    return fused
+    return _remember(key, read_label_map(path, palette, size))
 
 
 def fused_label_map(paths: Sequence[str | Path], palette: Palette, size: tuple[int, int]) -> np.ndarray:

@@ -37,20 +37,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from qground.palette import DEFAULT_PALETTE, Palette, PaletteError
+from qground.palette import DEFAULT_PALETTE, MaskFileError, Palette, PaletteError, same_aspect
 from qground.prompts import Turn, grounding_answer
 from qground.records import decode_rle, is_no_distortion
 from qground.taxonomy import CLASS_NAMES, match_class
 from qground.tokens import SegTokens
-from training.data.palette import (
-    ColorMask,
-    MaskFileError,
-    fused_label_map,
-    image_size,
-    label_map,
-    same_aspect,
-    stored_size,
-)
+from training.data.palette import ColorMask, fused_label_map, image_size, label_map, stored_size
 from training.data.sample import DataFormatError, Sample
 
 __all__ = [
@@ -368,7 +360,7 @@ def read_qground100k(
 
     - Samples: by default one per annotator entry (id ``"<stem>_<annotator>"`` from the mask file name, else
       ``"<record id>#<k>"``); with ``fuse_annotators=True`` one per record (the record's id) whose masks are the
-      per-class strict majority vote of its annotators' decoded masks (``training.data.palette.vote``: 2 of 3, 2 of 2).
+      per-class strict majority vote of its annotators' decoded masks (``qground.palette.vote``: 2 of 3, 2 of 2).
     - Supervision: the grounding turn ``Turn(grounding_question(id), grounding_answer(classes, seg groups))`` for the
       classes present (taxonomy order; "There is no obvious distortion" when the mask is empty) AND a describe turn
       ``Turn(describe_question(id), paragraph)`` with the annotator's quality paragraph, in one two-turn conversation,
