@@ -1,6 +1,7 @@
-"""The user documents: README.md (short, for users), docs/**/*.md (the experiment record) and the qground-nano model
-card. Lines stay within 120 characters, relative links resolve to files in the repository, the README keeps its Spaces
-front matter and the two command blocks CI reads, and the model card keeps its Hugging Face front matter."""
+"""The user documents: README.md (short, for users), docs/**/*.md (the experiment record), the qground-nano model card
+and the data cards (training/data/*.md). Lines stay within 120 characters, relative links resolve to files in the
+repository, the README keeps its Spaces front matter and the two command blocks CI reads, and the model card keeps
+its Hugging Face front matter."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 CARD = ROOT / "assets" / "qground-nano" / "README.md"
-DOCS = sorted([README, CARD, *(ROOT / "docs").rglob("*.md")])
+DOCS = sorted([README, CARD, *(ROOT / "docs").rglob("*.md"), *(ROOT / "training" / "data").glob("*.md")])
 MAX_LINE = 120
 MAX_README_WORDS = 1350
 # [text](target) and ![alt](target); the text may span lines. Targets with a scheme or only an anchor are not files.
