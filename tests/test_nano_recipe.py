@@ -17,10 +17,13 @@ from training.config import load_config
 
 def test_recipe_runs_every_step_and_resumes(tmp_path):
     argv = ["--out", str(tmp_path), "--train-images", "10", "--eval-images", "4", "--val-images", "4"]
-    argv += ["--vision-epochs", "1"]
+    argv += ["--vision-images", "12", "--vision-epochs", "1"]
     argv += ["--scale", "0.004", "--workers", "1"]
     assert nano.main(argv) == 0
     assert len(json.loads((tmp_path / "data" / "train" / "compare.json").read_text())) == 30
+    vision = json.loads((tmp_path / "data" / "vision" / "meta.json").read_text())["images"]
+    train = json.loads((tmp_path / "data" / "train" / "meta.json").read_text())["images"]
+    assert len(vision) == 12 and vision[:10] == train  # the vision set extends the train split's images
     assert load_config(tmp_path / "stage3" / "train_config.yaml").model == str(tmp_path / "stage2" / "final")
     assert set(json.loads((tmp_path / "timings.json").read_text())) >= {"synth_val", "vision", "stage3", "calibrate"}
     final = tmp_path / "stage3" / "final"

@@ -1,8 +1,11 @@
 """The qground-nano recipe, end to end on a CPU: ``python -m training.nano --out runs/nano --install``.
 
-1. synthetic data from package photos (``training.data.synth``): train, held-out eval and validation splits;
+1. synthetic data from package photos (``training.data.synth``): train, held-out eval and validation splits, and a
+   larger set of images of the training photos for the vision pretraining alone (``data/vision``; its first images
+   are the train split's): a tower that sees each of 2,400 images 32 times recalls them (readout mIoU 0.66 on them,
+   0.42 on new images of the same photos), so it sees four times as many, a quarter as often;
 2. a byte-level BPE tokenizer trained on that data's text, and the random ``qground-nano`` model (``init/``);
-3. vision-tower pretraining (``training.pretrain_vision``), then the tower is frozen (``vision/``);
+3. vision-tower pretraining (``training.pretrain_vision``) on ``data/vision``, then the tower is frozen (``vision/``);
 4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
    trains comparisons only, answered through the choice head, before the paper's stage 1);
 5. ``training.calibrate``: the default detection strictness and mask weight chosen on the validation split; the
@@ -75,27 +78,23 @@ def run(args: argparse.Namespace) -> Path:
     out: Path = args.out
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}  # seconds per step that ran
-    for split, num in (("train", args.train_images), ("eval", args.eval_images), ("val", args.val_images)):
-        data = out / "data" / split
+    sets = (  # folder, split, images, comparison groups (the vision set's are not read)
+        ("train", "train", args.train_images, args.comparisons_per_image * args.train_images),
+        ("eval", "eval", args.eval_images, args.comparisons_per_image * args.eval_images),
+        ("val", "val", args.val_images, args.comparisons_per_image * args.val_images),
+        ("vision", "train", args.vision_images, 1),
+    )
+    for folder, split, num, comparisons in sets:
+        data = out / "data" / folder
         if not (data / "qground.json").exists():
             t0 = time.perf_counter()
             synth.main(
                 [
-                    "--out",
-                    str(data),
-                    "--num",
-                    str(num),
-                    "--split",
-                    split,
-                    "--seed",
-                    str(args.seed),
-                    "--workers",
-                    str(args.workers),
-                    "--comparisons",
-                    str(args.comparisons_per_image * num),
+                    *("--out", str(data), "--num", str(num), "--split", split, "--seed", str(args.seed)),
+                    *("--workers", str(args.workers), "--comparisons", str(comparisons)),
                 ]
             )
-            timings[f"synth_{split}"] = time.perf_counter() - t0
+            timings[f"synth_{folder}"] = time.perf_counter() - t0
     if not _done(out / "init"):
         make_init(out / "data" / "train", out / "init", args.seed)
     if not _done(out / "vision"):
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace) -> Path:
                 "--model",
                 str(out / "init"),
                 "--data",
-                str(out / "data" / "train"),
+                str(out / "data" / "vision"),
                 "--out",
                 str(out / "vision"),
                 "--epochs",
@@ -143,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-images", type=int, default=300)
     parser.add_argument("--val-images", type=int, default=120, help="validation images (choosing the strictness)")
     parser.add_argument("--comparisons-per-image", type=int, default=3, help="comparison groups per generated image")
-    parser.add_argument("--vision-epochs", type=int, default=32)
+    parser.add_argument("--vision-images", type=int, default=9600, help="images of the vision pretraining")
+    parser.add_argument("--vision-epochs", type=int, default=8)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.02: smoke run)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
