@@ -1,11 +1,12 @@
 """The qground-nano recipe, end to end on a CPU: ``python -m training.nano --out runs/nano --install``.
 
-1. synthetic data from package photos (``training.data.synth``): train, held-out eval and validation splits, and a
-   larger set of images of the training photos for the vision pretraining alone (``data/vision``; its first images
-   are the train split's): a tower that sees each of 2,400 images 32 times recalls them (readout mIoU 0.66 on them,
-   0.42 on new images of the same photos), so it sees four times as many, a quarter as often;
+1. synthetic data from package photos (``training.data.synth``): train, held-out eval and validation splits; with
+   ``--vision-images N`` also a set of N images of the training photos for the vision pretraining alone
+   (``data/vision``; its first images are the train split's). The shipped tower (v3) saw the 2,400 train images 32
+   times and recalls them (docs/experiments/2026-12-05-nano-v4.md); 9,600 images for 8 epochs (v4) cured that and
+   read new photos better, but the whole model scored lower on validation, so the default stays the train split;
 2. a byte-level BPE tokenizer trained on that data's text, and the random ``qground-nano`` model (``init/``);
-3. vision-tower pretraining (``training.pretrain_vision``) on ``data/vision``, then the tower is frozen (``vision/``);
+3. vision-tower pretraining (``training.pretrain_vision``), then the tower is frozen (``vision/``);
 4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
    trains comparisons only, answered through the choice head, before the paper's stage 1);
 5. ``training.calibrate``: the default detection strictness and mask weight chosen on the validation split; the
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> Path:
         ("train", "train", args.train_images, args.comparisons_per_image * args.train_images),
         ("eval", "eval", args.eval_images, args.comparisons_per_image * args.eval_images),
         ("val", "val", args.val_images, args.comparisons_per_image * args.val_images),
-        ("vision", "train", args.vision_images, 1),
+        *((("vision", "train", args.vision_images, 1),) if args.vision_images else ()),
     )
     for folder, split, num, comparisons in sets:
         data = out / "data" / folder
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> Path:
                 "--model",
                 str(out / "init"),
                 "--data",
-                str(out / "data" / "vision"),
+                str(out / "data" / ("vision" if args.vision_images else "train")),
                 "--out",
                 str(out / "vision"),
                 "--epochs",
@@ -142,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-images", type=int, default=300)
     parser.add_argument("--val-images", type=int, default=120, help="validation images (choosing the strictness)")
     parser.add_argument("--comparisons-per-image", type=int, default=3, help="comparison groups per generated image")
-    parser.add_argument("--vision-images", type=int, default=9600, help="images of the vision pretraining")
-    parser.add_argument("--vision-epochs", type=int, default=8)
+    parser.add_argument(
+        "--vision-images", type=int, default=0, help="images of a vision set of their own (0: the train split)"
+    )
+    parser.add_argument("--vision-epochs", type=int, default=32)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.02: smoke run)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
