@@ -59,6 +59,7 @@ __all__ = [
     "CHUNK_PIXELS",
     "DEFAULT_PALETTE",
     "MAX_UNMATCHED",
+    "MaskAspectError",
     "MaskFileError",
     "Palette",
     "PaletteError",
@@ -92,6 +93,10 @@ _HIST_BITS = 5  # color histograms count colors quantized to 5 bits per channel 
 
 class MaskFileError(ValueError):
     """A mask file that cannot be read as an image, or does not fit its image's aspect ratio."""
+
+
+class MaskAspectError(MaskFileError):
+    """A mask file whose aspect ratio is not its image's (a different or rotated image): it cannot be resized to it."""
 
 
 class PaletteError(ValueError):
@@ -252,14 +257,16 @@ def read_color_mask(path: str | Path) -> np.ndarray:
 def read_label_map(path: str | Path, palette: Palette, size: tuple[int, int] | None = None) -> np.ndarray:
     """One mask file → (H, W) uint8 labels (``decode_label_map``) in the frame of an image of ``size`` (H, W):
     decoded in the file's own pixel grid, then resized nearest-neighbour when the sizes differ; None: the file's grid.
-    Raises FileNotFoundError, ``MaskFileError`` (unreadable, or not the image's aspect ratio, ``same_aspect``) or
-    ``PaletteError``, each naming the file."""
+    Raises FileNotFoundError, ``MaskFileError`` (unreadable), ``MaskAspectError`` (not the image's aspect ratio,
+    ``same_aspect``; checked before decoding) or ``PaletteError``, each naming the file."""
     rgb = read_color_mask(path)
     if size is None or rgb.shape[:2] == tuple(size):
         return decode_label_map(rgb, palette, where=str(path))
     (mh, mw), (h, w) = rgb.shape[:2], size
     if not same_aspect((mh, mw), size):
-        raise MaskFileError(f"{path}: mask is {mw}×{mh}, its image {w}×{h}: not the same aspect ratio")
+        raise MaskAspectError(
+            f"{path}: mask is {mw}×{mh} but the image is {w}×{h} (upright): not the same aspect ratio"
+        )
     labels = decode_label_map(rgb, palette, where=str(path))
     return np.asarray(Image.fromarray(labels).resize((w, h), Image.Resampling.NEAREST))
 

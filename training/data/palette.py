@@ -66,7 +66,6 @@ __all__ = [
     "main",
     "mask_files",
     "palette_json",
-    "stored_size",
 ]
 
 CACHE_SIZE = 6  # decoded label maps kept per process (uint8, one byte per pixel each)
@@ -96,17 +95,6 @@ def image_size(path: str | Path) -> tuple[int, int]:
     except (OSError, SyntaxError, ValueError) as err:
         raise MaskFileError(f"{path}: not a readable image ({err})") from None
     return (w, h) if orientation in _SWAPS_AXES else (h, w)
-
-
-def stored_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) of a mask file as stored, from the header only. Raises FileNotFoundError or ``MaskFileError``."""
-    try:
-        with Image.open(path) as img:
-            return img.size[1], img.size[0]
-    except FileNotFoundError:
-        raise
-    except (OSError, SyntaxError, ValueError) as err:
-        raise MaskFileError(f"{path}: not a readable image ({err})") from None
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -37,12 +37,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from qground.palette import DEFAULT_PALETTE, MaskFileError, Palette, PaletteError, same_aspect
+from qground.palette import DEFAULT_PALETTE, MaskAspectError, MaskFileError, Palette, PaletteError
 from qground.prompts import Turn, grounding_answer
 from qground.records import decode_rle, is_no_distortion
 from qground.taxonomy import CLASS_NAMES, match_class
 from qground.tokens import SegTokens
-from training.data.palette import ColorMask, fused_label_map, image_size, label_map, stored_size
+from training.data.palette import ColorMask, fused_label_map, image_size, label_map
 from training.data.sample import DataFormatError, Sample
 
 __all__ = [
@@ -547,18 +547,12 @@ def _decode_released(
 ) -> tuple[Path, list[str]] | _BadRecord:
     """Decode one annotator's mask file → (path, classes present), or the problem."""
     path = mask_root / ann.mask
-    prefix = f"ann_list[{ann.k}] mask {ann.mask!r}"
     if not path.is_file():
-        return _BadRecord("missing mask", f"{prefix} not found under {mask_root}")
+        return _BadRecord("missing mask", f"ann_list[{ann.k}] mask {ann.mask!r} not found under {mask_root}")
     try:
-        mask_size = stored_size(path)
-        if not same_aspect(mask_size, size):
-            return _BadRecord(
-                "mask size mismatch",
-                f"{prefix} is {mask_size[1]}×{mask_size[0]} but the image is {size[1]}×{size[0]} (upright): "
-                "not the same aspect ratio",
-            )
         return path, _present(label_map(path, palette, size), palette)
+    except MaskAspectError as err:
+        return _BadRecord("mask size mismatch", f"ann_list[{ann.k}]: {err}")
     except MaskFileError as err:
         return _BadRecord("bad mask", f"ann_list[{ann.k}]: {err}")
     except PaletteError as err:
