@@ -79,12 +79,13 @@ def run(args: argparse.Namespace) -> Path:
     out: Path = args.out
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}  # seconds per step that ran
-    sets = (  # folder, split, images, comparison groups (the vision set's are not read)
+    sets = [  # folder, split, images, comparison groups
         ("train", "train", args.train_images, args.comparisons_per_image * args.train_images),
         ("eval", "eval", args.eval_images, args.comparisons_per_image * args.eval_images),
         ("val", "val", args.val_images, args.comparisons_per_image * args.val_images),
-        *((("vision", "train", args.vision_images, 1),) if args.vision_images else ()),
-    )
+    ]
+    if args.vision_images:  # images of the training photos for the vision pretraining (its comparisons are not read)
+        sets.append(("vision", "train", args.vision_images, 1))
     for folder, split, num, comparisons in sets:
         data = out / "data" / folder
         if not (data / "qground.json").exists():
