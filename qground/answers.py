@@ -215,8 +215,8 @@ def single_image_grammar(
 ) -> Grammar:
     """Every one-image answer of the module docstring (grounding, or an optional yes/no lead and a description).
 
-    ``present`` (None: any): the classes the answer may name, as the model's readout found them; with none the
-    answer says there is no obvious distortion, with some it names at least one of them. ``asked`` (None: any): the
+    ``present`` (None: any classes): the classes the answer names, all of them in taxonomy order, as the model's
+    readout found them; with none the answer says there is no obvious distortion. ``asked`` (None: any): the
     classes the question names (``asked_classes``); a yes/no lead answers about those only: "Yes." needs one of them
     present, "No, there is no X." needs X asked and absent."""
     seg = seg or SegTokens()
@@ -231,10 +231,18 @@ def single_image_grammar(
     if named:
         g.edge(begin, GROUNDING_LEAD, lead)
     after = {i: g.node() for i in named}
+    exact = present is not None  # every present class is named, in taxonomy order
+
+    def later(i: int) -> list[int]:  # the classes that may follow class i
+        rest = [j for j in named if j > i]
+        return rest[:1] if exact else rest
+
     for i in named:
-        g.edge(lead, f"{CLASS_NAMES[i]} {_seg_group(seg)}", after[i])
-        g.edge(after[i], "", g.accept)
-        for j in (j for j in named if j > i):
+        if not exact or i == named[0]:
+            g.edge(lead, f"{CLASS_NAMES[i]} {_seg_group(seg)}", after[i])
+        if not exact or i == named[-1]:
+            g.edge(after[i], "", g.accept)
+        for j in later(i):
             g.edge(after[i], f" , {CLASS_NAMES[j]} {_seg_group(seg)}", after[j])
     # description, after an optional yes/no lead
     g.edge(begin, "", describe)
@@ -246,17 +254,21 @@ def single_image_grammar(
     if present is None or not present:
         g.edge(describe, CLEAN_DESCRIPTION + " ", quality)
     items = g.node()
-    g.edge(describe, "The image has ", items)
+    if named:
+        g.edge(describe, "The image has ", items)
     first, middle, last = ({i: g.node() for i in named} for _ in range(3))  # after an item of class i
     for i in named:
-        _item(g, items, i, first[i])
-        g.edge(first[i], ". ", quality)
-        g.edge(last[i], ". ", quality)
-        for j in (j for j in named if j > i):
+        if not exact or i == named[0]:
+            _item(g, items, i, first[i])
+        if not exact or i == named[-1]:
+            g.edge(first[i], ". ", quality)
+            g.edge(last[i], ". ", quality)
+        for j in later(i):
             for src in (first[i], middle[i]):
                 if j != named[-1]:  # a middle item needs a later class to follow it
                     _item(g, _joined(g, src, ", "), j, middle[j])
-                _item(g, _joined(g, src, " and "), j, last[j])
+                if not exact or j == named[-1]:  # the last item closes the list
+                    _item(g, _joined(g, src, " and "), j, last[j])
     end = g.node()
     g.edge(quality, "Overall, its quality is ", end)
     g.choice(end, [f"{q}." for q in QUALITIES], g.accept)

@@ -28,6 +28,15 @@ from qground.tokens import SegTokens
 GRAMMAR = single_image_grammar()
 
 
+def _grounded(classes: list[str]) -> str:
+    """A grounding answer as the automaton reads it ([SEGk] as private-use characters)."""
+    seg = SegTokens()
+    text = grounding_answer(classes, seg.group_text())
+    for k, token in enumerate(seg.strings):
+        text = text.replace(token, chr(0xE000 + k))
+    return text
+
+
 def _findings(rng: np.random.Generator) -> list[Finding]:
     classes = rng.choice(CLASS_NAMES, size=int(rng.integers(0, 6)), replace=False)
     return [Finding(str(c), int(rng.integers(1, 4)), str(rng.choice(LOCATIONS))) for c in classes]
@@ -43,11 +52,7 @@ def test_every_built_answer_is_in_the_grammar_and_finished():
             assert GRAMMAR.matches(text) and GRAMMAR.matches(" " + text), text
             assert is_finished_sentence(text), text
             assert named_classes(text) == {f.cls for f in found}, text  # the evaluation reads what was meant
-    seg = SegTokens()
-    grounded = grounding_answer(["blur", "noise"], seg.group_text())
-    for k, token in enumerate(seg.strings):
-        grounded = grounded.replace(token, chr(0xE000 + k))
-    assert GRAMMAR.matches(grounded) and GRAMMAR.matches(grounding_answer([], ""))
+    assert GRAMMAR.matches(_grounded(["blur", "noise"])) and GRAMMAR.matches(grounding_answer([], ""))
     assert comparison_grammar().matches(" The \ue100 image.")
 
 
@@ -126,7 +131,8 @@ def _reachable_states(constraint, limit: int = 20000):
 @pytest.mark.parametrize(
     ("present", "asked"),
     [(None, None), (frozenset(), frozenset()), (frozenset({"blur", "noise"}), frozenset({"jitter"})),
-     (frozenset(CLASS_NAMES), frozenset({"blur"})), (frozenset({"noise"}), None)],
+     (frozenset(CLASS_NAMES), frozenset({"blur"})), (frozenset({"noise"}), None),
+     (frozenset({"blur", "low light", "noise"}), None)],
 )  # fmt: skip
 def test_decoding_never_reaches_a_dead_end(random_nano, present, asked):
     """From every reachable state some token is allowed, or the answer is complete (end of sequence)."""
@@ -139,8 +145,8 @@ def test_decoding_never_reaches_a_dead_end(random_nano, present, asked):
 
 
 def test_answers_follow_what_the_readout_finds_and_what_was_asked():
-    """With the readout's classes, the answer names only those (no "no obvious distortion" when it finds some); a
-    yes/no lead answers about the classes the question names only."""
+    """With the readout's classes, the answer names exactly those, in taxonomy order (no "no obvious distortion" when
+    it finds some); a yes/no lead answers about the classes the question names only."""
     found = [Finding("noise", 2, "the center")]
     grammar = single_image_grammar(None, frozenset({"noise"}), asked_classes("Is it blurry?"))
     assert grammar.matches("No, there is no blur. " + describe_answer(found, "fair"))
@@ -153,13 +159,19 @@ def test_answers_follow_what_the_readout_finds_and_what_was_asked():
         grounding_answer([], ""),
     ):
         assert not grammar.matches(wrong), wrong
+    two = single_image_grammar(None, frozenset({"blur", "noise"}))
+    both = [Finding("blur", 3, "the top"), *found]
+    assert two.matches(describe_answer(both, "poor")) and two.matches(_grounded(["blur", "noise"]))
+    for part in (found, both[:1]):  # one of the two found classes left out
+        assert not two.matches(describe_answer(part, "fair"))
+        assert not two.matches(_grounded([f.cls for f in part]))
     clean = single_image_grammar(None, frozenset(), frozenset())
     assert clean.matches(describe_answer([], "excellent")) and clean.matches(grounding_answer([], ""))
     assert not clean.matches("Yes. " + describe_answer([], "excellent"))
     assert asked_classes("any camera shake?") == {"jitter"} and not asked_classes("What do you think of it?")
 
 
-def test_a_random_model_names_only_what_its_readout_finds(random_nano):
+def test_a_random_model_names_exactly_what_its_readout_finds(random_nano):
     from qground.config import ConfigError
 
     engine = QGroundEngine(random_nano.model, random_nano.processor, "random nano")
@@ -172,5 +184,5 @@ def test_a_random_model_names_only_what_its_readout_finds(random_nano):
     found = {name for name, on in zip(CLASS_NAMES, present.tolist(), strict=True) if on}
     for question in ("Describe the quality of this image.", "Please segment out distorted regions in the image."):
         result = engine.ground(image, question, GenerationSettings(max_new_tokens=1024))
-        assert named_classes(result.text) <= found and set(result.masks) <= found, (found, result.text)
+        assert named_classes(result.text) == found and set(result.masks) <= found, (found, result.text)
         assert is_finished_sentence(result.text)
