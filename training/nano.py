@@ -1,10 +1,10 @@
 """The qground-nano recipe, end to end on a CPU: ``python -m training.nano --out runs/nano --install``.
 
 1. synthetic data from package photos (``training.data.synth``): train, held-out eval and validation splits; with
-   ``--vision-images N`` also a set of N images of the training photos for the vision pretraining alone
-   (``data/vision``; its first images are the train split's). The shipped tower (v3) saw the 2,400 train images 32
-   times and recalls them (docs/experiments/2026-12-05-nano-v4.md); 9,600 images for 8 epochs (v4) cured that and
-   read new photos better, but the whole model scored lower on validation, so the default stays the train split;
+   ``--vision-images N`` (default 9,600) also a set of N images of the training photos for the vision pretraining
+   alone (``data/vision``; its first images are the train split's; 0: the train split). v3's tower saw the 2,400
+   train images 32 times and recalled them (docs/experiments/2026-12-05-nano-v4.md); the shipped v5 saw 9,600 images
+   16 times (docs/experiments/2026-12-05-nano-v5.md);
 2. a byte-level BPE tokenizer trained on that data's text, and the random ``qground-nano`` model (``init/``);
 3. vision-tower pretraining (``training.pretrain_vision``), then the tower is frozen (``vision/``);
 4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
@@ -145,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-images", type=int, default=120, help="validation images (choosing the strictness)")
     parser.add_argument("--comparisons-per-image", type=int, default=3, help="comparison groups per generated image")
     parser.add_argument(
-        "--vision-images", type=int, default=0, help="images of a vision set of their own (0: the train split)"
+        "--vision-images", type=int, default=9600, help="images of a vision set of their own (0: the train split)"
     )
-    parser.add_argument("--vision-epochs", type=int, default=32)
+    parser.add_argument("--vision-epochs", type=int, default=16)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.02: smoke run)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
