@@ -24,6 +24,8 @@ def test_recipe_runs_every_step_and_resumes(tmp_path):
     vision = json.loads((tmp_path / "data" / "vision" / "meta.json").read_text())["images"]
     train = json.loads((tmp_path / "data" / "train" / "meta.json").read_text())["images"]
     assert len(vision) == 12 and vision[:10] == train  # the vision set extends the train split's images
+    image = "images/train_000009.png"
+    assert (tmp_path / "data" / "vision" / image).samefile(tmp_path / "data" / "train" / image)  # linked, not made
     assert load_config(tmp_path / "stage3" / "train_config.yaml").model == str(tmp_path / "stage2" / "final")
     assert set(json.loads((tmp_path / "timings.json").read_text())) >= {"synth_val", "vision", "stage3", "calibrate"}
     final = tmp_path / "stage3" / "final"

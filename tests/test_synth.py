@@ -83,6 +83,21 @@ def test_same_seed_same_bytes(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+def test_a_larger_set_reuses_the_images_an_earlier_one_holds(tmp_path):
+    """Image i depends only on (seed, split, i): a set of 6 that starts from a set of 4 links those 4 and writes the
+    same files as a set of 6 made from scratch; another seed or photo size is refused."""
+    four = tmp_path / "four"
+    synth.write_dataset(four, num=4, split="train", seed=5, comparisons=2, max_side=80)
+    synth.write_dataset(tmp_path / "a", num=6, split="train", seed=5, comparisons=2, max_side=80, reuse=four)
+    synth.write_dataset(tmp_path / "b", num=6, split="train", seed=5, comparisons=2, max_side=80)
+    assert (tmp_path / "a" / "images/train_000003.png").samefile(four / "images/train_000003.png")
+    for name in ("qground.json", "describe.json", "compare.json", "meta.json", "images/train_000005.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    for seed, side in ((6, 80), (5, 96)):
+        with pytest.raises(ValueError, match="not"):
+            synth.write_dataset(tmp_path / f"c{seed}{side}", 5, "train", seed, 2, max_side=side, reuse=four)
+
+
 def test_train_and_eval_photos_are_disjoint():
     names = {split: {p.name for p in synth.PHOTOS + POOL if p.split == split} for split in synth.SPLITS}
     assert not names["train"] & names["eval"] and not names["val"] & (names["train"] | names["eval"])

@@ -2,7 +2,8 @@
 
 1. synthetic data from package photos (``training.data.synth``): train, held-out eval and validation splits; with
    ``--vision-images N`` (default 9,600) also a set of N images of the training photos for the vision pretraining
-   alone (``data/vision``; its first images are the train split's; 0: the train split). v3's tower saw the 2,400
+   alone (``data/vision``; its first images are the train split's, linked rather than generated again; 0: the train
+   split). v3's tower saw the 2,400
    train images 32 times and recalled them (docs/experiments/2026-12-05-nano-v4.md); the shipped v5 saw 9,600 images
    16 times (docs/experiments/2026-12-05-nano-v5.md);
 2. a byte-level BPE tokenizer trained on that data's text, and the random ``qground-nano`` model (``init/``);
@@ -79,14 +80,14 @@ def run(args: argparse.Namespace) -> Path:
     out: Path = args.out
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}  # seconds per step that ran
-    sets = [  # folder, split, images, comparison groups
-        ("train", "train", args.train_images, args.comparisons_per_image * args.train_images),
-        ("eval", "eval", args.eval_images, args.comparisons_per_image * args.eval_images),
-        ("val", "val", args.val_images, args.comparisons_per_image * args.val_images),
+    sets = [  # folder, split, images, comparison groups, earlier folder whose images it starts with
+        ("train", "train", args.train_images, args.comparisons_per_image * args.train_images, None),
+        ("eval", "eval", args.eval_images, args.comparisons_per_image * args.eval_images, None),
+        ("val", "val", args.val_images, args.comparisons_per_image * args.val_images, None),
     ]
     if args.vision_images:  # images of the training photos for the vision pretraining (its comparisons are not read)
-        sets.append(("vision", "train", args.vision_images, 1))
-    for folder, split, num, comparisons in sets:
+        sets.append(("vision", "train", args.vision_images, 1, "train"))
+    for folder, split, num, comparisons, reuse in sets:
         data = out / "data" / folder
         if not (data / "qground.json").exists():
             t0 = time.perf_counter()
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> Path:
                 [
                     *("--out", str(data), "--num", str(num), "--split", split, "--seed", str(args.seed)),
                     *("--workers", str(args.workers), "--comparisons", str(comparisons)),
+                    *(("--reuse", str(out / "data" / reuse)) if reuse else ()),
                 ]
             )
             timings[f"synth_{folder}"] = time.perf_counter() - t0

@@ -465,19 +465,48 @@ def write_one(args: tuple[Path, int, str, int, int]) -> dict:
     }
 
 
+def reuse_images(out: Path, source: Path, num: int, split: str, seed: int, max_side: int) -> list[dict]:
+    """The first images (at most ``num``) of an earlier dataset of the same split, seed and photo size, hard-linked
+    (or copied) into ``out`` with their masks: image ``i`` depends only on (seed, split, i), so they are the images
+    this dataset would generate. Returns their meta records."""
+    meta = json.loads((source / "meta.json").read_text())
+    made = (meta["split"], meta["seed"], meta.get("max_side", MAX_SIDE))
+    if made != (split, seed, max_side):
+        raise ValueError(f"{source} holds (split, seed, max side) {made}, not {(split, seed, max_side)}")
+    metas = [{k: v for k, v in m.items() if k != "grounding_answer"} for m in meta["images"][:num]]
+    for m in metas:
+        files = [m["image"], *(f"gt/{m['id']}/{get(n).key}.png" for n in m["classes"])]
+        for name in files:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                (out / name).hardlink_to(source / name)
+            except OSError:  # another file system
+                (out / name).write_bytes((source / name).read_bytes())
+    return metas
+
+
 def write_dataset(
-    out: Path, num: int, split: str, seed: int, comparisons: int, workers: int = 1, max_side: int = MAX_SIDE
+    out: Path,
+    num: int,
+    split: str,
+    seed: int,
+    comparisons: int,
+    workers: int = 1,
+    max_side: int = MAX_SIDE,
+    reuse: Path | None = None,
 ) -> None:
-    """Generate ``num`` images and every JSON file of the layout into ``out`` (``comparisons`` groups of 2–4 images)."""
+    """Generate ``num`` images and every JSON file of the layout into ``out`` (``comparisons`` groups of 2–4 images);
+    with ``reuse``, the images an earlier dataset of the same split and seed already holds are taken from it."""
     (out / "images").mkdir(parents=True, exist_ok=True)
-    jobs = [(out, i, split, seed, max_side) for i in range(num)]
+    metas = reuse_images(out, reuse, num, split, seed, max_side) if reuse else []
+    jobs = [(out, i, split, seed, max_side) for i in range(len(metas), num)]
     for name in photo_names(split):  # fetch archived photos once, before workers would race to
         load_photo(name)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            metas = list(tqdm(pool.map(write_one, jobs, chunksize=8), total=num, desc=f"synth {split}"))
+            metas += tqdm(pool.map(write_one, jobs, chunksize=8), total=len(jobs), desc=f"synth {split}")
     else:
-        metas = [write_one(j) for j in tqdm(jobs, desc=f"synth {split}")]
+        metas += [write_one(j) for j in tqdm(jobs, desc=f"synth {split}")]
     group_text = SegTokens().group_text()
     records = [
         {
@@ -505,7 +534,7 @@ def write_dataset(
         ("compare_pairs.json", pairs_json),
     ):
         (out / name).write_text(json.dumps(data, indent=1))
-    meta = {"split": split, "seed": seed, "held_out_families": sorted(HELD_OUT), "images": metas}
+    meta = {"split": split, "seed": seed, "max_side": max_side, "held_out_families": sorted(HELD_OUT), "images": metas}
     for m in metas:  # the grounding answer is what the reader builds from qground.json; kept here for inspection
         m["grounding_answer"] = grounding_answer(m["classes"], group_text)
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -563,8 +592,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-side", type=int, default=MAX_SIDE, help="longest side of the photos (default %(default)s)"
     )
+    parser.add_argument("--reuse", type=Path, default=None, help="an earlier dataset of the same split and seed")
     args = parser.parse_args(argv)
-    write_dataset(args.out, args.num, args.split, args.seed, args.comparisons or args.num, args.workers, args.max_side)
+    write_dataset(
+        args.out, args.num, args.split, args.seed, args.comparisons or args.num, args.workers, args.max_side, args.reuse
+    )
     return 0
 
 
