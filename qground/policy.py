@@ -70,8 +70,8 @@ class InferencePolicy:
     - ``answers_follow_readout`` (with ``constrained_answers``, models with a readout): a one-image answer names exactly
       the classes the readout finds present at the request's strictness (presence logit at its threshold), and says
       there is no obvious distortion when it finds none, so the words, the masks and the readout agree (the model
-      picks severity, place and overall quality); a yes/no lead
-      ("Yes." / "No, there is no blur.") answers only about the classes the question names.
+      picks severity, place and overall quality); a yes/no lead ("Yes." / "No, there is no blur.") answers only about
+      the classes the question names.
     - ``calibration``: how the values were chosen (sweeps, references), for the record; never read at run time.
     """
 

@@ -3,9 +3,8 @@
 1. synthetic data from package photos (``training.data.synth``): train, held-out eval and validation splits; with
    ``--vision-images N`` (default 9,600) also a set of N images of the training photos for the vision pretraining
    alone (``data/vision``; its first images are the train split's, linked rather than generated again; 0: the train
-   split). v3's tower saw the 2,400
-   train images 32 times and recalled them (docs/experiments/2026-12-05-nano-v4.md); the shipped v5 saw 9,600 images
-   16 times (docs/experiments/2026-12-05-nano-v5.md);
+   split). v3's tower saw the 2,400 train images 32 times and recalled them (docs/experiments/2026-12-05-nano-v4.md);
+   the shipped v5 saw 9,600 images 16 times (docs/experiments/2026-12-05-nano-v5.md);
 2. a byte-level BPE tokenizer trained on that data's text, and the random ``qground-nano`` model (``init/``);
 3. vision-tower pretraining (``training.pretrain_vision``), then the tower is frozen (``vision/``);
 4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
