@@ -98,6 +98,16 @@ def test_a_larger_set_reuses_the_images_an_earlier_one_holds(tmp_path):
             synth.write_dataset(tmp_path / f"c{seed}{side}", 5, "train", seed, 2, max_side=side, reuse=four)
 
 
+@pytest.mark.parametrize("shape", [(37, 90), (90, 37), (64, 64)])
+def test_smooth_field_is_ndimages_gaussian_filter(shape):
+    """The FFT blob field equals scipy's reflected-edge Gaussian filter, also when 4σ reaches past the image."""
+    from scipy import ndimage
+
+    noise = np.random.default_rng(0).standard_normal(shape)
+    for sigma in (1.5, max(shape) / 7, max(shape) / 2):
+        np.testing.assert_allclose(synth.smooth_field(noise, sigma), ndimage.gaussian_filter(noise, sigma), atol=1e-12)
+
+
 def test_train_and_eval_photos_are_disjoint():
     names = {split: {p.name for p in synth.PHOTOS + POOL if p.split == split} for split in synth.SPLITS}
     assert not names["train"] & names["eval"] and not names["val"] & (names["train"] | names["eval"])

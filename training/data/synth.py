@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
+from scipy import signal
 from skimage.draw import polygon as draw_polygon
 from tqdm import tqdm
 
@@ -46,6 +46,7 @@ POOL_MAX_SIDE = 2048  # pool photos are read at most this large (room for a capt
 CAPTURE = 0.35  # share of images distorted at up to twice their final size, then shrunk (a larger camera's photo)
 WHOLE_IMAGE = 0.3  # share of one-class images distorted everywhere
 SPLITS = ("train", "eval", "val")  # disjoint photos: training, held-out evaluation, validation (choosing settings)
+PNG_LEVEL = 1  # zlib level of written PNGs: lossless at any level; 1 encodes 4× faster than the default 6, 5 % larger
 ORDINALS = ("first", "second", "third", "fourth")
 
 
@@ -252,11 +253,26 @@ def clean_base(split: str, rng: np.random.Generator, max_side: int) -> tuple[np.
     return (recolor(clean, rng) if split == "train" else clean), name
 
 
+def smooth_field(noise: np.ndarray, sigma: float) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(noise, sigma)`` (reflected edges, kernel truncated at 4σ) for a (H, W) field,
+    through FFTs: the same values to float rounding, 3–4× faster at the σ of ``region`` (a tenth of the image)."""
+    r = int(4 * sigma + 0.5)
+    kernel = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    out = noise
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (r, r)
+        padded = np.pad(out, pad, mode="symmetric")  # numpy's "symmetric" is ndimage's "reflect"
+        out = signal.fftconvolve(padded, np.expand_dims(kernel, 1 - axis), mode="valid", axes=axis)
+    return out
+
+
 def region(shape: tuple[int, int], free: np.ndarray, area: float, rng: np.random.Generator) -> np.ndarray:
     """A blob or polygon covering about ``area`` of the image, inside ``free``."""
     h, w = shape
     if rng.random() < 0.6:  # smooth blob: threshold a smooth random field at the right quantile
-        field = ndimage.gaussian_filter(rng.standard_normal((h, w)), sigma=max(h, w) / rng.uniform(5, 10))
+        field = smooth_field(rng.standard_normal((h, w)), sigma=max(h, w) / rng.uniform(5, 10))
         values = field[free]
         if values.size == 0:
             return np.zeros(shape, dtype=bool)
@@ -441,11 +457,11 @@ def write_one(args: tuple[Path, int, str, int, int]) -> dict:
     out, index, split, seed, max_side = args
     g = generate(index, split, seed, max_side)
     stem = f"{split}_{index:06d}"
-    Image.fromarray(g.image).save(out / "images" / f"{stem}.png")
+    Image.fromarray(g.image).save(out / "images" / f"{stem}.png", compress_level=PNG_LEVEL)
     gt = out / "gt" / stem
     gt.mkdir(parents=True, exist_ok=True)
     for name, mask in g.masks.items():
-        Image.fromarray(mask.astype(np.uint8) * 255).save(gt / f"{get(name).key}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(gt / f"{get(name).key}.png", compress_level=PNG_LEVEL)
     rng = np.random.default_rng([seed, 7, index])
     turns = conversation(g, rng, held_out=split != "train")
     return {
