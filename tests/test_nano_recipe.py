@@ -3,7 +3,9 @@ model, vision pretraining, stages 0–3 under DeepSpeed, the strictness chosen o
 a rerun redoes nothing."""
 
 import json
+import shutil
 
+import pytest
 import torch
 from PIL import Image
 
@@ -15,7 +17,7 @@ from training import nano
 from training.config import load_config
 
 
-def test_recipe_runs_every_step_and_resumes(tmp_path):
+def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch):
     argv = ["--out", str(tmp_path), "--train-images", "10", "--eval-images", "4", "--val-images", "4"]
     argv += ["--vision-images", "12", "--vision-epochs", "1"]
     argv += ["--scale", "0.004", "--workers", "1"]
@@ -53,3 +55,13 @@ def test_recipe_runs_every_step_and_resumes(tmp_path):
     assert nano.main(argv) == 0  # every step's output exists: nothing is redone, the timings are kept
     assert {p: p.stat().st_mtime_ns for p in final.iterdir()} == before
     assert json.loads((tmp_path / "timings.json").read_text()) == timings
+
+    def killed(argv):  # the run is stopped during the calibration
+        raise KeyboardInterrupt
+
+    shutil.rmtree(final)
+    monkeypatch.setattr("training.calibrate.main", killed)
+    with pytest.raises(KeyboardInterrupt):
+        nano.main(argv)
+    kept = json.loads((tmp_path / "timings.json").read_text())
+    assert kept["stage3"] != timings["stage3"] and kept["vision"] == timings["vision"]  # stage 3's new time was kept

@@ -80,6 +80,12 @@ def run(args: argparse.Namespace) -> Path:
     out: Path = args.out
     timings_file = out / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}  # seconds per step that ran
+
+    def record(step: str, t0: float) -> None:  # written after every step, so a killed run keeps what finished
+        timings[step] = time.perf_counter() - t0
+        timings_file.parent.mkdir(parents=True, exist_ok=True)
+        timings_file.write_text(json.dumps(timings, indent=2))
+
     sets = [  # folder, split, images, comparison groups, earlier folder whose images it starts with
         ("train", "train", args.train_images, args.comparisons_per_image * args.train_images, None),
         ("eval", "eval", args.eval_images, args.comparisons_per_image * args.eval_images, None),
@@ -98,7 +104,7 @@ def run(args: argparse.Namespace) -> Path:
                     *(("--reuse", str(out / "data" / reuse)) if reuse else ()),
                 ]
             )
-            timings[f"synth_{folder}"] = time.perf_counter() - t0
+            record(f"synth_{folder}", t0)
     if not _done(out / "init"):
         make_init(out / "data" / "train", out / "init", args.seed)
     if not _done(out / "vision"):
@@ -115,20 +121,19 @@ def run(args: argparse.Namespace) -> Path:
                 str(args.vision_epochs),
             ]
         )
-        timings["vision"] = time.perf_counter() - t0
+        record("vision", t0)
     final = out / "vision"
     for i in (0, 1, 2, 3):
         cfg = stage_config(i, out, args.scale)
         if not _done(Path(cfg.output_dir) / "final"):
             t0 = time.perf_counter()
             train(cfg)
-            timings[f"stage{i}"] = time.perf_counter() - t0
+            record(f"stage{i}", t0)
         final = Path(cfg.output_dir) / "final"
     if not (final / POLICY_NAME).exists():
         t0 = time.perf_counter()
         calibrate(["--model", str(final), "--data", str(out / "data" / "val"), "--train", str(out / "data" / "train")])
-        timings["calibrate"] = time.perf_counter() - t0
-    timings_file.write_text(json.dumps(timings, indent=2))
+        record("calibrate", t0)
     if args.install:
         target = ASSETS / "qground-nano"
         card = (target / "README.md").read_text() if (target / "README.md").exists() else None
