@@ -18,6 +18,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 from qground.config import (
     CLIP_MEAN,
     CLIP_STD,
+    NUM_CHROMA_CHANNELS,
     NUM_DETAIL_CHANNELS,
     READOUT_SUB,
     DecoderConfig,
@@ -96,7 +97,7 @@ def config_nano() -> QGroundConfig:
             num_heads=4,
             patch_size=8,
             native_image_size=128,
-            num_channels=3 + NUM_DETAIL_CHANNELS,
+            num_channels=3 + NUM_DETAIL_CHANNELS + NUM_CHROMA_CHANNELS,
             hub_id=None,
         ),
         llm=LLMConfig(
@@ -113,8 +114,9 @@ def config_nano() -> QGroundConfig:
         detail_channels=True,
         detail_max_side=1280,  # training.data.synth's MAX_SIDE: the largest training photos
         noise_max_side=4096,  # a 12 MP photo's own pixels (shrinking averages its noise away)
-        image_mean=(*CLIP_MEAN, *[0.0] * NUM_DETAIL_CHANNELS),
-        image_std=(*CLIP_STD, *[1.0] * NUM_DETAIL_CHANNELS),
+        chroma_noise_channel=True,
+        image_mean=(*CLIP_MEAN, *[0.0] * (NUM_DETAIL_CHANNELS + NUM_CHROMA_CHANNELS)),
+        image_std=(*CLIP_STD, *[1.0] * (NUM_DETAIL_CHANNELS + NUM_CHROMA_CHANNELS)),
         feature_layers=(2, 3, 4),
         projector_pool=4,
         global_token=True,

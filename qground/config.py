@@ -20,6 +20,7 @@ CONFIG_NAME = "qground_config.json"
 FORMAT_VERSION = 1
 
 NUM_DETAIL_CHANNELS = 8  # qground.detail: native-resolution channels appended to RGB when detail_channels is set
+NUM_CHROMA_CHANNELS = 1  # qground.detail's chroma noise channel, after them when chroma_noise_channel is set
 CHOICE_KEYS = ("llm", "readout")  # QGroundConfig.choice_keys: what the choice head compares the query with
 PROMPT_TOKENIZATIONS = ("pieces", "llava")  # QGroundConfig.prompt_tokenization: qground.processor's rules
 RESAMPLINGS = ("bicubic", "bilinear")  # QGroundConfig.resample: the PIL filter resizing a photo to the model input
@@ -214,6 +215,9 @@ class QGroundConfig:
     # > 0 (with detail_max_side): the noise channel alone is read on the photo shrunk to this longest side instead,
     # since shrinking averages pixel noise away; 0: as the other channels.
     noise_max_side: int = 0
+    # with detail_channels: one more channel after them, the chroma noise energy (qground.detail), read on the noise
+    # channel's photo; natural texture is mostly achromatic, so chroma noise stands out where luma noise is masked.
+    chroma_noise_channel: bool = False
     feature_layers: tuple[int, ...] = (6, 14, 23)
     projector_pool: int = 2
     projector_hidden: int = 0  # φv's hidden width; 0: the LLM's width (PixelLM-7B: 8192)
@@ -327,8 +331,12 @@ class QGroundConfig:
             f"{self.detail_max_side}",
         )
         _check(
-            self.vision.num_channels == 3 + NUM_DETAIL_CHANNELS * self.detail_channels,
-            f"vision.num_channels must be {3 + NUM_DETAIL_CHANNELS * self.detail_channels} (RGB + detail channels)",
+            self.detail_channels or not self.chroma_noise_channel, "chroma_noise_channel needs detail_channels: true"
+        )
+        channels = 3 + NUM_DETAIL_CHANNELS * self.detail_channels + NUM_CHROMA_CHANNELS * self.chroma_noise_channel
+        _check(
+            self.vision.num_channels == channels,
+            f"vision.num_channels must be {channels} (RGB + detail channels + chroma noise channel)",
         )
         _check(
             len(self.image_mean) == len(self.image_std) == self.vision.num_channels,

@@ -14,7 +14,11 @@ differences between scales describe the local spectrum independently of the cont
 5. directional    — max − min over the directions 0°, 45°, 90°, 135° of log(scale-1 / scale-2 directional gradient
                      energy): camera shake removes fine detail along one direction only, defocus along all;
 6. clipped         — fraction of pixels whose brightest channel is ≥ 0.97 (blown highlights);
-7. dark            — fraction of pixels with Y ≤ 0.06 (crushed shadows).
+7. dark            — fraction of pixels with Y ≤ 0.06 (crushed shadows);
+8. chroma noise    — (``chroma=True``) log mean of the finest residuals of Cb and Cr, squared and summed, read on the
+                     noise channel's photo: natural texture is mostly achromatic, while sensor, Gaussian, ISO, speckle
+                     and impulse noise hit the color channels independently, so where texture masks luma noise the
+                     chroma residual still shows it.
 Log channels are affinely scaled to roughly [-1.5, 1.5]; the result is float32 (8, h, w), row y / column x of the
 content frame. Filters are shifted-slice sums (elementwise work only; a 3×3 single-channel conv2d is 10× slower).
 """
@@ -26,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 _LUMA = (0.299, 0.587, 0.114)
+_CB, _CR = (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312)  # BT.601 chroma, as JPEG's YCbCr
 _LOG_SHIFT, _LOG_SCALE, _LOG_EPS = 7.0, 4.0, 1e-6
 
 
@@ -73,9 +78,18 @@ def _noise_energy(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(residual.square_()[None, None], size)[0, 0]
 
 
-def detail_channels(rgb: np.ndarray, size: tuple[int, int], noise_rgb: np.ndarray | None = None) -> torch.Tensor:
-    """``rgb`` uint8 (H, W, 3) at native resolution → (8, h, w) float32 detail channels for content size ``size``.
-    ``noise_rgb``: the same photo larger (uint8 (H', W', 3), same aspect), the noise channel's source; None: ``rgb``."""
+def _chroma_energy(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """``rgb`` uint8 (H, W, 3) → (h, w) mean of the squared finest residuals of Cb and Cr, summed."""
+    x = torch.from_numpy(np.asarray(rgb, dtype=np.float32)) / 255.0
+    return _noise_energy(x @ torch.tensor(_CB), size) + _noise_energy(x @ torch.tensor(_CR), size)
+
+
+def detail_channels(
+    rgb: np.ndarray, size: tuple[int, int], noise_rgb: np.ndarray | None = None, chroma: bool = False
+) -> torch.Tensor:
+    """``rgb`` uint8 (H, W, 3) at native resolution → (8, h, w) float32 detail channels for content size ``size``
+    ((9, h, w) with ``chroma``: the chroma noise channel last). ``noise_rgb``: the same photo larger (uint8
+    (H', W', 3), same aspect), the source of the noise channels; None: ``rgb``."""
     with torch.no_grad():
         x = torch.from_numpy(np.asarray(rgb, dtype=np.float32)) / 255.0  # (H, W, 3)
         y = x @ torch.tensor(_LUMA)  # (H, W)
@@ -93,8 +107,12 @@ def detail_channels(rgb: np.ndarray, size: tuple[int, int], noise_rgb: np.ndarra
         directional = (ratio.amax(0) - ratio.amin(0)) / _LOG_SCALE
         clipped = pool((x.amax(-1) >= 0.97).float())
         dark = pool((y <= 0.06).float())
-        logs = (torch.log(torch.stack([noise, energy1, energy2]) + _LOG_EPS) + _LOG_SHIFT) / _LOG_SCALE
-        return torch.cat([logs, torch.stack([coherence1, coherence2, directional, clipped, dark])]).float()
+        energies = [noise, energy1, energy2]
+        if chroma:
+            energies.append(_chroma_energy(rgb if noise_rgb is None else noise_rgb, size))
+        logs = (torch.log(torch.stack(energies) + _LOG_EPS) + _LOG_SHIFT) / _LOG_SCALE
+        shape = torch.stack([coherence1, coherence2, directional, clipped, dark])
+        return torch.cat([logs[:3], shape, logs[3:]]).float()
 
 
 # Motion-blur signature (``motion_signature``): a blur along a line of length L multiplies the local spectrum by a sinc

@@ -5,7 +5,8 @@ config.image_size`` → content (h, w), normalized, and padded bottom-right with
 content size is x·s (s = S / max(H, W)) rounded as ``config.size_rounding`` says (``round``, or PixelLM's half up
 ``int(x·s + 0.5)``); the filter is ``config.resample`` (bicubic, or PixelLM's bilinear). With
 ``config.detail_channels`` the eight channels of ``qground.detail``, computed at the photo's native resolution (or
-shrunk to ``config.detail_max_side`` when larger; the noise channel to ``config.noise_max_side``), follow RGB.
+shrunk to ``config.detail_max_side`` when larger; the noise channel to ``config.noise_max_side``), follow RGB, and
+with ``config.chroma_noise_channel`` the chroma noise channel (read as the noise channel) follows them.
 Evidence maps an inference policy asks for (``qground.policy.InferencePolicy.evidence_maps``: the motion-blur
 signature, the log contrast) are computed from the same photo as the detail channels and travel by name in each
 image's ``ImageMeta``, (S, S) over the padded frame, 0 in the padding. Masks go through the same mapping (nearest)
@@ -115,6 +116,7 @@ class QGroundProcessor:
             config.detail_channels,
             config.detail_max_side,
             config.noise_max_side,
+            config.chroma_noise_channel,
             config.resample,
             config.size_rounding,
         )
@@ -162,7 +164,9 @@ class QGroundProcessor:
         if self.config.detail_channels or evidence or keep_photo:
             native = np.asarray(_shrunk(img, self.config.detail_max_side))  # the detail channels' photo
         if self.config.detail_channels:
-            content = torch.cat([content, detail_channels(native, (h, w), self._noise_source(img, native))])
+            noise = self._noise_source(img, native)
+            chroma = self.config.chroma_noise_channel
+            content = torch.cat([content, detail_channels(native, (h, w), noise, chroma=chroma)])
         content = (content - self._mean) / self._std
         s = self.config.image_size
         out = torch.zeros(content.shape[0], s, s)

@@ -36,6 +36,33 @@ def test_noise_raises_residual_energy(texture):
     assert detail_channels(noisy, (8, 12))[0].mean() > detail_channels(texture, (8, 12))[0].mean() + 0.3
 
 
+def test_chroma_channel_sees_color_noise_that_gray_texture_does_not_mask():
+    """Gray texture raises the luma residual (channel 0) as noise does, but not the chroma residual (channel 8):
+    noise drawn per RGB channel raises it, noise equal in all three channels (luma only) does not."""
+    rng = np.random.default_rng(3)
+    gray = np.asarray(Image.fromarray((rng.random((80, 120)) * 255).astype(np.uint8)).resize((480, 320)))
+    textured = np.repeat(gray[..., None], 3, -1)
+    flat = np.full_like(textured, 128)
+
+    def channels(img: np.ndarray) -> torch.Tensor:
+        return detail_channels(img, (8, 12), chroma=True).mean(dim=(1, 2))
+
+    def noisy(img: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return np.clip(img + rng.normal(0, 8, shape), 0, 255).astype(np.uint8)
+
+    assert detail_channels(textured, (8, 12)).shape[0] == NUM_DETAIL_CHANNELS
+    assert channels(textured).shape == (NUM_DETAIL_CHANNELS + 1,)
+    assert channels(textured)[0] > channels(noisy(flat, flat.shape))[0]  # luma: texture reads as much as noise
+    assert channels(textured)[8] < channels(noisy(flat, flat.shape))[8] - 0.5  # chroma: not
+    assert channels(noisy(textured, textured.shape))[8] > channels(textured)[8] + 0.5
+    assert abs(channels(noisy(textured, textured.shape[:2] + (1,)))[8] - channels(textured)[8]) < 0.1
+    assert torch.equal(detail_channels(textured, (8, 12), chroma=True)[:8], detail_channels(textured, (8, 12)))
+    with pytest.raises(ConfigError, match="chroma_noise_channel needs detail_channels"):
+        dataclasses.replace(config_tiny(), chroma_noise_channel=True)
+    with pytest.raises(ConfigError, match="vision.num_channels must be 12"):
+        dataclasses.replace(config_nano(), vision=dataclasses.replace(config_nano().vision, num_channels=11))
+
+
 def test_blur_lowers_detail_energy(texture):
     blurred = np.asarray(Image.fromarray(texture).filter(ImageFilter.GaussianBlur(4)))
     assert detail_channels(blurred, (8, 12))[1].mean() < detail_channels(texture, (8, 12))[1].mean() - 0.3
@@ -99,7 +126,8 @@ def test_photos_larger_than_detail_max_side_are_read_at_that_size(texture):
     shrunk = np.asarray(big.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=3.0))
     mean, std = config.image_mean[3], config.image_std[3]
     assert x.shape == (config.vision.num_channels, s, s)
-    assert torch.allclose(x[3:, :h, :w], (detail_channels(shrunk, (h, w)) - mean) / std, atol=1e-5)
+    expected = (detail_channels(shrunk, (h, w), chroma=config.chroma_noise_channel) - mean) / std
+    assert torch.allclose(x[3:, :h, :w], expected, atol=1e-5)
     assert set(meta.evidence) == {MOTION_SIGNATURE, LOG_CONTRAST}
     signature, contrast = meta.evidence[MOTION_SIGNATURE], meta.evidence[LOG_CONTRAST]
     assert signature.shape == contrast.shape == (s, s)
@@ -145,10 +173,12 @@ def test_the_noise_channel_reads_a_large_photo_at_its_own_resolution(texture):
     at_240 = np.asarray(photo.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=3.0))
     at_480 = np.asarray(photo.resize((480, 320), Image.Resampling.LANCZOS, reducing_gap=3.0))
     mean, std = torch.tensor(config.image_mean[3:])[:, None, None], torch.tensor(config.image_std[3:])[:, None, None]
-    expected = (detail_channels(at_240, (h, w), noise_rgb=at_480) - mean) / std
+    expected = (detail_channels(at_240, (h, w), noise_rgb=at_480, chroma=True) - mean) / std
     assert torch.allclose(x[3:, :h, :w], expected, atol=1e-5)
     capped = QGroundProcessor(None, dataclasses.replace(config, noise_max_side=0)).preprocess_image(photo)[0]
-    assert torch.equal(x[4:], capped[4:]) and not torch.allclose(x[3], capped[3], atol=1e-2)
+    chroma = 3 + NUM_DETAIL_CHANNELS  # the chroma noise channel is read on the noise channel's photo too
+    assert torch.equal(x[4:chroma], capped[4:chroma]) and not torch.allclose(x[3], capped[3], atol=1e-2)
+    assert not torch.allclose(x[chroma], capped[chroma], atol=1e-2)
     within = Image.fromarray(texture[:200, :200])
     unlimited = QGroundProcessor(None, dataclasses.replace(config, noise_max_side=0))
     assert torch.equal(processor.preprocess_image(within)[0], unlimited.preprocess_image(within)[0])
