@@ -16,9 +16,10 @@ differences between scales describe the local spectrum independently of the cont
 6. clipped         — fraction of pixels whose brightest channel is ≥ 0.97 (blown highlights);
 7. dark            — fraction of pixels with Y ≤ 0.06 (crushed shadows);
 8. chroma noise    — (``chroma=True``) log mean of the finest residuals of Cb and Cr, squared and summed, read on the
-                     noise channel's photo: natural texture is mostly achromatic, while sensor, Gaussian, ISO, speckle
-                     and impulse noise hit the color channels independently, so where texture masks luma noise the
-                     chroma residual still shows it.
+                     noise channel's photo with Cb and Cr first box-averaged 2 × 2 (the grid a JPEG keeps chroma on,
+                     4:2:0, so chroma a JPEG upsampled is not read as missing detail): natural texture is mostly
+                     achromatic, while sensor, Gaussian, ISO, speckle and impulse noise hit the color channels
+                     independently, so where texture masks luma noise the chroma residual still shows it.
 Log channels are affinely scaled to roughly [-1.5, 1.5]; the result is float32 (8, h, w), row y / column x of the
 content frame. Filters are shifted-slice sums (elementwise work only; a 3×3 single-channel conv2d is 10× slower).
 """
@@ -79,9 +80,13 @@ def _noise_energy(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _chroma_energy(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """``rgb`` uint8 (H, W, 3) → (h, w) mean of the squared finest residuals of Cb and Cr, summed."""
+    """``rgb`` uint8 (H, W, 3) → (h, w) mean of the squared finest residuals of Cb and Cr on their 2 × 2 box average
+    (at full size when a side is shorter than 4 px), summed."""
     x = torch.from_numpy(np.asarray(rgb, dtype=np.float32)) / 255.0
-    return _noise_energy(x @ torch.tensor(_CB), size) + _noise_energy(x @ torch.tensor(_CR), size)
+    planes = torch.stack([x @ torch.tensor(_CB), x @ torch.tensor(_CR)])  # (2, H, W)
+    if min(planes.shape[1:]) >= 4:
+        planes = F.avg_pool2d(planes, 2)
+    return _noise_energy(planes[0], size) + _noise_energy(planes[1], size)
 
 
 def detail_channels(

@@ -30,9 +30,30 @@ def test_generated_masks_are_exact_and_disjoint():
             union |= mask
             assert 1 <= g.severity[name] <= 3 and name in CLASS_NAMES
             assert g.families[name].startswith(f"{name}/") and g.families[name] not in HELD_OUT
-        if max(clean.shape[:2]) <= 96:  # not shrunk after distorting at a larger size
+        if max(clean.shape[:2]) <= 96 and g.jpeg is None:  # neither shrunk after distorting nor through JPEG
             assert np.array_equal(g.image[~union], clean[~union]), "pixels outside every mask changed"
         assert list(g.masks) == [n for n in CLASS_NAMES if n in g.masks]
+
+
+def test_a_share_of_training_images_goes_through_jpeg_after_the_distortions(monkeypatch):
+    """About ``JPEG_SHARE`` of the training images, never a validation or evaluation image; drawn last, so the rest of
+    the image (photo, regions, families) is the same as without it."""
+    made = [synth.generate(i, "train", seed=5, max_side=96) for i in range(40)]
+    qualities = [g.jpeg for g in made if g.jpeg is not None]
+    assert 8 <= len(qualities) <= 24 and all(75 <= q <= 95 for q in qualities)
+    assert all(
+        synth.generate(i, split, seed=5, max_side=96).jpeg is None for i in range(10) for split in ("val", "eval")
+    )
+    i, g = next((i, g) for i, g in enumerate(made) if g.jpeg is not None)
+    monkeypatch.setattr(synth, "JPEG_SHARE", 0.0)
+    lossless = synth.generate(i, "train", seed=5, max_side=96)
+    assert lossless.jpeg is None and (lossless.photo, lossless.families) == (g.photo, g.families)
+    assert lossless.masks.keys() == g.masks.keys() and all(
+        np.array_equal(lossless.masks[n], g.masks[n]) for n in g.masks
+    )
+    assert g.image.shape == lossless.image.shape and 0 < np.abs(g.image.astype(int) - lossless.image).mean() < 8
+    smooth = np.full((32, 32, 3), 100, np.uint8)
+    assert np.abs(synth.jpeg_round_trip(smooth, 90, 2).astype(int) - 100).max() <= 1
 
 
 def test_dataset_layout_readers_and_truth(tmp_path):

@@ -46,6 +46,11 @@ POOL_MAX_SIDE = 2048  # pool photos are read at most this large (room for a capt
 CAPTURE = 0.35  # share of images distorted at up to twice their final size, then shrunk (a larger camera's photo)
 WHOLE_IMAGE = 0.3  # share of one-class images distorted everywhere
 SPLITS = ("train", "eval", "val")  # disjoint photos: training, held-out evaluation, validation (choosing settings)
+# Share of training images whose pixels went through JPEG once after their distortions (quality 75–95, chroma at half
+# resolution (4:2:0) three times in four), as a camera's or the web's photos have: the tower must not take JPEG's
+# smooth chroma or 8 × 8 blocks for a distortion, nor lean on evidence JPEG removes. Validation and evaluation images
+# stay lossless (their JPEG copies test this).
+JPEG_SHARE = 0.4
 PNG_LEVEL = 1  # zlib level of written PNGs: lossless at any level; 1 encodes 4× faster than the default 6, 5 % larger
 ORDINALS = ("first", "second", "third", "fourth")
 
@@ -320,12 +325,14 @@ class Generated:
     severity: dict[str, int]
     photo: str
     families: dict[str, str]  # class → family key ("blur/defocus")
+    jpeg: int | None = None  # the JPEG quality the pixels went through (training images only), None: lossless
 
 
 def generate(index: int, split: str, seed: int, max_side: int = MAX_SIDE) -> Generated:
     """Image ``index`` of a split: 0 classes (25 %), else 1–3 classes on disjoint regions (one class: the whole image
     ``WHOLE_IMAGE`` of the time), each by a random family of its class (``split_families``). ``CAPTURE`` of the images
-    are distorted at up to twice their final size and then shrunk, as a larger camera's photo would be."""
+    are distorted at up to twice their final size and then shrunk, as a larger camera's photo would be; ``JPEG_SHARE``
+    of the training images then go through JPEG once (``jpeg_round_trip``)."""
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     capture = rng.uniform(1.2, 2.0) if rng.random() < CAPTURE else 1.0
     clean, photo = clean_base(split, rng, round(max_side * capture))
@@ -354,7 +361,20 @@ def generate(index: int, split: str, seed: int, max_side: int = MAX_SIDE) -> Gen
         out, masks = _shrink(out, masks, (max(8, round(shape[0] * s)), max(8, round(shape[1] * s))))
         masks = {n: m for n, m in masks.items() if m.any()}
         severity, used = {n: severity[n] for n in masks}, {n: used[n] for n in masks}
-    return Generated((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8), masks, severity, photo, used)
+    image = (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+    quality = None
+    if split == "train" and rng.random() < JPEG_SHARE:  # drawn last: every earlier draw is as without it
+        quality = int(rng.integers(75, 96))
+        image = jpeg_round_trip(image, quality, subsampling=2 if rng.random() < 0.75 else 0)
+    return Generated(image, masks, severity, photo, used, quality)
+
+
+def jpeg_round_trip(image: np.ndarray, quality: int, subsampling: int) -> np.ndarray:
+    """(H, W, 3) uint8 → the same after a JPEG encode and decode at ``quality`` (PIL's ``subsampling``: 2 = 4:2:0,
+    0 = 4:4:4)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=quality, subsampling=subsampling)
+    return np.asarray(Image.open(buffer).convert("RGB"))
 
 
 # -- text --------------------------------------------------------------------------------------------------------------
@@ -476,6 +496,7 @@ def write_one(args: tuple[Path, int, str, int, int]) -> dict:
         "scores": scores(g),
         "luma": float((g.image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).mean() / 255),
         "families": g.families,
+        "jpeg": g.jpeg,
         "description": describe(g),
         "turns": turns,
     }
