@@ -245,9 +245,11 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.data} is not an evaluation folder: it has no images/ folder")
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be at least 1")
+    if args.jpeg is not None and not 1 <= args.jpeg <= 95:
+        raise UsageError(f"--jpeg takes a JPEG quality in 1–95, got {args.jpeg}")
     engine, settings = load_engine_and_settings(args)
     try:
-        report = evaluate(engine, args.data, tasks, args.limit, settings=settings)
+        report = evaluate(engine, args.data, tasks, args.limit, settings=settings, jpeg=args.jpeg)
     except (ValueError, FileNotFoundError) as e:  # malformed data (ImageLoadError and JSON errors included)
         raise UsageError(f"{args.data}: {e}") from None
     print(report_table(report))
@@ -258,7 +260,7 @@ def run_eval(args: argparse.Namespace) -> int:
         except CheckpointError as e:
             raise UsageError(f"--against: cannot load the model {other!r}: {e}") from None
         rival_settings = GenerationSettings(strictness=rival.policy.default_strictness)
-        reports[rival.name] = evaluate(rival, args.data, tasks, args.limit, settings=rival_settings)
+        reports[rival.name] = evaluate(rival, args.data, tasks, args.limit, settings=rival_settings, jpeg=args.jpeg)
     if args.against:
         report["against"] = {name: r for name, r in reports.items() if name != engine.name}
         print("\n" + side_by_side_table(reports))
@@ -318,8 +320,8 @@ def run_qground_test(args: argparse.Namespace) -> int:
 
 def _check_file_eval(args: argparse.Namespace, flag: str) -> None:
     """Options an evaluation of one benchmark file (``flag``) cannot take."""
-    if args.tasks is not None or args.against:
-        raise UsageError(f"--tasks and --against go with --data, not {flag}")
+    if args.tasks is not None or args.against or args.jpeg is not None:
+        raise UsageError(f"--tasks, --against and --jpeg go with --data, not {flag}")
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be at least 1")
 
@@ -495,6 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="also evaluate this model (name, folder or Hub repo id; repeatable) on the same items, each at its own "
         "default strictness, and print the models side by side",
+    )
+    ev.add_argument(
+        "--jpeg",
+        type=int,
+        metavar="QUALITY",
+        help="with --data: every image goes through one JPEG save at this quality (1–95, 4:2:0) before the models "
+        "see it, as a camera's or the web's photos have",
     )
     _add_model_options(ev)
 

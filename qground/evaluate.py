@@ -56,7 +56,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from qground.baseline import baseline_masks
-from qground.imageio import load_image
+from qground.imageio import jpeg_round_trip, load_image
 from qground.inference import GenerationSettings, QGroundEngine
 from qground.mcq import question_type
 from qground.naming import parse_choice, question_options
@@ -435,8 +435,23 @@ def _conversations(path: Path) -> list[tuple[list[Path], str, str]]:
     return out
 
 
+def _opener(jpeg: int | None):
+    """Path → the PIL image the models see: as stored, or after one JPEG save at quality ``jpeg`` (4:2:0)."""
+
+    def open_image(path: Path) -> Image.Image:
+        image = load_image(path)
+        return image if jpeg is None else jpeg_round_trip(image, jpeg)
+
+    return open_image
+
+
 def _run_grounding(
-    engine: QGroundEngine, data_dir: Path, limit: int | None, progress: bool, settings: GenerationSettings
+    engine: QGroundEngine,
+    data_dir: Path,
+    limit: int | None,
+    progress: bool,
+    settings: GenerationSettings,
+    jpeg: int | None = None,
 ) -> dict:
     """Model, classical baseline and all-empty predictions over ``images/`` vs ``gt/``."""
     methods = {"model": GroundingMetrics(), "baseline": GroundingMetrics(), "all-empty": GroundingMetrics()}
@@ -445,8 +460,9 @@ def _run_grounding(
     families = {m["id"]: m["families"] for m in meta.get("images", []) if "families" in m}  # stem → class → family
     by_family: dict[str, dict[str, GroundingMetrics]] = {}
     per_image = []
+    open_image = _opener(jpeg)
     for path in tqdm(_image_paths(data_dir)[:limit], desc="ground", disable=not progress, dynamic_ncols=True):
-        image = load_image(path)
+        image = open_image(path)
         gt = load_gt(data_dir, path.stem, (image.height, image.width))
         t0 = time.perf_counter()
         result = engine.ground(image, QUESTIONS["ground"], settings)
@@ -490,12 +506,19 @@ def _meta(data_dir: Path) -> dict:
 
 
 def _run_describe(
-    engine: QGroundEngine, path: Path, limit: int | None, progress: bool, settings: GenerationSettings
+    engine: QGroundEngine,
+    path: Path,
+    limit: int | None,
+    progress: bool,
+    settings: GenerationSettings,
+    jpeg: int | None = None,
 ) -> dict:
     answers, refs, seconds = [], [], []
     for images, question, reference in tqdm(
         _conversations(path)[:limit], desc="describe", disable=not progress, dynamic_ncols=True
     ):
+        if jpeg is not None:
+            images = [_opener(jpeg)(p) for p in images]
         t0 = time.perf_counter()
         answers.append(engine.chat(images, [Turn(question)], settings).text)
         seconds.append(time.perf_counter() - t0)
@@ -509,12 +532,19 @@ def _run_describe(
 
 
 def _run_compare(
-    engine: QGroundEngine, path: Path, limit: int | None, progress: bool, settings: GenerationSettings
+    engine: QGroundEngine,
+    path: Path,
+    limit: int | None,
+    progress: bool,
+    settings: GenerationSettings,
+    jpeg: int | None = None,
 ) -> dict:
     answers, truths, counts, questions, seconds = [], [], [], [], []
     for images, question, truth in tqdm(
         _conversations(path)[:limit], desc="compare", disable=not progress, dynamic_ncols=True
     ):
+        if jpeg is not None:
+            images = [_opener(jpeg)(p) for p in images]
         t0 = time.perf_counter()
         answers.append(engine.chat(images, [Turn(question)], settings).text)
         seconds.append(time.perf_counter() - t0)
@@ -538,6 +568,7 @@ def evaluate(
     limit: int | None = None,
     progress: bool = True,
     settings: GenerationSettings | None = None,
+    jpeg: int | None = None,
 ) -> dict:
     """Run ``engine`` over an evaluation folder (module docstring); JSON-ready report.
 
@@ -545,21 +576,26 @@ def evaluate(
     (`qground.baseline`) and the all-empty prediction; ``describe``/``compare``: each entry's question (with its
     images) from describe.json / compare.json. ``limit`` caps the items of each task. A task whose JSON file is
     missing is listed under ``"skipped"`` with the reason. ``settings``: the engine's generation settings (default:
-    greedy, strictness 0), recorded in the report."""
+    greedy, strictness 0), recorded in the report. ``jpeg``: every image goes through one JPEG save at this quality
+    (4:2:0) before the model and the baseline see it, as a camera's or the web's photos have (recorded too)."""
     data_dir = Path(data_dir)
     settings = settings or GenerationSettings()
     unknown = set(tasks) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown tasks {sorted(unknown)}; choose from {list(TASKS)}")
+    if jpeg is not None and not 1 <= jpeg <= 95:
+        raise ValueError(f"JPEG quality must be 1–95, got {jpeg}")
     report: dict = {"model": engine.name, "data": str(data_dir), "strictness": settings.strictness, "skipped": {}}
+    if jpeg is not None:
+        report["jpeg"] = jpeg
     if "ground" in tasks:
-        report["ground"] = _run_grounding(engine, data_dir, limit, progress, settings)
+        report["ground"] = _run_grounding(engine, data_dir, limit, progress, settings, jpeg)
     for task, runner in (("describe", _run_describe), ("compare", _run_compare)):
         if task not in tasks:
             continue
         path = data_dir / f"{task}.json"
         if path.exists():
-            report[task] = runner(engine, path, limit, progress, settings)
+            report[task] = runner(engine, path, limit, progress, settings, jpeg)
         else:
             report["skipped"][task] = f"no {path.name} in {data_dir}"
     return report

@@ -93,6 +93,17 @@ def fit_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
+def jpeg_round_trip(image: Image.Image, quality: int, subsampling: int = 2) -> Image.Image:
+    """An RGB image after one JPEG encode and decode at ``quality`` (1–95) with PIL's chroma ``subsampling`` (2:
+    4:2:0, the cameras' and the web's default; 0: 4:4:4): what a photo's pixels are after a save as JPEG."""
+    if not 1 <= quality <= 95:
+        raise ValueError(f"JPEG quality must be 1–95, got {quality}")
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=quality, subsampling=subsampling)
+    with Image.open(buffer) as decoded:
+        return decoded.convert("RGB")
+
+
 def load_image(source: ImageSource) -> Image.Image:
     """Read an image as a new upright RGB, 8-bit PIL image of its full size (W, H as stored, after EXIF rotation).
 

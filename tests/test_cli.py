@@ -159,6 +159,40 @@ def test_eval_against_other_models_prints_them_side_by_side(checkpoint, overfit_
     assert "--against: cannot load the model" in capsys.readouterr().err
 
 
+def test_eval_on_jpeg_copies_of_the_images(checkpoint, overfit_batch, tmp_path, capsys, monkeypatch):
+    """``--jpeg Q``: the models and the baseline see each image of every task after one JPEG save at quality Q (what
+    a camera's photos are); the quality is recorded in the report."""
+    import qground.evaluate as ev
+    from qground.imageio import jpeg_round_trip, load_image
+
+    data = tmp_path / "data"
+    write_eval_folder(data, overfit_batch)
+    seen, saves = [], []
+    monkeypatch.setattr(ev, "baseline_masks", lambda image: seen.append(np.asarray(image)) or {})
+
+    def counted(image, quality):
+        saves.append(quality)
+        return jpeg_round_trip(image, quality)
+
+    monkeypatch.setattr(ev, "jpeg_round_trip", counted)
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "--data", str(data), "--model", checkpoint, "--jpeg", "10", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["jpeg"] == 10 and report["describe"]["items"] == 1 and report["compare"]["items"] == 1
+    stored = [load_image(p) for p in sorted((data / "images").iterdir())]
+    assert len(seen) == len(stored) == 3
+    for image, original in zip(seen, stored, strict=True):
+        assert np.array_equal(image, np.asarray(jpeg_round_trip(original, 10)))
+        assert not np.array_equal(image, np.asarray(original))
+    images_asked = 3 + 1 + len(json.loads((data / "compare.json").read_text())[0]["image"])
+    assert saves == [10] * images_asked
+    capsys.readouterr()
+    assert main(["eval", "--data", str(data), "--model", checkpoint, "--jpeg", "0"]) == 2
+    assert "--jpeg takes a JPEG quality in 1–95" in capsys.readouterr().err
+    assert main(["eval", "--mcq", str(tmp_path / "x.json"), "--jpeg", "90"]) == 2
+    assert "--jpeg go with --data" in capsys.readouterr().err
+
+
 def test_eval_usage_errors(tmp_path, capsys):
     assert main(["eval", "--data", str(tmp_path), "--tasks", "ground,dance"]) == 2
     assert "dance" in capsys.readouterr().err

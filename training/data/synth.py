@@ -29,6 +29,7 @@ from skimage.draw import polygon as draw_polygon
 from tqdm import tqdm
 
 from qground.answers import Finding, describe_answer, quality_word, yes_no_answer
+from qground.imageio import jpeg_round_trip
 from qground.prompts import grounding_answer, image_header
 from qground.taxonomy import CLASS_NAMES, get
 from qground.tokens import SegTokens
@@ -365,16 +366,9 @@ def generate(index: int, split: str, seed: int, max_side: int = MAX_SIDE) -> Gen
     quality = None
     if split == "train" and rng.random() < JPEG_SHARE:  # drawn last: every earlier draw is as without it
         quality = int(rng.integers(75, 96))
-        image = jpeg_round_trip(image, quality, subsampling=2 if rng.random() < 0.75 else 0)
+        subsampling = 2 if rng.random() < 0.75 else 0  # 4:2:0 or 4:4:4
+        image = np.asarray(jpeg_round_trip(Image.fromarray(image), quality, subsampling))
     return Generated(image, masks, severity, photo, used, quality)
-
-
-def jpeg_round_trip(image: np.ndarray, quality: int, subsampling: int) -> np.ndarray:
-    """(H, W, 3) uint8 → the same after a JPEG encode and decode at ``quality`` (PIL's ``subsampling``: 2 = 4:2:0,
-    0 = 4:4:4)."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "JPEG", quality=quality, subsampling=subsampling)
-    return np.asarray(Image.open(buffer).convert("RGB"))
 
 
 # -- text --------------------------------------------------------------------------------------------------------------
