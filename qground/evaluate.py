@@ -505,24 +505,29 @@ def _meta(data_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _run_describe(
+def _chat_answers(
     engine: QGroundEngine,
     path: Path,
     limit: int | None,
     progress: bool,
     settings: GenerationSettings,
-    jpeg: int | None = None,
-) -> dict:
-    answers, refs, seconds = [], [], []
-    for images, question, reference in tqdm(
-        _conversations(path)[:limit], desc="describe", disable=not progress, dynamic_ncols=True
-    ):
-        if jpeg is not None:
-            images = [_opener(jpeg)(p) for p in images]
+    jpeg: int | None,
+) -> tuple[list[tuple[list[Path], str, str]], list[str], list[float]]:
+    """Each entry of the LLaVA-schema file ``path`` (up to ``limit``) asked of ``engine`` with its images (after one
+    JPEG save at quality ``jpeg`` when given): the entries, the answers and the seconds each took."""
+    items, answers, seconds = _conversations(path)[:limit], [], []
+    open_image = _opener(jpeg)
+    for images, question, _ in tqdm(items, desc=path.stem, disable=not progress, dynamic_ncols=True):
+        seen = images if jpeg is None else [open_image(p) for p in images]
         t0 = time.perf_counter()
-        answers.append(engine.chat(images, [Turn(question)], settings).text)
+        answers.append(engine.chat(seen, [Turn(question)], settings).text)
         seconds.append(time.perf_counter() - t0)
-        refs.append(reference)
+    return items, answers, seconds
+
+
+def _score_describe(items: list[tuple[list[Path], str, str]], answers: list[str], seconds: list[float]) -> dict:
+    """describe.json's entries and the answers (``_chat_answers``) → class F1 and answer quality."""
+    refs = [reference for _, _, reference in items]
     quality = answer_quality(answers, refs)
     return (
         description_f1(answers, refs)
@@ -531,26 +536,11 @@ def _run_describe(
     )
 
 
-def _run_compare(
-    engine: QGroundEngine,
-    path: Path,
-    limit: int | None,
-    progress: bool,
-    settings: GenerationSettings,
-    jpeg: int | None = None,
-) -> dict:
-    answers, truths, counts, questions, seconds = [], [], [], [], []
-    for images, question, truth in tqdm(
-        _conversations(path)[:limit], desc="compare", disable=not progress, dynamic_ncols=True
-    ):
-        if jpeg is not None:
-            images = [_opener(jpeg)(p) for p in images]
-        t0 = time.perf_counter()
-        answers.append(engine.chat(images, [Turn(question)], settings).text)
-        seconds.append(time.perf_counter() - t0)
-        truths.append(truth)
-        counts.append(len(images))
-        questions.append(question)
+def _score_compare(items: list[tuple[list[Path], str, str]], answers: list[str], seconds: list[float]) -> dict:
+    """compare.json's entries and the answers (``_chat_answers``) → accuracy, by image count and question kind."""
+    truths = [truth for _, _, truth in items]
+    counts = [len(images) for images, _, _ in items]
+    questions = [question for _, question, _ in items]
     result = comparison_accuracy(answers, truths, counts, questions)
     types = [question_type(q) for q in questions]
     by_type = {}
@@ -590,12 +580,12 @@ def evaluate(
         report["jpeg"] = jpeg
     if "ground" in tasks:
         report["ground"] = _run_grounding(engine, data_dir, limit, progress, settings, jpeg)
-    for task, runner in (("describe", _run_describe), ("compare", _run_compare)):
+    for task, score in (("describe", _score_describe), ("compare", _score_compare)):
         if task not in tasks:
             continue
         path = data_dir / f"{task}.json"
         if path.exists():
-            report[task] = runner(engine, path, limit, progress, settings, jpeg)
+            report[task] = score(*_chat_answers(engine, path, limit, progress, settings, jpeg))
         else:
             report["skipped"][task] = f"no {path.name} in {data_dir}"
     return report

@@ -230,7 +230,7 @@ def test_eval_mcq_usage_errors(tmp_path, capsys):
     assert main(["eval", "--mcq", str(FIXTURES / "micbench_dev.json"), "--images", str(tmp_path)]) == 2
     assert f"no image {tmp_path / 'a.png'}" in capsys.readouterr().err
     assert main(["eval", "--mcq", str(unknown), "--tasks", "ground"]) == 2
-    assert "--tasks and --against go with --data" in capsys.readouterr().err
+    assert "--tasks, --against and --jpeg go with --data" in capsys.readouterr().err
     assert main(["eval", "--data", str(tmp_path), "--images", str(tmp_path)]) == 2
     assert "--images goes with --mcq" in capsys.readouterr().err
 
