@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 _LUMA = (0.299, 0.587, 0.114)
 _CB, _CR = (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312)  # BT.601 chroma, as JPEG's YCbCr
@@ -80,13 +81,14 @@ def _noise_energy(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _chroma_energy(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """``rgb`` uint8 (H, W, 3) → (h, w) mean of the squared finest residuals of Cb and Cr on their 2 × 2 box average
-    (at full size when a side is shorter than 4 px), summed."""
-    x = torch.from_numpy(np.asarray(rgb, dtype=np.float32)) / 255.0
-    planes = torch.stack([x @ torch.tensor(_CB), x @ torch.tensor(_CR)])  # (2, H, W)
-    if min(planes.shape[1:]) >= 4:
-        planes = F.avg_pool2d(planes, 2)
-    return _noise_energy(planes[0], size) + _noise_energy(planes[1], size)
+    """``rgb`` uint8 (H, W, 3) → (h, w) mean of the squared finest residuals of Cb and Cr on the photo box-averaged
+    2 × 2 (PIL's ``reduce``, in uint8: a quarter of the pixels to convert; at full size when a side is shorter than
+    4 px), summed. Cb and Cr are linear in RGB, so averaging RGB first averages them."""
+    photo = Image.fromarray(np.ascontiguousarray(rgb))
+    if min(photo.size) >= 4:
+        photo = photo.reduce(2)
+    x = torch.from_numpy(np.asarray(photo, dtype=np.float32)) / 255.0
+    return _noise_energy(x @ torch.tensor(_CB), size) + _noise_energy(x @ torch.tensor(_CR), size)
 
 
 def detail_channels(

@@ -5,13 +5,23 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from scipy import ndimage
 from skimage.draw import line as draw_line
 
 from qground.builder import config_nano, config_tiny
 from qground.config import NUM_DETAIL_CHANNELS, ConfigError
-from qground.detail import LOG_CONTRAST_OFFSET, detail_channels, log_contrast, motion_signature, region_contrast
+from qground.detail import (
+    _CB,
+    _CR,
+    LOG_CONTRAST_OFFSET,
+    _noise_energy,
+    detail_channels,
+    log_contrast,
+    motion_signature,
+    region_contrast,
+)
 from qground.policy import LOG_CONTRAST, MOTION_SIGNATURE
 from qground.processor import QGroundProcessor
 from training.data import synth
@@ -57,6 +67,12 @@ def test_chroma_channel_sees_color_noise_that_gray_texture_does_not_mask():
     assert channels(noisy(textured, textured.shape))[8] > channels(textured)[8] + 0.5
     assert abs(channels(noisy(textured, textured.shape[:2] + (1,)))[8] - channels(textured)[8]) < 0.1
     assert torch.equal(detail_channels(textured, (8, 12), chroma=True)[:8], detail_channels(textured, (8, 12)))
+    # read on Cb and Cr box-averaged 2 × 2 (JPEG's chroma grid): PIL's uint8 reduce, within rounding of a float average
+    grainy = noisy(textured, textured.shape)
+    x = torch.from_numpy(grainy.astype(np.float32)) / 255
+    planes = F.avg_pool2d(torch.stack([x @ torch.tensor(_CB), x @ torch.tensor(_CR)]), 2)
+    reference = (torch.log(sum(_noise_energy(p, (8, 12)) for p in planes) + 1e-6) + 7) / 4
+    assert torch.allclose(detail_channels(grainy, (8, 12), chroma=True)[8], reference, atol=0.01)
     with pytest.raises(ConfigError, match="chroma_noise_channel needs detail_channels"):
         dataclasses.replace(config_tiny(), chroma_noise_channel=True)
     with pytest.raises(ConfigError, match="vision.num_channels must be 12"):
