@@ -20,8 +20,9 @@ differences between scales describe the local spectrum independently of the cont
                      4:2:0, so chroma a JPEG upsampled is not read as missing detail): natural texture is mostly
                      achromatic, while sensor, Gaussian, ISO, speckle and impulse noise hit the color channels
                      independently, so where texture masks luma noise the chroma residual still shows it.
-Log channels are affinely scaled to roughly [-1.5, 1.5]; the result is float32 (8, h, w), row y / column x of the
-content frame. Filters are shifted-slice sums (elementwise work only; a 3×3 single-channel conv2d is 10× slower).
+Log channels are affinely scaled to roughly [-1.5, 1.5]; the result is float32 (8, h, w) ((9, h, w) with chroma), row
+y / column x of the content frame. Filters are shifted-slice sums (elementwise work only; a 3×3 single-channel conv2d
+is 10× slower).
 """
 
 from __future__ import annotations

@@ -435,14 +435,10 @@ def _conversations(path: Path) -> list[tuple[list[Path], str, str]]:
     return out
 
 
-def _opener(jpeg: int | None):
-    """Path → the PIL image the models see: as stored, or after one JPEG save at quality ``jpeg`` (4:2:0)."""
-
-    def open_image(path: Path) -> Image.Image:
-        image = load_image(path)
-        return image if jpeg is None else jpeg_round_trip(image, jpeg)
-
-    return open_image
+def _model_input(path: Path, jpeg: int | None) -> Image.Image:
+    """The PIL image the models see: as stored, or after one JPEG save at quality ``jpeg`` (4:2:0)."""
+    image = load_image(path)
+    return image if jpeg is None else jpeg_round_trip(image, jpeg)
 
 
 def _run_grounding(
@@ -460,9 +456,8 @@ def _run_grounding(
     families = {m["id"]: m["families"] for m in meta.get("images", []) if "families" in m}  # stem → class → family
     by_family: dict[str, dict[str, GroundingMetrics]] = {}
     per_image = []
-    open_image = _opener(jpeg)
     for path in tqdm(_image_paths(data_dir)[:limit], desc="ground", disable=not progress, dynamic_ncols=True):
-        image = open_image(path)
+        image = _model_input(path, jpeg)
         gt = load_gt(data_dir, path.stem, (image.height, image.width))
         t0 = time.perf_counter()
         result = engine.ground(image, QUESTIONS["ground"], settings)
@@ -516,9 +511,8 @@ def _chat_answers(
     """Each entry of the LLaVA-schema file ``path`` (up to ``limit``) asked of ``engine`` with its images (after one
     JPEG save at quality ``jpeg`` when given): the entries, the answers and the seconds each took."""
     items, answers, seconds = _conversations(path)[:limit], [], []
-    open_image = _opener(jpeg)
     for images, question, _ in tqdm(items, desc=path.stem, disable=not progress, dynamic_ncols=True):
-        seen = images if jpeg is None else [open_image(p) for p in images]
+        seen = images if jpeg is None else [_model_input(p, jpeg) for p in images]
         t0 = time.perf_counter()
         answers.append(engine.chat(seen, [Turn(question)], settings).text)
         seconds.append(time.perf_counter() - t0)
