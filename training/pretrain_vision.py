@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from qground.checkpoint import load_model, save_checkpoint
 from qground.config import READOUT_SUB
+from qground.imageio import jpeg_round_trip, load_image
 from qground.modeling import DistortionReadout
 from qground.processor import QGroundProcessor
 from qground.taxonomy import CLASS_NAMES
@@ -60,9 +61,10 @@ def global_targets(frac: torch.Tensor, weight: torch.Tensor, severity: dict[str,
     return torch.cat([(area > 0).float(), area, sev * area])
 
 
-def build_tensors(processor: QGroundProcessor, data_dir: Path, sub: int):
-    """Every training image preprocessed once: inputs (N, C, S, S), dense targets (N, K, g, g), content weights
-    (N, g, g) and whole-image targets (N, 3·classes)."""
+def build_tensors(processor: QGroundProcessor, data_dir: Path, sub: int, jpeg: int | None = None):
+    """Every training image preprocessed once: inputs (N, C, S, S), dense targets (N, K·sub², g, g), content weights
+    (N, g, g) and whole-image targets (N, 3·classes). ``jpeg``: each image first goes through one JPEG save at that
+    quality (4:2:0; ``training.probe_readout``)."""
     samples, report = read_qground100k(data_dir / "qground.json", data_dir, data_dir)
     meta_file = data_dir / "meta.json"
     severity = (
@@ -72,7 +74,8 @@ def build_tensors(processor: QGroundProcessor, data_dir: Path, sub: int):
     x = torch.empty(len(samples), c, size, size)  # filled in place: one copy of the largest tensor (0.7 MB an image)
     ys, ws, gs = [], [], []
     for i, s in enumerate(tqdm(samples, desc="preprocess", dynamic_ncols=True)):
-        pixels, meta = processor.preprocess_image(s.images[0])
+        image = s.images[0] if jpeg is None else jpeg_round_trip(load_image(s.images[0]), jpeg)
+        pixels, meta = processor.preprocess_image(image)
         y, w = dense_targets(processor, s, meta, sub)
         x[i] = pixels[:c]  # the tower's channels
         ys.append(y)
