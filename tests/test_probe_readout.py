@@ -39,7 +39,7 @@ def test_auc_counts_pairs_and_half_ties():
     assert auc(np.array([0.9, 0.3]), np.array([1, 1])) is None
 
 
-def _scripted(readout, logits_of):
+def _scripted(logits_of):
     """``readout.logits`` replaced by one that answers batch after batch from ``logits_of(start, stop)``."""
     position = [0]
 
@@ -61,14 +61,14 @@ def test_an_oracle_readout_scores_one_and_a_silent_one_zero(readout_model, data,
 
     truth = torch.logit(y.clamp(1e-4, 1 - 1e-4))
     presence = torch.where(glob[:, :k] > 0.5, 5.0, -5.0)
-    monkeypatch.setattr(model.readout, "logits", _scripted(model.readout, lambda a, b: (truth[a:b], presence[a:b])))
+    monkeypatch.setattr(model.readout, "logits", _scripted(lambda a, b: (truth[a:b], presence[a:b])))
     oracle = probe(model, processor, data, batch=4)
     assert oracle["images"] == len(y) == 10
     assert all(oracle["iou"][name] == 1.0 for name in present)
     assert all(v in (None, 1.0) for v in oracle["auc"].values())
 
     silent = (torch.full_like(truth, -9.0), torch.full_like(presence, -9.0))
-    monkeypatch.setattr(model.readout, "logits", _scripted(model.readout, lambda a, b: (silent[0][a:b], silent[1][a:b])))
+    monkeypatch.setattr(model.readout, "logits", _scripted(lambda a, b: (silent[0][a:b], silent[1][a:b])))
     none = probe(model, processor, data, batch=4)
     assert all(none["iou"][name] == 0.0 for name in present)
     assert all(v in (None, 0.5) for v in none["auc"].values())
