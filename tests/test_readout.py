@@ -632,3 +632,60 @@ def test_the_engine_draws_blended_masks(readout_model):
     expected = to_original_frame(torch.logit(cover, eps=1e-6), meta)[0] > 0
     assert expected.shape == (20, 30) and expected.any() and not expected.all()
     assert set(result.masks) == {"noise"} and np.array_equal(result.masks["noise"], expected.numpy())
+
+
+def test_coarse_detail_sides_are_drawn_in_the_ratio_range_and_always_take_two_draws():
+    from training.pretrain_vision import COARSE_MIN_SIDE, COARSE_RATIO, coarse_detail_side
+
+    rng, twin = np.random.default_rng(5), np.random.default_rng(5)
+    sides = [coarse_detail_side((1000, 700), rng, 1.0) for _ in range(200)]
+    assert all(1000 / COARSE_RATIO[1] - 1 <= s <= 1000 / COARSE_RATIO[0] + 1 for s in sides)
+    assert max(sides) - min(sides) > 300  # the whole range is used
+    assert coarse_detail_side((300, 200), rng, 1.0) is None  # below COARSE_MIN_SIDE once shrunk
+    assert 300 / COARSE_RATIO[0] < COARSE_MIN_SIDE
+    assert all(coarse_detail_side((1000, 700), rng, 0.0) is None for _ in range(50))
+    for _ in range(251):  # 200 + 1 + 50 calls, each two draws whatever the outcome
+        twin.random(), twin.uniform()
+    assert rng.random() == twin.random()
+
+
+def test_coarse_detail_reads_structure_on_a_smaller_copy_and_noise_on_the_photo(tiny, tmp_path):
+    """With ``coarse_share`` 1 every photo large enough has its structure channels read on the copy
+    ``coarse_detail_side`` names, as a photo that large would be at inference, and its noise channels on itself."""
+    from qground.builder import config_nano
+    from qground.detail import detail_channels
+    from training.data import synth
+    from training.pretrain_vision import build_tensors, coarse_detail_side
+
+    _, tokenizer, _ = tiny
+    config = config_nano()
+    processor = QGroundProcessor(tokenizer, config)
+    synth.write_dataset(tmp_path, num=4, split="train", seed=1, comparisons=2, max_side=640)
+    plain = build_tensors(processor, tmp_path, 4)[0]
+    coarse = build_tensors(processor, tmp_path, 4, coarse_share=1.0, seed=3)[0]
+    rng = np.random.default_rng(3)
+    images = [np.asarray(Image.open(tmp_path / "images" / f"train_{i:06d}.png").convert("RGB")) for i in range(4)]
+    sides = [coarse_detail_side((im.shape[1], im.shape[0]), rng, 1.0) for im in images]
+    assert any(side is not None for side in sides)
+    noise, chroma, structure = 3, 3 + 8, slice(4, 9)  # after RGB: noise, Sobel ×2, coherence ×2, … chroma last
+    for i, (image, side) in enumerate(zip(images, sides, strict=True)):
+        h, w = processor.content_size(image.shape[:2])
+        assert torch.allclose(coarse[i, noise, :h, :w], plain[i, noise, :h, :w], atol=1e-5)
+        assert torch.allclose(coarse[i, chroma, :h, :w], plain[i, chroma, :h, :w], atol=1e-5)
+        if side is None:
+            assert torch.equal(coarse[i], plain[i])
+            continue
+        assert not torch.allclose(coarse[i, structure, :h, :w], plain[i, structure, :h, :w], atol=1e-3)
+        small = np.asarray(Image.fromarray(image).resize(fitted_size(image, side), Image.Resampling.LANCZOS))
+        expected = detail_channels(small, (h, w), image, chroma=True)[1:3]  # Sobel energies of the smaller copy
+        mean, std = config.image_mean[4], config.image_std[4]
+        assert torch.allclose(coarse[i, 4:6, :h, :w], (expected - mean) / std, atol=1e-4)
+    with pytest.raises(ValueError, match="noise_max_side"):
+        build_tensors(QGroundProcessor(tokenizer, tiny[0].config), tmp_path, 4, coarse_share=0.5)
+
+
+def fitted_size(image: np.ndarray, side: int) -> tuple[int, int]:
+    """(W, H) of ``image`` (H, W, 3) shrunk so its longest side is ``side``, rounded as the processor does."""
+    from qground.imageio import fit_size
+
+    return fit_size((image.shape[1], image.shape[0]), side)
