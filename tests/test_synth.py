@@ -137,3 +137,20 @@ def test_comparisons_without_an_answer_fail_clearly():
     same = {"image": "images/x.png", "scores": dict.fromkeys(CLASS_NAMES, 0.5), "luma": 0.5}
     with pytest.raises(ValueError, match="only 0 of 3 comparison groups have an unambiguous answer"):
         synth.comparison_records([same] * 4, 3, np.random.default_rng(0), "cmp_train")
+
+
+def test_upscaled_sets_hold_large_photos_distorted_at_their_size(tmp_path):
+    """``upscale``: the validation of large photos; every photo enlarged to [UPSCALE_MIN, upscale] px before its
+    distortions, masks at the same size. Off (0), the images are as before (no extra draw)."""
+    for i in range(3):
+        g = synth.generate(i, "val", seed=5, upscale=1700)
+        assert synth.UPSCALE_MIN - 1 <= max(g.image.shape[:2]) <= 1700
+        assert all(m.shape == g.image.shape[:2] for m in g.masks.values())
+        small = synth.generate(i, "val", seed=5, max_side=96)
+        assert small.photo == g.photo  # drawn before the enlargement
+    with pytest.raises(ValueError, match="upscale"):
+        synth.write_dataset(tmp_path, num=1, split="val", seed=5, comparisons=1, upscale=800)
+    synth.write_dataset(tmp_path, num=4, split="val", seed=5, comparisons=1, upscale=1700)
+    assert json.loads((tmp_path / "meta.json").read_text())["upscale"] == 1700
+    with pytest.raises(ValueError, match="upscale"):  # an upscaled set's images are not those of a plain one
+        synth.write_dataset(tmp_path / "plain", num=2, split="val", seed=5, comparisons=1, reuse=tmp_path)

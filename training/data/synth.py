@@ -44,6 +44,7 @@ from training.data.questions import COMPARISONS, comparison_question, describe_q
 MAX_SIDE = 1280
 MIN_SIDE = 320
 POOL_MAX_SIDE = 2048  # pool photos are read at most this large (room for a capture larger than the generated size)
+UPSCALE_MIN = 1600  # --upscale: photos enlarged to a longest side in [UPSCALE_MIN, upscale] (large-photo validation)
 CAPTURE = 0.35  # share of images distorted at up to twice their final size, then shrunk (a larger camera's photo)
 WHOLE_IMAGE = 0.3  # share of one-class images distorted everywhere
 SPLITS = ("train", "eval", "val")  # disjoint photos: training, held-out evaluation, validation (choosing settings)
@@ -329,14 +330,22 @@ class Generated:
     jpeg: int | None = None  # the JPEG quality the pixels went through (training images only), None: lossless
 
 
-def generate(index: int, split: str, seed: int, max_side: int = MAX_SIDE) -> Generated:
+def generate(index: int, split: str, seed: int, max_side: int = MAX_SIDE, upscale: int = 0) -> Generated:
     """Image ``index`` of a split: 0 classes (25 %), else 1–3 classes on disjoint regions (one class: the whole image
     ``WHOLE_IMAGE`` of the time), each by a random family of its class (``split_families``). ``CAPTURE`` of the images
     are distorted at up to twice their final size and then shrunk, as a larger camera's photo would be; ``JPEG_SHARE``
-    of the training images then go through JPEG once (``jpeg_round_trip``)."""
+    of the training images then go through JPEG once (``jpeg_round_trip``). ``upscale`` (validation of large photos;
+    0: off): every photo is enlarged (Lanczos) to a longest side drawn log-uniformly in [``UPSCALE_MIN``, upscale]
+    before its distortions, as a large camera's photo (smooth at the pixel scale) would be distorted."""
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     capture = rng.uniform(1.2, 2.0) if rng.random() < CAPTURE else 1.0
     clean, photo = clean_base(split, rng, round(max_side * capture))
+    if upscale:
+        side = int(np.exp(rng.uniform(np.log(UPSCALE_MIN), np.log(upscale))))
+        scale = side / max(clean.shape[:2])
+        size = (max(8, round(clean.shape[1] * scale)), max(8, round(clean.shape[0] * scale)))
+        clean = np.asarray(Image.fromarray(clean).resize(size, Image.Resampling.LANCZOS))
+        max_side = max(max_side, upscale)
     k = int(rng.choice([0, 1, 2, 3], p=[0.25, 0.4, 0.25, 0.1]))
     classes = sorted(rng.choice(len(CLASS_NAMES), size=k, replace=False).tolist())
     shape = clean.shape[:2]
@@ -466,10 +475,10 @@ def comparison(
 
 
 # -- writing -----------------------------------------------------------------------------------------------------------
-def write_one(args: tuple[Path, int, str, int, int]) -> dict:
+def write_one(args: tuple[Path, int, str, int, int, int]) -> dict:
     """Generate and write image ``index``; returns its meta record (with the texts)."""
-    out, index, split, seed, max_side = args
-    g = generate(index, split, seed, max_side)
+    out, index, split, seed, max_side, upscale = args
+    g = generate(index, split, seed, max_side, upscale)
     stem = f"{split}_{index:06d}"
     Image.fromarray(g.image).save(out / "images" / f"{stem}.png", compress_level=PNG_LEVEL)
     gt = out / "gt" / stem
@@ -496,14 +505,18 @@ def write_one(args: tuple[Path, int, str, int, int]) -> dict:
     }
 
 
-def reuse_images(out: Path, source: Path, num: int, split: str, seed: int, max_side: int) -> list[dict]:
+def reuse_images(
+    out: Path, source: Path, num: int, split: str, seed: int, max_side: int, upscale: int = 0
+) -> list[dict]:
     """The first images (at most ``num``) of an earlier dataset of the same split, seed and photo size, hard-linked
     (or copied) into ``out`` with their masks: image ``i`` depends only on (seed, split, i), so they are the images
     this dataset would generate. Returns their meta records."""
     meta = json.loads((source / "meta.json").read_text())
-    made = (meta["split"], meta["seed"], meta.get("max_side", MAX_SIDE))
-    if made != (split, seed, max_side):
-        raise ValueError(f"{source} holds (split, seed, max side) {made}, not {(split, seed, max_side)}")
+    made = (meta["split"], meta["seed"], meta.get("max_side", MAX_SIDE), meta.get("upscale", 0))
+    if made != (split, seed, max_side, upscale):
+        raise ValueError(
+            f"{source} holds (split, seed, max side, upscale) {made}, not {(split, seed, max_side, upscale)}"
+        )
     metas = [{k: v for k, v in m.items() if k != "grounding_answer"} for m in meta["images"][:num]]
     for m in metas:
         files = [m["image"], *(f"gt/{m['id']}/{get(n).key}.png" for n in m["classes"])]
@@ -525,12 +538,15 @@ def write_dataset(
     workers: int = 1,
     max_side: int = MAX_SIDE,
     reuse: Path | None = None,
+    upscale: int = 0,
 ) -> None:
     """Generate ``num`` images and every JSON file of the layout into ``out`` (``comparisons`` groups of 2–4 images);
     with ``reuse``, the images an earlier dataset of the same split and seed already holds are taken from it."""
     (out / "images").mkdir(parents=True, exist_ok=True)
-    metas = reuse_images(out, reuse, num, split, seed, max_side) if reuse else []
-    jobs = [(out, i, split, seed, max_side) for i in range(len(metas), num)]
+    if upscale and upscale < UPSCALE_MIN:
+        raise ValueError(f"upscale must be 0 or at least {UPSCALE_MIN} px, got {upscale}")
+    metas = reuse_images(out, reuse, num, split, seed, max_side, upscale) if reuse else []
+    jobs = [(out, i, split, seed, max_side, upscale) for i in range(len(metas), num)]
     for name in photo_names(split):  # fetch archived photos once, before workers would race to
         load_photo(name)
     if workers > 1:
@@ -565,7 +581,8 @@ def write_dataset(
         ("compare_pairs.json", pairs_json),
     ):
         (out / name).write_text(json.dumps(data, indent=1))
-    meta = {"split": split, "seed": seed, "max_side": max_side, "held_out_families": sorted(HELD_OUT), "images": metas}
+    meta = {"split": split, "seed": seed, "max_side": max_side, "upscale": upscale}
+    meta |= {"held_out_families": sorted(HELD_OUT), "images": metas}
     for m in metas:  # the grounding answer is what the reader builds from qground.json; kept here for inspection
         m["grounding_answer"] = grounding_answer(m["classes"], group_text)
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -624,9 +641,23 @@ def main(argv: list[str] | None = None) -> int:
         "--max-side", type=int, default=MAX_SIDE, help="longest side of the photos (default %(default)s)"
     )
     parser.add_argument("--reuse", type=Path, default=None, help="an earlier dataset of the same split and seed")
+    parser.add_argument(
+        "--upscale",
+        type=int,
+        default=0,
+        help=f"enlarge every photo to a longest side in [{UPSCALE_MIN}, UPSCALE] before its distortions (large photos)",
+    )
     args = parser.parse_args(argv)
     write_dataset(
-        args.out, args.num, args.split, args.seed, args.comparisons or args.num, args.workers, args.max_side, args.reuse
+        args.out,
+        args.num,
+        args.split,
+        args.seed,
+        args.comparisons or args.num,
+        args.workers,
+        args.max_side,
+        args.reuse,
+        args.upscale,
     )
     return 0
 
