@@ -56,7 +56,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from qground.baseline import baseline_masks
-from qground.imageio import jpeg_round_trip, load_image
+from qground.imageio import load_image, load_image_after_jpeg
 from qground.inference import GenerationSettings, QGroundEngine
 from qground.mcq import question_type
 from qground.naming import parse_choice, question_options
@@ -435,12 +435,6 @@ def _conversations(path: Path) -> list[tuple[list[Path], str, str]]:
     return out
 
 
-def _model_input(path: Path, jpeg: int | None) -> Image.Image:
-    """The PIL image the models see: as stored, or after one JPEG save at quality ``jpeg`` (4:2:0)."""
-    image = load_image(path)
-    return image if jpeg is None else jpeg_round_trip(image, jpeg)
-
-
 def _run_grounding(
     engine: QGroundEngine,
     data_dir: Path,
@@ -457,7 +451,7 @@ def _run_grounding(
     by_family: dict[str, dict[str, GroundingMetrics]] = {}
     per_image = []
     for path in tqdm(_image_paths(data_dir)[:limit], desc="ground", disable=not progress, dynamic_ncols=True):
-        image = _model_input(path, jpeg)
+        image = load_image_after_jpeg(path, jpeg)
         gt = load_gt(data_dir, path.stem, (image.height, image.width))
         t0 = time.perf_counter()
         result = engine.ground(image, QUESTIONS["ground"], settings)
@@ -512,7 +506,7 @@ def _chat_answers(
     JPEG save at quality ``jpeg`` when given): the entries, the answers and the seconds each took."""
     items, answers, seconds = _conversations(path)[:limit], [], []
     for images, question, _ in tqdm(items, desc=path.stem, disable=not progress, dynamic_ncols=True):
-        seen = images if jpeg is None else [_model_input(p, jpeg) for p in images]
+        seen = images if jpeg is None else [load_image_after_jpeg(p, jpeg) for p in images]
         t0 = time.perf_counter()
         answers.append(engine.chat(seen, [Turn(question)], settings).text)
         seconds.append(time.perf_counter() - t0)

@@ -104,6 +104,13 @@ def jpeg_round_trip(image: Image.Image, quality: int, subsampling: int = 2) -> I
         return decoded.convert("RGB")
 
 
+def load_image_after_jpeg(source: ImageSource, quality: int | None) -> Image.Image:
+    """``load_image(source)``, then one JPEG save at ``quality`` (4:2:0; ``jpeg_round_trip``) unless it is None: the
+    image as evaluations under JPEG (``eval --jpeg``, ``training.probe_readout``) show it to a model."""
+    image = load_image(source)
+    return image if quality is None else jpeg_round_trip(image, quality)
+
+
 def load_image(source: ImageSource) -> Image.Image:
     """Read an image as a new upright RGB, 8-bit PIL image of its full size (W, H as stored, after EXIF rotation).
 

@@ -163,6 +163,7 @@ def test_eval_on_jpeg_copies_of_the_images(checkpoint, overfit_batch, tmp_path, 
     """``--jpeg Q``: the models and the baseline see each image of every task after one JPEG save at quality Q (what
     a camera's photos are); the quality is recorded in the report."""
     import qground.evaluate as ev
+    import qground.imageio as imageio
     from qground.imageio import jpeg_round_trip, load_image
 
     data = tmp_path / "data"
@@ -174,7 +175,7 @@ def test_eval_on_jpeg_copies_of_the_images(checkpoint, overfit_batch, tmp_path, 
         saves.append(quality)
         return jpeg_round_trip(image, quality)
 
-    monkeypatch.setattr(ev, "jpeg_round_trip", counted)
+    monkeypatch.setattr(imageio, "jpeg_round_trip", counted)  # what load_image_after_jpeg calls
     out = tmp_path / "metrics.json"
     assert main(["eval", "--data", str(data), "--model", checkpoint, "--jpeg", "10", "--out", str(out)]) == 0
     report = json.loads(out.read_text())

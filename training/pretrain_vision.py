@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from qground.checkpoint import load_model, save_checkpoint
 from qground.config import READOUT_SUB
-from qground.imageio import jpeg_round_trip, load_image
+from qground.imageio import load_image_after_jpeg
 from qground.modeling import DistortionReadout
 from qground.processor import QGroundProcessor
 from qground.taxonomy import CLASS_NAMES
@@ -104,8 +104,7 @@ def build_tensors(
     ys, ws, gs = [], [], []
     rng = np.random.default_rng(seed)
     for i, s in enumerate(tqdm(samples, desc="preprocess", dynamic_ncols=True)):
-        image = load_image(s.images[0]) if jpeg is not None or coarse_share else s.images[0]
-        image = image if jpeg is None else jpeg_round_trip(image, jpeg)
+        image = load_image_after_jpeg(s.images[0], jpeg)
         side = coarse_detail_side(image.size, rng, coarse_share) if coarse_share else None
         reader = processor
         if side is not None:  # this photo's structure channels read a smaller copy, its noise channels the photo

@@ -50,7 +50,7 @@ def probe(model, processor: QGroundProcessor, data_dir: Path, jpeg: int | None =
             dense.append(d)
             whole.append(h)
     predicted = readout.coverage(torch.cat(dense)) > 0.5  # (N, K, g·sub, g·sub)
-    truth = readout.coverage(torch.logit(y.clamp(1e-6, 1 - 1e-6))) > 0.5  # the targets in the same layout
+    truth = readout.layout(y) > 0.5  # the targets, laid out as the coverage
     inside = F.interpolate(w[:, None], scale_factor=readout.sub, mode="nearest") > 0.5  # (N, 1, g·sub, g·sub)
     inter = (predicted & truth & inside).sum((0, 2, 3))
     union = ((predicted | truth) & inside).sum((0, 2, 3))

@@ -51,9 +51,14 @@ class DistortionReadout(nn.Module):
         """``dense`` logits ``(M, classes·sub², g, g)`` (``logits``) → ``(M, classes, g·sub, g·sub)``: each class's
         covered fraction of every sub-cell, row y / column x of the padded input frame at ``sub`` cells per patch side
         (as trained, no gate)."""
-        m, _, g, _ = dense.shape
+        return self.layout(dense.sigmoid())
+
+    def layout(self, cells: torch.Tensor) -> torch.Tensor:
+        """Per-sub-cell values in the dense heads' layout ``(M, classes·sub², g, g)`` (e.g. the pretraining's coverage
+        targets) → ``(M, classes, g·sub, g·sub)`` in the padded input frame, as ``coverage`` lays out its own."""
+        m, _, g, _ = cells.shape
         k, sub = self.num_classes, self.sub
-        cells = dense.sigmoid().reshape(m, k, sub, sub, g, g)  # (M, K, i, j, patch row, patch column)
+        cells = cells.reshape(m, k, sub, sub, g, g)  # (M, K, i, j, patch row, patch column)
         return cells.permute(0, 1, 4, 2, 5, 3).reshape(m, k, g * sub, g * sub)
 
     def forward(self, hidden: torch.Tensor, threshold: float | torch.Tensor | None = None) -> torch.Tensor:
