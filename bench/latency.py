@@ -7,8 +7,8 @@ native-resolution detail channels, generation, masks).
 ``--one-view`` (models with ``flip_average``): also times every image reading one view, interleaved with the default
 (two views), and prints both medians and their ratio: what the mirrored second view costs, measured side by side.
 ``--no-refine`` (models with ``mask_refine_radius``): the same for masks only upsampled, not guided-filtered on the
-photo. ``--capped-noise`` (models with ``noise_max_side``): the same for the noise channel read at ``detail_max_side``
-like the other channels (what reading a large photo's noise at its own resolution costs).
+photo. ``--capped-detail`` (models reading detail beyond 1280 px): the same with every detail channel read on the
+photo shrunk to ``CAP`` px (what reading a large photo's noise and blur at its own resolution costs).
 
 ``--resize 4000x3000`` first scales each image to that size (a 12 MP phone photo: native-resolution detail channels and
 full-size masks cost most there) and times the engine on the in-memory image.
@@ -16,7 +16,7 @@ full-size masks cost most there) and times the engine on the in-memory image.
 ``--quick`` times the first 2 held-out images, made afresh by ``training.data.synth`` in a temporary folder (seconds).
 
 Run: ``python -m bench.latency [--model qground-nano] [--data runs/nano/data/eval/images] [--limit 50] [--resize WxH]
-[--one-view] [--no-refine] [--capped-noise] [--quick]``
+[--one-view] [--no-refine] [--capped-detail] [--quick]``
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> None:
         help="also time each image with masks only upsampled (models with mask_refine_radius)",
     )
     parser.add_argument(
-        "--capped-noise",
+        "--capped-detail",
         action="store_true",
-        help="also time each image with the noise channel read at detail_max_side (models with noise_max_side)",
+        help=f"also time each image with every detail channel read at most at {CAP} px (models reading beyond it)",
     )
     parser.add_argument("--quick", action="store_true", help="2 held-out images made in a temporary folder")
     args = parser.parse_args(argv)
@@ -76,21 +76,31 @@ def main(argv: list[str] | None = None) -> None:
         measure(args)
 
 
+CAP = 1280  # training.data.synth's MAX_SIDE: the largest training photos
+
+
+def _reads_beyond(config, side: int) -> bool:
+    """Whether a model with ``config`` reads some detail channel of a photo larger than ``side`` px above ``side``."""
+    return config.detail_channels and (
+        not config.detail_max_side or config.detail_max_side > side or config.noise_max_side > side
+    )
+
+
 def measure(args: argparse.Namespace) -> None:
     engine = load_engine(args.model)
     if args.one_view and not engine.policy.flip_average:
         raise SystemExit(f"--one-view: {args.model} reads one view already (flip_average is off)")
     if args.no_refine and not engine.policy.mask_refine_radius:
         raise SystemExit(f"--no-refine: {args.model} does not refine its masks (mask_refine_radius is 0)")
-    if args.capped_noise and not engine.config.noise_max_side:
-        raise SystemExit(f"--capped-noise: {args.model} reads noise at detail_max_side already (noise_max_side is 0)")
+    if args.capped_detail and not _reads_beyond(engine.config, CAP):
+        raise SystemExit(f"--capped-detail: {args.model} reads its detail channels at most at {CAP} px already")
     default, processor = engine.policy, engine.processor
     variants = {"one view": (default.replace(flip_average=False), processor)} if args.one_view else {}
     variants |= {"masks not refined": (default.replace(mask_refine_radius=0.0), processor)} if args.no_refine else {}
-    if args.capped_noise:
-        capped = dataclasses.replace(engine.config, noise_max_side=0)
+    if args.capped_detail:
+        capped = dataclasses.replace(engine.config, detail_max_side=CAP, noise_max_side=0)
         capped_processor = QGroundProcessor(engine.tokenizer, capped, processor.style, processor.max_length)
-        variants["noise capped"] = (default, capped_processor)
+        variants["detail capped"] = (default, capped_processor)
     files = sorted(args.data.glob("*.png"))[: args.limit]
     if not files:
         raise SystemExit(f"no images in {args.data}: run `python -m training.nano` first or pass --data")

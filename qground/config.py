@@ -215,6 +215,9 @@ class QGroundConfig:
     # > 0 (with detail_max_side): the noise channel alone is read on the photo shrunk to this longest side instead,
     # since shrinking averages pixel noise away; 0: as the other channels.
     noise_max_side: int = 0
+    # > 0: the evidence maps and the photo masks are refined on (qground.policy) are read on the photo shrunk to this
+    # longest side (their thresholds and radii are in its pixels); 0: on the detail channels' photo.
+    evidence_max_side: int = 0
     # with detail_channels: one more channel after them, the chroma noise energy (qground.detail), read on the noise
     # channel's photo; natural texture is mostly achromatic, so chroma noise stands out where luma noise is masked.
     chroma_noise_channel: bool = False
@@ -333,6 +336,7 @@ class QGroundConfig:
         _check(
             self.detail_channels or not self.chroma_noise_channel, "chroma_noise_channel needs detail_channels: true"
         )
+        _check(self.evidence_max_side >= 0, f"evidence_max_side must be ≥ 0, got {self.evidence_max_side}")
         channels = 3 + NUM_DETAIL_CHANNELS * self.detail_channels + NUM_CHROMA_CHANNELS * self.chroma_noise_channel
         _check(
             self.vision.num_channels == channels,

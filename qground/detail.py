@@ -35,6 +35,7 @@ from PIL import Image
 _LUMA = (0.299, 0.587, 0.114)
 _CB, _CR = (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312)  # BT.601 chroma, as JPEG's YCbCr
 _LOG_SHIFT, _LOG_SCALE, _LOG_EPS = 7.0, 4.0, 1e-6
+_CLIPPED = 248  # the smallest 8-bit value ≥ 0.97 × 255: a channel this bright is clipped
 
 
 def luminance(rgb: np.ndarray) -> torch.Tensor:
@@ -99,8 +100,7 @@ def detail_channels(
     ((9, h, w) with ``chroma``: the chroma noise channel last). ``noise_rgb``: the same photo larger (uint8
     (H', W', 3), same aspect), the source of the noise channels; None: ``rgb``."""
     with torch.no_grad():
-        x = torch.from_numpy(np.asarray(rgb, dtype=np.float32)) / 255.0  # (H, W, 3)
-        y = x @ torch.tensor(_LUMA)  # (H, W)
+        y = luminance(rgb)  # (H, W)
 
         def pool(t: torch.Tensor) -> torch.Tensor:
             return F.adaptive_avg_pool2d(t[None, None], size)[0, 0]
@@ -113,7 +113,9 @@ def detail_channels(
             energy2, coherence2, dir2 = energy1, coherence1, dir1
         ratio = torch.log((dir1 + _LOG_EPS) / (dir2 + _LOG_EPS))  # (4, h, w)
         directional = (ratio.amax(0) - ratio.amin(0)) / _LOG_SCALE
-        clipped = pool((x.amax(-1) >= 0.97).float())
+        rgb = np.asarray(rgb)
+        brightest = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])  # 30× numpy's max(-1) at 12 MP
+        clipped = pool(torch.from_numpy(brightest >= _CLIPPED).float())
         dark = pool((y <= 0.06).float())
         energies = [noise, energy1, energy2]
         if chroma:

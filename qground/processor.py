@@ -8,8 +8,9 @@ content size is x·s (s = S / max(H, W)) rounded as ``config.size_rounding`` say
 shrunk to ``config.detail_max_side`` when larger; the noise channel to ``config.noise_max_side``), follow RGB, and
 with ``config.chroma_noise_channel`` the chroma noise channel (read as the noise channel) follows them.
 Evidence maps an inference policy asks for (``qground.policy.InferencePolicy.evidence_maps``: the motion-blur
-signature, the log contrast) are computed from the same photo as the detail channels and travel by name in each
-image's ``ImageMeta``, (S, S) over the padded frame, 0 in the padding. Masks go through the same mapping (nearest)
+signature, the log contrast) are computed from the same photo as the detail channels (or from the photo shrunk to
+``config.evidence_max_side`` when that is smaller) and travel by name in each image's ``ImageMeta``, (S, S) over the
+padded frame, 0 in the padding. Masks go through the same mapping (nearest)
 and come back by ``ImageMeta`` (``qground.masks``): crop [:h, :w] of the S×S frame, resize to (H, W).
 
 Token layout: ``<s>`` + the template's pieces (``qground.prompts``); each image slot becomes
@@ -171,6 +172,8 @@ class QGroundProcessor:
         s = self.config.image_size
         out = torch.zeros(content.shape[0], s, s)
         out[:, :h, :w] = content
+        if evidence or keep_photo:
+            native = self._evidence_source(img, native)
         maps = {}
         for name in sorted(evidence):  # not normalized: the policy compares them with fixed thresholds
             maps[name] = torch.zeros(s, s)
@@ -184,6 +187,14 @@ class QGroundProcessor:
         side = self.config.noise_max_side
         if not side or fit_size(img.size, side)[0] <= native.shape[1]:
             return None
+        return np.asarray(_shrunk(img, side))
+
+    def _evidence_source(self, img: Image.Image, native: np.ndarray) -> np.ndarray:
+        """The photo the evidence maps and mask refinement read: ``native`` (the detail channels' photo), or ``img``
+        shrunk to ``config.evidence_max_side`` when that is smaller."""
+        side = self.config.evidence_max_side
+        if not side or fit_size(img.size, side)[0] >= native.shape[1]:
+            return native
         return np.asarray(_shrunk(img, side))
 
     def preprocess_mask(self, mask: np.ndarray, meta: ImageMeta) -> torch.Tensor:

@@ -47,13 +47,13 @@ LINES = {
         ],
     ),
     "latency": (
-        ["--no-refine", "--capped-noise"],  # the shipped policy reads one view: --one-view has nothing to compare
+        ["--no-refine", "--capped-detail"],  # the shipped policy reads one view: --one-view has nothing to compare
         [
             r"qground-nano on 2 images from .*, strictness [\d.]+",
             r"ground latency: median \d+ ms, p90 \d+ ms",
             r"  generate +median \d+ ms",
             rf"masks not refined \(interleaved\): median \d+ ms; default / masks not refined = {N}",
-            rf"noise capped \(interleaved\): median \d+ ms; default / noise capped = {N}",
+            rf"detail capped \(interleaved\): median \d+ ms; default / detail capped = {N}",
         ],
     ),
     "load": (

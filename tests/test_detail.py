@@ -132,7 +132,7 @@ def test_photos_larger_than_detail_max_side_are_read_at_that_size(texture):
     and blends') and the photo kept for mask refinement come from the same shrunk photo; the maps travel in the
     ``ImageMeta`` (0 in the padding), not as channels."""
     config = dataclasses.replace(config_nano(), detail_max_side=240, noise_max_side=0)  # noise: the next test
-    assert config_nano().detail_max_side == synth.MAX_SIDE
+    assert config_nano().evidence_max_side == synth.MAX_SIDE
     capped = QGroundProcessor(None, config)
     native = QGroundProcessor(None, dataclasses.replace(config, detail_max_side=0))
     big = Image.fromarray(texture)  # 480 × 320
@@ -163,6 +163,28 @@ def test_photos_larger_than_detail_max_side_are_read_at_that_size(texture):
         dataclasses.replace(config_tiny(), detail_max_side=640)
 
 
+def test_evidence_maps_and_the_refined_photo_read_a_smaller_copy_with_evidence_max_side(texture):
+    """qground-nano reads its detail channels on a 12 MP photo itself (``detail_max_side`` 4096) and its evidence
+    maps and refinement photo, whose thresholds and radii are in the pixels of the training photos, on the photo
+    shrunk to ``evidence_max_side`` (1280); a photo within that side reads both on itself."""
+    assert (config_nano().detail_max_side, config_nano().evidence_max_side) == (4096, synth.MAX_SIDE)
+    config = dataclasses.replace(config_nano(), detail_max_side=480, evidence_max_side=240)
+    processor = QGroundProcessor(None, config)
+    photo = Image.fromarray(texture)  # 480 × 320
+    x, meta = processor.preprocess_image(photo, evidence=frozenset({MOTION_SIGNATURE, LOG_CONTRAST}), keep_photo=True)
+    h, w = meta.resized_size
+    shrunk = np.asarray(photo.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    mean, std = torch.tensor(config.image_mean[3:])[:, None, None], torch.tensor(config.image_std[3:])[:, None, None]
+    assert torch.allclose(x[3:, :h, :w], (detail_channels(texture, (h, w), chroma=True) - mean) / std, atol=1e-5)
+    assert torch.equal(meta.evidence[MOTION_SIGNATURE][:h, :w], motion_signature(shrunk, (h, w)))
+    assert torch.equal(meta.evidence[LOG_CONTRAST][:h, :w], log_contrast(shrunk, (h, w)))
+    assert np.array_equal(meta.photo, shrunk)
+    within = Image.fromarray(texture[:200, :200])
+    assert np.array_equal(processor.preprocess_image(within, keep_photo=True)[1].photo, texture[:200, :200])
+    with pytest.raises(ConfigError, match="evidence_max_side"):
+        dataclasses.replace(config, evidence_max_side=-1)
+
+
 def test_the_noise_channel_reads_a_large_photo_at_its_own_resolution(texture):
     """Shrinking a photo averages its pixel noise away, so with ``noise_max_side`` the noise channel (and only it) of
     a photo larger than ``detail_max_side`` is read on the photo itself, or shrunk to ``noise_max_side``; a photo
@@ -181,7 +203,6 @@ def test_the_noise_channel_reads_a_large_photo_at_its_own_resolution(texture):
     assert 8 < energy_ratio < 32  # ≈ 16: a quarter of the amplitude
 
     config = dataclasses.replace(config_nano(), detail_max_side=240, noise_max_side=480)
-    assert config_nano().noise_max_side == 4096  # a 12 MP photo at its own resolution
     processor = QGroundProcessor(None, config)
     photo = Image.fromarray(np.tile(texture, (3, 3, 1))[:960, :1440])  # 1440 × 960
     x, meta = processor.preprocess_image(photo)

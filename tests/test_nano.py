@@ -178,14 +178,14 @@ def test_a_photo_darkened_to_15_percent_is_low_light_everywhere(nano):
 
 def test_noise_on_a_12_mp_photo_is_read_at_the_photo_own_resolution(nano):
     """Four held-out clean photos enlarged to 4000 px (bicubic, so smooth at the pixel scale) with white noise of
-    σ = 0.04 added at that size, as a 12 MP camera's: the noise channel reads them at their own resolution
-    (``noise_max_side``) and the model names noise on 3 (measured; the crop of grace_hopper it misses is missed at
-    every size); read on the photo shrunk to 1280 px like the other channels, the noise is averaged down to a third
-    of its amplitude and the model names it on none. The same photos without the noise get no noise."""
+    σ = 0.04 added at that size, as a 12 MP camera's: the detail channels read them at their own resolution
+    (``detail_max_side`` and ``noise_max_side``) and the model names noise on at least 3; read on the photo shrunk to
+    1280 px, the noise is averaged down to a third of its amplitude and the model names it on none. The same photos
+    without the noise get no noise."""
     _, clean = examples()
     capped = QGroundEngine(
         nano.model,
-        QGroundProcessor(nano.tokenizer, dataclasses.replace(nano.config, noise_max_side=0)),
+        QGroundProcessor(nano.tokenizer, dataclasses.replace(nano.config, detail_max_side=1280, noise_max_side=0)),
         policy=nano.policy,
     )
     rng = np.random.default_rng(0)

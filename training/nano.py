@@ -119,8 +119,6 @@ def run(args: argparse.Namespace) -> Path:
                 str(out / "vision"),
                 "--epochs",
                 str(args.vision_epochs),
-                "--coarse-detail",
-                str(args.coarse_detail),
             ]
         )
         record("vision", t0)
@@ -159,12 +157,6 @@ def main(argv: list[str] | None = None) -> int:
         "--vision-images", type=int, default=9600, help="images of a vision set of their own (0: the train split)"
     )
     parser.add_argument("--vision-epochs", type=int, default=16)
-    parser.add_argument(
-        "--coarse-detail",
-        type=float,
-        default=0.35,
-        help="share of vision images whose structure channels read a smaller copy (training.pretrain_vision)",
-    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.02: smoke run)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

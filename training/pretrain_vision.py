@@ -61,39 +61,16 @@ def global_targets(frac: torch.Tensor, weight: torch.Tensor, severity: dict[str,
     return torch.cat([(area > 0).float(), area, sev * area])
 
 
-# Photos larger than the detail channels' ``detail_max_side`` have their noise channels read at their own resolution
-# (up to ``noise_max_side``) and the other channels on the photo shrunk to ``detail_max_side``: a 1600–4096 px photo
-# reads noise 1.25–3.2× finer than structure. The training photos are at most detail_max_side, so a share of them
-# (``coarse_share``) has its structure channels read on the photo shrunk by a ratio drawn log-uniformly in that
-# range, when that leaves at least COARSE_MIN_SIDE px; otherwise a model never sees noise evidence without its
-# trace in the structure channels, and misses noise on large photos (measured: docs/experiments/2026-12-06-nano-v8.md).
-COARSE_RATIO = (1.25, 3.2)
-COARSE_MIN_SIDE = 256
-
-
-def coarse_detail_side(size: tuple[int, int], rng: np.random.Generator, share: float) -> int | None:
-    """The ``detail_max_side`` to read a photo of ``size`` (W, H) with, or None (as configured); two draws from
-    ``rng`` per call whatever the outcome, so later draws do not depend on the photo."""
-    chosen, ratio = rng.random() < share, float(np.exp(rng.uniform(*np.log(COARSE_RATIO))))
-    side = round(max(size) / ratio)
-    return side if chosen and side >= COARSE_MIN_SIDE else None
-
-
 def build_tensors(
     processor: QGroundProcessor,
     data_dir: Path,
     sub: int,
     jpeg: int | None = None,
-    coarse_share: float = 0.0,
-    seed: int = 0,
 ):
     """Every training image preprocessed once: inputs (N, C, S, S), dense targets (N, K·sub², g, g), content weights
     (N, g, g) and whole-image targets (N, 3·classes). ``jpeg``: each image first goes through one JPEG save at that
-    quality (4:2:0; ``training.probe_readout``). ``coarse_share``: that share of the images has its structure channels
-    read on a smaller copy (``coarse_detail_side``, drawn with ``seed``); needs a ``noise_max_side``."""
+    quality (4:2:0; ``training.probe_readout``)."""
     cfg = processor.config
-    if coarse_share and not cfg.noise_max_side:
-        raise ValueError("coarse detail reading needs a model whose noise channels have their own noise_max_side")
     samples, report = read_qground100k(data_dir / "qground.json", data_dir, data_dir)
     meta_file = data_dir / "meta.json"
     severity = (
@@ -102,14 +79,8 @@ def build_tensors(
     c, size = cfg.vision.num_channels, cfg.image_size
     x = torch.empty(len(samples), c, size, size)  # filled in place: one copy of the largest tensor (0.7 MB an image)
     ys, ws, gs = [], [], []
-    rng = np.random.default_rng(seed)
     for i, s in enumerate(tqdm(samples, desc="preprocess", dynamic_ncols=True)):
-        image = load_image_after_jpeg(s.images[0], jpeg)
-        side = coarse_detail_side(image.size, rng, coarse_share) if coarse_share else None
-        reader = processor
-        if side is not None:  # this photo's structure channels read a smaller copy, its noise channels the photo
-            reader = QGroundProcessor(processor.tokenizer, dataclasses.replace(cfg, detail_max_side=side))
-        pixels, meta = reader.preprocess_image(image)
+        pixels, meta = processor.preprocess_image(load_image_after_jpeg(s.images[0], jpeg))
         y, w = dense_targets(processor, s, meta, sub)
         x[i] = pixels[:c]  # the tower's channels
         ys.append(y)
@@ -118,16 +89,13 @@ def build_tensors(
     return x, torch.stack(ys), torch.stack(ws), torch.stack(gs)
 
 
-def pretrain(
-    model, processor, data_dir: Path, epochs: int, batch: int, lr: float, seed: int = 0, coarse_share: float = 0.0
-):
-    """Train ``model.vision_tower`` (and ``model.readout``) in place; returns per-epoch mean losses. ``coarse_share``:
-    see ``build_tensors``."""
+def pretrain(model, processor, data_dir: Path, epochs: int, batch: int, lr: float, seed: int = 0):
+    """Train ``model.vision_tower`` (and ``model.readout``) in place; returns per-epoch mean losses."""
     torch.manual_seed(seed)
     n = len(CLASS_NAMES)
     tower = model.vision_tower
     readout = model.readout or DistortionReadout(model.config.vision.hidden_size, n, READOUT_SUB)
-    x, y, w, glob = build_tensors(processor, data_dir, readout.sub, coarse_share=coarse_share, seed=seed)
+    x, y, w, glob = build_tensors(processor, data_dir, readout.sub)
     params = [*tower.parameters(), *readout.parameters()]
     for p in params:
         p.requires_grad = True
@@ -184,14 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument(
-        "--coarse-detail", type=float, default=0.0, help="share of images whose structure channels read a smaller copy"
-    )
     args = parser.parse_args(argv)
     model, tokenizer = load_model(args.model, device="cpu", dtype=torch.float32)
     t0 = time.perf_counter()
     processor = QGroundProcessor(tokenizer, model.config)
-    losses = pretrain(model, processor, args.data, args.epochs, args.batch, args.lr, coarse_share=args.coarse_detail)
+    losses = pretrain(model, processor, args.data, args.epochs, args.batch, args.lr)
     save_checkpoint(model, tokenizer, args.out)
     print(f"vision pretraining: losses per epoch {np.round(losses, 4).tolist()} in {time.perf_counter() - t0:.0f} s")
     return 0
