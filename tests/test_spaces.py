@@ -194,8 +194,11 @@ def test_app_py_starts_with_the_environment_of_a_space(tmp_path):
         _, body = get(f"http://127.0.0.1:{port}/config")
         assert json.loads(body)["space_id"] == SPACE_ENV["SPACE_ID"]  # gradio knows it runs on a Space
 
-        output = log.read_text(encoding="utf-8", errors="replace")
-        launched = re.search(r"^LAUNCHED (\{.*\})$", output, flags=re.M)
+        launched = None  # launch() prints after the server answers: wait for it, as for the server
+        while launched is None and time.monotonic() < deadline and app.poll() is None:
+            output = log.read_text(encoding="utf-8", errors="replace")
+            launched = re.search(r"^LAUNCHED (\{.*\})$", output, flags=re.M)
+            time.sleep(0.0 if launched else 0.2)
         assert launched, output
         assert json.loads(launched.group(1)) == {
             "share": False,
