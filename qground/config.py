@@ -209,8 +209,8 @@ class QGroundConfig:
     image_mean: tuple[float, ...] = CLIP_MEAN
     image_std: tuple[float, ...] = CLIP_STD
     detail_channels: bool = False  # append qground.detail's native-resolution channels to RGB
-    # > 0: a photo whose longest side exceeds this is first shrunk to it (Lanczos) for the detail channels, so a 12 MP
-    # photo is read at the scale of the largest photos the tower was trained on (synth's max_side); 0: no limit.
+    # > 0: a photo whose longest side exceeds this is first shrunk to it (Lanczos) for the detail channels
+    # (qground-nano: 4096, a 12 MP photo's own pixels, since shrinking averages noise and fine blur away); 0: no limit.
     detail_max_side: int = 0
     # > 0 (with detail_max_side): the noise channel alone is read on the photo shrunk to this longest side instead,
     # since shrinking averages pixel noise away; 0: as the other channels.

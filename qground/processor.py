@@ -10,8 +10,8 @@ with ``config.chroma_noise_channel`` the chroma noise channel (read as the noise
 Evidence maps an inference policy asks for (``qground.policy.InferencePolicy.evidence_maps``: the motion-blur
 signature, the log contrast) are computed from the same photo as the detail channels (or from the photo shrunk to
 ``config.evidence_max_side`` when that is smaller) and travel by name in each image's ``ImageMeta``, (S, S) over the
-padded frame, 0 in the padding. Masks go through the same mapping (nearest)
-and come back by ``ImageMeta`` (``qground.masks``): crop [:h, :w] of the S×S frame, resize to (H, W).
+padded frame, 0 in the padding. Masks go through the same mapping (nearest) and come back by ``ImageMeta``
+(``qground.masks``): crop [:h, :w] of the S×S frame, resize to (H, W).
 
 Token layout: ``<s>`` + the template's pieces (``qground.prompts``); each image slot becomes
 ``config.tokens_per_image(num_images)`` image-token ids inserted by id (``num_image_tokens``, or 1 per image of a
@@ -172,13 +172,12 @@ class QGroundProcessor:
         s = self.config.image_size
         out = torch.zeros(content.shape[0], s, s)
         out[:, :h, :w] = content
-        if evidence or keep_photo:
-            native = self._evidence_source(img, native)
+        source = self._evidence_source(img, native) if evidence or keep_photo else None
         maps = {}
         for name in sorted(evidence):  # not normalized: the policy compares them with fixed thresholds
             maps[name] = torch.zeros(s, s)
-            maps[name][:h, :w] = EVIDENCE_MAPS[name](native, (h, w))
-        photo = native if keep_photo else None
+            maps[name][:h, :w] = EVIDENCE_MAPS[name](source, (h, w))
+        photo = source if keep_photo else None
         return out, ImageMeta(original_size=original, resized_size=(h, w), evidence=maps, photo=photo)
 
     def _noise_source(self, img: Image.Image, native: np.ndarray) -> np.ndarray | None:
