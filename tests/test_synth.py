@@ -11,8 +11,7 @@ from qground.taxonomy import CLASS_NAMES, get
 from training.data import synth
 from training.data.distortions import HELD_OUT
 from training.data.photo_pool import POOL
-from training.data.questions import COMPARISONS
-from training.data.questions import HELD_OUT as HELD
+from training.data.questions import COMPARISONS, comparison_wordings
 from training.data.readers import read_coinstruct, read_llava_instruct, read_qground100k
 
 
@@ -82,7 +81,7 @@ def test_dataset_layout_readers_and_truth(tmp_path):
         group = [by_image[p] for p in record["image"]]
         question, answer = (t["value"] for t in record["conversations"])
         lines = question.split("\n")
-        kind = next(k for k, fams in COMPARISONS.items() for f in fams.values() for line in lines if line in f)
+        kind = next(k for k in COMPARISONS for line in lines if line in comparison_wordings(k, held_out=True))
         if answer.startswith("The "):  # the picked image is the one the kind ranks first
             values = synth.comparison_values(kind, group)
             assert values[synth.ORDINALS.index(answer.split()[1])] == max(values)
@@ -92,7 +91,7 @@ def test_dataset_layout_readers_and_truth(tmp_path):
         group = [by_image[p] for p in record["image"]]
         question, answer = (t["value"].split("\n")[-1] for t in record["conversations"])
         assert len(group) == 2 and answer in ("The first image.", "The second image.")
-        assert any(question in f for families in COMPARISONS.values() for name, f in families.items() if name in HELD)
+        assert any(question in comparison_wordings(kind, held_out=True) for kind in COMPARISONS)
 
 
 def test_same_seed_same_bytes(tmp_path):
@@ -154,3 +153,18 @@ def test_upscaled_sets_hold_large_photos_distorted_at_their_size(tmp_path):
     assert json.loads((tmp_path / "meta.json").read_text())["upscale"] == 1700
     with pytest.raises(ValueError, match="upscale"):  # an upscaled set's images are not those of a plain one
         synth.write_dataset(tmp_path / "plain", num=2, split="val", seed=5, comparisons=1, reuse=tmp_path)
+
+
+def test_comparisons_are_a_grammar_of_hundreds_of_wordings_per_kind_apart_from_the_held_out_ones():
+    """Every comparison kind has well over a hundred training wordings; none is a held-out wording or a wording of
+    another kind; the app's presets are among them."""
+    from qground.questions import COMPARE_PRESETS
+
+    held = set().union(*(comparison_wordings(kind, held_out=True) for kind in COMPARISONS))
+    seen: set[str] = set()
+    for kind in COMPARISONS:
+        wordings = comparison_wordings(kind, held_out=False)
+        assert len(wordings) >= 130 and not wordings & held and not wordings & seen, kind
+        assert all(w[0].isupper() and w.endswith("?") and "{" not in w for w in wordings)
+        seen |= wordings
+    assert set(COMPARE_PRESETS.values()) <= seen

@@ -2,7 +2,8 @@
 
 Intents: ``describe`` (open questions about the quality, the lighting, the focus, where the problems are, ratings),
 ``yes/no`` about one class, follow-ups that refer to the previous answer, and comparisons of 2–4 images by kind
-(``COMPARISONS``: every preset of the app's Compare tab among them). Each template belongs to a *family*;
+(``COMPARISONS``: every preset of the app's Compare tab among them; their "grammar" family crosses ``COMPARE_PHRASES``
+with ``COMPARE_SLOTS``, ``expand_comparison``). Each template belongs to a *family*;
 ``HELD_OUT`` families never appear in training data: the validation and evaluation splits ask only those, so the
 metrics measure phrasings the model has not seen. Templates are ``str.format`` strings over the slots of ``SLOTS``
 plus ``adj`` / ``noun`` (a class's words, ``CLASS_WORDS``).
@@ -107,6 +108,132 @@ YES_NO = {
 FOLLOW_UP_YES_NO = ("What about {noun}?", "And is it {adj}?", "How about {noun}?")
 FOLLOW_UP_DESCRIBE = ("Anything else?", "Is that all?", "How bad is it overall?", "Where is it?", "Can you say more?")
 
+# What a comparison of each kind asks for, as verb phrases after "Which …" (the "grammar" family): hundreds of wordings
+# per kind once crossed with COMPARE_SLOTS. Written from how people ask, not from the held-out "casual" wordings.
+COMPARE_PHRASES = {
+    "best": (
+        "has the {top} quality",
+        "looks the best",
+        "is the best {one}",
+        "has the fewest {flaws}",
+        "would you rate highest",
+        "is technically the best",
+        "comes out on top for quality",
+    ),
+    "worst": (
+        "has the {bottom} quality",
+        "looks the worst",
+        "is the worst {one}",
+        "has the most {flaws}",
+        "would you rate lowest",
+        "is technically the worst",
+        "is the most degraded",
+    ),
+    "sharpest": (
+        "is the sharpest",
+        "has the sharpest details",
+        "is the most in focus",
+        "is the best focused",
+        "is the least blurry",
+        "is the clearest",
+        "has the finest detail",
+        "shows the least blur",
+        "is in the sharpest focus",
+    ),
+    "blurriest": (
+        "is the blurriest",
+        "is the most blurred",
+        "is the least sharp",
+        "is the softest",
+        "is the fuzziest",
+        "has the most blur",
+        "has the worst focus",
+        "is the least in focus",
+        "is the most defocused",
+    ),
+    "least noise": (
+        "has the least noise",
+        "is the least noisy",
+        "is the cleanest",
+        "has the least grain",
+        "shows the fewest speckles",
+        "has the lowest noise",
+        "is the most noise-free",
+        "suffers least from noise",
+    ),
+    "noisiest": (
+        "is the noisiest",
+        "has the most noise",
+        "has the most grain",
+        "is the most speckled",
+        "shows the most sensor noise",
+        "suffers most from noise",
+        "has the heaviest noise",
+        "is the most noisy",
+    ),
+    "best exposed": (
+        "is the best exposed",
+        "has the best exposure",
+        "has the most balanced exposure",
+        "is exposed the most correctly",
+        "has the best brightness",
+        "is neither too dark nor too bright",
+        "has the most natural brightness",
+        "is the best lit",
+    ),
+    "darkest": (
+        "is the darkest",
+        "is the dimmest",
+        "is the least bright",
+        "has the most underexposure",
+        "suffers most from low light",
+        "has the worst low-light problem",
+    ),
+    "overexposed": (
+        "is the most overexposed",
+        "has the most blown highlights",
+        "is the most blown out",
+        "has the most clipped highlights",
+        "has the most overexposure",
+        "has the brightest blown-out areas",
+        "suffers most from overexposure",
+    ),
+    "shakiest": (
+        "shows the most camera shake",
+        "has the most motion blur",
+        "has the most shake",
+        "is the most smeared by motion",
+        "shows the most motion streaks",
+        "suffers most from camera shake",
+        "has the strongest motion blur",
+    ),
+}
+COMPARE_SLOTS = {
+    "which": (
+        "Which",
+        "Which one",
+        "Which {one}",
+        "Which of these",
+        "Which of them",
+        "Which of these {ones}",
+        "Which of the {ones}",
+        "Out of these, which",
+        "Among these {ones}, which",
+        "Can you tell which",
+    ),
+    "one": ("image", "photo", "picture", "shot"),
+    "ones": ("images", "photos", "pictures", "shots"),
+    "top": ("best", "highest", "best overall", "best technical", "best visual"),
+    "bottom": ("worst", "poorest", "worst overall", "worst technical"),
+    "flaws": ("flaws", "defects", "problems", "quality issues", "distortions", "artifacts"),
+}
+
+
+def _comparison_templates(kind: str) -> tuple[str, ...]:
+    """The "grammar" family of ``kind``: "{which} <phrase>?" for each of its phrases."""
+    return tuple("{which} " + phrase + "?" for phrase in COMPARE_PHRASES[kind])
+
+
 # kind → phrasing families; the first "plain" phrasing of best/sharpest/least noise/best exposed are the app's presets
 COMPARISONS = {
     "best": {
@@ -116,42 +243,52 @@ COMPARISONS = {
             "Which is the best photo?",
             "Which of these images has the highest quality?",
         ),
+        "grammar": _comparison_templates("best"),
         "casual": ("Which one would you keep?", "Which picture is of the best quality?"),
     },
     "worst": {
         "plain": ("Which image has the worst quality?", "Which image looks worst?"),
+        "grammar": _comparison_templates("worst"),
         "casual": ("Which one has the lowest quality?", "Which photo would you delete?"),
     },
     "sharpest": {
         "plain": ("Which image is the sharpest?", "Which image is sharper?", "Which one is the most in focus?"),
+        "grammar": _comparison_templates("sharpest"),
         "casual": ("Which photo has the crispest details?",),
     },
     "blurriest": {
         "plain": ("Which image is blurrier?", "Which image is the blurriest?"),
+        "grammar": _comparison_templates("blurriest"),
         "casual": ("Which one is most out of focus?",),
     },
     "least noise": {
         "plain": ("Which image has the least noise?", "Which image is the cleanest?"),
+        "grammar": _comparison_templates("least noise"),
         "casual": ("Which one is least grainy?",),
     },
     "noisiest": {
         "plain": ("Which image is noisier?", "Which image is the noisiest?", "Which has the most noise?"),
+        "grammar": _comparison_templates("noisiest"),
         "casual": ("Which one is the grainiest?",),
     },
     "best exposed": {
         "plain": ("Which image is the best exposed?", "Which one has the best exposure?"),
+        "grammar": _comparison_templates("best exposed"),
         "casual": ("Which photo has the best lighting?",),
     },
     "darkest": {
         "plain": ("Which image is darker?", "Which image is the darkest?"),
+        "grammar": _comparison_templates("darkest"),
         "casual": ("Which one is most underexposed?",),
     },
     "overexposed": {
         "plain": ("Which image is more overexposed?", "Which has the most blown highlights?"),
+        "grammar": _comparison_templates("overexposed"),
         "casual": ("Which one is most washed out?",),
     },
     "shakiest": {
         "plain": ("Which image shows more camera shake?", "Which one has the most motion blur?"),
+        "grammar": _comparison_templates("shakiest"),
         "casual": ("Which image is the shakiest?",),
     },
 }
@@ -199,9 +336,26 @@ def follow_up(cls: str | None, rng: np.random.Generator) -> str:
     return str(rng.choice(expand(str(rng.choice(FOLLOW_UP_YES_NO)), cls)))
 
 
+def expand_comparison(template: str) -> list[str]:
+    """Every wording of a comparison ``template`` over ``COMPARE_SLOTS`` (whose values may hold slots themselves)."""
+    names = _fields(template)
+    if not names:
+        return [template[0].upper() + template[1:]]
+    slot = "{" + names[0] + "}"
+    return [w for value in COMPARE_SLOTS[names[0]] for w in expand_comparison(template.replace(slot, value))]
+
+
+def comparison_wordings(kind: str, held_out: bool) -> set[str]:
+    """Every wording of ``kind``'s training (or, ``held_out``, held-out) families."""
+    table = COMPARISONS[kind]
+    return {w for f in _families(table, held_out) for t in table[f] for w in expand_comparison(t)}
+
+
 def comparison_question(kind: str, rng: np.random.Generator, held_out: bool) -> tuple[str, str]:
     """(question, family) comparing images by ``kind`` (a key of ``COMPARISONS``)."""
-    return _pick(COMPARISONS[kind], rng, held_out)
+    family = str(rng.choice(_families(COMPARISONS[kind], held_out)))
+    template = str(rng.choice(COMPARISONS[kind][family]))
+    return str(rng.choice(expand_comparison(template))), family
 
 
 def count_wordings() -> dict[str, int]:
@@ -212,4 +366,6 @@ def count_wordings() -> dict[str, int]:
             out[f"{name}{' (held out)' if held else ''}"] = len(
                 {w for f in _families(table, held) for t in table[f] for c in classes for w in expand(t, c)}
             )
+    for held in (False, True):
+        out[f"comparison{' (held out)' if held else ''}"] = sum(len(comparison_wordings(k, held)) for k in COMPARISONS)
     return out
