@@ -3,15 +3,14 @@
 Intents: ``describe`` (open questions about the quality, the lighting, the focus, where the problems are, ratings),
 ``yes/no`` about one class, follow-ups that refer to the previous answer, and comparisons of 2–4 images by kind
 (``COMPARISONS``: every preset of the app's Compare tab among them; their "grammar" family crosses ``COMPARE_PHRASES``
-with ``COMPARE_SLOTS``, ``expand_comparison``). Each template belongs to a *family*;
+with ``COMPARE_SLOTS``). Each template belongs to a *family*;
 ``HELD_OUT`` families never appear in training data: the validation and evaluation splits ask only those, so the
-metrics measure phrasings the model has not seen. Templates are ``str.format`` strings over the slots of ``SLOTS``
-plus ``adj`` / ``noun`` (a class's words, ``CLASS_WORDS``).
+metrics measure phrasings the model has not seen. Templates are ``str.format`` strings over the slots of ``SLOTS`` and
+``COMPARE_SLOTS`` (whose values may hold slots themselves) plus ``adj`` / ``noun`` (a class's words, ``CLASS_WORDS``).
 """
 
 from __future__ import annotations
 
-import itertools
 import string
 
 import numpy as np
@@ -300,13 +299,21 @@ def _fields(template: str) -> list[str]:
 
 
 def expand(template: str, cls: str | None = None) -> list[str]:
-    """Every wording of ``template`` (with ``cls``'s words for ``adj`` / ``noun``)."""
-    slots = dict(SLOTS)
+    """Every wording of ``template`` over ``SLOTS`` and ``COMPARE_SLOTS`` (with ``cls``'s words for ``adj`` /
+    ``noun``), the first slot varying slowest."""
+    slots = {**SLOTS, **COMPARE_SLOTS}
     if cls is not None:
         slots["adj"], slots["noun"] = CLASS_WORDS[cls]
+    return [t[0].upper() + t[1:] for t in _fill(template, slots)]
+
+
+def _fill(template: str, slots: dict) -> list[str]:
+    """``template`` with its first slot set to each of its values in turn, recursively (a value may hold slots)."""
     names = _fields(template)
-    texts = [template.format(**dict(zip(names, v, strict=True))) for v in itertools.product(*(slots[n] for n in names))]
-    return [t[0].upper() + t[1:] for t in texts]
+    if not names:
+        return [template]
+    slot = "{" + names[0] + "}"
+    return [text for value in slots[names[0]] for text in _fill(template.replace(slot, value), slots)]
 
 
 def _families(table: dict, held_out: bool) -> list[str]:
@@ -336,26 +343,15 @@ def follow_up(cls: str | None, rng: np.random.Generator) -> str:
     return str(rng.choice(expand(str(rng.choice(FOLLOW_UP_YES_NO)), cls)))
 
 
-def expand_comparison(template: str) -> list[str]:
-    """Every wording of a comparison ``template`` over ``COMPARE_SLOTS`` (whose values may hold slots themselves)."""
-    names = _fields(template)
-    if not names:
-        return [template[0].upper() + template[1:]]
-    slot = "{" + names[0] + "}"
-    return [w for value in COMPARE_SLOTS[names[0]] for w in expand_comparison(template.replace(slot, value))]
-
-
 def comparison_wordings(kind: str, held_out: bool) -> set[str]:
     """Every wording of ``kind``'s training (or, ``held_out``, held-out) families."""
     table = COMPARISONS[kind]
-    return {w for f in _families(table, held_out) for t in table[f] for w in expand_comparison(t)}
+    return {w for f in _families(table, held_out) for t in table[f] for w in expand(t)}
 
 
 def comparison_question(kind: str, rng: np.random.Generator, held_out: bool) -> tuple[str, str]:
     """(question, family) comparing images by ``kind`` (a key of ``COMPARISONS``)."""
-    family = str(rng.choice(_families(COMPARISONS[kind], held_out)))
-    template = str(rng.choice(COMPARISONS[kind][family]))
-    return str(rng.choice(expand_comparison(template))), family
+    return _pick(COMPARISONS[kind], rng, held_out)
 
 
 def count_wordings() -> dict[str, int]:
