@@ -12,7 +12,7 @@ from qground.checkpoint import save_checkpoint
 from qground.processor import QGroundProcessor
 from qground.taxonomy import CLASS_NAMES
 from training.data import synth
-from training.pretrain_vision import build_tensors
+from training.pretrain_vision import build_tensors, pool_targets
 from training.probe_readout import auc, main, probe
 
 
@@ -54,7 +54,8 @@ def _scripted(logits_of):
 def test_an_oracle_readout_scores_one_and_a_silent_one_zero(readout_model, data, monkeypatch):
     model, tokenizer = readout_model
     processor = QGroundProcessor(tokenizer, model.config)
-    _, y, _, glob = build_tensors(processor, data, model.readout.sub)
+    _, masks, sizes, glob = build_tensors(processor, data)
+    y, _ = pool_targets(masks, sizes, model.config.vision.patch_size, model.readout.sub)
     k = len(CLASS_NAMES)
     present = [name for c, name in enumerate(CLASS_NAMES) if (y.view(len(y), k, -1, *y.shape[2:])[:, c] > 0.5).any()]
     assert present  # the synthetic set has masks to find

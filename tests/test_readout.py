@@ -542,7 +542,8 @@ def test_readout_checkpoint_round_trip(readout_model, overfit_batch, tmp_path):
     assert torch.equal(loaded.encode_images(pixels).tokens, model.encode_images(pixels).tokens)
 
 
-def test_pretraining_trains_and_keeps_the_readout(readout_model, tmp_path):
+@pytest.mark.parametrize("symmetries", [False, True])
+def test_pretraining_trains_and_keeps_the_readout(readout_model, tmp_path, symmetries):
     from training.data import synth
     from training.pretrain_vision import pretrain
 
@@ -550,7 +551,8 @@ def test_pretraining_trains_and_keeps_the_readout(readout_model, tmp_path):
     model = build_model(model.config, seed=0)
     synth.write_dataset(tmp_path, num=12, split="train", seed=1, comparisons=2, max_side=96)
     before = model.readout.dense.weight.detach().clone()
-    losses = pretrain(model, QGroundProcessor(tokenizer, model.config), tmp_path, epochs=4, batch=4, lr=3e-3)
+    processor = QGroundProcessor(tokenizer, model.config)
+    losses = pretrain(model, processor, tmp_path, epochs=4, batch=4, lr=3e-3, symmetries=symmetries)
     assert losses[-1] < losses[0]
     assert not torch.equal(model.readout.dense.weight, before)
     assert not any(p.requires_grad for p in [*model.readout.parameters(), *model.vision_tower.parameters()])

@@ -6,7 +6,8 @@
    split). v3's tower saw the 2,400 train images 32 times and recalled them (docs/experiments/2026-12-05-nano-v4.md);
    the shipped v5 saw 9,600 images 16 times (docs/experiments/2026-12-05-nano-v5.md);
 2. a byte-level BPE tokenizer trained on that data's text, and the random ``qground-nano`` model (``init/``);
-3. vision-tower pretraining (``training.pretrain_vision``), then the tower is frozen (``vision/``);
+3. vision-tower pretraining (``training.pretrain_vision``, each image drawn under a random symmetry of the square:
+   v8's tower, shown every image 16 times as it is, recalled them), then the tower is frozen (``vision/``);
 4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
    trains comparisons only, answered through the choice head, before the paper's stage 1);
 5. ``training.calibrate``: the default detection strictness and mask weight chosen on the validation split (480
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> Path:
                 str(out / "vision"),
                 "--epochs",
                 str(args.vision_epochs),
+                *(["--symmetries"] if args.vision_symmetries else []),
             ]
         )
         record("vision", t0)
@@ -157,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         "--vision-images", type=int, default=9600, help="images of a vision set of their own (0: the train split)"
     )
     parser.add_argument("--vision-epochs", type=int, default=16)
+    parser.add_argument(
+        "--vision-symmetries",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show the vision pretraining each image under a random symmetry of the square (training.pretrain_vision)",
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.02: smoke run)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

@@ -36,40 +36,63 @@ from training.data.dataset import load_mask
 from training.data.readers import read_qground100k
 
 
-def dense_targets(processor: QGroundProcessor, sample, meta, sub: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C·sub², g, g) class-coverage targets and a (g, g) content weight for one grounding sample."""
-    cfg = processor.config
-    cell = cfg.vision.patch_size // sub
-    size = cfg.image_size
-    target = torch.zeros(len(CLASS_NAMES), size, size)
+def pixel_targets(processor: QGroundProcessor, sample, meta) -> torch.Tensor:
+    """(C, S, S) bool: each class's mask of one grounding sample in the padded input frame (content at the top left)."""
+    size = processor.config.image_size
+    target = torch.zeros(len(CLASS_NAMES), size, size, dtype=torch.bool)
     for name, mask in zip(sample.mask_labels, sample.masks, strict=True):
-        target[CLASS_NAMES.index(name)] = processor.preprocess_mask(load_mask(mask), meta)
-    frac = F.avg_pool2d(target[None], cell)[0]  # (C, g·sub, g·sub)
-    g = cfg.grid
-    frac = frac.view(len(CLASS_NAMES), g, sub, g, sub).permute(0, 2, 4, 1, 3).reshape(-1, g, g)
-    h, w = meta.resized_size
-    valid = torch.zeros(size, size)
-    valid[:h, :w] = 1
-    return frac, F.avg_pool2d(valid[None], cfg.vision.patch_size)[0]
+        target[CLASS_NAMES.index(name)] = processor.preprocess_mask(load_mask(mask), meta) > 0.5
+    return target
+
+
+def pool_targets(masks: torch.Tensor, sizes: torch.Tensor, patch: int, sub: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``masks`` (N, C, S, S) (``pixel_targets``) and content ``sizes`` (N, 2) as (h, w) → dense coverage targets
+    (N, C·sub², g, g) in the readout's layout (channel ``class·sub² + i·sub + j``: sub-cell row i, column j of every
+    patch) and the (N, g, g) share of each patch that is image content."""
+    n, c, size, _ = masks.shape
+    g = size // patch
+    frac = F.avg_pool2d(masks.float(), patch // sub)  # (N, C, g·sub, g·sub)
+    frac = frac.view(n, c, g, sub, g, sub).permute(0, 1, 3, 5, 2, 4).reshape(n, -1, g, g)
+    rows = torch.arange(size)
+    valid = (rows[None, :, None] < sizes[:, 0, None, None]) & (rows[None, None, :] < sizes[:, 1, None, None])
+    return frac, F.avg_pool2d(valid[:, None].float(), patch)[:, 0]
 
 
 def global_targets(frac: torch.Tensor, weight: torch.Tensor, severity: dict[str, int]) -> torch.Tensor:
-    """(3C,) whole-image targets from ``dense_targets``' outputs: presence, covered fraction, severity/3 × fraction."""
+    """(3C,) whole-image targets of one image from ``pool_targets``' outputs (C·sub², g, g) and (g, g): presence,
+    covered fraction, severity/3 × fraction."""
     n = len(CLASS_NAMES)
     area = (frac.view(n, -1, *weight.shape).mean(1) * weight).sum((1, 2)) / weight.sum()  # (C,)
     sev = torch.tensor([severity.get(name, 0) / 3 for name in CLASS_NAMES])
     return torch.cat([(area > 0).float(), area, sev * area])
 
 
+def dihedral(t: torch.Tensor, h: int, w: int, k: int) -> torch.Tensor:
+    """``t`` (..., S, S) whose content fills rows :h, columns :w → that content under symmetry ``k`` of the square
+    (0–7; bit 0 mirrors left–right, bit 1 top–bottom, bit 2 transposes), again at the top left, zeros elsewhere.
+    The detail channels (``qground.detail``) are invariant scalars of the local image (energies, coherence, the spread
+    over four directions that map onto themselves), so transforming the channel maps equals computing them on the
+    transformed photo."""
+    content = t[..., :h, :w]
+    if k & 1:
+        content = content.flip(-1)
+    if k & 2:
+        content = content.flip(-2)
+    if k & 4:
+        content = content.transpose(-1, -2)
+    out = torch.zeros_like(t)
+    out[..., : content.shape[-2], : content.shape[-1]] = content
+    return out
+
+
 def build_tensors(
     processor: QGroundProcessor,
     data_dir: Path,
-    sub: int,
     jpeg: int | None = None,
 ):
-    """Every training image preprocessed once: inputs (N, C, S, S), dense targets (N, K·sub², g, g), content weights
-    (N, g, g) and whole-image targets (N, 3·classes). ``jpeg``: each image first goes through one JPEG save at that
-    quality (4:2:0; ``training.probe_readout``)."""
+    """Every training image preprocessed once: inputs (N, C, S, S), class masks (N, classes, S, S) bool, content
+    sizes (N, 2) as (h, w), and whole-image targets (N, 3·classes). ``jpeg``: each image first goes through one JPEG
+    save at that quality (4:2:0; ``training.probe_readout``)."""
     cfg = processor.config
     samples, report = read_qground100k(data_dir / "qground.json", data_dir, data_dir)
     meta_file = data_dir / "meta.json"
@@ -78,24 +101,31 @@ def build_tensors(
     )
     c, size = cfg.vision.num_channels, cfg.image_size
     x = torch.empty(len(samples), c, size, size)  # filled in place: one copy of the largest tensor (0.7 MB an image)
-    ys, ws, gs = [], [], []
+    masks = torch.empty(len(samples), len(CLASS_NAMES), size, size, dtype=torch.bool)
+    sizes = torch.empty(len(samples), 2, dtype=torch.long)
+    gs = []
     for i, s in enumerate(tqdm(samples, desc="preprocess", dynamic_ncols=True)):
         pixels, meta = processor.preprocess_image(load_image_after_jpeg(s.images[0], jpeg))
-        y, w = dense_targets(processor, s, meta, sub)
         x[i] = pixels[:c]  # the tower's channels
-        ys.append(y)
-        ws.append(w)
-        gs.append(global_targets(y, w, severity.get(s.id, {name: 2 for name in s.mask_labels})))
-    return x, torch.stack(ys), torch.stack(ws), torch.stack(gs)
+        masks[i] = pixel_targets(processor, s, meta)
+        sizes[i] = torch.tensor(meta.resized_size)
+        y, w = pool_targets(masks[i : i + 1], sizes[i : i + 1], cfg.vision.patch_size, READOUT_SUB)
+        gs.append(global_targets(y[0], w[0], severity.get(s.id, {name: 2 for name in s.mask_labels})))
+    return x, masks, sizes, torch.stack(gs)
 
 
-def pretrain(model, processor, data_dir: Path, epochs: int, batch: int, lr: float, seed: int = 0):
-    """Train ``model.vision_tower`` (and ``model.readout``) in place; returns per-epoch mean losses."""
+def pretrain(
+    model, processor, data_dir: Path, epochs: int, batch: int, lr: float, symmetries: bool = False, seed: int = 0
+):
+    """Train ``model.vision_tower`` (and ``model.readout``) in place; returns per-epoch mean losses. ``symmetries``:
+    every time an image is drawn it is shown under one of the square's 8 symmetries at random (``dihedral``), so the
+    tower sees each photo's textures and each distortion in 8 orientations instead of memorizing one."""
     torch.manual_seed(seed)
     n = len(CLASS_NAMES)
     tower = model.vision_tower
     readout = model.readout or DistortionReadout(model.config.vision.hidden_size, n, READOUT_SUB)
-    x, y, w, glob = build_tensors(processor, data_dir, readout.sub)
+    x, masks, sizes, glob = build_tensors(processor, data_dir)
+    patch = model.config.vision.patch_size
     params = [*tower.parameters(), *readout.parameters()]
     for p in params:
         p.requires_grad = True
@@ -110,9 +140,16 @@ def pretrain(model, processor, data_dir: Path, epochs: int, batch: int, lr: floa
         total = 0.0
         for i in range(0, len(x), batch):
             idx = order[i : i + batch]
-            logits, whole = readout.logits(tower(x[idx]).last_hidden_state)
-            loss = (F.binary_cross_entropy_with_logits(logits, y[idx], reduction="none").mean(1) * w[idx]).sum()
-            loss = loss / w[idx].sum()
+            xb, mb, sb = x[idx], masks[idx], sizes[idx]
+            if symmetries:
+                for j, k in enumerate(torch.randint(8, (len(idx),)).tolist()):
+                    h, w = sb[j].tolist()
+                    xb[j], mb[j] = dihedral(xb[j], h, w, k), dihedral(mb[j], h, w, k)
+                    if k & 4:
+                        sb[j] = torch.tensor([w, h])
+            y, w = pool_targets(mb, sb, patch, readout.sub)
+            logits, whole = readout.logits(tower(xb).last_hidden_state)
+            loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(1) * w).sum() / w.sum()
             loss = loss + F.binary_cross_entropy_with_logits(whole[:, :n], glob[idx, :n])
             loss = loss + 4 * F.mse_loss(whole[:, n:].sigmoid(), glob[idx, n:])
             opt.zero_grad()
@@ -152,11 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--symmetries", action="store_true", help="show each drawn image under one of the square's 8 symmetries"
+    )
     args = parser.parse_args(argv)
     model, tokenizer = load_model(args.model, device="cpu", dtype=torch.float32)
     t0 = time.perf_counter()
     processor = QGroundProcessor(tokenizer, model.config)
-    losses = pretrain(model, processor, args.data, args.epochs, args.batch, args.lr)
+    losses = pretrain(model, processor, args.data, args.epochs, args.batch, args.lr, args.symmetries)
     save_checkpoint(model, tokenizer, args.out)
     print(f"vision pretraining: losses per epoch {np.round(losses, 4).tolist()} in {time.perf_counter() - t0:.0f} s")
     return 0

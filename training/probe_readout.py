@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from qground.checkpoint import load_model
 from qground.processor import QGroundProcessor
 from qground.taxonomy import CLASS_NAMES
-from training.pretrain_vision import build_tensors
+from training.pretrain_vision import build_tensors, pool_targets
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -42,7 +42,8 @@ def probe(model, processor: QGroundProcessor, data_dir: Path, jpeg: int | None =
     if model.readout is None:
         raise ValueError("the probe needs a model with a distortion readout (config.readout)")
     readout, k = model.readout, len(CLASS_NAMES)
-    x, y, w, glob = build_tensors(processor, data_dir, readout.sub, jpeg)
+    x, masks, sizes, glob = build_tensors(processor, data_dir, jpeg)
+    y, w = pool_targets(masks, sizes, processor.config.vision.patch_size, readout.sub)
     dense, whole = [], []
     with torch.no_grad():
         for i in range(0, len(x), batch):

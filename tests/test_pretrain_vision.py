@@ -1,0 +1,69 @@
+"""The vision pretraining's targets and its symmetries (``training.pretrain_vision``)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qground.builder import config_nano
+from qground.config import READOUT_SUB
+from qground.modeling import DistortionReadout
+from qground.processor import QGroundProcessor
+from training.pretrain_vision import dihedral, pool_targets
+
+_PIL = {1: Image.Transpose.FLIP_LEFT_RIGHT, 2: Image.Transpose.FLIP_TOP_BOTTOM, 4: Image.Transpose.TRANSPOSE}
+
+
+def _transformed(image: Image.Image, k: int) -> Image.Image:
+    for bit in (1, 2, 4):  # dihedral's order: mirror left–right, then top–bottom, then transpose
+        if k & bit:
+            image = image.transpose(_PIL[bit])
+    return image
+
+
+def test_pool_targets_lay_sub_cells_out_as_the_readout_does():
+    patch, sub, classes = 8, READOUT_SUB, 5
+    masks = torch.zeros(1, classes, 32, 32, dtype=torch.bool)
+    cell = patch // sub
+    masks[0, 2, 3 * cell : 4 * cell, 5 * cell : 6 * cell] = True  # class 2, sub-cell row 3, column 5
+    y, w = pool_targets(masks, torch.tensor([[20, 13]]), patch, sub)
+    assert y.shape == (1, classes * sub * sub, 4, 4) and w.shape == (1, 4, 4)
+    channel = 2 * sub * sub + (3 % sub) * sub + 5 % sub
+    assert y[0, channel, 3 // sub, 5 // sub] == 1 and y.sum() == 1
+    grid = DistortionReadout(4, classes, sub).layout(y)  # back to (1, classes, 8, 8) sub-cells
+    assert torch.equal(grid[0, 2] > 0, masks[0, 2, ::cell, ::cell])
+    # content 20 × 13 px: full patches up to row 16 / column 8, then 4/8 rows and 5/8 columns
+    expected = torch.tensor([1.0, 1.0, 0.5, 0.0])[:, None] * torch.tensor([1.0, 5 / 8, 0.0, 0.0])[None, :]
+    assert torch.allclose(w[0], expected)
+
+
+def test_identity_and_transpose_move_the_content_window():
+    t = torch.arange(2 * 6 * 6, dtype=torch.float32).view(2, 6, 6)
+    assert torch.equal(dihedral(t, 4, 3, 0), torch.nn.functional.pad(t[:, :4, :3], (0, 3, 0, 2)))
+    turned = dihedral(t, 4, 3, 4)
+    assert torch.equal(turned[:, :3, :4], t[:, :4, :3].transpose(1, 2)) and turned[:, 3:].abs().sum() == 0
+    assert turned[:, :, 4:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("k", range(8))
+def test_symmetries_equal_reading_the_transformed_photo(k):
+    """Every input channel (RGB and the native-resolution detail channels) and every mask of a symmetric view is what
+    the processor reads from the photo transformed the same way, up to the 2 × 2 grids of the coarse channels."""
+    rng = np.random.default_rng(k)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (19, 13, 3), dtype=np.uint8)).resize((96, 150)))
+    grain = rng.normal(0, 12, smooth.shape) * (np.arange(96) > 40)[None, :, None]  # noise on the right side only
+    photo = Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8))
+    mask = np.zeros((150, 96), bool)
+    mask[10:70, 50:90] = True
+    processor = QGroundProcessor(None, config_nano())
+    pixels, meta = processor.preprocess_image(photo)
+    h, w = meta.resized_size
+    view = dihedral(pixels, h, w, k)
+    want, want_meta = processor.preprocess_image(_transformed(photo, k))
+    assert want_meta.resized_size == ((w, h) if k & 4 else (h, w))
+    error = (view - want).abs().flatten(1).mean(1)  # per channel, over the whole input frame
+    assert error.max() < 0.01, error
+    assert (view[:3] - want[:3]).abs().max() < 0.05  # RGB: resizing commutes with them, up to 2 of 255 levels
+    got = dihedral(processor.preprocess_mask(mask, meta), h, w, k)
+    truth = processor.preprocess_mask(np.asarray(_transformed(Image.fromarray(mask), k)), want_meta)
+    assert (got != truth).float().mean() < 0.01
