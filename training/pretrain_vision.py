@@ -143,10 +143,10 @@ def pretrain(
             xb, mb, sb = x[idx], masks[idx], sizes[idx]
             if symmetries:
                 for j, k in enumerate(torch.randint(8, (len(idx),)).tolist()):
-                    h, w = sb[j].tolist()
-                    xb[j], mb[j] = dihedral(xb[j], h, w, k), dihedral(mb[j], h, w, k)
+                    rows, cols = sb[j].tolist()
+                    xb[j], mb[j] = dihedral(xb[j], rows, cols, k), dihedral(mb[j], rows, cols, k)
                     if k & 4:
-                        sb[j] = torch.tensor([w, h])
+                        sb[j] = torch.tensor([cols, rows])
             y, w = pool_targets(mb, sb, patch, readout.sub)
             logits, whole = readout.logits(tower(xb).last_hidden_state)
             loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(1) * w).sum() / w.sum()
