@@ -13,7 +13,7 @@ from qground.checkpoint import load_model, load_policy
 from qground.inference import QGroundEngine
 from qground.policy import POLICY_NAME
 from qground.processor import QGroundProcessor
-from training import nano
+from training import nano, pretrain_vision
 from training.config import load_config
 
 
@@ -21,7 +21,11 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch):
     argv = ["--out", str(tmp_path), "--train-images", "10", "--eval-images", "4", "--val-images", "4"]
     argv += ["--vision-images", "12", "--vision-epochs", "1"]
     argv += ["--scale", "0.004", "--workers", "1"]
+    pretrained = []  # the vision pretraining's arguments
+    real = pretrain_vision.main
+    monkeypatch.setattr(pretrain_vision, "main", lambda args: pretrained.append(args) or real(args))
     assert nano.main(argv) == 0
+    assert len(pretrained) == 1 and "--symmetries" in pretrained[0]  # as the shipped tower was trained
     assert len(json.loads((tmp_path / "data" / "train" / "compare.json").read_text())) == 30
     vision = json.loads((tmp_path / "data" / "vision" / "meta.json").read_text())["images"]
     train = json.loads((tmp_path / "data" / "train" / "meta.json").read_text())["images"]
