@@ -343,10 +343,14 @@ def follow_up(cls: str | None, rng: np.random.Generator) -> str:
     return str(rng.choice(expand(str(rng.choice(FOLLOW_UP_YES_NO)), cls)))
 
 
+def _wordings(table: dict, held_out: bool, classes=(None,)) -> set[str]:
+    """Every wording of ``table``'s training (or, ``held_out``, held-out) families, for each of ``classes``."""
+    return {w for f in _families(table, held_out) for t in table[f] for c in classes for w in expand(t, c)}
+
+
 def comparison_wordings(kind: str, held_out: bool) -> set[str]:
     """Every wording of ``kind``'s training (or, ``held_out``, held-out) families."""
-    table = COMPARISONS[kind]
-    return {w for f in _families(table, held_out) for t in table[f] for w in expand(t)}
+    return _wordings(COMPARISONS[kind], held_out)
 
 
 def comparison_question(kind: str, rng: np.random.Generator, held_out: bool) -> tuple[str, str]:
@@ -359,9 +363,7 @@ def count_wordings() -> dict[str, int]:
     out = {}
     for name, table, classes in (("describe", DESCRIBE, [None]), ("yes/no", YES_NO, CLASS_NAMES)):
         for held in (False, True):
-            out[f"{name}{' (held out)' if held else ''}"] = len(
-                {w for f in _families(table, held) for t in table[f] for c in classes for w in expand(t, c)}
-            )
+            out[f"{name}{' (held out)' if held else ''}"] = len(_wordings(table, held, classes))
     for held in (False, True):
         out[f"comparison{' (held out)' if held else ''}"] = sum(len(comparison_wordings(k, held)) for k in COMPARISONS)
     return out
