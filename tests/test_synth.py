@@ -1,4 +1,4 @@
-"""The synthetic distortion engine: exact masks, disjoint or layered regions, files in the documented layout, truthful text."""
+"""The synthetic distortion engine: exact masks, disjoint regions, files in the documented layout, truthful text."""
 
 import json
 
@@ -25,45 +25,13 @@ def test_generated_masks_are_exact_and_disjoint():
         union = np.zeros(g.image.shape[:2], dtype=bool)
         for name, mask in g.masks.items():
             assert mask.shape == g.image.shape[:2] and mask.mean() >= 0.02
-            assert g.layered or not (union & mask).any(), "regions of an image not layered overlap"
+            assert not (union & mask).any(), "regions overlap"
             union |= mask
             assert 1 <= g.severity[name] <= 3 and name in CLASS_NAMES
             assert g.families[name].startswith(f"{name}/") and g.families[name] not in HELD_OUT
         if max(clean.shape[:2]) <= 96 and g.jpeg is None:  # neither shrunk after distorting nor through JPEG
             assert np.array_equal(g.image[~union], clean[~union]), "pixels outside every mask changed"
         assert list(g.masks) == [n for n in CLASS_NAMES if n in g.masks]
-
-
-def test_layered_images_stack_distortions_on_overlapping_regions(monkeypatch):
-    """With ``LAYERED`` 1 every image of 2–3 classes stacks them: some regions overlap (a pixel can be blurred and
-    dark), the exposure classes never do, pixels outside every mask are the clean photo's; with 0 the same images keep
-    disjoint regions. About ``LAYERED`` of the multi-class images are layered by default."""
-    made = [synth.generate(i, "val", seed=4, max_side=96) for i in range(60)]
-    multi = [g for g in made if len(g.masks) > 1]
-    assert 0.25 * len(multi) <= sum(g.layered for g in made) <= 0.75 * len(multi) + 2  # + a layer skipped as empty
-    monkeypatch.setattr(synth, "LAYERED", 1.0)
-    overlapping = 0
-    for i in range(40):
-        g = synth.generate(i, "val", seed=4, max_side=96)
-        if len(g.masks) < 2:
-            continue
-        assert g.layered, "every image with 2–3 classes is layered"
-        stack = np.stack(list(g.masks.values()))
-        overlapping += int((stack.sum(0) > 1).any())
-        if {"overexposure", "low light"} <= g.masks.keys():
-            assert not (g.masks["overexposure"] & g.masks["low light"]).any()
-        if max(g.image.shape[:2]) <= 96:
-            clean_rng = np.random.default_rng([4, 2, i])
-            capture = clean_rng.uniform(1.2, 2.0) if clean_rng.random() < synth.CAPTURE else 1.0
-            clean, _ = synth.clean_base("val", clean_rng, round(96 * capture))
-            if max(clean.shape[:2]) <= 96:
-                outside = ~stack.any(0)
-                assert np.array_equal(g.image[outside], clean[outside])
-    assert overlapping >= 3
-    monkeypatch.setattr(synth, "LAYERED", 0.0)
-    for i in range(40):
-        g = synth.generate(i, "val", seed=4, max_side=96)
-        assert not g.layered and np.stack([*g.masks.values(), np.zeros(g.image.shape[:2], bool)]).sum(0).max() <= 1
 
 
 def test_a_share_of_training_images_goes_through_jpeg_after_the_distortions(monkeypatch):

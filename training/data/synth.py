@@ -47,12 +47,6 @@ POOL_MAX_SIDE = 2048  # pool photos are read at most this large (room for a capt
 UPSCALE_MIN = 1600  # --upscale: photos enlarged to a longest side in [UPSCALE_MIN, upscale] (large-photo validation)
 CAPTURE = 0.35  # share of images distorted at up to twice their final size, then shrunk (a larger camera's photo)
 WHOLE_IMAGE = 0.3  # share of one-class images distorted everywhere
-# Share of images with 2–3 classes whose distortions are layered as a camera stacks them (optics and motion, then
-# exposure, then sensor noise: taxonomy order) on regions that may overlap, so the model meets a dark and blurry or
-# a dark and noisy patch and names both; the two exposure classes stay apart. The rest keep disjoint regions.
-LAYERED = 0.5
-LAYER_WHOLE = 0.3  # share of a layered image's classes that cover the whole image (an exposure class: all it may)
-EXPOSURE = ("overexposure", "low light")
 SPLITS = ("train", "eval", "val")  # disjoint photos: training, held-out evaluation, validation (choosing settings)
 # Share of training images whose pixels went through JPEG once after their distortions (quality 75–95, chroma at half
 # resolution (4:2:0) three times in four), as a camera's or the web's photos have: the tower must not take JPEG's
@@ -334,14 +328,11 @@ class Generated:
     photo: str
     families: dict[str, str]  # class → family key ("blur/defocus")
     jpeg: int | None = None  # the JPEG quality the pixels went through (training images only), None: lossless
-    layered: bool = False  # distortions stacked in taxonomy order on regions that may overlap (``LAYERED``)
 
 
 def generate(index: int, split: str, seed: int, max_side: int = MAX_SIDE, upscale: int = 0) -> Generated:
     """Image ``index`` of a split: 0 classes (25 %), else 1–3 classes on disjoint regions (one class: the whole image
-    ``WHOLE_IMAGE`` of the time), each by a random family of its class (``split_families``); ``LAYERED`` of the images
-    with 2–3 classes stack them instead, each applied to the image the earlier ones left, on regions that may overlap
-    (``LAYER_WHOLE`` of them everywhere) except that the exposure classes stay apart. ``CAPTURE`` of the images
+    ``WHOLE_IMAGE`` of the time), each by a random family of its class (``split_families``). ``CAPTURE`` of the images
     are distorted at up to twice their final size and then shrunk, as a larger camera's photo would be; ``JPEG_SHARE``
     of the training images then go through JPEG once (``jpeg_round_trip``). ``upscale`` (validation of large photos;
     0: off): every photo is enlarged (Lanczos) to a longest side drawn log-uniformly in [``UPSCALE_MIN``, upscale]
@@ -357,26 +348,23 @@ def generate(index: int, split: str, seed: int, max_side: int = MAX_SIDE, upscal
         max_side = max(max_side, upscale)
     k = int(rng.choice([0, 1, 2, 3], p=[0.25, 0.4, 0.25, 0.1]))
     classes = sorted(rng.choice(len(CLASS_NAMES), size=k, replace=False).tolist())
-    layered = k > 1 and rng.random() < LAYERED
     shape = clean.shape[:2]
-    free = np.ones(shape, dtype=bool)  # layered: where no exposure class is yet
+    free = np.ones(shape, dtype=bool)
     img = clean.astype(np.float32) / 255
     out = img.copy()
     masks, severity, used = {}, {}, {}
     for ci in classes:
         name = CLASS_NAMES[ci]
-        room = free if not layered or name in EXPOSURE else np.ones(shape, dtype=bool)
-        if (k == 1 and rng.random() < WHOLE_IMAGE) or (layered and rng.random() < LAYER_WHOLE):
-            mask = room.copy()
+        if k == 1 and rng.random() < WHOLE_IMAGE:
+            mask = free.copy()
         else:
-            mask = region(shape, room, rng.uniform(0.08, 0.5 if k > 1 else 0.6), rng)
+            mask = region(shape, free, rng.uniform(0.08, 0.5 if k > 1 else 0.6), rng)
         if mask.mean() < 0.02:
             continue
         sev = int(rng.integers(1, 4))
         family = split_families(name, split, rng)
-        out[mask] = family.apply(out if layered else img, strength_of_severity(sev, rng), rng)[mask]
-        if not layered or name in EXPOSURE:
-            free &= ~mask
+        out[mask] = family.apply(img, strength_of_severity(sev, rng), rng)[mask]
+        free &= ~mask
         masks[name], severity[name], used[name] = mask, sev, family.key
     if max(shape) > max_side:
         s = max_side / max(shape)
@@ -389,7 +377,7 @@ def generate(index: int, split: str, seed: int, max_side: int = MAX_SIDE, upscal
         quality = int(rng.integers(75, 96))
         subsampling = 2 if rng.random() < 0.75 else 0  # 4:2:0 or 4:4:4
         image = np.asarray(jpeg_round_trip(Image.fromarray(image), quality, subsampling))
-    return Generated(image, masks, severity, photo, used, quality, layered)
+    return Generated(image, masks, severity, photo, used, quality)
 
 
 # -- text --------------------------------------------------------------------------------------------------------------
@@ -512,7 +500,6 @@ def write_one(args: tuple[Path, int, str, int, int, int]) -> dict:
         "luma": float((g.image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).mean() / 255),
         "families": g.families,
         "jpeg": g.jpeg,
-        "layered": g.layered,
         "description": describe(g),
         "turns": turns,
     }
