@@ -21,7 +21,8 @@ kinds the multiple-choice benchmarks of `qground.mcq` are broken down by).
 
 Evaluation folder (``evaluate``): ``images/STEM.png`` (any image extension), ``gt/STEM/<class key>.png`` (8-bit, image
 size, non-zero = the class; only present classes; a clean image has none), optional ``describe.json`` and
-``compare.json`` in the LLaVA conversation schema with image paths relative to the folder.
+``compare.json`` in the LLaVA conversation schema with image paths relative to the folder (a comparison entry's
+optional ``"kind"``, which the synthetic data writes, adds an accuracy per kind).
 
 QGround-Test (``read_qground_test``, ``evaluate_qground_test``): the released test split of QGround-100K,
 ``qground_dataset/qground_test.json`` (1,000 images) with ``images/`` and ``masks/`` beside it. Every ``ann_list``
@@ -524,19 +525,29 @@ def _score_describe(items: list[tuple[list[Path], str, str]], answers: list[str]
     )
 
 
-def _score_compare(items: list[tuple[list[Path], str, str]], answers: list[str], seconds: list[float]) -> dict:
-    """compare.json's entries and the answers (``_chat_answers``) → accuracy, by image count and question kind."""
+def _score_compare(
+    items: list[tuple[list[Path], str, str]], answers: list[str], seconds: list[float], kinds: list[str | None]
+) -> dict:
+    """compare.json's entries, the answers (``_chat_answers``) and each entry's ``kind`` (what it compares, as the
+    synthetic data records it; None when not recorded) → accuracy, by image count and question type, and
+    ``by_kind`` when every entry records its kind."""
     truths = [truth for _, _, truth in items]
     counts = [len(images) for images, _, _ in items]
     questions = [question for _, question, _ in items]
     result = comparison_accuracy(answers, truths, counts, questions)
-    types = [question_type(q) for q in questions]
-    by_type = {}
-    for kind in sorted(set(types)):
-        keep = [i for i, t in enumerate(types) if t == kind]
-        part = comparison_accuracy(*([seq[i] for i in keep] for seq in (answers, truths, counts, questions)))
-        by_type[kind] = {"accuracy": part["accuracy"], "items": part["items"]}
-    return result | {"by_type": by_type, "seconds_per_item": _mean(seconds), "answers": answers}
+
+    def split(labels: list[str]) -> dict:
+        out = {}
+        for label in sorted(set(labels)):
+            keep = [i for i, t in enumerate(labels) if t == label]
+            part = comparison_accuracy(*([seq[i] for i in keep] for seq in (answers, truths, counts, questions)))
+            out[label] = {"accuracy": part["accuracy"], "items": part["items"]}
+        return out
+
+    result |= {"by_type": split([question_type(q) for q in questions])}
+    if items and None not in kinds:
+        result |= {"by_kind": split(kinds)}
+    return result | {"seconds_per_item": _mean(seconds), "answers": answers}
 
 
 def evaluate(
@@ -568,14 +579,17 @@ def evaluate(
         report["jpeg"] = jpeg
     if "ground" in tasks:
         report["ground"] = _run_grounding(engine, data_dir, limit, progress, settings, jpeg)
-    for task, score in (("describe", _score_describe), ("compare", _score_compare)):
+    for task in ("describe", "compare"):
         if task not in tasks:
             continue
         path = data_dir / f"{task}.json"
-        if path.exists():
-            report[task] = score(*_chat_answers(engine, path, limit, progress, settings, jpeg))
-        else:
+        if not path.exists():
             report["skipped"][task] = f"no {path.name} in {data_dir}"
+        elif task == "describe":
+            report[task] = _score_describe(*_chat_answers(engine, path, limit, progress, settings, jpeg))
+        else:
+            kinds = [entry.get("kind") for entry in json.loads(path.read_text())][:limit]
+            report[task] = _score_compare(*_chat_answers(engine, path, limit, progress, settings, jpeg), kinds)
     return report
 
 
@@ -796,7 +810,7 @@ def side_by_side_table(reports: Mapping[str, dict]) -> str:
     """The headline numbers of several ``evaluate`` reports on the same folder, one column per model plus the classical
     baseline (from the first report): IoU per class and per distortion family (held-out families marked *), mIoU, the
     share of clean photos given a mask, finished sentences and answers naming exactly the true classes (description
-    questions), description F1 and comparison accuracy (all groups; pairs)."""
+    questions), description F1 and comparison accuracy (all groups; pairs; by kind when the data records it)."""
     first = next(iter(reports.values()))
     names = list(reports)
     ground = {n: r["ground"] for n, r in reports.items() if "ground" in r}
@@ -829,6 +843,9 @@ def side_by_side_table(reports: Mapping[str, dict]) -> str:
         lines.append(row("comparison accuracy", [r.get("compare", {}).get("accuracy") for r in reports.values()]))
         pairs = [r.get("compare", {}).get("by_images", {}).get("2", {}).get("accuracy") for r in reports.values()]
         lines.append(row("… of pairs", pairs))
+        for kind, part in first["compare"].get("by_kind", {}).items():
+            values = [r.get("compare", {}).get("by_kind", {}).get(kind, {}).get("accuracy") for r in reports.values()]
+            lines.append(row(f"… {kind} ({part['items']})", values))
     return "\n".join(lines)
 
 
@@ -872,8 +889,8 @@ def report_table(report: dict) -> str:
             "  "
             + ", ".join(
                 f"{name}{' images' * (key == 'by_images')} {_cell(part['accuracy'])} ({part['items']})"
-                for key in ("by_images", "by_type", "by_form")
-                for name, part in c[key].items()
+                for key in ("by_images", "by_type", "by_form", "by_kind")
+                for name, part in c.get(key, {}).items()
             ),
         ]
     lines += [f"skipped {task}: {why}" for task, why in report["skipped"].items()]

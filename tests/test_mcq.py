@@ -4,6 +4,7 @@ engine, one-line errors on files it cannot read, ``eval --mcq`` end to end on th
 breakdown of the synthetic comparison task."""
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from qground.__main__ import main
-from qground.evaluate import evaluate, report_table
+from qground.evaluate import evaluate, report_table, side_by_side_table
 from qground.inference import GenerationSettings
 from qground.mcq import INSTRUCTION, MCQFormatError, evaluate_mcq, extract_choice, mcq_prompt, mcq_table, read_mcq
 
@@ -269,4 +270,38 @@ def test_synthetic_comparisons_are_broken_down_by_question_type(tmp_path):
     report = evaluate(engine, tmp_path, ["compare"], progress=False, settings=GenerationSettings(strictness=0.0))
     assert report["compare"]["by_type"] == {"which": {"accuracy": 0.5, "items": 2}}
     assert report["compare"]["by_images"] == {"2": {"accuracy": 0.5, "items": 2}}
-    assert "which 0.500 (2)" in report_table(report)
+    assert "which 0.500 (2)" in report_table(report) and "by_kind" not in report["compare"]  # no kind recorded
+
+
+def test_synthetic_comparisons_are_broken_down_by_the_kind_they_record(tmp_path):
+    """Entries that record their ``kind`` (``training.data.synth`` writes it) are scored per kind too, in the report,
+    its table and the side-by-side table of several models."""
+    record = {
+        "image": ["images/a.png", "images/b.png"],
+        "conversations": [
+            {"from": "human", "value": "Which image is sharper?\nA. The first image\nB. The second image"},
+            {"from": "gpt", "value": "A"},
+        ],
+    }
+    shaky = {"from": "human", "value": "Which image is the shakiest?"}
+    records = [
+        record | {"id": "c0", "kind": "sharpest"},
+        record | {"id": "c1", "kind": "sharpest"},
+        record
+        | {"id": "c2", "kind": "shakiest", "conversations": [shaky, {"from": "gpt", "value": "The second image."}]},
+    ]
+    (tmp_path / "compare.json").write_text(json.dumps(records))
+    settings = GenerationSettings(strictness=0.0)
+    answers = ["A", "B. The second image.", "The first image."]
+    report = evaluate(ScriptedEngine(answers), tmp_path, ["compare"], progress=False, settings=settings)
+    assert report["compare"]["by_kind"] == {
+        "shakiest": {"accuracy": 0.0, "items": 1},
+        "sharpest": {"accuracy": 0.5, "items": 2},
+    }
+    assert "sharpest 0.500 (2)" in report_table(report)
+    other = evaluate(ScriptedEngine(["A", "A", "B"]), tmp_path, ["compare"], progress=False, settings=settings)
+    table = side_by_side_table({"a": report, "b": other})
+    assert re.search(r"… sharpest \(2\)\s+0\.500\s+1\.000", table)
+    assert re.search(r"… shakiest \(1\)\s+0\.000\s+1\.000", table)  # "B" without options: the second image
+    first = evaluate(ScriptedEngine(["A"]), tmp_path, ["compare"], limit=1, progress=False, settings=settings)
+    assert first["compare"]["by_kind"] == {"sharpest": {"accuracy": 1.0, "items": 1}}

@@ -82,6 +82,7 @@ def test_dataset_layout_readers_and_truth(tmp_path):
         question, answer = (t["value"] for t in record["conversations"])
         lines = question.split("\n")
         kind = next(k for k in COMPARISONS for line in lines if line in comparison_wordings(k, held_out=True))
+        assert record["kind"] == kind  # recorded for eval's breakdown, and the one its wording belongs to
         if answer.startswith("The "):  # the picked image is the one the kind ranks first
             values = synth.comparison_values(kind, group)
             assert values[synth.ORDINALS.index(answer.split()[1])] == max(values)

@@ -3,10 +3,11 @@ quality descriptions, grounding answers and multi-image comparisons whose truth 
 
 ``python -m training.data.synth --out DIR --num N --split train|eval|val [--seed S] [--workers W] [--comparisons M]``
 writes ``DIR/images/STEM.png``, ``DIR/gt/STEM/<class key>.png`` (255 = that class; the evaluation layout),
-``qground.json`` (QGround-100K-style records), ``describe.json`` / ``caption.json`` / ``compare.json`` (LLaVA schema),
-``compare_pairs.json`` (two-image groups with free-form answers only: the nano recipe's first comparison stage) and
-``meta.json``. Everything follows from ``(seed, split, index)``; the three splits use disjoint photos (``val``: for
-choosing inference settings on photos neither trained on nor held out, as ``training.calibrate`` does).
+``qground.json`` (QGround-100K-style records), ``describe.json`` / ``caption.json`` / ``compare.json`` (LLaVA schema;
+each comparison also records its ``kind``, for ``qground.evaluate``), ``compare_pairs.json`` (two-image groups with
+free-form answers only: the nano recipe's first comparison stage) and ``meta.json``. Everything follows from
+``(seed, split, index)``; the three splits use disjoint photos (``val``: for choosing inference settings on photos
+neither trained on nor held out, as ``training.calibrate`` does).
 
 Frames: images are (H, W, 3) uint8, masks (H, W) bool, both at the generated image's size.
 """
@@ -454,9 +455,10 @@ MARGIN = 0.15
 
 def comparison(
     group: list[dict], rng: np.random.Generator, choices: bool = True, held_out: bool = False
-) -> tuple[str, str] | None:
-    """A question about ``group`` (meta records) whose answer is unambiguous, with its answer; None if none is. Half
-    are multiple choice when ``choices``, else every answer is free-form ("The second image.")."""
+) -> tuple[str, str, str] | None:
+    """(kind, question, answer): a question about ``group`` (meta records) whose answer is unambiguous, of a kind of
+    ``COMPARISONS``; None if none is. Half are multiple choice when ``choices``, else every answer is free-form ("The
+    second image.")."""
     for kind in rng.permutation(list(COMPARISONS)):
         values = comparison_values(str(kind), group)
         order = np.argsort(values)[::-1]
@@ -465,12 +467,12 @@ def comparison(
             continue
         question = comparison_question(str(kind), rng, held_out)[0]
         if not choices or rng.random() < 0.5:
-            return question, f"The {ORDINALS[best]} image."
+            return str(kind), question, f"The {ORDINALS[best]} image."
         perm = rng.permutation(len(group))
         letters = "ABCD"
         options = "\n".join(f"{letters[i]}. The {ORDINALS[p]} image" for i, p in enumerate(perm))
         mcq = f"{question}\n{options}\nAnswer with the option's letter from the given choices directly."
-        return mcq, letters[int(np.nonzero(perm == best)[0][0])]
+        return str(kind), mcq, letters[int(np.nonzero(perm == best)[0][0])]
     return None
 
 
@@ -597,17 +599,20 @@ def comparison_records(
     choices: bool = True,
     held_out: bool = False,
 ) -> list[dict]:
-    """``count`` LLaVA-schema comparison records over random groups of 2–``max_images`` of ``metas``; groups without
-    an unambiguous answer are skipped. ``choices=False``: free-form answers only; ``held_out``: held-out phrasings."""
+    """``count`` LLaVA-schema comparison records over random groups of 2–``max_images`` of ``metas``, each with the
+    ``kind`` of its question (a key of ``COMPARISONS``); groups without an unambiguous answer are skipped.
+    ``choices=False``: free-form answers only; ``held_out``: held-out phrasings."""
     records = []
     draws = 1000 + 100 * count
     for _ in range(draws):
         if len(records) == count:
             return records
         group = [metas[i] for i in rng.choice(len(metas), size=int(rng.integers(2, max_images + 1)), replace=False)]
-        qa = comparison(group, rng, choices, held_out)
-        if qa is not None:
-            records.append(_conv(f"{prefix}_{len(records):06d}", [m["image"] for m in group], [qa]))
+        found = comparison(group, rng, choices, held_out)
+        if found is not None:
+            kind, question, answer = found
+            record = _conv(f"{prefix}_{len(records):06d}", [m["image"] for m in group], [(question, answer)])
+            records.append(record | {"kind": kind})
     if len(records) < count:
         raise ValueError(
             f"{prefix}: only {len(records)} of {count} comparison groups have an unambiguous answer after {draws} "
