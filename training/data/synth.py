@@ -459,20 +459,20 @@ def comparison(
     """(kind, question, answer): a question about ``group`` (meta records) whose answer is unambiguous, of a kind of
     ``COMPARISONS``; None if none is. Half are multiple choice when ``choices``, else every answer is free-form ("The
     second image.")."""
-    for kind in rng.permutation(list(COMPARISONS)):
-        values = comparison_values(str(kind), group)
+    for kind in rng.permutation(list(COMPARISONS)).tolist():
+        values = comparison_values(kind, group)
         order = np.argsort(values)[::-1]
         best = int(order[0])
-        if values[best] - values[order[1]] < MARGIN or not _luma_ok(str(kind), group, best):
+        if values[best] - values[order[1]] < MARGIN or not _luma_ok(kind, group, best):
             continue
-        question = comparison_question(str(kind), rng, held_out)[0]
+        question = comparison_question(kind, rng, held_out)[0]
         if not choices or rng.random() < 0.5:
-            return str(kind), question, f"The {ORDINALS[best]} image."
+            return kind, question, f"The {ORDINALS[best]} image."
         perm = rng.permutation(len(group))
         letters = "ABCD"
         options = "\n".join(f"{letters[i]}. The {ORDINALS[p]} image" for i, p in enumerate(perm))
         mcq = f"{question}\n{options}\nAnswer with the option's letter from the given choices directly."
-        return str(kind), mcq, letters[int(np.nonzero(perm == best)[0][0])]
+        return kind, mcq, letters[int(np.nonzero(perm == best)[0][0])]
     return None
 
 
