@@ -108,7 +108,10 @@ FOLLOW_UP_YES_NO = ("What about {noun}?", "And is it {adj}?", "How about {noun}?
 FOLLOW_UP_DESCRIBE = ("Anything else?", "Is that all?", "How bad is it overall?", "Where is it?", "Can you say more?")
 
 # What a comparison of each kind asks for, as verb phrases after "Which …" (the "grammar" family): hundreds of wordings
-# per kind once crossed with COMPARE_SLOTS. Written from how people ask, not from the held-out "casual" wordings.
+# per kind once crossed with COMPARE_SLOTS, in the field's everyday words (out of focus, washed out, grainy, shaky):
+# a 4-layer LLM reads a comparison in words it never compared with as a draw, often the wrong way round
+# (docs/experiments/2026-12-06-nano-v13.md). The held-out "casual" wordings each hold a word no training comparison
+# has (tests/test_synth.py).
 COMPARE_PHRASES = {
     "best": (
         "has the {top} quality",
@@ -118,6 +121,8 @@ COMPARE_PHRASES = {
         "would you rate highest",
         "is technically the best",
         "comes out on top for quality",
+        "would you keep",
+        "is the one to keep",
     ),
     "worst": (
         "has the {bottom} quality",
@@ -127,6 +132,8 @@ COMPARE_PHRASES = {
         "would you rate lowest",
         "is technically the worst",
         "is the most degraded",
+        "would you delete",
+        "has the lowest quality",
     ),
     "sharpest": (
         "is the sharpest",
@@ -138,6 +145,9 @@ COMPARE_PHRASES = {
         "has the finest detail",
         "shows the least blur",
         "is in the sharpest focus",
+        "is the crispest",
+        "has the crispest details",
+        "is the least out of focus",
     ),
     "blurriest": (
         "is the blurriest",
@@ -149,6 +159,9 @@ COMPARE_PHRASES = {
         "has the worst focus",
         "is the least in focus",
         "is the most defocused",
+        "is the most out of focus",
+        "looks out of focus",
+        "is the most unfocused",
     ),
     "least noise": (
         "has the least noise",
@@ -159,6 +172,8 @@ COMPARE_PHRASES = {
         "has the lowest noise",
         "is the most noise-free",
         "suffers least from noise",
+        "is the least grainy",
+        "is the least speckled",
     ),
     "noisiest": (
         "is the noisiest",
@@ -169,6 +184,8 @@ COMPARE_PHRASES = {
         "suffers most from noise",
         "has the heaviest noise",
         "is the most noisy",
+        "is the grainiest",
+        "is the most grainy",
     ),
     "best exposed": (
         "is the best exposed",
@@ -179,6 +196,8 @@ COMPARE_PHRASES = {
         "is neither too dark nor too bright",
         "has the most natural brightness",
         "is the best lit",
+        "has the best lighting",
+        "has the best light",
     ),
     "darkest": (
         "is the darkest",
@@ -187,6 +206,8 @@ COMPARE_PHRASES = {
         "has the most underexposure",
         "suffers most from low light",
         "has the worst low-light problem",
+        "is the most underexposed",
+        "is the most dimly lit",
     ),
     "overexposed": (
         "is the most overexposed",
@@ -196,6 +217,8 @@ COMPARE_PHRASES = {
         "has the most overexposure",
         "has the brightest blown-out areas",
         "suffers most from overexposure",
+        "is the most washed out",
+        "looks the most washed out",
     ),
     "shakiest": (
         "shows the most camera shake",
@@ -205,6 +228,9 @@ COMPARE_PHRASES = {
         "shows the most motion streaks",
         "suffers most from camera shake",
         "has the strongest motion blur",
+        "is the shakiest",
+        "is the most shaky",
+        "is the most jittery",
     ),
 }
 COMPARE_SLOTS = {
@@ -243,52 +269,52 @@ COMPARISONS = {
             "Which of these images has the highest quality?",
         ),
         "grammar": _comparison_templates("best"),
-        "casual": ("Which one would you keep?", "Which picture is of the best quality?"),
+        "casual": ("Which one would you frame?", "Which picture came out nicest?"),
     },
     "worst": {
         "plain": ("Which image has the worst quality?", "Which image looks worst?"),
         "grammar": _comparison_templates("worst"),
-        "casual": ("Which one has the lowest quality?", "Which photo would you delete?"),
+        "casual": ("Which one would you throw away?", "Which picture is the most botched?"),
     },
     "sharpest": {
         "plain": ("Which image is the sharpest?", "Which image is sharper?", "Which one is the most in focus?"),
         "grammar": _comparison_templates("sharpest"),
-        "casual": ("Which photo has the crispest details?",),
+        "casual": ("Which one looks razor sharp?",),
     },
     "blurriest": {
         "plain": ("Which image is blurrier?", "Which image is the blurriest?"),
         "grammar": _comparison_templates("blurriest"),
-        "casual": ("Which one is most out of focus?",),
+        "casual": ("Which one looks the most smudged?",),
     },
     "least noise": {
         "plain": ("Which image has the least noise?", "Which image is the cleanest?"),
         "grammar": _comparison_templates("least noise"),
-        "casual": ("Which one is least grainy?",),
+        "casual": ("Which one looks the smoothest?",),
     },
     "noisiest": {
         "plain": ("Which image is noisier?", "Which image is the noisiest?", "Which has the most noise?"),
         "grammar": _comparison_templates("noisiest"),
-        "casual": ("Which one is the grainiest?",),
+        "casual": ("Which one looks the most staticky?",),
     },
     "best exposed": {
         "plain": ("Which image is the best exposed?", "Which one has the best exposure?"),
         "grammar": _comparison_templates("best exposed"),
-        "casual": ("Which photo has the best lighting?",),
+        "casual": ("Which one has the nicest light?",),
     },
     "darkest": {
         "plain": ("Which image is darker?", "Which image is the darkest?"),
         "grammar": _comparison_templates("darkest"),
-        "casual": ("Which one is most underexposed?",),
+        "casual": ("Which one is the gloomiest?",),
     },
     "overexposed": {
         "plain": ("Which image is more overexposed?", "Which has the most blown highlights?"),
         "grammar": _comparison_templates("overexposed"),
-        "casual": ("Which one is most washed out?",),
+        "casual": ("Which one looks bleached?",),
     },
     "shakiest": {
         "plain": ("Which image shows more camera shake?", "Which one has the most motion blur?"),
         "grammar": _comparison_templates("shakiest"),
-        "casual": ("Which image is the shakiest?",),
+        "casual": ("Which one has the most wobble?",),
     },
 }
 HELD_OUT = frozenset({"casual"})  # phrasing families asked only in the validation and evaluation splits
