@@ -98,3 +98,18 @@ def test_a_gate_is_kept_only_for_a_real_gain_on_validation():
     assert calibrate.choose_gate({0.0: summary(0.40), 5.3: summary(0.41)}) == 5.3  # +0.01: kept
     assert calibrate.choose_gate({0.0: summary(0.40, 0.80), 5.3: summary(0.40, 0.95)}) == 5.3  # fewer false alarms
     assert calibrate.choose_gate({0.0: summary(0.41), 5.3: summary(0.40)}) == 0.0
+
+
+def test_a_tie_within_noise_goes_to_the_higher_clean_rate():
+    """The criterion does not see the clean rate above 0.9: of the values within 0.005 of the best score, the one that
+    leaves more clean photos clean wins; equally clean, the best score; then the lowest value."""
+
+    def summary(miou: float, clean: float | None = None) -> dict:
+        return {"mIoU": miou, "clean_rate": clean}
+
+    assert calibrate.choose({False: summary(0.5215, 0.913), True: summary(0.5211, 0.923)}) is True
+    assert calibrate.choose({False: summary(0.530, 0.913), True: summary(0.5211, 0.923)}) is False  # a real loss
+    assert calibrate.choose({0.25: summary(0.525, 0.91), 0.5: summary(0.527, 0.91)}) == 0.5  # equally clean
+    assert calibrate.choose({2.0: summary(0.527), 4.0: summary(0.527)}) == 2.0
+    assert calibrate.choose({2.0: summary(0.553, 0.865), 3.0: summary(0.522, 0.913)}) == 3.0  # 0.518 against 0.522
+    assert calibrate.choose_gate({0.0: summary(0.4570, 0.90), 5.3: summary(0.4571, 0.99)}) == 0.0  # a gate: no gain

@@ -2,11 +2,12 @@
 nor is evaluated on (``training.data.synth --split val``).
 
 Grounds every validation image at each strictness of the grid (masks from the pixel decoder alone) and keeps the one
-with the best score (the lower one on a tie); then, at that strictness, each readout mask weight of its grid
-(``QGroundModel.blend_readout``) and keeps the best the same way. With a training split (``--train``) the jitter gate
-``jitter_min_motion_signature`` is not fitted to the validation photos but read off the training photos: the 75th
-percentile of the motion-blur signature over their undistorted content (``motion_reference``), so a region is called
-jitter only if it looks more motion-blurred than most clean content; validation mIoU with and without it is recorded.
+with the best score (of those within noise of it, the cleaner one; then the lower one); then, at that strictness, each
+readout mask weight of its grid (``QGroundModel.blend_readout``) and keeps the best the same way. With a training split
+(``--train``) the jitter gate ``jitter_min_motion_signature`` is not fitted to the validation photos but read off the
+training photos: the 75th percentile of the motion-blur signature over their undistorted content (``motion_reference``),
+so a region is called jitter only if it looks more motion-blurred than most clean content; validation mIoU with and
+without it is recorded.
 With it too, P(jitter | signature) is fitted on the training photos too (``motion_logistic``: jittered
 against undistorted cells), and the weight of that posterior in jitter masks (``QGroundModel.blend_motion``) is chosen
 on the validation photos from the mask-weight grid, the same way.
@@ -20,11 +21,12 @@ the presence logits, coverage and masks over both views) is chosen on the valida
 radius of the guided filter that lays each mask's edges onto the photo's own (``mask_refine_radius``, qground.refine;
 0 = off) from its grid.
 Whether overexposure needs a clipped white pixel (``overexposure_needs_clipping``) is chosen on validation right after
-the strictness. Every choice maximizes validation mIoU less the clean rate's shortfall below 0.9 (``score``), and a
-gate read off the training photos is kept only when it raises that score by ``GATE_MIN_GAIN`` (0.005): the validation
-split holds photo sources and distortion families that training never saw, so a gate survives only if it generalizes
-(and a smaller gain is noise). Decoding is held
-to the answer grammar, naming the classes the readout finds (``constrained_answers``, ``answers_follow_readout``).
+the strictness. Every choice maximizes validation mIoU less the clean rate's shortfall below 0.9 (``score``; of the
+values within 0.005 of the best, the one with the highest clean rate), and a gate read off the training photos is
+kept only when it raises that score by ``GATE_MIN_GAIN`` (0.005): the validation split holds photo sources and
+distortion families that training never saw, so a gate survives only if it generalizes (and a smaller gain is noise).
+Decoding is held to the answer grammar, naming the classes the readout finds (``constrained_answers``,
+``answers_follow_readout``).
 Prints the tables and writes the choices, and the sweeps under ``calibration``, as the checkpoint's inference policy
 (``inference_policy.json``, ``qground.policy``) — that file and nothing else. The held-out evaluation photos play no
 part in the choice.
@@ -174,16 +176,23 @@ CLEAN_TARGET = 0.9  # share of clean validation photos that should get no mask
 GATE_MIN_GAIN = 0.005  # validation score a gate must add to be kept (about one image's IoU in 120)
 
 
+def _clean(summary: dict) -> float:
+    return 1.0 if summary.get("clean_rate") is None else summary["clean_rate"]
+
+
 def score(summary: dict) -> float:
     """The criterion: validation mIoU, less the shortfall of the clean rate below ``CLEAN_TARGET`` (a false alarm on
     a clean photo costs as much as a missed distortion); undefined values count as 0 (mIoU) and 1 (clean rate)."""
-    clean = 1.0 if summary.get("clean_rate") is None else summary["clean_rate"]
-    return (summary["mIoU"] or 0.0) - max(0.0, CLEAN_TARGET - clean)
+    return (summary["mIoU"] or 0.0) - max(0.0, CLEAN_TARGET - _clean(summary))
 
 
 def choose(summaries: dict) -> float:
-    """The key with the highest ``score``; the lowest such one on a tie."""
-    return min(summaries, key=lambda s: (-score(summaries[s]), s))
+    """Among the keys whose ``score`` is within ``GATE_MIN_GAIN`` of the best (a smaller difference is noise), the one
+    with the highest clean rate (the criterion does not see it above ``CLEAN_TARGET``, a user sees every false alarm),
+    then the highest score, then the lowest key."""
+    best = max(score(v) for v in summaries.values())
+    tied = [s for s in summaries if score(summaries[s]) > best - GATE_MIN_GAIN]
+    return min(tied, key=lambda s: (-_clean(summaries[s]), -score(summaries[s]), s))
 
 
 def choose_gate(summaries: dict) -> float:
