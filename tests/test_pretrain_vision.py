@@ -1,4 +1,4 @@
-"""The vision pretraining's targets and its symmetries (``training.pretrain_vision``)."""
+"""The vision pretraining's targets, its symmetries and its crops (``training.pretrain_vision``)."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,8 @@ from qground.builder import config_nano
 from qground.config import READOUT_SUB
 from qground.modeling import DistortionReadout
 from qground.processor import QGroundProcessor
-from training.pretrain_vision import dihedral, pool_targets
+from qground.taxonomy import CLASS_NAMES
+from training.pretrain_vision import batch_globals, crop, dihedral, global_targets, pool_targets
 
 _PIL = {1: Image.Transpose.FLIP_LEFT_RIGHT, 2: Image.Transpose.FLIP_TOP_BOTTOM, 4: Image.Transpose.TRANSPOSE}
 
@@ -67,3 +68,32 @@ def test_symmetries_equal_reading_the_transformed_photo(k):
     got = dihedral(processor.preprocess_mask(mask, meta), h, w, k)
     truth = processor.preprocess_mask(np.asarray(_transformed(Image.fromarray(mask), k)), want_meta)
     assert (got != truth).float().mean() < 0.01
+
+
+def test_a_crop_moves_its_window_to_the_top_left_without_resampling():
+    t = torch.arange(2 * 6 * 6, dtype=torch.float32).view(2, 6, 6)
+    out = crop(t, 1, 2, 3, 4)
+    assert torch.equal(out[:, :3, :4], t[:, 1:4, 2:6])
+    assert not out[:, 3:].any() and not out[:, :, 4:].any()
+
+
+def test_batch_targets_of_a_crop_follow_its_masks():
+    """``batch_globals`` equals ``global_targets`` image by image; a crop that cuts a class's region out of the photo
+    takes its presence away and scales its covered fraction to the crop."""
+    size, patch = 32, 8
+    masks = torch.zeros(2, len(CLASS_NAMES), size, size, dtype=torch.bool)
+    masks[0, 0, :, :8] = True  # blur: the left quarter of image 0
+    masks[1, 4, 8:24, 8:24] = True  # noise: the middle of image 1
+    sizes = torch.tensor([[32, 32], [24, 32]])
+    severity = {0: {"blur": 3}, 1: {"noise": 1}}
+    y, w = pool_targets(masks, sizes, patch, READOUT_SUB)
+    sev = torch.zeros(2, len(CLASS_NAMES))
+    sev[0, 0], sev[1, 4] = 1.0, 1 / 3
+    expected = torch.stack([global_targets(y[i], w[i], severity[i]) for i in range(2)])
+    assert torch.allclose(batch_globals(y, w, sev), expected)
+    n = len(CLASS_NAMES)
+    cut = torch.stack([crop(masks[0], 0, 16, 32, 16), crop(masks[1], 8, 8, 16, 16)])
+    y, w = pool_targets(cut, torch.tensor([[32, 16], [16, 16]]), patch, READOUT_SUB)
+    got = batch_globals(y, w, sev)
+    assert got[0, 0] == 0 and got[0, n] == 0  # blur cropped away
+    assert got[1, 4] == 1 and torch.isclose(got[1, n + 4], torch.tensor(1.0))  # noise fills the crop

@@ -542,8 +542,8 @@ def test_readout_checkpoint_round_trip(readout_model, overfit_batch, tmp_path):
     assert torch.equal(loaded.encode_images(pixels).tokens, model.encode_images(pixels).tokens)
 
 
-@pytest.mark.parametrize("symmetries", [False, True])
-def test_pretraining_trains_and_keeps_the_readout(readout_model, tmp_path, symmetries):
+@pytest.mark.parametrize(("symmetries", "crops"), [(False, 0.0), (True, 0.0), (True, 1.0)])
+def test_pretraining_trains_and_keeps_the_readout(readout_model, tmp_path, symmetries, crops):
     from training.data import synth
     from training.pretrain_vision import pretrain
 
@@ -552,7 +552,7 @@ def test_pretraining_trains_and_keeps_the_readout(readout_model, tmp_path, symme
     synth.write_dataset(tmp_path, num=12, split="train", seed=1, comparisons=2, max_side=96)
     before = model.readout.dense.weight.detach().clone()
     processor = QGroundProcessor(tokenizer, model.config)
-    losses = pretrain(model, processor, tmp_path, epochs=4, batch=4, lr=3e-3, symmetries=symmetries)
+    losses = pretrain(model, processor, tmp_path, epochs=4, batch=4, lr=3e-3, symmetries=symmetries, crops=crops)
     assert losses[-1] < losses[0]
     assert not torch.equal(model.readout.dense.weight, before)
     assert not any(p.requires_grad for p in [*model.readout.parameters(), *model.vision_tower.parameters()])

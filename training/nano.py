@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> Path:
                 "--epochs",
                 str(args.vision_epochs),
                 *(["--symmetries"] if args.vision_symmetries else []),
+                *(["--crops", str(args.vision_crops)] if args.vision_crops else []),
             ]
         )
         record("vision", t0)
@@ -164,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="show the vision pretraining each image under a random symmetry of the square (training.pretrain_vision)",
+    )
+    parser.add_argument(
+        "--vision-crops",
+        type=float,
+        default=0.0,
+        help="share of the vision pretraining's drawn images cropped at their own scale (training.pretrain_vision)",
     )
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.02: smoke run)")
     parser.add_argument("--workers", type=int, default=2)

@@ -85,6 +85,27 @@ def dihedral(t: torch.Tensor, h: int, w: int, k: int) -> torch.Tensor:
     return out
 
 
+CROP_MIN = 0.6  # a crop keeps at least this share of the photo's height and of its width
+
+
+def crop(t: torch.Tensor, top: int, left: int, h: int, w: int) -> torch.Tensor:
+    """``t`` (..., S, S) → its window rows ``top:top+h``, columns ``left:left+w`` moved to the top left, zeros
+    elsewhere: the photo cropped at its own scale, nothing resampled, so the detail channels stay what they would be
+    computed on the crop (away from its border)."""
+    out = torch.zeros_like(t)
+    out[..., :h, :w] = t[..., top : top + h, left : left + w]
+    return out
+
+
+def batch_globals(frac: torch.Tensor, weight: torch.Tensor, severity: torch.Tensor) -> torch.Tensor:
+    """``global_targets`` for a batch: ``pool_targets``' (B, C·sub², g, g) and (B, g, g), ``severity`` (B, C) the
+    images' severity/3 per class → (B, 3C): presence, covered fraction, severity/3 × fraction."""
+    n = len(CLASS_NAMES)
+    b, _, g, _ = frac.shape
+    area = (frac.view(b, n, -1, g, g).mean(2) * weight[:, None]).sum((2, 3)) / weight.sum((1, 2))[:, None]
+    return torch.cat([(area > 0).float(), area, severity * area], dim=1)
+
+
 def build_tensors(
     processor: QGroundProcessor,
     data_dir: Path,
@@ -115,16 +136,28 @@ def build_tensors(
 
 
 def pretrain(
-    model, processor, data_dir: Path, epochs: int, batch: int, lr: float, symmetries: bool = False, seed: int = 0
+    model,
+    processor,
+    data_dir: Path,
+    epochs: int,
+    batch: int,
+    lr: float,
+    symmetries: bool = False,
+    seed: int = 0,
+    crops: float = 0.0,
 ):
     """Train ``model.vision_tower`` (and ``model.readout``) in place; returns per-epoch mean losses. ``symmetries``:
     every time an image is drawn it is shown under one of the square's 8 symmetries at random (``dihedral``), so the
-    tower sees each photo's textures and each distortion in 8 orientations instead of memorizing one."""
+    tower sees each photo's textures and each distortion in 8 orientations instead of memorizing one. ``crops`` p
+    (0–1): each drawn image is, with probability p, cropped at its own scale (``crop``) to a random window of 60–100 %
+    of its height and of its width, its targets taken from the cropped masks, so a photo is never framed the same way
+    twice."""
     torch.manual_seed(seed)
     n = len(CLASS_NAMES)
     tower = model.vision_tower
     readout = model.readout or DistortionReadout(model.config.vision.hidden_size, n, READOUT_SUB)
     x, masks, sizes, glob = build_tensors(processor, data_dir)
+    severity = torch.where(glob[:, n : 2 * n] > 0, glob[:, 2 * n :] / glob[:, n : 2 * n].clamp_min(1e-12), 0.0)
     patch = model.config.vision.patch_size
     params = [*tower.parameters(), *readout.parameters()]
     for p in params:
@@ -141,6 +174,12 @@ def pretrain(
         for i in range(0, len(x), batch):
             idx = order[i : i + batch]
             xb, mb, sb = x[idx], masks[idx], sizes[idx]
+            for j in torch.nonzero(torch.rand(len(idx)) < crops).flatten().tolist():
+                rows, cols = sb[j].tolist()
+                h, w = (max(1, round(side * float(torch.empty(1).uniform_(CROP_MIN, 1.0)))) for side in (rows, cols))
+                top, left = (int(torch.randint(side - keep + 1, ())) for side, keep in ((rows, h), (cols, w)))
+                xb[j], mb[j] = crop(xb[j], top, left, h, w), crop(mb[j], top, left, h, w)
+                sb[j] = torch.tensor([h, w])
             if symmetries:
                 for j, k in enumerate(torch.randint(8, (len(idx),)).tolist()):
                     rows, cols = sb[j].tolist()
@@ -148,10 +187,11 @@ def pretrain(
                     if k & 4:
                         sb[j] = torch.tensor([cols, rows])
             y, w = pool_targets(mb, sb, patch, readout.sub)
+            gb = batch_globals(y, w, severity[idx]) if crops else glob[idx]
             logits, whole = readout.logits(tower(xb).last_hidden_state)
             loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(1) * w).sum() / w.sum()
-            loss = loss + F.binary_cross_entropy_with_logits(whole[:, :n], glob[idx, :n])
-            loss = loss + 4 * F.mse_loss(whole[:, n:].sigmoid(), glob[idx, n:])
+            loss = loss + F.binary_cross_entropy_with_logits(whole[:, :n], gb[:, :n])
+            loss = loss + 4 * F.mse_loss(whole[:, n:].sigmoid(), gb[:, n:])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -192,11 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--symmetries", action="store_true", help="show each drawn image under one of the square's 8 symmetries"
     )
+    parser.add_argument(
+        "--crops", type=float, default=0.0, help="share of drawn images cropped at their own scale to 60–100 %% a side"
+    )
     args = parser.parse_args(argv)
     model, tokenizer = load_model(args.model, device="cpu", dtype=torch.float32)
     t0 = time.perf_counter()
     processor = QGroundProcessor(tokenizer, model.config)
-    losses = pretrain(model, processor, args.data, args.epochs, args.batch, args.lr, args.symmetries)
+    losses = pretrain(model, processor, args.data, args.epochs, args.batch, args.lr, args.symmetries, crops=args.crops)
     save_checkpoint(model, tokenizer, args.out)
     print(f"vision pretraining: losses per epoch {np.round(losses, 4).tolist()} in {time.perf_counter() - t0:.0f} s")
     return 0
