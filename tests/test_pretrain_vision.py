@@ -10,7 +10,7 @@ from qground.config import READOUT_SUB
 from qground.modeling import DistortionReadout
 from qground.processor import QGroundProcessor
 from qground.taxonomy import CLASS_NAMES
-from training.pretrain_vision import batch_globals, crop, dihedral, global_targets, pool_targets
+from training.pretrain_vision import batch_globals, crop, dihedral, global_targets, pool_targets, pretrain
 
 _PIL = {1: Image.Transpose.FLIP_LEFT_RIGHT, 2: Image.Transpose.FLIP_TOP_BOTTOM, 4: Image.Transpose.TRANSPOSE}
 
@@ -97,3 +97,9 @@ def test_batch_targets_of_a_crop_follow_its_masks():
     got = batch_globals(y, w, sev)
     assert got[0, 0] == 0 and got[0, n] == 0  # blur cropped away
     assert got[1, 4] == 1 and torch.isclose(got[1, n + 4], torch.tensor(1.0))  # noise fills the crop
+
+
+@pytest.mark.parametrize("crops", [-0.1, 1.5, float("nan")])
+def test_the_share_of_crops_is_checked_before_any_work(crops, tmp_path):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        pretrain(None, None, tmp_path, epochs=1, batch=1, lr=1e-3, crops=crops)

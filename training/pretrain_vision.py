@@ -152,6 +152,8 @@ def pretrain(
     (0–1): each drawn image is, with probability p, cropped at its own scale (``crop``) to a random window of 60–100 %
     of its height and of its width, its targets taken from the cropped masks, so a photo is never framed the same way
     twice."""
+    if not 0.0 <= crops <= 1.0:  # also refuses NaN
+        raise ValueError(f"crops is the share of drawn images cropped, between 0 and 1, got {crops}")
     torch.manual_seed(seed)
     n = len(CLASS_NAMES)
     tower = model.vision_tower
