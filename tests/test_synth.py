@@ -1,14 +1,13 @@
 """The synthetic distortion engine: exact masks, disjoint regions, files in the documented layout, truthful text."""
 
 import json
-import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from qground.answers import single_image_grammar
-from qground.taxonomy import CLASS_NAMES, get
+from qground.taxonomy import CLASS_NAMES, get, normalize
 from training.data import synth
 from training.data.distortions import HELD_OUT
 from training.data.photo_pool import POOL
@@ -175,11 +174,9 @@ def test_comparisons_are_a_grammar_of_hundreds_of_wordings_per_kind_apart_from_t
 def test_every_held_out_comparison_wording_holds_a_word_no_training_comparison_has():
     """Held-out comparisons judge reading new words (a small LLM reads "most out of focus" as "most in focus" when
     "out of focus" was never compared with): each holds a word absent from every training comparison wording."""
-    trained = {w for kind in COMPARISONS for q in comparison_wordings(kind, held_out=False) for w in _words(q)}
+    trained = {
+        word for kind in COMPARISONS for q in comparison_wordings(kind, held_out=False) for word in normalize(q).split()
+    }
     for kind in COMPARISONS:
         for question in comparison_wordings(kind, held_out=True):
-            assert _words(question) - trained, question
-
-
-def _words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", text.lower()))
+            assert set(normalize(question).split()) - trained, question

@@ -58,13 +58,20 @@ def pool_targets(masks: torch.Tensor, sizes: torch.Tensor, patch: int, sub: int)
     return frac, F.avg_pool2d(valid[:, None].float(), patch)[:, 0]
 
 
+def batch_globals(frac: torch.Tensor, weight: torch.Tensor, severity: torch.Tensor) -> torch.Tensor:
+    """Whole-image targets of a batch from ``pool_targets``' outputs (B, C·sub², g, g) and (B, g, g), ``severity``
+    (B, C) the images' severity/3 per class → (B, 3C): presence, covered fraction, severity/3 × fraction."""
+    n = len(CLASS_NAMES)
+    b, _, g, _ = frac.shape
+    area = (frac.view(b, n, -1, g, g).mean(2) * weight[:, None]).sum((2, 3)) / weight.sum((1, 2))[:, None]
+    return torch.cat([(area > 0).float(), area, severity * area], dim=1)
+
+
 def global_targets(frac: torch.Tensor, weight: torch.Tensor, severity: dict[str, int]) -> torch.Tensor:
     """(3C,) whole-image targets of one image from ``pool_targets``' outputs (C·sub², g, g) and (g, g): presence,
     covered fraction, severity/3 × fraction."""
-    n = len(CLASS_NAMES)
-    area = (frac.view(n, -1, *weight.shape).mean(1) * weight).sum((1, 2)) / weight.sum()  # (C,)
-    sev = torch.tensor([severity.get(name, 0) / 3 for name in CLASS_NAMES])
-    return torch.cat([(area > 0).float(), area, sev * area])
+    sev = torch.tensor([[severity.get(name, 0) / 3 for name in CLASS_NAMES]])
+    return batch_globals(frac[None], weight[None], sev)[0]
 
 
 def dihedral(t: torch.Tensor, h: int, w: int, k: int) -> torch.Tensor:
@@ -95,15 +102,6 @@ def crop(t: torch.Tensor, top: int, left: int, h: int, w: int) -> torch.Tensor:
     out = torch.zeros_like(t)
     out[..., :h, :w] = t[..., top : top + h, left : left + w]
     return out
-
-
-def batch_globals(frac: torch.Tensor, weight: torch.Tensor, severity: torch.Tensor) -> torch.Tensor:
-    """``global_targets`` for a batch: ``pool_targets``' (B, C·sub², g, g) and (B, g, g), ``severity`` (B, C) the
-    images' severity/3 per class → (B, 3C): presence, covered fraction, severity/3 × fraction."""
-    n = len(CLASS_NAMES)
-    b, _, g, _ = frac.shape
-    area = (frac.view(b, n, -1, g, g).mean(2) * weight[:, None]).sum((2, 3)) / weight.sum((1, 2))[:, None]
-    return torch.cat([(area > 0).float(), area, severity * area], dim=1)
 
 
 def build_tensors(
