@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from qground.checkpoint import load_model, load_policy
+from qground.builder import build_from_registry
+from qground.checkpoint import load_model, load_policy, save_checkpoint
 from qground.inference import QGroundEngine
 from qground.policy import POLICY_NAME
 from qground.processor import QGroundProcessor
@@ -70,3 +71,40 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch):
         nano.main(argv)
     kept = json.loads((tmp_path / "timings.json").read_text())
     assert kept["stage3"] != timings["stage3"] and kept["vision"] == timings["vision"]  # stage 3's new time was kept
+
+
+def test_a_new_tower_trained_on_large_images_goes_into_a_trained_model(tmp_path, monkeypatch):
+    """``--vision-large N``: the tower also trains on N large images (``synth --large``). ``--llm-from DIR``: DIR's φv,
+    LLM and choice head are kept with the new tower and readout, only the seg head and pixel decoder train (no stage
+    0–3), and the result is saved with every weight and calibrated (docs/experiments/2026-12-06-nano-v17.md)."""
+    argv = ["--out", str(tmp_path), "--train-images", "8", "--eval-images", "4", "--val-images", "4"]
+    argv += ["--vision-images", "8", "--vision-epochs", "1", "--vision-large", "4"]
+    argv += ["--scale", "0.004", "--workers", "1"]
+    argv += ["--llm-from", str(tmp_path / "init")]  # made by the run before the tower: a random LLM keeps its weights
+    pretrained = []
+    real = pretrain_vision.main
+    monkeypatch.setattr(pretrain_vision, "main", lambda args: pretrained.append(args) or real(args))
+    assert nano.main(argv) == 0
+    data = pretrained[0][pretrained[0].index("--data") + 1 :][:2]
+    assert data == [str(tmp_path / "data" / "vision"), str(tmp_path / "data" / "vision_large")]
+    assert json.loads((tmp_path / "data" / "vision_large" / "meta.json").read_text())["large"] is True
+    assert not (tmp_path / "stage0").exists() and not (tmp_path / "stage3").exists()
+    final = tmp_path / "decoder" / "merged"
+    assert (final / POLICY_NAME).exists()
+    model, _ = load_model(str(final), device="cpu", dtype=torch.float32)
+    assert model.config.base_model_id is None  # every weight saved: it does not lean on the run's folders
+    init, _ = load_model(str(tmp_path / "init"), device="cpu", dtype=torch.float32)
+    vision, _ = load_model(str(tmp_path / "vision"), device="cpu", dtype=torch.float32)
+    swapped, _ = load_model(str(tmp_path / "swapped"), device="cpu", dtype=torch.float32)
+    assert model.config.readout_confidence == vision.config.readout_confidence
+    for name, kept in (("vision_tower", vision), ("readout", vision), ("projector", init), ("choice_head", init)):
+        mine, theirs = getattr(model, name).state_dict(), getattr(kept, name).state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), name
+    llm = model.llava.model.language_model.state_dict()
+    assert all(torch.equal(v, init.llava.model.language_model.state_dict()[k]) for k, v in llm.items())
+    trained = model.pixel_decoder.state_dict()
+    assert any(not torch.equal(v, swapped.pixel_decoder.state_dict()[k]) for k, v in trained.items())
+
+    tiny = save_checkpoint(*build_from_registry("qground-tiny"), tmp_path / "tiny")
+    with pytest.raises(ValueError, match="cannot put .* tower into"):  # a tower of another architecture is refused
+        nano.swap_vision(tmp_path / "init", tiny, tmp_path / "refused")

@@ -156,6 +156,31 @@ def test_upscaled_sets_hold_large_photos_distorted_at_their_size(tmp_path):
         synth.write_dataset(tmp_path / "plain", num=2, split="val", seed=5, comparisons=1, reuse=tmp_path)
 
 
+def test_large_sets_hold_photos_up_to_12_mp_enlarged_at_most_twice(tmp_path, monkeypatch):
+    """``large``: each image at a longest side drawn in ``LARGE_SIDES``, its photo enlarged at most ``LARGE_ENLARGE``
+    times, distorted at that size (masks too), from draws of its own; a large set is not a plain one."""
+    sides = []
+    real = synth.enlarge
+    monkeypatch.setattr(
+        synth, "enlarge", lambda img, side, most: sides.append((img.shape, side, most)) or real(img, side, most)
+    )
+    for i in range(3):
+        g = synth.generate(i, "train", seed=5, large=True)
+        shape, side, most = sides[-1]
+        assert synth.LARGE_SIDES[0] <= side <= synth.LARGE_SIDES[1] and most == synth.LARGE_ENLARGE
+        assert max(g.image.shape[:2]) == min(side, round(max(shape[:2]) * most)) or max(shape[:2]) >= side
+        assert all(m.shape == g.image.shape[:2] for m in g.masks.values())
+        assert not np.array_equal(g.image, synth.generate(i, "train", seed=5).image)
+    big = np.zeros((100, 50, 3), np.uint8)
+    assert synth.enlarge(big, 1000, 2.0).shape == (200, 100, 3) and synth.enlarge(big, 60, 2.0) is big
+    with pytest.raises(ValueError, match="choose one"):
+        synth.generate(0, "val", seed=5, upscale=1700, large=True)
+    synth.write_dataset(tmp_path, num=4, split="val", seed=5, comparisons=1, large=True)
+    assert json.loads((tmp_path / "meta.json").read_text())["large"] is True
+    with pytest.raises(ValueError, match="large"):
+        synth.write_dataset(tmp_path / "plain", num=2, split="val", seed=5, comparisons=1, reuse=tmp_path)
+
+
 def test_comparisons_are_a_grammar_of_hundreds_of_wordings_per_kind_apart_from_the_held_out_ones():
     """Every comparison kind has well over a hundred training wordings; none is a held-out wording or a wording of
     another kind; the app's presets are among them."""

@@ -8,8 +8,12 @@
 2. a byte-level BPE tokenizer trained on that data's text, and the random ``qground-nano`` model (``init/``);
 3. vision-tower pretraining (``training.pretrain_vision``, each image drawn under a random symmetry of the square:
    v8's tower, shown every image 16 times as it is, recalled them), then the tower is frozen (``vision/``);
+   With ``--vision-large N`` the tower also trains on ``data/vision_large``, N images of the training photos at 1,600–
+   4,096 px (``synth --large``; docs/experiments/2026-12-06-nano-v17.md);
 4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
-   trains comparisons only, answered through the choice head, before the paper's stage 1);
+   trains comparisons only, answered through the choice head, before the paper's stage 1). With ``--llm-from DIR``
+   instead: DIR's φv, LLM, choice head and seg head with the new tower and readout (``swap_vision``), only the seg
+   head and pixel decoder trained (``training/configs/nano_decoder.yaml``), saved whole (``decoder/merged``);
 5. ``training.calibrate``: the default detection strictness and mask weight chosen on the validation split (480
    images: 120 moved a model's mIoU by about 0.05 with the draw, docs/experiments/2026-12-05-nano-v5.md); the
    jitter gate, P(jitter | motion-blur signature) and the low-light gate read off the training split; the mirrored
@@ -22,6 +26,7 @@ Each step is skipped when its output exists, so a rerun continues where a killed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -29,8 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from qground.builder import ASSETS, build_model, config_nano
-from qground.checkpoint import save_checkpoint
+from qground.checkpoint import load_model, save_checkpoint
 from qground.config import CONFIG_NAME
 from qground.policy import POLICY_NAME
 from qground.tokenizer import basic_corpus, bind_tokenizer, train_bpe_tokenizer
@@ -56,9 +63,45 @@ def make_init(data_dir: Path, out: Path, seed: int) -> None:
     save_checkpoint(build_model(config, seed=seed), tokenizer, out)
 
 
-def stage_config(i: int, root: Path, scale: float):
-    """A nano stage config with every ``runs/nano`` path moved under ``root`` and its steps scaled."""
-    text = (CONFIGS / f"nano_stage{i}.yaml").read_text().replace("runs/nano", str(root))
+# What a tower swap keeps from the model it swaps into must fit the new tower: the same inputs and readout.
+SWAP_MUST_MATCH = (
+    "vision",
+    "image_size",
+    "detail_channels",
+    "chroma_noise_channel",
+    "image_mean",
+    "image_std",
+    "readout",
+)
+
+
+def swap_vision(start: Path, vision: Path, out: Path) -> None:
+    """``start``'s checkpoint with the vision tower and readout (and its ``readout_confidence``) of ``vision``, a
+    ``training.pretrain_vision`` output with the same inputs → ``out``. φv and the choice head read the readout's
+    scores, whose meaning is the same for every tower, so ``start``'s φv, LLM and choice head keep working; the seg
+    head and pixel decoder read the tower's patch maps and must be trained again. Reading sizes stay ``start``'s."""
+    model, tokenizer = load_model(start, device="cpu", dtype=torch.float32)
+    donor, _ = load_model(vision, device="cpu", dtype=torch.float32)
+    differ = [k for k in SWAP_MUST_MATCH if getattr(model.config, k) != getattr(donor.config, k)]
+    if differ or model.readout is None:
+        raise ValueError(f"cannot put {vision}'s tower into {start}: {differ or ['readout']} differ")
+    model.vision_tower.load_state_dict(donor.vision_tower.state_dict())
+    model.readout.load_state_dict(donor.readout.state_dict())
+    model.config = dataclasses.replace(model.config, readout_confidence=donor.config.readout_confidence)
+    save_checkpoint(model, tokenizer, out)
+
+
+def save_whole(heads: Path, out: Path) -> None:
+    """A heads-only checkpoint (its LLaVA weights named by ``base_model_id``) saved with every weight in ``out``."""
+    model, tokenizer = load_model(heads, device="cpu", dtype=torch.float32)
+    model.config = dataclasses.replace(model.config, base_model_id=None)
+    save_checkpoint(model, tokenizer, out)
+
+
+def stage_config(name: str, root: Path, scale: float):
+    """The nano stage config ``training/configs/{name}.yaml`` with every ``runs/nano`` path moved under ``root`` and
+    its steps scaled."""
+    text = (CONFIGS / f"{name}.yaml").read_text().replace("runs/nano", str(root))
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(text)
     cfg = load_config(f.name)
@@ -94,6 +137,8 @@ def run(args: argparse.Namespace) -> Path:
     ]
     if args.vision_images:  # images of the training photos for the vision pretraining (its comparisons are not read)
         sets.append(("vision", "train", args.vision_images, 1, "train"))
+    if args.vision_large:
+        sets.append(("vision_large", "train", args.vision_large, 1, None))
     for folder, split, num, comparisons, reuse in sets:
         data = out / "data" / folder
         if not (data / "qground.json").exists():
@@ -103,6 +148,7 @@ def run(args: argparse.Namespace) -> Path:
                     *("--out", str(data), "--num", str(num), "--split", split, "--seed", str(args.seed)),
                     *("--workers", str(args.workers), "--comparisons", str(comparisons)),
                     *(("--reuse", str(out / "data" / reuse)) if reuse else ()),
+                    *(("--large",) if folder == "vision_large" else ()),
                 ]
             )
             record(f"synth_{folder}", t0)
@@ -116,6 +162,7 @@ def run(args: argparse.Namespace) -> Path:
                 str(out / "init"),
                 "--data",
                 str(out / "data" / ("vision" if args.vision_images else "train")),
+                *([str(out / "data" / "vision_large")] if args.vision_large else []),
                 "--out",
                 str(out / "vision"),
                 "--epochs",
@@ -126,8 +173,19 @@ def run(args: argparse.Namespace) -> Path:
         )
         record("vision", t0)
     final = out / "vision"
-    for i in (0, 1, 2, 3):
-        cfg = stage_config(i, out, args.scale)
+    if args.llm_from:
+        if not _done(out / "swapped"):
+            swap_vision(args.llm_from, out / "vision", out / "swapped")
+        cfg = stage_config("nano_decoder", out, args.scale)
+        if not _done(Path(cfg.output_dir) / "final"):
+            t0 = time.perf_counter()
+            train(cfg)
+            record("decoder", t0)
+        final = Path(cfg.output_dir) / "merged"
+        if not _done(final):
+            save_whole(Path(cfg.output_dir) / "final", final)
+    for i in () if args.llm_from else (0, 1, 2, 3):
+        cfg = stage_config(f"nano_stage{i}", out, args.scale)
         if not _done(Path(cfg.output_dir) / "final"):
             t0 = time.perf_counter()
             train(cfg)
@@ -171,6 +229,18 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="share of the vision pretraining's drawn images cropped at their own scale (training.pretrain_vision)",
+    )
+    parser.add_argument(
+        "--vision-large",
+        type=int,
+        default=0,
+        help="large images (1,600–4,096 px, synth --large) the vision pretraining also trains on",
+    )
+    parser.add_argument(
+        "--llm-from",
+        type=Path,
+        default=None,
+        help="keep this checkpoint's φv, LLM, choice head; train its seg head, pixel decoder on the new tower",
     )
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.02: smoke run)")
     parser.add_argument("--workers", type=int, default=2)

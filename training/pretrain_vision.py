@@ -19,6 +19,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -104,20 +105,27 @@ def crop(t: torch.Tensor, top: int, left: int, h: int, w: int) -> torch.Tensor:
     return out
 
 
+def _severities(data_dir: Path) -> dict[str, dict[str, int]]:
+    """A synthetic data folder's severity per image id and class (its ``meta.json``; empty without one)."""
+    meta_file = data_dir / "meta.json"
+    return {m["id"]: m["severity"] for m in json.loads(meta_file.read_text())["images"]} if meta_file.exists() else {}
+
+
 def build_tensors(
     processor: QGroundProcessor,
-    data_dir: Path,
+    data_dirs: str | Path | Sequence[str | Path],
     jpeg: int | None = None,
 ):
-    """Every training image preprocessed once: inputs (N, C, S, S), class masks (N, classes, S, S) bool, content
-    sizes (N, 2) as (h, w), and whole-image targets (N, 3·classes). ``jpeg``: each image first goes through one JPEG
-    save at that quality (4:2:0; ``training.probe_readout``)."""
+    """Every training image of one or more data folders (in order) preprocessed once: inputs (N, C, S, S), class masks
+    (N, classes, S, S) bool, content sizes (N, 2) as (h, w), and whole-image targets (N, 3·classes). ``jpeg``: each
+    image first goes through one JPEG save at that quality (4:2:0; ``training.probe_readout``)."""
     cfg = processor.config
-    samples, report = read_qground100k(data_dir / "qground.json", data_dir, data_dir)
-    meta_file = data_dir / "meta.json"
-    severity = (
-        {m["id"]: m["severity"] for m in json.loads(meta_file.read_text())["images"]} if meta_file.exists() else {}
-    )
+    samples, severity = [], []  # severities per sample: image ids repeat across folders
+    for data_dir in map(Path, [data_dirs] if isinstance(data_dirs, (str, Path)) else data_dirs):
+        read, _ = read_qground100k(data_dir / "qground.json", data_dir, data_dir)
+        known = _severities(data_dir)
+        samples += read
+        severity += [known.get(s.id, {name: 2 for name in s.mask_labels}) for s in read]
     c, size = cfg.vision.num_channels, cfg.image_size
     x = torch.empty(len(samples), c, size, size)  # filled in place: one copy of the largest tensor (0.7 MB an image)
     masks = torch.empty(len(samples), len(CLASS_NAMES), size, size, dtype=torch.bool)
@@ -129,14 +137,14 @@ def build_tensors(
         masks[i] = pixel_targets(processor, s, meta)
         sizes[i] = torch.tensor(meta.resized_size)
         y, w = pool_targets(masks[i : i + 1], sizes[i : i + 1], cfg.vision.patch_size, READOUT_SUB)
-        gs.append(global_targets(y[0], w[0], severity.get(s.id, {name: 2 for name in s.mask_labels})))
+        gs.append(global_targets(y[0], w[0], severity[i]))
     return x, masks, sizes, torch.stack(gs)
 
 
 def pretrain(
     model,
     processor,
-    data_dir: Path,
+    data_dirs: str | Path | Sequence[str | Path],
     epochs: int,
     batch: int,
     lr: float,
@@ -156,7 +164,7 @@ def pretrain(
     n = len(CLASS_NAMES)
     tower = model.vision_tower
     readout = model.readout or DistortionReadout(model.config.vision.hidden_size, n, READOUT_SUB)
-    x, masks, sizes, glob = build_tensors(processor, data_dir)
+    x, masks, sizes, glob = build_tensors(processor, data_dirs)
     severity = torch.where(glob[:, n : 2 * n] > 0, glob[:, 2 * n :] / glob[:, n : 2 * n].clamp_min(1e-12), 0.0)
     patch = model.config.vision.patch_size
     params = [*tower.parameters(), *readout.parameters()]
@@ -224,7 +232,9 @@ def confidence(tower, readout: DistortionReadout, x: torch.Tensor, present: torc
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.pretrain_vision", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder whose vision tower is trained")
-    parser.add_argument("--data", required=True, type=Path, help="synthetic data folder (qground.json, images/, gt/)")
+    parser.add_argument(
+        "--data", required=True, type=Path, nargs="+", help="synthetic data folders (qground.json, images/, gt/)"
+    )
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, default=32)

@@ -46,6 +46,10 @@ MAX_SIDE = 1280
 MIN_SIDE = 320
 POOL_MAX_SIDE = 2048  # pool photos are read at most this large (room for a capture larger than the generated size)
 UPSCALE_MIN = 1600  # --upscale: photos enlarged to a longest side in [UPSCALE_MIN, upscale] (large-photo validation)
+# --large: every image at a longest side drawn log-uniformly in LARGE_SIDES (2.6–12 MP at 4:3), its photo enlarged by at
+# most LARGE_ENLARGE when smaller (a camera's softness at its own pixel scale, not a 7× enlargement's mush)
+LARGE_SIDES = (1600, 4096)
+LARGE_ENLARGE = 2.0
 CAPTURE = 0.35  # share of images distorted at up to twice their final size, then shrunk (a larger camera's photo)
 WHOLE_IMAGE = 0.3  # share of one-class images distorted everywhere
 SPLITS = ("train", "eval", "val")  # disjoint photos: training, held-out evaluation, validation (choosing settings)
@@ -186,8 +190,8 @@ def photo_names(split: str) -> list[str]:
 
 
 # -- image generation --------------------------------------------------------------------------------------------------
-def augment(photo: np.ndarray, rng: np.random.Generator, max_side: int) -> np.ndarray:
-    """Random crop (≥ 50 % area), flip, shrink to a longest side drawn log-uniformly in [MIN_SIDE, max_side] (never
+def augment(photo: np.ndarray, rng: np.random.Generator, max_side: int, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Random crop (≥ 50 % area), flip, shrink to a longest side drawn log-uniformly in [min_side, max_side] (never
     enlarged: upscaling would smooth the photo's own detail and blur every pixel), mild color jitter."""
     h, w = photo.shape[:2]
     scale = np.sqrt(rng.uniform(0.5, 1.0))
@@ -197,7 +201,7 @@ def augment(photo: np.ndarray, rng: np.random.Generator, max_side: int) -> np.nd
     crop = photo[y0 : y0 + ch, x0 : x0 + cw]
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
-    side = int(np.exp(rng.uniform(np.log(min(MIN_SIDE, max_side)), np.log(max_side))))
+    side = int(np.exp(rng.uniform(np.log(min(min_side, max_side)), np.log(max_side))))
     s = min(1.0, side / max(ch, cw))
     img = Image.fromarray(np.ascontiguousarray(crop)).resize(
         (max(8, round(cw * s)), max(8, round(ch * s))), Image.Resampling.LANCZOS
@@ -228,11 +232,11 @@ def _window(img: np.ndarray, h: int, w: int, rng: np.random.Generator) -> np.nda
     return img[y0 : y0 + h, x0 : x0 + w]
 
 
-def leaves(pool: list[str], rng: np.random.Generator, max_side: int) -> np.ndarray:
+def leaves(pool: list[str], rng: np.random.Generator, max_side: int, min_side: int = MIN_SIDE) -> np.ndarray:
     """A "dead leaves" collage: disks of photo texture occluding each other, radii drawn from p(r) ∝ r⁻³ (the
     scale-invariant statistics of natural images), each filled with a window of a randomly chosen, augmented photo.
     New layouts of real textures and sharp occlusion edges, so the model cannot learn what each photo looks like."""
-    base = recolor(augment(load_photo(pool[int(rng.integers(len(pool)))]), rng, max_side), rng)
+    base = recolor(augment(load_photo(pool[int(rng.integers(len(pool)))]), rng, max_side, min_side), rng)
     h, w = base.shape[:2]
     out = base.copy()
     rmin, rmax = 0.03 * min(h, w), 0.4 * min(h, w)
@@ -245,19 +249,20 @@ def leaves(pool: list[str], rng: np.random.Generator, max_side: int) -> np.ndarr
             continue
         yy, xx = np.mgrid[y0:y1, x0:x1]
         disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        photo = recolor(augment(load_photo(pool[int(rng.integers(len(pool)))]), rng, max_side), rng)
+        photo = recolor(augment(load_photo(pool[int(rng.integers(len(pool)))]), rng, max_side, min_side), rng)
         out[y0:y1, x0:x1][disk] = _window(photo, y1 - y0, x1 - x0, rng)[disk]
     return out
 
 
-def clean_base(split: str, rng: np.random.Generator, max_side: int) -> tuple[np.ndarray, str]:
+def clean_base(split: str, rng: np.random.Generator, max_side: int, min_side: int = MIN_SIDE) -> tuple[np.ndarray, str]:
     """The undistorted image and where it comes from. Eval: an augmented held-out photo. Train: 35 % dead-leaves
-    collages (photo ``"leaves"``), else an augmented, recolored training photo."""
+    collages (photo ``"leaves"``), else an augmented, recolored training photo. Its longest side is drawn in
+    [min_side, max_side] but never above the photo's."""
     pool = photo_names(split)
     if split == "train" and rng.random() < 0.2:
-        return leaves(pool, rng, max_side), "leaves"
+        return leaves(pool, rng, max_side, min_side), "leaves"
     name = pool[int(rng.integers(len(pool)))]
-    clean = augment(load_photo(name), rng, max_side)
+    clean = augment(load_photo(name), rng, max_side, min_side)
     return (recolor(clean, rng) if split == "train" else clean), name
 
 
@@ -331,16 +336,39 @@ class Generated:
     jpeg: int | None = None  # the JPEG quality the pixels went through (training images only), None: lossless
 
 
-def generate(index: int, split: str, seed: int, max_side: int = MAX_SIDE, upscale: int = 0) -> Generated:
+def enlarge(img: np.ndarray, side: int, most: float) -> np.ndarray:
+    """``img`` (H, W, 3) uint8 enlarged (Lanczos) towards a longest side of ``side`` px by at most ``most`` times;
+    returned as it is when it is that large already."""
+    scale = min(most, side / max(img.shape[:2]))
+    if scale <= 1:
+        return img
+    size = (max(8, round(img.shape[1] * scale)), max(8, round(img.shape[0] * scale)))
+    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
+
+
+def generate(
+    index: int, split: str, seed: int, max_side: int = MAX_SIDE, upscale: int = 0, large: bool = False
+) -> Generated:
     """Image ``index`` of a split: 0 classes (25 %), else 1–3 classes on disjoint regions (one class: the whole image
     ``WHOLE_IMAGE`` of the time), each by a random family of its class (``split_families``). ``CAPTURE`` of the images
     are distorted at up to twice their final size and then shrunk, as a larger camera's photo would be; ``JPEG_SHARE``
     of the training images then go through JPEG once (``jpeg_round_trip``). ``upscale`` (validation of large photos;
     0: off): every photo is enlarged (Lanczos) to a longest side drawn log-uniformly in [``UPSCALE_MIN``, upscale]
-    before its distortions, as a large camera's photo (smooth at the pixel scale) would be distorted."""
-    rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    capture = rng.uniform(1.2, 2.0) if rng.random() < CAPTURE else 1.0
-    clean, photo = clean_base(split, rng, round(max_side * capture))
+    before its distortions, as a large camera's photo (smooth at the pixel scale) would be distorted. ``large``: the
+    image is drawn at a longest side in ``LARGE_SIDES`` (its photo enlarged at most ``LARGE_ENLARGE`` times when
+    smaller; ``max_side`` and ``CAPTURE`` do not apply) and distorted at that size, every family with its parameters
+    in pixels as at any other size (a 20 px shake is as likely on a 12 MP photo as on a small one)."""
+    if large and upscale:
+        raise ValueError("large and upscale are two ways of drawing large photos: choose one")
+    rng = np.random.default_rng([seed, SPLITS.index(split), index, *([1] if large else [])])  # large: its own draws
+    if large:
+        side = int(np.exp(rng.uniform(*np.log(LARGE_SIDES))))
+        clean, photo = clean_base(split, rng, side, side)
+        clean = enlarge(clean, side, LARGE_ENLARGE)
+        max_side = max(clean.shape[:2])
+    else:
+        capture = rng.uniform(1.2, 2.0) if rng.random() < CAPTURE else 1.0
+        clean, photo = clean_base(split, rng, round(max_side * capture))
     if upscale:
         side = int(np.exp(rng.uniform(np.log(UPSCALE_MIN), np.log(upscale))))
         scale = side / max(clean.shape[:2])
@@ -477,10 +505,10 @@ def comparison(
 
 
 # -- writing -----------------------------------------------------------------------------------------------------------
-def write_one(args: tuple[Path, int, str, int, int, int]) -> dict:
+def write_one(args: tuple[Path, int, str, int, int, int, bool]) -> dict:
     """Generate and write image ``index``; returns its meta record (with the texts)."""
-    out, index, split, seed, max_side, upscale = args
-    g = generate(index, split, seed, max_side, upscale)
+    out, index, split, seed, max_side, upscale, large = args
+    g = generate(index, split, seed, max_side, upscale, large)
     stem = f"{split}_{index:06d}"
     Image.fromarray(g.image).save(out / "images" / f"{stem}.png", compress_level=PNG_LEVEL)
     gt = out / "gt" / stem
@@ -508,16 +536,23 @@ def write_one(args: tuple[Path, int, str, int, int, int]) -> dict:
 
 
 def reuse_images(
-    out: Path, source: Path, num: int, split: str, seed: int, max_side: int, upscale: int = 0
+    out: Path, source: Path, num: int, split: str, seed: int, max_side: int, upscale: int = 0, large: bool = False
 ) -> list[dict]:
     """The first images (at most ``num``) of an earlier dataset of the same split, seed and photo size, hard-linked
     (or copied) into ``out`` with their masks: image ``i`` depends only on (seed, split, i), so they are the images
     this dataset would generate. Returns their meta records."""
     meta = json.loads((source / "meta.json").read_text())
-    made = (meta["split"], meta["seed"], meta.get("max_side", MAX_SIDE), meta.get("upscale", 0))
-    if made != (split, seed, max_side, upscale):
+    made = (
+        meta["split"],
+        meta["seed"],
+        meta.get("max_side", MAX_SIDE),
+        meta.get("upscale", 0),
+        meta.get("large", False),
+    )
+    if made != (split, seed, max_side, upscale, large):
         raise ValueError(
-            f"{source} holds (split, seed, max side, upscale) {made}, not {(split, seed, max_side, upscale)}"
+            f"{source} holds (split, seed, max side, upscale, large) {made}, not "
+            f"{(split, seed, max_side, upscale, large)}"
         )
     metas = [{k: v for k, v in m.items() if k != "grounding_answer"} for m in meta["images"][:num]]
     for m in metas:
@@ -541,14 +576,17 @@ def write_dataset(
     max_side: int = MAX_SIDE,
     reuse: Path | None = None,
     upscale: int = 0,
+    large: bool = False,
 ) -> None:
     """Generate ``num`` images and every JSON file of the layout into ``out`` (``comparisons`` groups of 2–4 images);
     with ``reuse``, the images an earlier dataset of the same split and seed already holds are taken from it."""
     (out / "images").mkdir(parents=True, exist_ok=True)
     if upscale and upscale < UPSCALE_MIN:
         raise ValueError(f"upscale must be 0 or at least {UPSCALE_MIN} px, got {upscale}")
-    metas = reuse_images(out, reuse, num, split, seed, max_side, upscale) if reuse else []
-    jobs = [(out, i, split, seed, max_side, upscale) for i in range(len(metas), num)]
+    if large and upscale:
+        raise ValueError("large and upscale are two ways of drawing large photos: choose one")
+    metas = reuse_images(out, reuse, num, split, seed, max_side, upscale, large) if reuse else []
+    jobs = [(out, i, split, seed, max_side, upscale, large) for i in range(len(metas), num)]
     for name in photo_names(split):  # fetch archived photos once, before workers would race to
         load_photo(name)
     if workers > 1:
@@ -583,7 +621,7 @@ def write_dataset(
         ("compare_pairs.json", pairs_json),
     ):
         (out / name).write_text(json.dumps(data, indent=1))
-    meta = {"split": split, "seed": seed, "max_side": max_side, "upscale": upscale}
+    meta = {"split": split, "seed": seed, "max_side": max_side, "upscale": upscale, "large": large}
     meta |= {"held_out_families": sorted(HELD_OUT), "images": metas}
     for m in metas:  # the grounding answer is what the reader builds from qground.json; kept here for inspection
         m["grounding_answer"] = grounding_answer(m["classes"], group_text)
@@ -652,6 +690,11 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help=f"enlarge every photo to a longest side in [{UPSCALE_MIN}, UPSCALE] before its distortions (large photos)",
     )
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help=f"every image at a longest side in {list(LARGE_SIDES)}, its photo enlarged at most {LARGE_ENLARGE}×",
+    )
     args = parser.parse_args(argv)
     write_dataset(
         args.out,
@@ -663,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_side,
         args.reuse,
         args.upscale,
+        args.large,
     )
     return 0
 
