@@ -32,7 +32,7 @@ def test_motion_evidence_reads_the_synthetic_training_photos(tmp_path):
     ones, so validation decides whether the gate is kept.)"""
     (tmp_path / "images").mkdir()
     for index in range(24):
-        synth.write_one((tmp_path, index, "train", 0, synth.MAX_SIDE, 0))
+        synth.write_one((tmp_path, index, "train", 0, synth.MAX_SIDE, 0, False))
     clean, jittered = motion_evidence(tmp_path)
     assert clean.size > 100 and jittered.size > 20 and (clean > 0).all() and (jittered > 0).all()
     assert motion_reference(clean) == round(float(np.quantile(clean, 0.75)), 2)
@@ -43,7 +43,7 @@ def test_contrast_evidence_reads_the_low_light_regions_of_the_training_photos(tm
     percentile. A split without low light refuses."""
     (tmp_path / "images").mkdir()
     for index in range(24):
-        synth.write_one((tmp_path, index, "train", 0, synth.MAX_SIDE, 0))
+        synth.write_one((tmp_path, index, "train", 0, synth.MAX_SIDE, 0, False))
     regions = sum((tmp_path / "gt" / f"train_{i:06d}" / "low_light.png").exists() for i in range(24))
     levels = contrast_evidence(tmp_path, config_nano())
     assert regions >= 3 and levels.shape == (regions,) and (levels > 0).all()

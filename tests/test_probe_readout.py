@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -96,3 +97,21 @@ def test_the_command_reads_a_checkpoint_and_can_jpeg_every_image(readout_model, 
     with pytest.raises(ValueError, match="readout"):
         plain = build_model(dataclasses.replace(model.config, readout=False, global_token=False), seed=0)
         probe(plain, QGroundProcessor(tokenizer, plain.config), data)
+
+
+def test_several_folders_are_one_set_each_image_with_its_own_folders_severity(readout_model, data, tmp_path):
+    """``build_tensors`` over several folders (the vision set and its large images): their images in order, each
+    image's targets from its own folder's ``meta.json`` although image ids repeat across folders."""
+    model, tokenizer = readout_model
+    processor = QGroundProcessor(tokenizer, model.config)
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    meta = json.loads((other / "meta.json").read_text())
+    for m in meta["images"]:
+        m["severity"] = {name: 3 if s < 3 else 1 for name, s in m["severity"].items()}
+    (other / "meta.json").write_text(json.dumps(meta))
+    x1, _, _, g1 = build_tensors(processor, data)
+    x2, _, _, g2 = build_tensors(processor, other)
+    x, _, sizes, g = build_tensors(processor, [data, str(other)])
+    assert torch.equal(x, torch.cat([x1, x2])) and torch.equal(g, torch.cat([g1, g2])) and len(sizes) == 20
+    assert not torch.equal(g1, g2)  # the same ids, told apart by their folder
