@@ -184,13 +184,14 @@ def run(args: argparse.Namespace) -> Path:
         final = Path(cfg.output_dir) / "merged"
         if not _done(final):
             save_whole(Path(cfg.output_dir) / "final", final)
-    for i in () if args.llm_from else (0, 1, 2, 3):
-        cfg = stage_config(f"nano_stage{i}", out, args.scale)
-        if not _done(Path(cfg.output_dir) / "final"):
-            t0 = time.perf_counter()
-            train(cfg)
-            record(f"stage{i}", t0)
-        final = Path(cfg.output_dir) / "final"
+    else:
+        for i in (0, 1, 2, 3):
+            cfg = stage_config(f"nano_stage{i}", out, args.scale)
+            if not _done(Path(cfg.output_dir) / "final"):
+                t0 = time.perf_counter()
+                train(cfg)
+                record(f"stage{i}", t0)
+            final = Path(cfg.output_dir) / "final"
     if not (final / POLICY_NAME).exists():
         t0 = time.perf_counter()
         calibrate(["--model", str(final), "--data", str(out / "data" / "val"), "--train", str(out / "data" / "train")])

@@ -190,6 +190,12 @@ def photo_names(split: str) -> list[str]:
 
 
 # -- image generation --------------------------------------------------------------------------------------------------
+def _rescale(img: np.ndarray, scale: float) -> np.ndarray:
+    """``img`` (H, W, 3) uint8 resampled (Lanczos) by ``scale``, each side rounded and at least 8 px."""
+    size = (max(8, round(img.shape[1] * scale)), max(8, round(img.shape[0] * scale)))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize(size, Image.Resampling.LANCZOS))
+
+
 def augment(photo: np.ndarray, rng: np.random.Generator, max_side: int, min_side: int = MIN_SIDE) -> np.ndarray:
     """Random crop (≥ 50 % area), flip, shrink to a longest side drawn log-uniformly in [min_side, max_side] (never
     enlarged: upscaling would smooth the photo's own detail and blur every pixel), mild color jitter."""
@@ -203,10 +209,7 @@ def augment(photo: np.ndarray, rng: np.random.Generator, max_side: int, min_side
         crop = crop[:, ::-1]
     side = int(np.exp(rng.uniform(np.log(min(min_side, max_side)), np.log(max_side))))
     s = min(1.0, side / max(ch, cw))
-    img = Image.fromarray(np.ascontiguousarray(crop)).resize(
-        (max(8, round(cw * s)), max(8, round(ch * s))), Image.Resampling.LANCZOS
-    )
-    out = np.asarray(img, dtype=np.float32) * rng.uniform(0.9, 1.1, size=3) + rng.uniform(-8, 8)
+    out = _rescale(crop, s).astype(np.float32) * rng.uniform(0.9, 1.1, size=3) + rng.uniform(-8, 8)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -340,10 +343,7 @@ def enlarge(img: np.ndarray, side: int, most: float) -> np.ndarray:
     """``img`` (H, W, 3) uint8 enlarged (Lanczos) towards a longest side of ``side`` px by at most ``most`` times;
     returned as it is when it is that large already."""
     scale = min(most, side / max(img.shape[:2]))
-    if scale <= 1:
-        return img
-    size = (max(8, round(img.shape[1] * scale)), max(8, round(img.shape[0] * scale)))
-    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
+    return img if scale <= 1 else _rescale(img, scale)
 
 
 def generate(
@@ -371,9 +371,7 @@ def generate(
         clean, photo = clean_base(split, rng, round(max_side * capture))
     if upscale:
         side = int(np.exp(rng.uniform(np.log(UPSCALE_MIN), np.log(upscale))))
-        scale = side / max(clean.shape[:2])
-        size = (max(8, round(clean.shape[1] * scale)), max(8, round(clean.shape[0] * scale)))
-        clean = np.asarray(Image.fromarray(clean).resize(size, Image.Resampling.LANCZOS))
+        clean = _rescale(clean, side / max(clean.shape[:2]))
         max_side = max(max_side, upscale)
     k = int(rng.choice([0, 1, 2, 3], p=[0.25, 0.4, 0.25, 0.1]))
     classes = sorted(rng.choice(len(CLASS_NAMES), size=k, replace=False).tolist())
