@@ -73,27 +73,41 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch):
     assert kept["stage3"] != timings["stage3"] and kept["vision"] == timings["vision"]  # stage 3's new time was kept
 
 
-def test_a_new_tower_trained_on_large_images_goes_into_a_trained_model(tmp_path, monkeypatch):
-    """``--vision-large N``: the tower also trains on N large images (``synth --large``). ``--llm-from DIR``: DIR's φv,
-    LLM and choice head are kept with the new tower and readout, only the seg head and pixel decoder train (no stage
-    0–3), and the result is saved with every weight and calibrated (docs/experiments/2026-12-06-nano-v17.md)."""
+def test_a_tower_trained_further_on_large_images_goes_into_a_trained_model(tmp_path, monkeypatch):
+    """``--vision-large N``: the tower also trains on N large images (``synth --large``). ``--vision-from DIR``: it
+    starts from DIR's tower and readout, at ``--vision-lr``, and no random init is made (refused without
+    ``--llm-from``: stages 0–3 would start from a random init). ``--llm-from DIR``: DIR's φv, LLM and choice head are
+    kept with the new tower and readout, only the seg head and pixel decoder train (no stage 0–3), and the result is
+    saved with every weight and calibrated (docs/experiments/2026-12-06-nano-v17.md, 2026-12-07-nano-v18.md)."""
+    start = save_checkpoint(*build_from_registry("qground-nano"), tmp_path / "start")
     argv = ["--out", str(tmp_path), "--train-images", "8", "--eval-images", "4", "--val-images", "4"]
-    argv += ["--vision-images", "8", "--vision-epochs", "1", "--vision-large", "4"]
-    argv += ["--scale", "0.004", "--workers", "1"]
-    argv += ["--llm-from", str(tmp_path / "init")]  # made by the run before the tower: a random LLM keeps its weights
-    pretrained = []
-    real = pretrain_vision.main
-    monkeypatch.setattr(pretrain_vision, "main", lambda args: pretrained.append(args) or real(args))
+    argv += ["--vision-images", "8", "--vision-epochs", "1", "--vision-large", "4", "--vision-lr", "2e-4"]
+    argv += ["--scale", "0.004", "--workers", "1", "--vision-from", str(start)]
+    with pytest.raises(SystemExit):
+        nano.main(argv)
+    argv += ["--llm-from", str(start)]
+    starts, pretrained = [], []
+    real_pretrain, real_main = pretrain_vision.pretrain, pretrain_vision.main
+
+    def pretrain(model, *args, **kwargs):
+        starts.append({k: v.clone() for k, v in model.vision_tower.state_dict().items()})
+        return real_pretrain(model, *args, **kwargs)
+
+    monkeypatch.setattr(pretrain_vision, "pretrain", pretrain)
+    monkeypatch.setattr(pretrain_vision, "main", lambda args: pretrained.append(args) or real_main(args))
     assert nano.main(argv) == 0
     data = pretrained[0][pretrained[0].index("--data") + 1 :][:2]
     assert data == [str(tmp_path / "data" / "vision"), str(tmp_path / "data" / "vision_large")]
+    assert pretrained[0][pretrained[0].index("--model") + 1] == str(start) and not (tmp_path / "init").exists()
+    assert pretrained[0][pretrained[0].index("--lr") + 1] == "0.0002"
     assert json.loads((tmp_path / "data" / "vision_large" / "meta.json").read_text())["large"] is True
     assert not (tmp_path / "stage0").exists() and not (tmp_path / "stage3").exists()
     final = tmp_path / "decoder" / "merged"
     assert (final / POLICY_NAME).exists()
     model, _ = load_model(str(final), device="cpu", dtype=torch.float32)
     assert model.config.base_model_id is None  # every weight saved: it does not lean on the run's folders
-    init, _ = load_model(str(tmp_path / "init"), device="cpu", dtype=torch.float32)
+    init, _ = load_model(str(start), device="cpu", dtype=torch.float32)
+    assert all(torch.equal(v, starts[0][k]) for k, v in init.vision_tower.state_dict().items())  # trained further
     vision, _ = load_model(str(tmp_path / "vision"), device="cpu", dtype=torch.float32)
     swapped, _ = load_model(str(tmp_path / "swapped"), device="cpu", dtype=torch.float32)
     assert model.config.readout_confidence == vision.config.readout_confidence
@@ -107,4 +121,4 @@ def test_a_new_tower_trained_on_large_images_goes_into_a_trained_model(tmp_path,
 
     tiny = save_checkpoint(*build_from_registry("qground-tiny"), tmp_path / "tiny")
     with pytest.raises(ValueError, match="cannot put .* tower into"):  # a tower of another architecture is refused
-        nano.swap_vision(tmp_path / "init", tiny, tmp_path / "refused")
+        nano.swap_vision(start, tiny, tmp_path / "refused")

@@ -9,7 +9,8 @@
 3. vision-tower pretraining (``training.pretrain_vision``, each image drawn under a random symmetry of the square:
    v8's tower, shown every image 16 times as it is, recalled them), then the tower is frozen (``vision/``);
    With ``--vision-large N`` the tower also trains on ``data/vision_large``, N images of the training photos at 1,600–
-   4,096 px (``synth --large``; docs/experiments/2026-12-06-nano-v17.md);
+   4,096 px (``synth --large``; docs/experiments/2026-12-06-nano-v17.md). With ``--vision-from DIR`` the pretraining
+   starts from DIR's tower and readout instead of a random init (docs/experiments/2026-12-07-nano-v18.md);
 4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
    trains comparisons only, answered through the choice head, before the paper's stage 1). With ``--llm-from DIR``
    instead: DIR's φv, LLM, choice head and seg head with the new tower and readout (``swap_vision``), only the seg
@@ -152,14 +153,15 @@ def run(args: argparse.Namespace) -> Path:
                 ]
             )
             record(f"synth_{folder}", t0)
-    if not _done(out / "init"):
+    start = args.vision_from or out / "init"  # the tower trained further, or a random one
+    if args.vision_from is None and not _done(out / "init"):
         make_init(out / "data" / "train", out / "init", args.seed)
     if not _done(out / "vision"):
         t0 = time.perf_counter()
         pretrain_vision(
             [
                 "--model",
-                str(out / "init"),
+                str(start),
                 "--data",
                 str(out / "data" / ("vision" if args.vision_images else "train")),
                 *([str(out / "data" / "vision_large")] if args.vision_large else []),
@@ -167,6 +169,8 @@ def run(args: argparse.Namespace) -> Path:
                 str(out / "vision"),
                 "--epochs",
                 str(args.vision_epochs),
+                "--lr",
+                str(args.vision_lr),
                 *(["--symmetries"] if args.vision_symmetries else []),
                 *(["--crops", str(args.vision_crops)] if args.vision_crops else []),
             ]
@@ -219,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         "--vision-images", type=int, default=9600, help="images of a vision set of their own (0: the train split)"
     )
     parser.add_argument("--vision-epochs", type=int, default=16)
+    parser.add_argument("--vision-lr", type=float, default=1e-3, help="peak learning rate of the vision pretraining")
+    parser.add_argument(
+        "--vision-from",
+        type=Path,
+        default=None,
+        help="train this checkpoint's vision tower and readout further instead of a new one's (with --llm-from)",
+    )
     parser.add_argument(
         "--vision-symmetries",
         action=argparse.BooleanOptionalAction,
@@ -248,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--install", action="store_true", help="copy the result to assets/qground-nano")
     args = parser.parse_args(argv)
+    if args.vision_from and not args.llm_from:
+        parser.error("--vision-from needs --llm-from (stages 0-3 start from a random init's tower)")
     final = run(args)
     print(f"qground-nano: {final}")
     return 0
