@@ -100,23 +100,6 @@ def test_a_gate_is_kept_only_for_a_real_gain_on_validation():
     assert calibrate.choose_gate({0.0: summary(0.41), 5.3: summary(0.40)}) == 0.0
 
 
-def test_the_strictness_keeps_the_clean_target_when_some_value_does():
-    """``choose_clean`` (the strictness): only values whose clean rate reaches 0.9 compete, by ``choose``; v17's sweep
-    (strictness 1: mIoU 0.597 at 0.894 scored 0.591 against strictness 2's 0.573 at 0.904) takes 2; when no value
-    reaches 0.9, all compete."""
-
-    def summary(miou: float, clean: float | None = None) -> dict:
-        return {"mIoU": miou, "clean_rate": clean}
-
-    v17 = {0.0: summary(0.61, 0.80), 1.0: summary(0.597, 0.894), 2.0: summary(0.573, 0.904), 3.0: summary(0.534, 0.942)}
-    assert calibrate.choose(v17) == 1.0 and calibrate.choose_clean(v17) == 2.0
-    assert calibrate.choose_clean({1.0: summary(0.6, 0.85), 2.0: summary(0.5, 0.88)}) == calibrate.choose(
-        {1.0: summary(0.6, 0.85), 2.0: summary(0.5, 0.88)}
-    )
-    assert calibrate.choose_clean({1.0: summary(0.6, 0.95), 2.0: summary(0.55, 0.97)}) == 1.0  # both clean: mIoU
-    assert calibrate.choose_clean({1.0: summary(0.6), 2.0: summary(0.5)}) == 1.0  # no clean photos: rate undefined
-
-
 def test_a_tie_within_noise_goes_to_the_higher_clean_rate():
     """The criterion does not see the clean rate above 0.9: of the values within 0.005 of the best score, the one that
     leaves more clean photos clean wins; equally clean, the best score; then the lowest value."""

@@ -18,7 +18,7 @@ from qground.processor import QGroundProcessor
 from qground.prompts import Turn
 from qground.questions import COMPARE_PRESETS, QUESTIONS
 from qground.taxonomy import CLASS_NAMES
-from training.calibrate import choose, choose_clean, choose_gate
+from training.calibrate import choose, choose_gate
 from training.data import synth
 
 NANO = ASSETS / "qground-nano"
@@ -207,8 +207,7 @@ GATES = ("jitter_min_motion_signature", "low_light_min_log_contrast")  # read of
 def test_every_setting_of_the_shipped_policy_is_the_best_of_its_validation_sweep():
     """``training.calibrate`` chose each setting on the validation split (photo sources and distortion families never
     trained on) by ``choose`` (the best ``score``, mIoU less the clean-rate shortfall; within noise of it, the
-    cleanest; the strictness among values keeping 0.9 of the clean photos clean: ``choose_clean``); a gate read off
-    the training photos is on only when it beat "off" by ``GATE_MIN_GAIN``."""
+    cleanest); a gate read off the training photos is on only when it beat "off" by ``GATE_MIN_GAIN``."""
     policy = json.loads((NANO / POLICY_NAME).read_text())
     record = policy["calibration"]
     assert record["criterion"].startswith("mIoU - max(0, 0.9 - clean rate)")
@@ -219,8 +218,7 @@ def test_every_setting_of_the_shipped_policy_is_the_best_of_its_validation_sweep
         key = str(chosen).lower() if isinstance(chosen, bool) else f"{chosen:g}"
         assert policy[field] == chosen and key in sweep, field
         values = {(k == "true") if isinstance(chosen, bool) else float(k): v for k, v in sweep.items()}
-        rule = choose_gate if field in GATES else choose_clean if field == "default_strictness" else choose
-        assert rule(values) == chosen, field
+        assert (choose_gate if field in GATES else choose)(values) == chosen, field
 
 
 def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):

@@ -195,14 +195,6 @@ def choose(summaries: dict) -> float:
     return min(tied, key=lambda s: (-_clean(summaries[s]), -score(summaries[s]), s))
 
 
-def choose_clean(summaries: dict) -> float:
-    """``choose`` among the keys whose clean rate reaches ``CLEAN_TARGET`` (all keys when none does): the
-    strictness is where false alarms are traded for finds, and the score's linear penalty let a run take 0.894 for
-    0.024 of mIoU (docs/experiments/2026-12-07-nano-v18.md)."""
-    floor = {s: v for s, v in summaries.items() if _clean(v) >= CLEAN_TARGET}
-    return choose(floor or summaries)
-
-
 def choose_gate(summaries: dict) -> float:
     """A gate's threshold (key) or 0 (off): the gate is kept only when it raises the ``score`` by ``GATE_MIN_GAIN``
     or more (a smaller gain on the validation images is noise, and a gate is one more moving part)."""
@@ -245,9 +237,8 @@ class Calibration:
 
 
 def choose_strictness(cal: Calibration, grid: Sequence[float]) -> None:
-    """The strictness with the best validation mIoU among those that keep ``CLEAN_TARGET`` of the clean photos clean
-    (masks from the pixel decoder alone)."""
-    cal.keep("default_strictness", sweep(cal.engine, cal.data, grid, cal.limit), rule=choose_clean)
+    """The strictness with the best validation mIoU (masks from the pixel decoder alone)."""
+    cal.keep("default_strictness", sweep(cal.engine, cal.data, grid, cal.limit))
 
 
 def choose_jitter(cal: Calibration, train: Path, weights: Sequence[float]) -> None:
