@@ -76,9 +76,10 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch):
 def test_a_tower_trained_further_on_large_images_goes_into_a_trained_model(tmp_path, monkeypatch):
     """``--vision-large N``: the tower also trains on N large images (``synth --large``). ``--vision-from DIR``: it
     starts from DIR's tower and readout, at ``--vision-lr``, and no random init is made (refused without
-    ``--llm-from``: stages 0–3 would start from a random init). ``--llm-from DIR``: DIR's φv, LLM and choice head are
-    kept with the new tower and readout, only the seg head and pixel decoder train (no stage 0–3), and the result is
-    saved with every weight and calibrated (docs/experiments/2026-12-06-nano-v17.md, 2026-12-07-nano-v18.md)."""
+    ``--llm-from``: stages 0–3 build a new model from a random init). ``--llm-from DIR``: DIR's φv, LLM and choice
+    head are kept with the new tower and readout, only the seg head and pixel decoder train (no stage 0–3), and the
+    result is saved with every weight and calibrated (docs/experiments/2026-12-06-nano-v17.md,
+    2026-12-07-nano-v18.md)."""
     start = save_checkpoint(*build_from_registry("qground-nano"), tmp_path / "start")
     argv = ["--out", str(tmp_path), "--train-images", "8", "--eval-images", "4", "--val-images", "4"]
     argv += ["--vision-images", "8", "--vision-epochs", "1", "--vision-large", "4", "--vision-lr", "2e-4"]

@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--install", action="store_true", help="copy the result to assets/qground-nano")
     args = parser.parse_args(argv)
     if args.vision_from and not args.llm_from:
-        parser.error("--vision-from needs --llm-from (stages 0-3 start from a random init's tower)")
+        parser.error("--vision-from goes with --llm-from: stages 0-3 build a new model from a random init")
     final = run(args)
     print(f"qground-nano: {final}")
     return 0
