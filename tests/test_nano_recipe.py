@@ -28,6 +28,7 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch):
     assert nano.main(argv) == 0
     assert len(pretrained) == 1 and "--symmetries" in pretrained[0]  # as the shipped tower was trained
     assert "--crops" not in pretrained[0]  # v16 record: not shipped
+    assert "--lr" not in pretrained[0]  # training.pretrain_vision's own default learning rate
     assert len(json.loads((tmp_path / "data" / "train" / "compare.json").read_text())) == 30
     vision = json.loads((tmp_path / "data" / "vision" / "meta.json").read_text())["images"]
     train = json.loads((tmp_path / "data" / "train" / "meta.json").read_text())["images"]

@@ -7,7 +7,7 @@
    the shipped v5 saw 9,600 images 16 times (docs/experiments/2026-12-05-nano-v5.md);
 2. a byte-level BPE tokenizer trained on that data's text, and the random ``qground-nano`` model (``init/``);
 3. vision-tower pretraining (``training.pretrain_vision``, each image drawn under a random symmetry of the square:
-   v8's tower, shown every image 16 times as it is, recalled them), then the tower is frozen (``vision/``);
+   v8's tower, shown every image 16 times as it is, recalled them), then the tower is frozen (``vision/``).
    With ``--vision-large N`` the tower also trains on ``data/vision_large``, N images of the training photos at 1,600–
    4,096 px (``synth --large``; docs/experiments/2026-12-06-nano-v17.md). With ``--vision-from DIR`` the pretraining
    starts from DIR's tower and readout instead of a random init (docs/experiments/2026-12-07-nano-v18.md);
@@ -169,8 +169,7 @@ def run(args: argparse.Namespace) -> Path:
                 str(out / "vision"),
                 "--epochs",
                 str(args.vision_epochs),
-                "--lr",
-                str(args.vision_lr),
+                *(["--lr", str(args.vision_lr)] if args.vision_lr else []),
                 *(["--symmetries"] if args.vision_symmetries else []),
                 *(["--crops", str(args.vision_crops)] if args.vision_crops else []),
             ]
@@ -223,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         "--vision-images", type=int, default=9600, help="images of a vision set of their own (0: the train split)"
     )
     parser.add_argument("--vision-epochs", type=int, default=16)
-    parser.add_argument("--vision-lr", type=float, default=1e-3, help="peak learning rate of the vision pretraining")
+    parser.add_argument(
+        "--vision-lr",
+        type=float,
+        help="peak learning rate of the vision pretraining (default: training.pretrain_vision's)",
+    )
     parser.add_argument(
         "--vision-from",
         type=Path,
