@@ -113,3 +113,24 @@ def test_a_tie_within_noise_goes_to_the_higher_clean_rate():
     assert calibrate.choose({2.0: summary(0.527), 4.0: summary(0.527)}) == 2.0
     assert calibrate.choose({2.0: summary(0.553, 0.865), 3.0: summary(0.522, 0.913)}) == 3.0  # 0.518 against 0.522
     assert calibrate.choose_gate({0.0: summary(0.4570, 0.90), 5.3: summary(0.4571, 0.99)}) == 0.0  # a gate: no gain
+
+
+@pytest.mark.parametrize(("gain", "chosen"), [(0.0001, 0.0), (0.01, 0.5)])
+def test_the_jitter_posterior_is_blended_in_only_for_a_real_gain(tiny, monkeypatch, tmp_path, gain, chosen):
+    """The posterior's weight in jitter masks costs the motion-blur signature map, so like a gate it is kept only when
+    validation gains ``GATE_MIN_GAIN`` from it: +0.0001 is noise and leaves it off; +0.01 keeps the best weight."""
+    model, _, processor = tiny
+    engine = QGroundEngine(model, processor)
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(calibrate, "motion_evidence", lambda train: (rng.normal(4, 1, 4000), rng.normal(6, 1, 400)))
+
+    def summary(engine, data, strictness, limit, label):
+        return {"mIoU": 0.5 + gain * (engine.policy.jitter_signature_weight == 0.5), "clean_rate": 0.95}
+
+    monkeypatch.setattr(calibrate, "_summary", summary)
+    cal = calibrate.Calibration(engine, tmp_path, None)
+    cal.latest = summary(engine, tmp_path, 0.0, None, "")
+    calibrate.choose_jitter(cal, tmp_path, (0.0, 0.5, 1.0))
+    assert engine.policy.jitter_signature_weight == chosen
+    assert cal.record["jitter_signature_weight"]["chosen"] == chosen
+    assert set(cal.record["jitter_signature_weight"]["sweep"]) == {"0", "0.5", "1"}

@@ -10,7 +10,8 @@ so a region is called jitter only if it looks more motion-blurred than most clea
 without it is recorded.
 With it too, P(jitter | signature) is fitted on the training photos too (``motion_logistic``: jittered
 against undistorted cells), and the weight of that posterior in jitter masks (``QGroundModel.blend_motion``) is chosen
-on the validation photos from the mask-weight grid, the same way.
+on the validation photos from the mask-weight grid and kept, as a gate is, only when it raises the score by
+``GATE_MIN_GAIN``: it costs the motion-blur signature map (about 0.3 s at 12 MP).
 And the low-light gate ``low_light_min_log_contrast`` is read off the training
 photos as well: the 10th percentile of the log contrast of their low-light regions (``contrast_reference``), so a
 region is called low light only if it is at least as steep in the log domain as 90 % of the training photos' low
@@ -243,7 +244,8 @@ def choose_strictness(cal: Calibration, grid: Sequence[float]) -> None:
 
 def choose_jitter(cal: Calibration, train: Path, weights: Sequence[float]) -> None:
     """The jitter gate read off the training photos (at strictness > 0 only), then P(jitter | signature) fitted there
-    and its weight in jitter masks chosen on validation."""
+    and its weight in jitter masks chosen on validation, kept only for a real gain (``choose_gate``: the signature it
+    needs costs time)."""
     reference = {"train": str(train), "images": MOTION_IMAGES, "cell": MOTION_CELL}
     clean, jittered = motion_evidence(train)
     gate = motion_reference(clean) if cal.policy.default_strictness else 0.0
@@ -259,7 +261,7 @@ def choose_jitter(cal: Calibration, train: Path, weights: Sequence[float]) -> No
         return
     cal.engine.set_policy(cal.policy.replace(jitter_signature_center=center, jitter_signature_scale=scale))
     extra = {"center": center, "scale": scale, "reference": reference}
-    cal.keep("jitter_signature_weight", cal.sweep("jitter_signature_weight", weights), extra)
+    cal.keep("jitter_signature_weight", cal.sweep("jitter_signature_weight", weights), extra, rule=choose_gate)
 
 
 def choose_low_light(cal: Calibration, train: Path) -> None:
