@@ -18,7 +18,7 @@ from qground.processor import QGroundProcessor
 from qground.prompts import Turn
 from qground.questions import COMPARE_PRESETS, QUESTIONS
 from qground.taxonomy import CLASS_NAMES
-from training.calibrate import choose, choose_gate
+from training.calibrate import GATED_FIELDS, choose, choose_gate
 from training.data import synth
 
 NANO = ASSETS / "qground-nano"
@@ -201,10 +201,6 @@ def test_noise_on_a_12_mp_photo_is_read_at_the_photo_own_resolution(nano):
     assert found["native"] >= 3 and found["capped"] == 0, found
 
 
-# read off the training photos, or (the jitter posterior's blend) costing a map of their own: kept only for a gain
-GATES = ("jitter_min_motion_signature", "low_light_min_log_contrast", "jitter_signature_weight")
-
-
 def test_every_setting_of_the_shipped_policy_is_the_best_of_its_validation_sweep():
     """``training.calibrate`` chose each setting on the validation split (photo sources and distortion families never
     trained on) by ``choose`` (the best ``score``, mIoU less the clean-rate shortfall; within noise of it, the
@@ -220,7 +216,7 @@ def test_every_setting_of_the_shipped_policy_is_the_best_of_its_validation_sweep
         key = str(chosen).lower() if isinstance(chosen, bool) else f"{chosen:g}"
         assert policy[field] == chosen and key in sweep, field
         values = {(k == "true") if isinstance(chosen, bool) else float(k): v for k, v in sweep.items()}
-        assert (choose_gate if field in GATES else choose)(values) == chosen, field
+        assert (choose_gate if field in GATED_FIELDS else choose)(values) == chosen, field
 
 
 def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):

@@ -175,6 +175,9 @@ def contrast_reference(regions: np.ndarray) -> float:
 
 CLEAN_TARGET = 0.9  # share of clean validation photos that should get no mask
 GATE_MIN_GAIN = 0.005  # validation score a gate must add to be kept (about one image's IoU in 120)
+# Policy fields kept only when they beat "off" by GATE_MIN_GAIN (``choose_gate``): the gates read off the training
+# photos, and the jitter posterior's blend, which costs the motion-blur signature map; every other field by ``choose``.
+GATED_FIELDS = frozenset({"jitter_min_motion_signature", "low_light_min_log_contrast", "jitter_signature_weight"})
 
 
 def _clean(summary: dict) -> float:
@@ -220,9 +223,10 @@ class Calibration:
     def policy(self) -> InferencePolicy:
         return self.engine.policy
 
-    def keep(self, field: str, sweeps: dict, extra: dict | None = None, rule=choose):
-        """Adopt the value of ``sweeps`` (value → summary) that ``rule`` picks for ``field``; record them."""
-        chosen = rule(sweeps)
+    def keep(self, field: str, sweeps: dict, extra: dict | None = None):
+        """Adopt the value of ``sweeps`` (value → summary) that ``field``'s rule picks (``choose_gate`` for
+        ``GATED_FIELDS``, else ``choose``); record them."""
+        chosen = (choose_gate if field in GATED_FIELDS else choose)(sweeps)
         self.engine.set_policy(self.policy.replace(**{field: chosen}))
         self.latest = sweeps[chosen]
         key = (lambda v: str(v).lower()) if isinstance(chosen, bool) else (lambda v: f"{v:g}")
@@ -252,7 +256,7 @@ def choose_jitter(cal: Calibration, train: Path, weights: Sequence[float]) -> No
     if gate:  # kept only if validation, on photo sources and distortion families never trained on, gains from it
         extra = {"reference": reference | {"quantile": MOTION_QUANTILE}}
         sweeps = cal.sweep("jitter_min_motion_signature", (0.0, gate))
-        cal.keep("jitter_min_motion_signature", sweeps, extra, rule=choose_gate)
+        cal.keep("jitter_min_motion_signature", sweeps, extra)
     try:
         center, scale = motion_logistic(clean, jittered)
     except ValueError as err:  # e.g. a toy training split without jitter on textured content
@@ -261,7 +265,7 @@ def choose_jitter(cal: Calibration, train: Path, weights: Sequence[float]) -> No
         return
     cal.engine.set_policy(cal.policy.replace(jitter_signature_center=center, jitter_signature_scale=scale))
     extra = {"center": center, "scale": scale, "reference": reference}
-    cal.keep("jitter_signature_weight", cal.sweep("jitter_signature_weight", weights), extra, rule=choose_gate)
+    cal.keep("jitter_signature_weight", cal.sweep("jitter_signature_weight", weights), extra)
 
 
 def choose_low_light(cal: Calibration, train: Path) -> None:
@@ -277,7 +281,7 @@ def choose_low_light(cal: Calibration, train: Path) -> None:
         return
     reference = {"train": str(train), "images": MOTION_IMAGES, "regions": len(levels), "quantile": CONTRAST_QUANTILE}
     sweeps = cal.sweep("low_light_min_log_contrast", (0.0, gate))  # kept only if validation gains from it
-    cal.keep("low_light_min_log_contrast", sweeps, {"reference": reference}, rule=choose_gate)
+    cal.keep("low_light_min_log_contrast", sweeps, {"reference": reference})
 
 
 def main(argv: list[str] | None = None) -> int:
