@@ -139,7 +139,7 @@ def test_photos_larger_than_detail_max_side_are_read_at_that_size(texture):
     x, meta = capped.preprocess_image(big, evidence=frozenset({MOTION_SIGNATURE, LOG_CONTRAST}), keep_photo=True)
     h, w = meta.resized_size
     s = config.image_size
-    shrunk = np.asarray(big.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    shrunk = np.asarray(big.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=1.5))
     mean, std = config.image_mean[3], config.image_std[3]
     assert x.shape == (config.vision.num_channels, s, s)
     expected = (detail_channels(shrunk, (h, w), chroma=config.chroma_noise_channel) - mean) / std
@@ -173,7 +173,7 @@ def test_evidence_maps_and_the_refined_photo_read_a_smaller_copy_with_evidence_m
     photo = Image.fromarray(texture)  # 480 × 320
     x, meta = processor.preprocess_image(photo, evidence=frozenset({MOTION_SIGNATURE, LOG_CONTRAST}), keep_photo=True)
     h, w = meta.resized_size
-    shrunk = np.asarray(photo.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    shrunk = np.asarray(photo.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=1.5))
     mean, std = torch.tensor(config.image_mean[3:])[:, None, None], torch.tensor(config.image_std[3:])[:, None, None]
     assert torch.allclose(x[3:, :h, :w], (detail_channels(texture, (h, w), chroma=True) - mean) / std, atol=1e-5)
     assert torch.equal(meta.evidence[MOTION_SIGNATURE][:h, :w], motion_signature(shrunk, (h, w)))
@@ -207,8 +207,8 @@ def test_the_noise_channel_reads_a_large_photo_at_its_own_resolution(texture):
     photo = Image.fromarray(np.tile(texture, (3, 3, 1))[:960, :1440])  # 1440 × 960
     x, meta = processor.preprocess_image(photo)
     h, w = meta.resized_size
-    at_240 = np.asarray(photo.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=3.0))
-    at_480 = np.asarray(photo.resize((480, 320), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    at_240 = np.asarray(photo.resize((240, 160), Image.Resampling.LANCZOS, reducing_gap=1.5))
+    at_480 = np.asarray(photo.resize((480, 320), Image.Resampling.LANCZOS, reducing_gap=1.5))
     mean, std = torch.tensor(config.image_mean[3:])[:, None, None], torch.tensor(config.image_std[3:])[:, None, None]
     expected = (detail_channels(at_240, (h, w), noise_rgb=at_480, chroma=True) - mean) / std
     assert torch.allclose(x[3:, :h, :w], expected, atol=1e-5)
@@ -295,3 +295,24 @@ def test_log_contrast_tells_underexposure_from_a_shadow():
     grid = torch.tensor([[0.0, 7.0], [9.0, 8.0]])
     assert region_contrast(grid, torch.tensor([[True, True], [False, False]])) == 7.0  # the padding does not count
     assert region_contrast(grid, torch.tensor([[True, False], [False, False]])) is None
+
+
+def test_stripes_read_the_values_of_one_pass_over_the_whole_photo(texture):
+    """``detail_channels`` reads the photo a stripe of rows at a time (speed); its values do not depend on the stripe
+    (odd sizes, stripes of one row, one stripe for the whole photo, a larger noise photo) and its noise and gradient
+    energies are those of whole-image filters, normalizations included."""
+    rgb = texture[:317, :241]
+    noise_rgb = np.asarray(Image.fromarray(rgb).resize((482, 634), Image.Resampling.BICUBIC))
+    for noise in (noise_rgb, None):
+        whole = detail_channels(rgb, (23, 17), noise, chroma=True, stripe=10**6)
+        for stripe in (1, 2, 7, 64):
+            assert torch.allclose(detail_channels(rgb, (23, 17), noise, chroma=True, stripe=stripe), whole, atol=1e-5)
+    y = torch.from_numpy(rgb.astype(np.float32)) @ torch.tensor([0.299, 0.587, 0.114]) / 255
+    padded = F.pad(y[None, None], (1, 1, 1, 1), mode="replicate")
+    binomial = torch.tensor([1.0, 2.0, 1.0]) / 4
+    blurred = F.conv2d(padded, (binomial[:, None] * binomial[None, :])[None, None])[0, 0]
+    sobel = torch.tensor([-0.5, 0.0, 0.5])[None, :] * binomial[:, None]  # Sobel / 8, x; its transpose for y
+    gx, gy = (F.conv2d(padded, k[None, None])[0, 0] for k in (sobel, sobel.T))
+    energies = torch.stack([(y - blurred).square(), gx.square() + gy.square()])
+    expected = (torch.log(F.adaptive_avg_pool2d(energies[None], (23, 17))[0] + 1e-6) + 7) / 4
+    assert torch.allclose(whole[:2], expected, atol=1e-4)

@@ -8,6 +8,7 @@ from PIL import Image
 
 from conftest import iou
 from qground.inference import GenerationSettings, decode
+from qground.masks import merge
 from qground.prompts import Turn
 from qground.tokenizer import seg_tokens
 
@@ -116,3 +117,20 @@ def test_sampling_is_seeded_and_min_tokens_respected(trained_tiny, overfit_batch
     s = GenerationSettings(temperature=1.5, top_p=0.9, seed=3, max_new_tokens=20, min_new_tokens=20)
     a, b = trained_tiny.ground(img, settings=s), trained_tiny.ground(img, settings=s)
     assert a.token_ids == b.token_ids and len(a.token_ids) == 20
+
+
+def test_merge_ors_a_class_and_scores_its_mean_probability_inside():
+    """``merge``: a mask is logits > 0; its score is the mean probability over it (read in row stripes: odd heights
+    and rows past a stripe count the same), rows of one class are OR-ed keeping the higher score, no name is left
+    out and counted, an empty mask scores 0."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 131, 37) * 3 - 1
+    logits[3] = -1.0
+    out = merge(logits, ["blur", "noise", "blur", "jitter"])
+    for name, rows in (("noise", [1]), ("blur", [0, 2])):
+        masks = [(logits[i] > 0).numpy() for i in rows]
+        assert (out.masks[name] == (masks[0] | masks[-1])).all()
+        best = max(float(torch.sigmoid(logits[i][logits[i] > 0]).mean()) for i in rows)
+        assert out.scores[name] == pytest.approx(best, abs=1e-6)
+    assert out.scores["jitter"] == 0.0 and not out.masks["jitter"].any()
+    assert merge(logits[:1], [None]).unnamed == 1
