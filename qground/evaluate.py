@@ -443,10 +443,14 @@ def _run_grounding(
     progress: bool,
     settings: GenerationSettings,
     jpeg: int | None = None,
+    baseline: bool = True,
 ) -> dict:
-    """Model, classical baseline and all-empty predictions over ``images/`` vs ``gt/``."""
-    methods = {"model": GroundingMetrics(), "baseline": GroundingMetrics(), "all-empty": GroundingMetrics()}
-    seconds: dict[str, list[float]] = {"model": [], "baseline": []}
+    """Model, classical baseline (unless ``baseline`` is False) and all-empty predictions over ``images/`` vs
+    ``gt/``."""
+    names = ("model", "baseline", "all-empty") if baseline else ("model", "all-empty")
+    methods = {name: GroundingMetrics() for name in names}
+    timed = [name for name in names if name != "all-empty"]
+    seconds: dict[str, list[float]] = {name: [] for name in timed}
     meta = _meta(data_dir)
     families = {m["id"]: m["families"] for m in meta.get("images", []) if "families" in m}  # stem → class → family
     by_family: dict[str, dict[str, GroundingMetrics]] = {}
@@ -457,30 +461,28 @@ def _run_grounding(
         t0 = time.perf_counter()
         result = engine.ground(image, QUESTIONS["ground"], settings)
         t1 = time.perf_counter()
-        classical = baseline_masks(image)
+        classical = baseline_masks(image) if baseline else {}
         t2 = time.perf_counter()
-        seconds["model"].append(t1 - t0)
-        seconds["baseline"].append(t2 - t1)
-        for name, pred in (("model", result.masks), ("baseline", classical), ("all-empty", {})):
-            methods[name].add(pred, gt)
+        took = {"model": t1 - t0, "baseline": t2 - t1}
+        for name in timed:
+            seconds[name].append(took[name])
+        predictions = {"model": result.masks, "baseline": classical, "all-empty": {}}
+        for name, metrics in methods.items():
+            pred = predictions[name]
+            metrics.add(pred, gt)
             for cls, family in families.get(path.stem, {}).items():
-                metrics = by_family.setdefault(family, {}).setdefault(name, GroundingMetrics(classes=(cls,)))
-                metrics.add({k: m for k, m in pred.items() if match_class(k) == cls}, {cls: gt[cls]})
-        per_image.append(
-            {
-                "image": path.name,
-                "gt": sorted(gt),
-                "model": {name: r.area_percent for name, r in result.regions.items()},
-                "baseline": {k: 100.0 * float(m.mean()) for k, m in classical.items()},
-                "answer": result.text,
-                "seconds": {"model": t1 - t0, "baseline": t2 - t1},
-            }
-        )
+                per_family = by_family.setdefault(family, {}).setdefault(name, GroundingMetrics(classes=(cls,)))
+                per_family.add({k: m for k, m in pred.items() if match_class(k) == cls}, {cls: gt[cls]})
+        record = {"image": path.name, "gt": sorted(gt)}
+        record["model"] = {name: r.area_percent for name, r in result.regions.items()}
+        if baseline:
+            record["baseline"] = {k: 100.0 * float(m.mean()) for k, m in classical.items()}
+        per_image.append(record | {"answer": result.text, "seconds": {name: took[name] for name in timed}})
     return {
         "methods": {name: m.summary() for name, m in methods.items()},
         "seconds_per_image": {name: _mean(times) for name, times in seconds.items()},
         "by_family": {
-            family: {"images": m["model"].images} | {name: m[name].summary()["mIoU"] for name in ("model", "baseline")}
+            family: {"images": m["model"].images} | {name: m[name].summary()["mIoU"] for name in timed}
             for family, m in sorted(by_family.items())
         },
         "held_out_families": meta.get("held_out_families", []),
@@ -558,6 +560,7 @@ def evaluate(
     progress: bool = True,
     settings: GenerationSettings | None = None,
     jpeg: int | None = None,
+    baseline: bool = True,
 ) -> dict:
     """Run ``engine`` over an evaluation folder (module docstring); JSON-ready report.
 
@@ -566,7 +569,9 @@ def evaluate(
     images) from describe.json / compare.json. ``limit`` caps the items of each task. A task whose JSON file is
     missing is listed under ``"skipped"`` with the reason. ``settings``: the engine's generation settings (default:
     greedy, strictness 0), recorded in the report. ``jpeg``: every image goes through one JPEG save at this quality
-    (4:2:0) before the model and the baseline see it, as a camera's or the web's photos have (recorded too)."""
+    (4:2:0) before the model and the baseline see it, as a camera's or the web's photos have (recorded too).
+    ``baseline``: False leaves the classical baseline out of ``ground`` (a calibration's sweeps read only the model's
+    numbers)."""
     data_dir = Path(data_dir)
     settings = settings or GenerationSettings()
     unknown = set(tasks) - set(TASKS)
@@ -578,7 +583,7 @@ def evaluate(
     if jpeg is not None:
         report["jpeg"] = jpeg
     if "ground" in tasks:
-        report["ground"] = _run_grounding(engine, data_dir, limit, progress, settings, jpeg)
+        report["ground"] = _run_grounding(engine, data_dir, limit, progress, settings, jpeg, baseline)
     for task in ("describe", "compare"):
         if task not in tasks:
             continue

@@ -10,6 +10,7 @@ from PIL import Image
 from conftest import photo
 from qground.__main__ import main
 from qground.checkpoint import save_checkpoint
+from qground.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +138,18 @@ def test_eval_writes_metrics_and_the_model_beats_all_empty(checkpoint, overfit_b
     assert [r["gt"] for r in report["ground"]["per_image"]] == [["noise"], ["blur", "low light"], []]
     assert report["describe"]["items"] == 1 and report["compare"]["items"] == 1
     assert report["skipped"] == {} and report["strictness"] == 0.0
+
+
+def test_grounding_eval_without_the_baseline_scores_the_model_alike(trained_tiny, overfit_batch, tmp_path):
+    """``evaluate(..., baseline=False)`` (a calibration's sweeps) leaves the classical baseline out and reports the
+    model's grounding, per image and per family, exactly as with it."""
+    data = tmp_path / "data"
+    write_eval_folder(data, overfit_batch)
+    both, model_only = (evaluate(trained_tiny, data, ("ground",), progress=False, baseline=b)["ground"] for b in (1, 0))
+    assert set(model_only["methods"]) == {"model", "all-empty"} and set(model_only["seconds_per_image"]) == {"model"}
+    assert model_only["methods"] == {k: v for k, v in both["methods"].items() if k != "baseline"}
+    assert all("baseline" not in r and set(r["seconds"]) == {"model"} for r in model_only["per_image"])
+    assert [r["model"] for r in model_only["per_image"]] == [r["model"] for r in both["per_image"]]
 
 
 def test_eval_against_other_models_prints_them_side_by_side(checkpoint, overfit_batch, tmp_path, capsys):

@@ -64,9 +64,8 @@ CONTRAST_QUANTILE = 0.1
 
 def _summary(engine: QGroundEngine, data: Path, strictness: float, limit: int | None, label: str) -> dict:
     """The model's grounding summary on ``data`` (``GroundingMetrics.summary()``: mIoU, clean rate, …), printed."""
-    report = evaluate(
-        engine, data, ("ground",), limit, progress=False, settings=GenerationSettings(strictness=strictness)
-    )
+    settings = GenerationSettings(strictness=strictness)
+    report = evaluate(engine, data, ("ground",), limit, progress=False, settings=settings, baseline=False)
     summary = report["ground"]["methods"]["model"]
     cells = ", ".join(f"{k} {'–' if summary[k] is None else f'{summary[k]:.3f}'}" for k in ("mIoU", "clean_rate"))
     print(f"{label}: {cells}", flush=True)
