@@ -16,6 +16,7 @@ from qground.detail import (
     _CB,
     _CR,
     LOG_CONTRAST_OFFSET,
+    _halved,
     _noise_energy,
     detail_channels,
     log_contrast,
@@ -316,3 +317,11 @@ def test_stripes_read_the_values_of_one_pass_over_the_whole_photo(texture):
     energies = torch.stack([(y - blurred).square(), gx.square() + gy.square()])
     expected = (torch.log(F.adaptive_avg_pool2d(energies[None], (23, 17))[0] + 1e-6) + 7) / 4
     assert torch.allclose(whole[:2], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(6, 8), (7, 9), (5, 4), (101, 77)])
+def test_halving_is_pil_reduce_to_the_last_bit(shape):
+    """The chroma channel's 2 × 2 box means, read a stripe at a time, are PIL's ``Image.reduce(2)`` in uint8 (what the
+    shipped model was trained on), odd last rows and columns included."""
+    rgb = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    assert np.array_equal(_halved(rgb).numpy(), np.asarray(Image.fromarray(rgb).reduce(2)))
