@@ -47,6 +47,7 @@ which of these failed, a PASS line which temp areas went untested.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import ipaddress
@@ -61,7 +62,7 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -613,8 +614,8 @@ def user_loop(
 
 def user_process(url: str, user: int, users: list[User], references, requests: int, deadline: float, folder, out):
     """``user_loop`` in a spawned process (loopback only here too), each ``Record`` put on the queue ``out``."""
-    sys.addaudithook(loopback_only)
-    user_loop(url, user, users, references, requests, deadline, folder, out.put)
+    with guarded():
+        user_loop(url, user, users, references, requests, deadline, folder, out.put)
 
 
 def run_users(url: str, users: list[User], references, requests: int, deadline: float, folder, sink, rss) -> None:
@@ -844,9 +845,15 @@ def summary(report: Report, users: list[User], photos_from: str) -> str:
     return "\n".join(lines)
 
 
+_GUARD = {
+    "on": False,
+    "hooked": False,
+}  # an audit hook stays for the life of the process: it checks this while ``guarded`` runs
+
+
 def loopback_only(event: str, args: tuple) -> None:
-    """Audit hook: refuse any socket connection that does not stay on this machine."""
-    if event != "socket.connect" or not isinstance(args[1], tuple):
+    """Audit hook: while ``_GUARD`` is on, refuse any socket connection that does not stay on this machine."""
+    if not _GUARD["on"] or event != "socket.connect" or not isinstance(args[1], tuple):
         return
     host = args[1][0]
     try:
@@ -855,6 +862,20 @@ def loopback_only(event: str, args: tuple) -> None:
         loopback = False
     if not loopback:
         raise PermissionError(f"bench.load talks to loopback only; refused a connection to {host}")
+
+
+@contextlib.contextmanager
+def guarded() -> Iterator[None]:
+    """Connections off this machine are refused inside the block (``loopback_only``) and allowed again after it,
+    so a caller that runs ``main`` in its own process (the tests) can still reach a package registry later."""
+    if not _GUARD["hooked"]:
+        sys.addaudithook(loopback_only)
+        _GUARD["hooked"] = True
+    _GUARD["on"] = True
+    try:
+        yield
+    finally:
+        _GUARD["on"] = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -880,9 +901,8 @@ def main(argv: list[str] | None = None) -> int:
         args.cache_age = args.cache_age or SOAK_CACHE_AGE_S
     args.requests = args.requests or 25
     args.deadline = args.deadline or (7200.0 if args.soak else 1800.0)
-    sys.addaudithook(loopback_only)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with tempfile.TemporaryDirectory(prefix="qground-load-") as tmp:
+    with guarded(), tempfile.TemporaryDirectory(prefix="qground-load-") as tmp:
         folder = Path(tmp)
         users, masks, photos_from = make_users(args.users, folder)
         engine, label = pick_engine(users, masks, args.fallback_steps)

@@ -19,6 +19,8 @@ from bench.load import (
     Usage,
     User,
     disk_table,
+    guarded,
+    loopback_only,
     run,
     summary,
     tagged,
@@ -120,3 +122,13 @@ def test_usage_counts_files_folders_and_their_blocks(tmp_path):
     found = usage([tmp_path, tmp_path / "missing"])
     assert (found.files, found.folders) == (2, 2) and found.bytes >= 10_000 + 2
     assert usage([]) == Usage() and found + Usage(1, 1, 1) == Usage(found.bytes + 1, 3, 3)
+
+
+def test_connections_off_the_machine_are_refused_only_while_guarded():
+    """The audit hook cannot be removed: after a load test in this process, a package registry is reachable again."""
+    away, home = ("socket.connect", (None, ("203.0.113.80", 443))), ("socket.connect", (None, ("127.0.0.1", 7860)))
+    with guarded():
+        with pytest.raises(PermissionError, match="refused a connection to 203.0.113.80"):
+            loopback_only(*away)
+        loopback_only(*home)
+    loopback_only(*away)
