@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -298,7 +299,7 @@ def load_model(
         config = entry.config()
         if config.base_model_id is None:
             model, tokenizer = build_from_registry(str(source), device=device)
-            return model.to(dtype=dtype), tokenizer
+            return check_cpu_convolutions(model.to(dtype=dtype)), tokenizer
         if not allow_untrained:
             raise CheckpointError(
                 f"{source} has no published trained weights yet; train it with training/ and pass the output folder "
@@ -309,7 +310,7 @@ def load_model(
         _check_architecture(config, llava, config.base_model_id)
         model = assemble(config, llava)
         _heads_to(model, device, dtype)
-        return model.eval(), tokenizer
+        return check_cpu_convolutions(model.eval()), tokenizer
     folder = resolve(source, revision)
     _check_format(folder / CONFIG_NAME)
     try:
@@ -330,7 +331,7 @@ def load_model(
         inject_adapter_in_model(LoraConfig.from_pretrained(folder), model)
         _load_safetensors(model, folder / ADAPTER_NAME, _load_adapter)
     _heads_to(model, device, dtype)
-    return model.eval(), tokenizer
+    return check_cpu_convolutions(model.eval()), tokenizer
 
 
 def load_policy(source: str | os.PathLike, revision: str | None = None) -> InferencePolicy:
@@ -363,6 +364,38 @@ def _check_format(path: Path) -> None:
             f"{path} was written by a newer qground (format {version} > {FORMAT_VERSION}); upgrade qground "
             "(pip install -U -r requirements.txt) to load it"
         )
+
+
+def check_cpu_convolutions(model: torch.nn.Module) -> torch.nn.Module:
+    """``model``, after each distinct strided 2-D convolution of it held in bf16 or fp16 on the CPU has been run once
+    on a random (1, C, 4·stride + kernel, …) input against fp32 on the same rounded values. Some oneDNN builds' AMX
+    kernels give wrong strided bf16 convolutions (uxlfoundation/oneDNN#5494; seen with torch 2.14.1 on a Xeon with
+    AMX: a patch embedding off by 100 %); when one disagrees by more than 5 % of its range, oneDNN is switched off for
+    the process (``torch.backends.mkldnn.enabled``: PyTorch's own kernels, right and slower) and a warning logged."""
+    seen = set()
+    for conv in model.modules():
+        weight = getattr(conv, "weight", None)
+        if not isinstance(conv, torch.nn.Conv2d) or conv.padding_mode != "zeros" or weight.device.type != "cpu":
+            continue
+        key = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, weight.dtype)
+        if weight.dtype not in (torch.bfloat16, torch.float16) or max(conv.stride) == 1 or key in seen:
+            continue
+        seen.add(key)
+        side = [4 * s + k for s, k in zip(conv.stride, conv.kernel_size, strict=True)]
+        x = torch.randn(1, conv.in_channels, *side, generator=torch.Generator().manual_seed(0)).to(weight.dtype)
+        with torch.inference_mode():
+            bias = None if conv.bias is None else conv.bias.float()
+            reference = F.conv2d(x.float(), weight.float(), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            error = (conv(x).float() - reference).abs().max() / reference.abs().max().clamp_min(1e-6)
+        if error > 0.05 and torch.backends.mkldnn.enabled:
+            log.warning(
+                "oneDNN computes a %s convolution %s wrongly on this CPU (error %.0f %% of its range): switched off",
+                dtype_name(weight.dtype),
+                key[:5],
+                100 * float(error),
+            )
+            torch.backends.mkldnn.enabled = False
+    return model
 
 
 def _heads_to(model: QGroundModel, device: torch.device, dtype: torch.dtype) -> None:

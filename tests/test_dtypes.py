@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import pixellm_layout as layout
@@ -27,6 +28,7 @@ from qground.builder import build_from_registry, build_model, build_tokenizer, c
 from qground.checkpoint import (
     DTYPES,
     QUANT_SKIP_MODULES,
+    check_cpu_convolutions,
     cpu_4bit_skips,
     default_device_dtype,
     dtype_name,
@@ -59,6 +61,15 @@ def config_7b_layout():
         base_model_id=None,
         tokenizer_id=None,
     )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def onednn_as_it_was():
+    """A half-precision model loaded here may switch oneDNN off (``check_cpu_convolutions``); later modules get it
+    back as it was."""
+    enabled = torch.backends.mkldnn.enabled
+    yield
+    torch.backends.mkldnn.enabled = enabled
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +251,26 @@ def test_fresh_app_start_prints_no_warning(tmp_path):
         app.wait(30)
     assert any("Running on" in line for line in lines), lines
     assert not [line for line in lines if "WARNING" in line.upper() or "kernels" in line], lines
+
+
+class _Conv(torch.nn.Conv2d):
+    """A strided convolution computed in fp32 whatever its dtype; with ``wrong``, off while oneDNN is on, as
+    oneDNN's AMX kernel is on some CPUs."""
+
+    wrong = False
+
+    def forward(self, x):
+        out = F.conv2d(x.float(), self.weight.float(), self.bias.float(), self.stride).to(x.dtype)
+        return out.flip(-1) * 2 if self.wrong and torch.backends.mkldnn.enabled else out
+
+
+def test_a_wrong_half_convolution_switches_onednn_off(monkeypatch, caplog):
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)
+    wrong = _Conv(12, 16, 8, 8)
+    wrong.wrong = True
+    check_cpu_convolutions(torch.nn.Sequential(_Conv(12, 16, 8, 8), torch.nn.Conv2d(16, 16, 3)).to(torch.bfloat16))
+    check_cpu_convolutions(wrong)  # fp32: not probed
+    assert torch.backends.mkldnn.enabled and not caplog.records
+    check_cpu_convolutions(wrong.to(torch.bfloat16))
+    assert not torch.backends.mkldnn.enabled
+    assert "oneDNN computes a bf16 convolution (12, 16, (8, 8), (8, 8), (0, 0)) wrongly" in caplog.text
