@@ -20,15 +20,21 @@ from training.config import load_config
 
 def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch):
     argv = ["--out", str(tmp_path), "--train-images", "10", "--eval-images", "4", "--val-images", "4"]
-    argv += ["--vision-images", "12", "--vision-epochs", "1"]
+    argv += ["--vision-images", "12", "--vision-epochs", "1", "--refine-large", "2", "--refine-epochs", "1"]
     argv += ["--scale", "0.004", "--workers", "1"]
     pretrained = []  # the vision pretraining's arguments
     real = pretrain_vision.main
     monkeypatch.setattr(pretrain_vision, "main", lambda args: pretrained.append(args) or real(args))
     assert nano.main(argv) == 0
-    assert len(pretrained) == 1 and "--symmetries" in pretrained[0]  # as the shipped tower was trained
+    assert len(pretrained) == 2 and "--symmetries" in pretrained[0]  # as the shipped tower was trained
     assert "--crops" not in pretrained[0]  # v16 record: not shipped
     assert "--lr" not in pretrained[0]  # training.pretrain_vision's own default learning rate
+    refine = pretrained[1]  # the stage-3 tower trained further on large photos too (v18 record)
+    assert refine[refine.index("--model") + 1] == str(tmp_path / "stage3" / "final")
+    large = [str(tmp_path / "data" / "train"), str(tmp_path / "data" / "vision_large")]
+    assert refine[refine.index("--data") + 1 :][:2] == large and "--symmetries" in refine
+    assert refine[refine.index("--lr") + 1] == "0.0003" and refine[refine.index("--crops") + 1] == "0.5"
+    assert json.loads((tmp_path / "data" / "vision_large" / "meta.json").read_text())["large"] is True
     assert len(json.loads((tmp_path / "data" / "train" / "compare.json").read_text())) == 30
     vision = json.loads((tmp_path / "data" / "vision" / "meta.json").read_text())["images"]
     train = json.loads((tmp_path / "data" / "train" / "meta.json").read_text())["images"]
@@ -36,8 +42,10 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch):
     image = "images/train_000009.png"
     assert (tmp_path / "data" / "vision" / image).samefile(tmp_path / "data" / "train" / image)  # linked, not made
     assert load_config(tmp_path / "stage3" / "train_config.yaml").model == str(tmp_path / "stage2" / "final")
-    assert set(json.loads((tmp_path / "timings.json").read_text())) >= {"synth_val", "vision", "stage3", "calibrate"}
-    final = tmp_path / "stage3" / "final"
+    steps = set(json.loads((tmp_path / "timings.json").read_text()))
+    assert steps >= {"synth_val", "synth_vision_large", "vision", "stage3", "refine", "decoder", "calibrate"}
+    assert not (tmp_path / "stage3" / "final" / POLICY_NAME).exists()  # only the final model is calibrated
+    final = tmp_path / "decoder" / "merged"
     assert not (final / "calibration.json").exists()  # the inference policy holds the choices and their record
     calibration = json.loads((final / POLICY_NAME).read_text())["calibration"]
     assert set(calibration["default_strictness"]["sweep"]) == {"0", "1", "2", "3", "4", "5", "6"}
@@ -47,6 +55,11 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch):
 
     model, tokenizer = load_model(str(final), device="cpu", dtype=torch.float32)
     assert model.config.base_model_id is None  # full weights: the shipped config names no local training folder
+    refined, _ = load_model(str(tmp_path / "refined"), device="cpu", dtype=torch.float32)
+    stage3, _ = load_model(str(tmp_path / "stage3" / "final"), device="cpu", dtype=torch.float32)
+    for name, kept in (("vision_tower", refined), ("readout", refined), ("projector", stage3)):
+        mine, theirs = getattr(model, name).state_dict(), getattr(kept, name).state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), name
     policy = load_policy(str(final))
     assert policy.default_strictness == calibration["default_strictness"]["chosen"]
     assert policy.constrained_answers  # every answer a sentence of the answer grammar
@@ -66,12 +79,14 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch):
     def killed(argv):  # the run is stopped during the calibration
         raise KeyboardInterrupt
 
-    shutil.rmtree(final)
+    shutil.rmtree(tmp_path / "decoder")
     monkeypatch.setattr("training.calibrate.main", killed)
     with pytest.raises(KeyboardInterrupt):
         nano.main(argv)
     kept = json.loads((tmp_path / "timings.json").read_text())
-    assert kept["stage3"] != timings["stage3"] and kept["vision"] == timings["vision"]  # stage 3's new time was kept
+    assert kept["decoder"] != timings["decoder"] and kept["refine"] == timings["refine"]  # the new time was kept
+    with pytest.raises(SystemExit):  # the refinement trains the stage-3 tower: not with a tower put into a model
+        nano.main([*argv, "--llm-from", str(final)])
 
 
 def test_a_tower_trained_further_on_large_images_goes_into_a_trained_model(tmp_path, monkeypatch):

@@ -9,17 +9,21 @@
 3. vision-tower pretraining (``training.pretrain_vision``, each image drawn under a random symmetry of the square:
    v8's tower, shown every image 16 times as it is, recalled them), then the tower is frozen (``vision/``).
    With ``--vision-large N`` the tower also trains on ``data/vision_large``, N images of the training photos at 1,600–
-   4,096 px (``synth --large``; docs/experiments/2026-12-06-nano-v17.md). With ``--vision-from DIR`` the pretraining
-   starts from DIR's tower and readout instead of a random init (docs/experiments/2026-12-07-nano-v18.md);
+   4,096 px (``synth --large``; docs/experiments/2026-12-06-nano-v17.md);
 4. stages 0–3 with ``training.train`` under DeepSpeed ZeRO-2 (``training/configs/nano_stage{0,1,2,3}.yaml``; stage 0
-   trains comparisons only, answered through the choice head, before the paper's stage 1). With ``--llm-from DIR``
-   instead: DIR's φv, LLM, choice head and seg head with the new tower and readout (``swap_vision``), only the seg
-   head and pixel decoder trained (``training/configs/nano_decoder.yaml``), saved whole (``decoder/merged``);
-5. ``training.calibrate``: the default detection strictness and mask weight chosen on the validation split (480
+   trains comparisons only, answered through the choice head, before the paper's stage 1);
+5. with ``--refine-large N`` (default 1,200; the shipped v18, docs/experiments/2026-12-07-nano-v18.md): the stage-3
+   tower and readout trained ``--refine-epochs`` more on the train split and N images of the training photos at
+   1,600–4,096 px (``data/vision_large``, ``synth --large``) → ``refined/``, put into the stage-3 model
+   (``swap_vision``: φv, LLM and choice head kept), its seg head and pixel decoder trained again
+   (``training/configs/nano_decoder.yaml``) and saved whole (``decoder/merged``). With ``--llm-from DIR`` instead of
+   stages 0–3: the step-3 tower put into DIR's model the same way (``--vision-from DIR``: step 3 starts from DIR's
+   tower and readout instead of a random init);
+6. ``training.calibrate``: the default detection strictness and mask weight chosen on the validation split (480
    images: 120 moved a model's mIoU by about 0.05 with the draw, docs/experiments/2026-12-05-nano-v5.md); the
    jitter gate, P(jitter | motion-blur signature) and the low-light gate read off the training split; the mirrored
    second view and the mask refinement radius chosen on the validation split;
-6. with ``--install``, the final checkpoint copied to ``assets/qground-nano``. Evaluation on the held-out split is
+7. with ``--install``, the final checkpoint copied to ``assets/qground-nano``. Evaluation on the held-out split is
    its own command: ``python -m qground eval --data runs/nano/data/eval --out runs/nano/metrics.json``.
 Each step is skipped when its output exists, so a rerun continues where a killed run stopped.
 """
@@ -46,6 +50,7 @@ from training.config import load_config
 from training.train import train
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
+REFINE_LARGE = 1200  # large images the stage-3 tower trains further on (docs/experiments/2026-12-07-nano-v18.md)
 
 
 def corpus(data_dir: Path) -> list[str]:
@@ -118,9 +123,8 @@ def _done(folder: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from training.calibrate import main as calibrate
+    """Every step of the recipe that has not run yet (``main``'s arguments) → the final checkpoint's folder."""
     from training.data import synth
-    from training.pretrain_vision import main as pretrain_vision
 
     out: Path = args.out
     timings_file = out / "timings.json"
@@ -138,8 +142,8 @@ def run(args: argparse.Namespace) -> Path:
     ]
     if args.vision_images:  # images of the training photos for the vision pretraining (its comparisons are not read)
         sets.append(("vision", "train", args.vision_images, 1, "train"))
-    if args.vision_large:
-        sets.append(("vision_large", "train", args.vision_large, 1, None))
+    if args.vision_large or args.refine_large:
+        sets.append(("vision_large", "train", args.vision_large or args.refine_large, 1, None))
     for folder, split, num, comparisons, reuse in sets:
         data = out / "data" / folder
         if not (data / "qground.json").exists():
@@ -153,48 +157,89 @@ def run(args: argparse.Namespace) -> Path:
                 ]
             )
             record(f"synth_{folder}", t0)
+    final = build(args, record)
+    finish(args, final, record)
+    return final
+
+
+def build(args: argparse.Namespace, record) -> Path:
+    """Tokenizer and random init, vision pretraining, then stages 0–3 (and with ``--refine-large`` the tower trained
+    further and put in), or with ``--llm-from`` the new tower put into that model → the model to calibrate."""
+    out: Path = args.out
     start = args.vision_from or out / "init"  # the tower trained further, or a random one
     if args.vision_from is None and not _done(out / "init"):
         make_init(out / "data" / "train", out / "init", args.seed)
-    if not _done(out / "vision"):
-        t0 = time.perf_counter()
-        pretrain_vision(
-            [
-                "--model",
-                str(start),
-                "--data",
-                str(out / "data" / ("vision" if args.vision_images else "train")),
-                *([str(out / "data" / "vision_large")] if args.vision_large else []),
-                "--out",
-                str(out / "vision"),
-                "--epochs",
-                str(args.vision_epochs),
-                *(["--lr", str(args.vision_lr)] if args.vision_lr else []),
-                *(["--symmetries"] if args.vision_symmetries else []),
-                *(["--crops", str(args.vision_crops)] if args.vision_crops else []),
-            ]
-        )
-        record("vision", t0)
-    final = out / "vision"
+    first = out / "data" / ("vision" if args.vision_images else "train")
+    vision = [first, *([out / "data" / "vision_large"] if args.vision_large else [])]
+    epochs, lr, crops = args.vision_epochs, args.vision_lr, args.vision_crops
+    pretrain(start, vision, out / "vision", epochs, lr, args.vision_symmetries, crops, record, "vision")
     if args.llm_from:
-        if not _done(out / "swapped"):
-            swap_vision(args.llm_from, out / "vision", out / "swapped")
-        cfg = stage_config("nano_decoder", out, args.scale)
+        return refit_decoder(args.llm_from, out / "vision", out, args.scale, record)
+    for i in (0, 1, 2, 3):
+        cfg = stage_config(f"nano_stage{i}", out, args.scale)
         if not _done(Path(cfg.output_dir) / "final"):
             t0 = time.perf_counter()
             train(cfg)
-            record("decoder", t0)
-        final = Path(cfg.output_dir) / "merged"
-        if not _done(final):
-            save_whole(Path(cfg.output_dir) / "final", final)
-    else:
-        for i in (0, 1, 2, 3):
-            cfg = stage_config(f"nano_stage{i}", out, args.scale)
-            if not _done(Path(cfg.output_dir) / "final"):
-                t0 = time.perf_counter()
-                train(cfg)
-                record(f"stage{i}", t0)
-            final = Path(cfg.output_dir) / "final"
+            record(f"stage{i}", t0)
+        final = Path(cfg.output_dir) / "final"
+    if args.refine_large:  # the tower and readout trained further on large photos too, put into the stage-3 model
+        large = [out / "data" / "train", out / "data" / "vision_large"]
+        epochs, lr, crops = args.refine_epochs, args.refine_lr, args.refine_crops
+        pretrain(final, large, out / "refined", epochs, lr, args.vision_symmetries, crops, record, "refine")
+        final = refit_decoder(final, out / "refined", out, args.scale, record)
+    return final
+
+
+def pretrain(
+    start: Path,
+    data: list[Path],
+    out: Path,
+    epochs: int,
+    lr: float | None,
+    symmetries: bool,
+    crops: float,
+    record,
+    step: str,
+) -> None:
+    """``training.pretrain_vision`` of ``start``'s tower and readout on ``data`` folders → ``out`` (skipped when it
+    exists); its time recorded as ``step``."""
+    from training.pretrain_vision import main as pretrain_vision
+
+    if _done(out):
+        return
+    t0 = time.perf_counter()
+    pretrain_vision(
+        [
+            *("--model", str(start), "--data", *map(str, data), "--out", str(out), "--epochs", str(epochs)),
+            *(["--lr", str(lr)] if lr else []),
+            *(["--symmetries"] if symmetries else []),
+            *(["--crops", str(crops)] if crops else []),
+        ]
+    )
+    record(step, t0)
+
+
+def refit_decoder(llm_from: Path, tower: Path, out: Path, scale: float, record) -> Path:
+    """``llm_from``'s model with ``tower``'s vision tower and readout (``swap_vision``), its seg head and pixel
+    decoder trained again (``nano_decoder.yaml``) and saved with every weight → that folder (``decoder/merged``)."""
+    if not _done(out / "swapped"):
+        swap_vision(llm_from, tower, out / "swapped")
+    cfg = stage_config("nano_decoder", out, scale)
+    if not _done(Path(cfg.output_dir) / "final"):
+        t0 = time.perf_counter()
+        train(cfg)
+        record("decoder", t0)
+    merged = Path(cfg.output_dir) / "merged"
+    if not _done(merged):
+        save_whole(Path(cfg.output_dir) / "final", merged)
+    return merged
+
+
+def finish(args: argparse.Namespace, final: Path, record) -> None:
+    """Calibrate ``final`` on the validation split (unless done) and, with ``--install``, copy it to the assets."""
+    from training.calibrate import main as calibrate
+
+    out: Path = args.out
     if not (final / POLICY_NAME).exists():
         t0 = time.perf_counter()
         calibrate(["--model", str(final), "--data", str(out / "data" / "val"), "--train", str(out / "data" / "train")])
@@ -206,7 +251,6 @@ def run(args: argparse.Namespace) -> Path:
         shutil.copytree(final, target, ignore=shutil.ignore_patterns("README.md"))
         if card is not None:  # the hand-written model card stays
             (target / "README.md").write_text(card)
-    return final
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,6 +301,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="keep this checkpoint's φv, LLM, choice head; train its seg head, pixel decoder on the new tower",
     )
+    parser.add_argument(
+        "--refine-large",
+        type=int,
+        default=None,
+        help="after stage 3, train the tower and readout further on the train split and this many large images "
+        "(synth --large), put them in and train the seg head and pixel decoder again; 0: stop after stage 3 "
+        "(default 1200, 0 with --llm-from or --vision-large)",
+    )
+    parser.add_argument("--refine-epochs", type=int, default=8, help="epochs of that further training")
+    parser.add_argument("--refine-lr", type=float, default=3e-4, help="its peak learning rate")
+    parser.add_argument("--refine-crops", type=float, default=0.5, help="its share of crops at the photos' own scale")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.02: smoke run)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -264,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.vision_from and not args.llm_from:
         parser.error("--vision-from goes with --llm-from: stages 0-3 build a new model from a random init")
+    if args.refine_large is None:
+        args.refine_large = 0 if args.llm_from or args.vision_large else REFINE_LARGE
+    elif args.refine_large and (args.llm_from or args.vision_large):
+        parser.error("--refine-large trains the stage-3 tower further: not with --llm-from or --vision-large")
     final = run(args)
     print(f"qground-nano: {final}")
     return 0
