@@ -311,6 +311,7 @@ class TokenConstraint:
         self.texts = list(token_texts)
         self.eos = eos
         self._masks: dict[frozenset, torch.Tensor] = {}
+        self._forced: dict[frozenset, int | None] = {}
 
     @classmethod
     def for_tokenizer(cls, grammar: Grammar, tokenizer, token_ids, vocab_size: int):
@@ -345,3 +346,10 @@ class TokenConstraint:
 
     def advance(self, state: frozenset, token: int) -> frozenset:
         return state if token == self.eos else self.grammar.read(state, self.texts[token])
+
+    def forced(self, state: frozenset) -> int | None:
+        """The one token allowed after ``state``, or None when the grammar leaves a choice (or none)."""
+        if state not in self._forced:
+            allowed = torch.nonzero(self.mask(state)).flatten().tolist()
+            self._forced[state] = allowed[0] if len(allowed) == 1 else None
+        return self._forced[state]

@@ -145,7 +145,9 @@ def decode(
     ``constraint``: only tokens its grammar allows are generated (``qground.answers``).
 
     With ``settings.use_cache`` the prompt is prefilled once and every step feeds one token through the KV cache;
-    without it every step re-runs the whole sequence (the PixelLM-style reference).
+    without it every step re-runs the whole sequence (the PixelLM-style reference). Greedy decoding held to a grammar
+    feeds a token together with the tokens the grammar then forces (one allowed token each; a grounding answer's seg
+    tokens): one pass instead of one per token, the same tokens and states.
     """
     lm, head = model.language_model, model.llava.lm_head
     embed_tokens = model.llava.get_input_embeddings()
@@ -164,9 +166,11 @@ def decode(
         if model.choice_head is not None:
             keys = model.image_keys(input_ids[0].to(hidden.device), hidden[0], features, 0)
     grammar_state = constraint.start() if constraint is not None else None
+    choice_id = model.config.token_ids.choice
+    step = 0
     # Inference mode is thread-local and a caller (Gradio) may resume this generator on another thread: every step
     # enters it anew, and nothing runs between a yield and the next step's ``with``.
-    for step in range(settings.max_new_tokens):
+    while step < settings.max_new_tokens:
         with torch.inference_mode():
             state = hidden[0, -1]
             logits = head(state).float()
@@ -177,25 +181,50 @@ def decode(
             if step < settings.min_new_tokens:
                 logits[eos] = -float("inf")
             if keys is not None and len(keys) == 0:
-                logits[model.config.token_ids.choice] = -float("inf")  # nothing to point at
+                logits[choice_id] = -float("inf")  # nothing to point at
             token = _select(logits, settings, generator)
-            pointed = keys is not None and token == model.config.token_ids.choice
+            pointed = keys is not None and token == choice_id
             choice = model.choice_logits(state, keys) if pointed else None
         yield token, state, choice
+        step += 1
         if token == eos:
             return
+        run = [token]  # fed at once: the token and those the grammar then forces (greedy only: sampling draws each)
         if constraint is not None:
             grammar_state = constraint.advance(grammar_state, token)
+            while settings.temperature == 0 and step + len(run) - 1 < settings.max_new_tokens:
+                nxt = constraint.forced(grammar_state)
+                if (
+                    nxt is None
+                    or (sampled and nxt >= sampled)
+                    or (nxt == eos and step + len(run) - 1 < settings.min_new_tokens)
+                ):
+                    break
+                if nxt == choice_id and (keys is None or len(keys) == 0):
+                    break
+                run.append(nxt)
+                if nxt == eos:
+                    break
+                grammar_state = constraint.advance(grammar_state, nxt)
+        fed = run[:-1] if run[-1] == eos else run
         with torch.inference_mode():
-            new = embed_tokens(torch.tensor([[token]], device=embeds.device))
+            new = embed_tokens(torch.tensor([fed], device=embeds.device))
             if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+                mask = torch.cat([mask, mask.new_ones(1, len(fed))], dim=1)
             if settings.use_cache:
                 hidden = lm(inputs_embeds=new, attention_mask=mask, past_key_values=cache, use_cache=True)
                 hidden = hidden.last_hidden_state
             else:
                 embeds = torch.cat([embeds, new], dim=1)
                 hidden = lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        for k, forced in enumerate(run[1:]):  # hidden[0, k - len(fed)] has read run[: k + 1]: it predicts run[k + 1]
+            with torch.inference_mode():
+                state = hidden[0, k - len(fed)]
+                choice = model.choice_logits(state, keys) if keys is not None and forced == choice_id else None
+            yield forced, state, choice
+            step += 1
+            if forced == eos:
+                return
 
 
 class QGroundEngine:

@@ -3,6 +3,7 @@ finished sentences whatever the weights, question or sampling."""
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from qground.answers import (
@@ -18,7 +19,7 @@ from qground.answers import (
 )
 from qground.builder import build_from_registry
 from qground.evaluate import is_finished_sentence, named_classes
-from qground.inference import GenerationSettings, QGroundEngine
+from qground.inference import GenerationSettings, QGroundEngine, decode
 from qground.policy import InferencePolicy
 from qground.processor import QGroundProcessor
 from qground.prompts import Turn, grounding_answer
@@ -108,6 +109,32 @@ def test_decoding_held_to_the_grammar_finishes_every_answer_of_a_random_model(ra
         assert is_finished_sentence(result.text), result.text  # a grounding answer gets its full stop on display
     pair = random_nano.chat([image, image], [Turn("which is the best exposed")], GenerationSettings(temperature=1.5))
     assert pair.text in ("The first image.", "The second image."), pair.text
+
+
+@pytest.mark.parametrize("question", ["Please segment out distorted regions in the image.", "Is it blurry?"])
+def test_tokens_the_grammar_forces_are_read_in_one_pass(random_nano, monkeypatch, question):
+    """Greedy decoding held to the grammar feeds a token and every token the grammar then forces in one forward pass:
+    each token's state is still the full teacher-forced pass's, with one pass per choice the grammar leaves."""
+    model = random_nano.model
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+    sample = random_nano.processor([image], [Turn(question)])
+    ids, features = sample["input_ids"][None], random_nano.encode(sample, 0.0)
+    constraint = random_nano.constraint(1)
+    passes, forward = [], model.language_model.forward
+    monkeypatch.setattr(model.language_model, "forward", lambda *a, **k: passes.append(1) or forward(*a, **k))
+    steps = list(decode(model, ids, features, GenerationSettings(max_new_tokens=512), constraint))
+    tokens = [t for t, *_ in steps]
+    state, chosen = constraint.start(), 0  # tokens the grammar left a choice for, end of sequence aside
+    for token in tokens:
+        chosen += constraint.forced(state) is None and token != constraint.eos
+        state = constraint.advance(state, token)
+    assert tokens[-1] == constraint.eos and len(passes) == 1 + chosen < len(tokens)  # the prompt, then one per choice
+    monkeypatch.setattr(model.language_model, "forward", forward)
+    full = torch.cat([ids, torch.tensor([tokens])], dim=1)
+    with torch.inference_mode():
+        hidden = model.language_model(inputs_embeds=model.embed(full, features.tokens)).last_hidden_state[0]
+    for i, (_, state, _) in enumerate(steps):
+        assert torch.allclose(state, hidden[ids.shape[1] - 1 + i], atol=1e-4), i
 
 
 def test_free_decoding_stays_the_default(random_nano):
