@@ -28,7 +28,7 @@ TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 0.05}
 
 class Forced:
     """A ``TokenConstraint`` allowing exactly one token per step: ``decode`` then follows ``tokens`` (a
-    teacher-forced answer) through its own KV-cached loop."""
+    teacher-forced answer) through its own KV-cached loop, feeding what the constraint forces in one pass."""
 
     def __init__(self, tokens: list[int], vocab: int) -> None:
         self.tokens, self.vocab = tokens, vocab
@@ -43,6 +43,9 @@ class Forced:
 
     def advance(self, step: int, token: int) -> int:
         return step + 1
+
+    def forced(self, step: int) -> int:
+        return self.tokens[step]
 
 
 @pytest.fixture(scope="module")
