@@ -456,11 +456,11 @@ def _run_grounding(
     by_family: dict[str, dict[str, GroundingMetrics]] = {}
     per_image = []
     for path in tqdm(_image_paths(data_dir)[:limit], desc="ground", disable=not progress, dynamic_ncols=True):
-        image = load_image_after_jpeg(path, jpeg)
-        gt = load_gt(data_dir, path.stem, (image.height, image.width))
+        image = path if jpeg is None else load_image_after_jpeg(path, jpeg)  # a path: the processor may cache it
         t0 = time.perf_counter()
         result = engine.ground(image, QUESTIONS["ground"], settings)
         t1 = time.perf_counter()
+        gt = load_gt(data_dir, path.stem, result.image_size)
         classical = baseline_masks(image) if baseline else {}
         t2 = time.perf_counter()
         took = {"model": t1 - t0, "baseline": t2 - t1}

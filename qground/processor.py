@@ -76,7 +76,7 @@ class PromptTooLongError(ValueError):
     """The conversation does not fit the model's context."""
 
 
-# Preprocessed training images, least recently used first: (path, size, mtime, image settings) → (pixels, meta).
+# Preprocessed images, least recently used first: (path, size, mtime, image settings, evidence, photo) → (pixels, meta).
 _IMAGE_CACHE: OrderedDict[tuple, tuple[torch.Tensor, ImageMeta]] = OrderedDict()
 
 
@@ -103,8 +103,9 @@ class QGroundProcessor:
         cache_images: int = 0,
     ) -> None:
         """``cache_images``: keep up to that many preprocessed images from file paths in memory, shared by every
-        processor whose image settings match (training reads every photo many times, in stage after stage; off for
-        inference). An entry is keyed by the path, the file's size and modification time and those settings."""
+        processor whose image settings match (training reads every photo many times, in stage after stage, and a
+        calibration in sweep after sweep; off for serving). An entry is keyed by the path, the file's size and
+        modification time, those settings and the evidence maps and photo asked for; it is shared, never modified."""
         self.tokenizer = tokenizer
         self.config = config
         self.style = style
@@ -120,6 +121,7 @@ class QGroundProcessor:
             config.detail_max_side,
             config.noise_max_side,
             config.chroma_noise_channel,
+            config.evidence_max_side,
             config.resample,
             config.size_rounding,
         )
@@ -141,13 +143,13 @@ class QGroundProcessor:
     ) -> tuple[torch.Tensor, ImageMeta]:
         """A path, bytes or PIL image → ``(C, S, S)`` float tensor (the tower's channels) and its ``ImageMeta`` with
         the ``evidence`` maps named (``EVIDENCE_MAPS``) and, with ``keep_photo``, the photo."""
-        if self._cache_size and isinstance(image, str | Path) and not evidence and not keep_photo:
+        if self._cache_size and isinstance(image, str | Path):
             stat = Path(image).stat()
-            key = (str(image), stat.st_size, stat.st_mtime_ns, self._image_key)
+            key = (str(image), stat.st_size, stat.st_mtime_ns, self._image_key, frozenset(evidence), keep_photo)
             if key in _IMAGE_CACHE:
                 _IMAGE_CACHE.move_to_end(key)
                 return _IMAGE_CACHE[key]
-            _IMAGE_CACHE[key] = self._preprocess(image)
+            _IMAGE_CACHE[key] = self._preprocess(image, evidence, keep_photo)
             while len(_IMAGE_CACHE) > self._cache_size:
                 _IMAGE_CACHE.popitem(last=False)
             return _IMAGE_CACHE[key]

@@ -311,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     grid, weights, radii = _floats(args.grid), _floats(args.weights), _floats(args.radii)
     model, tokenizer = load_model(args.model)
-    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config), name=str(args.model))
+    images = len(list((args.data / "images").glob("*")))  # each read once, then from memory in every later sweep
+    processor = QGroundProcessor(tokenizer, model.config, cache_images=2 * images)
+    engine = QGroundEngine(model, processor, name=str(args.model))
     # decoding held to the answer grammar, answers naming what the readout finds; the decoder alone, one view
     engine.set_policy(InferencePolicy(constrained_answers=True, answers_follow_readout=True))
     cal = Calibration(engine, args.data, args.limit)
