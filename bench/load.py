@@ -845,15 +845,17 @@ def summary(report: Report, users: list[User], photos_from: str) -> str:
     return "\n".join(lines)
 
 
-_GUARD = {
-    "on": False,
-    "hooked": False,
-}  # an audit hook stays for the life of the process: it checks this while ``guarded`` runs
+class _Guard:
+    """Whether ``loopback_only`` refuses now (while ``guarded`` runs) and whether it is installed: an audit hook stays
+    for the life of the process."""
+
+    on = False
+    hooked = False
 
 
 def loopback_only(event: str, args: tuple) -> None:
-    """Audit hook: while ``_GUARD`` is on, refuse any socket connection that does not stay on this machine."""
-    if not _GUARD["on"] or event != "socket.connect" or not isinstance(args[1], tuple):
+    """Audit hook: while ``_Guard.on``, refuse any socket connection that does not stay on this machine."""
+    if not _Guard.on or event != "socket.connect" or not isinstance(args[1], tuple):
         return
     host = args[1][0]
     try:
@@ -868,14 +870,14 @@ def loopback_only(event: str, args: tuple) -> None:
 def guarded() -> Iterator[None]:
     """Connections off this machine are refused inside the block (``loopback_only``) and allowed again after it,
     so a caller that runs ``main`` in its own process (the tests) can still reach a package registry later."""
-    if not _GUARD["hooked"]:
+    if not _Guard.hooked:
         sys.addaudithook(loopback_only)
-        _GUARD["hooked"] = True
-    _GUARD["on"] = True
+        _Guard.hooked = True
+    _Guard.on = True
     try:
         yield
     finally:
-        _GUARD["on"] = False
+        _Guard.on = False
 
 
 def main(argv: list[str] | None = None) -> int:

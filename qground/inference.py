@@ -193,14 +193,10 @@ def decode(
         if constraint is not None:
             grammar_state = constraint.advance(grammar_state, token)
             while settings.temperature == 0 and step + len(run) - 1 < settings.max_new_tokens:
-                nxt = constraint.forced(grammar_state)
-                if (
-                    nxt is None
-                    or (sampled and nxt >= sampled)
-                    or (nxt == eos and step + len(run) - 1 < settings.min_new_tokens)
-                ):
-                    break
-                if nxt == choice_id and (keys is None or len(keys) == 0):
+                nxt = constraint.forced(grammar_state)  # the masks above would leave it alone, unless:
+                early_end = nxt == eos and step + len(run) - 1 < settings.min_new_tokens
+                unpointed = nxt == choice_id and keys is not None and len(keys) == 0
+                if nxt is None or (sampled and nxt >= sampled) or early_end or unpointed:
                     break
                 run.append(nxt)
                 if nxt == eos:
