@@ -35,9 +35,10 @@ _LUMA = (0.299, 0.587, 0.114)
 _CB, _CR = (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312)  # BT.601 chroma, as JPEG's YCbCr
 _LOG_SHIFT, _LOG_SCALE, _LOG_EPS = 7.0, 4.0, 1e-6
 _CLIPPED = 248  # the smallest 8-bit value ≥ 0.97 × 255: a channel this bright is clipped
-# Rows per stripe: every per-pixel map is computed and pooled one stripe of rows at a time, so a stripe's buffers stay
-# in the CPU's cache (at 4,000 px wide a float map of 64 rows is 1 MB) instead of streaming 48 MB maps at 12 MP.
-_STRIPE = 64
+# Rows per stripe (here and in qground.masks): every per-pixel map is computed and pooled one stripe of rows at a time,
+# so a stripe's buffers stay in the CPU's cache (at 4,000 px wide a float map of 64 rows is 1 MB) instead of streaming
+# 48 MB maps at 12 MP.
+STRIPE = 64
 
 
 def _weighted(x: torch.Tensor, weights: tuple[float, float, float]) -> torch.Tensor:
@@ -47,10 +48,10 @@ def _weighted(x: torch.Tensor, weights: tuple[float, float, float]) -> torch.Ten
 
 
 def luminance(rgb: np.ndarray) -> torch.Tensor:
-    """``rgb`` uint8 (H, W, 3) → (H, W) float32 luminance Y in [0, 1], read ``_STRIPE`` rows at a time (3× faster
+    """``rgb`` uint8 (H, W, 3) → (H, W) float32 luminance Y in [0, 1], read ``STRIPE`` rows at a time (3× faster
     than at once at 12 MP)."""
     rgb = np.asarray(rgb)
-    parts = [_weighted(torch.from_numpy(rgb[a : a + _STRIPE].copy()), _LUMA) for a in range(0, len(rgb), _STRIPE)]
+    parts = [_weighted(torch.from_numpy(rgb[a : a + STRIPE].copy()), _LUMA) for a in range(0, len(rgb), STRIPE)]
     return parts[0] if len(parts) == 1 else torch.cat(parts)  # copies: rgb may be read-only
 
 
@@ -133,14 +134,14 @@ def _structure(energies: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     return energy, coherence, directional
 
 
-def _noise_energy(y: torch.Tensor, size: tuple[int, int], stripe: int = _STRIPE) -> torch.Tensor:
+def _noise_energy(y: torch.Tensor, size: tuple[int, int], stripe: int = STRIPE) -> torch.Tensor:
     """(H, W) → (h, w) mean squared finest residual Y − 3×3 binomial blur of Y per content pixel."""
     rows = len(y)
     maps = _pooled(lambda a, b: [_residual(_halo(lambda i, j: y[i:j], a, b, rows))], rows, size, stripe)
     return maps[0] / _RESIDUAL_SCALE
 
 
-def _chroma_energy(rgb: np.ndarray, size: tuple[int, int], stripe: int = _STRIPE) -> torch.Tensor:
+def _chroma_energy(rgb: np.ndarray, size: tuple[int, int], stripe: int = STRIPE) -> torch.Tensor:
     """``rgb`` uint8 (H, W, 3) → (h, w) mean of the squared finest residuals of Cb and Cr on the photo box-averaged
     2 × 2 in uint8 as PIL's ``reduce`` does (the grid a JPEG keeps chroma on; at full size when a side is shorter than
     4 px), summed. Cb and Cr are linear in RGB, so averaging RGB first averages them."""
@@ -161,7 +162,7 @@ def detail_channels(
     size: tuple[int, int],
     noise_rgb: np.ndarray | None = None,
     chroma: bool = False,
-    stripe: int = _STRIPE,
+    stripe: int = STRIPE,
 ) -> torch.Tensor:
     """``rgb`` uint8 (H, W, 3) at native resolution → (8, h, w) float32 detail channels for content size ``size``
     ((9, h, w) with ``chroma``: the chroma noise channel last). ``noise_rgb``: the same photo larger (uint8

@@ -456,7 +456,9 @@ def _run_grounding(
     by_family: dict[str, dict[str, GroundingMetrics]] = {}
     per_image = []
     for path in tqdm(_image_paths(data_dir)[:limit], desc="ground", disable=not progress, dynamic_ncols=True):
-        image = path if jpeg is None else load_image_after_jpeg(path, jpeg)  # a path: the processor may cache it
+        # a path lets a caching processor keep its work (a calibration's sweeps, without the baseline); with the
+        # baseline, one decoded image serves both
+        image = path if jpeg is None and not baseline else load_image_after_jpeg(path, jpeg)
         t0 = time.perf_counter()
         result = engine.ground(image, QUESTIONS["ground"], settings)
         t1 = time.perf_counter()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qground.detail import STRIPE
 from qground.modeling.qground import ImageFeatures, QGroundModel, mix_probabilities
 from qground.policy import MOTION_SIGNATURE, InferencePolicy
 from qground.processor import ImageMeta
@@ -94,7 +95,7 @@ def to_original_frame(
     return F.interpolate(crop[:, None], size=meta.original_size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def _mean_probability(logit: torch.Tensor, positive: torch.Tensor, count: int, stripe: int = 64) -> float:
+def _mean_probability(logit: torch.Tensor, positive: torch.Tensor, count: int, stripe: int = STRIPE) -> float:
     """Mean σ(``logit``) over the ``count`` pixels of (H, W) ``positive``; 0 when there are none. Read ``stripe`` rows
     at a time (5× faster than at once at 12 MP: each stripe stays in the CPU's cache)."""
     if not count:
