@@ -16,9 +16,11 @@ error with the same words at the public endpoints (``_friendly``). Styles and th
 import argparse
 import functools
 import inspect
+import io
 import json
 import logging
 import os
+from pathlib import Path
 
 from qground.models import DEFAULT_MODEL
 from qground.questions import COMPARE_PRESETS, QUESTIONS
@@ -247,6 +249,48 @@ def _photo_component() -> type:
     return Photo
 
 
+@functools.cache
+def _overlay_component() -> type:
+    """``gr.AnnotatedImage`` whose output step, for a base photo's path and array masks (what
+    ``qground.service.annotated_image`` gives), writes the same layers as Gradio's (an RGBA PNG per mask: the label's
+    color where the mask is > 0, alpha ⌊255 · mask⌋) without Gradio's detours: it decoded the base photo for its size
+    and built float64 layers, 0.15–0.3 s for a 1,600-px overlay (``bench.click_to_overlay --profile``). Other values
+    go to Gradio's. A template of AnnotatedImage, so the browser draws it as one."""
+    import gradio as gr
+    import numpy as np
+    from gradio import processing_utils
+    from gradio.components.annotated_image import AnnotatedImageData, Annotation, FileData
+    from PIL import Image
+
+    class Overlay(gr.AnnotatedImage):
+        is_template = True
+
+        def postprocess(self, value):
+            if (
+                value is None
+                or not isinstance(value[0], str)
+                or not all(isinstance(m, np.ndarray) for m, _ in value[1])
+            ):
+                return super().postprocess(value)
+            base, annotations = value
+            sections = []
+            for mask, label in annotations:
+                color = (self.color_map or {}).get(label, "#ff0000").lstrip("#")
+                rgba = np.zeros((*mask.shape, 4), dtype=np.uint8)
+                rgba[mask > 0, :3] = [int(color[i : i + 2], 16) for i in (0, 2, 4)]
+                rgba[..., 3] = mask.astype(np.float64) * 255  # truncated, as Gradio's astype(np.uint8)
+                with io.BytesIO() as buffer:
+                    Image.fromarray(rgba).save(buffer, format="PNG", compress_level=1)
+                    data = buffer.getvalue()
+                folder = Path(self.GRADIO_CACHE) / processing_utils.hash_bytes(data)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "image.png").write_bytes(data)
+                sections.append(Annotation(image=FileData(path=str(folder / "image.png")), label=label))
+            return AnnotatedImageData(image=FileData(path=base), annotations=sections)
+
+    return Overlay
+
+
 def _photo(**kwargs):
     """A photo input handing the uploaded file's path, untouched, to the handler (see ``_photo_component``)."""
     return _photo_component()(type="filepath", image_mode=None, **kwargs)
@@ -349,7 +393,7 @@ def _chat_tab(gr, svc, engine, scratch, examples: list) -> list:
         )
     with gr.Row():
         with gr.Column(scale=3):
-            annotated = gr.AnnotatedImage(
+            annotated = _overlay_component()(
                 label="Distortion masks", format="png", color_map=color_map(), height=460, elem_id="chat-masks"
             )
             with gr.Row():
@@ -432,7 +476,7 @@ def _chat_tab(gr, svc, engine, scratch, examples: list) -> list:
     knobs = [max_tokens, temperature, top_p, strictness, opacity]
     buttons = [send, assess, ground, retry_btn, undo_btn, clear_btn]
     keep_question = [o for o in outputs if o is not question]
-    photo.change(lambda path: show(svc.new_thread(path)), photo, keep_question, **INSTANT)
+    photo.change(lambda path: show(svc.new_thread(path, engine)), photo, keep_question, **INSTANT)
     progress_on = {"show_progress_on": [chatbot], "show_progress": "minimal", "scroll_to": "chatbot"}
     runs = [
         _run(send.click, ask, [thread, question, *knobs], outputs, buttons, **progress_on),
@@ -609,7 +653,7 @@ def _api_tab(gr, svc, engine, sam, scratch, demo) -> None:
         photo, ask = _photo(label="image"), gr.Textbox(label="question")
         with gr.Row():
             ground_btn, describe_btn = gr.Button("/ground"), gr.Button("/describe")
-        annotated = gr.AnnotatedImage(label="masks", format="png", color_map=color_map())
+        annotated = _overlay_component()(label="masks", format="png", color_map=color_map())
         answer, table = gr.Textbox(label="answer"), gr.Dataframe(headers=svc.TABLE_HEADERS, label="per class")
         masks = gr.File(label="masks zip")
     with gr.Accordion("Try /compare", open=False):
@@ -655,7 +699,7 @@ def _api_tab(gr, svc, engine, sam, scratch, demo) -> None:
         with gr.Accordion("Try /segment", open=False):
             seg_image = _photo(label="image")
             regions = gr.Textbox('[{"label": "blur", "points": [[10, 10]]}]', label="regions (JSON)")
-            seg_btn, seg_out = gr.Button("/segment"), gr.AnnotatedImage(label="regions", format="png")
+            seg_btn, seg_out = gr.Button("/segment"), _overlay_component()(label="regions", format="png")
             seg_zip = gr.File(label="annotation zip")
         seg_btn.click(_model(segment), [seg_image, regions], [seg_out, seg_zip], api_name="segment", **api)
 

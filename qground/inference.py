@@ -13,6 +13,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -250,6 +251,7 @@ class QGroundEngine:
             raise ValueError(f"the time budget must be a positive number of seconds, got {time_budget}")
         self.time_budget = time_budget
         self._constraints: dict[tuple, TokenConstraint] = {}  # by (1 or 2 = several images, classes present)
+        self._preparing = ThreadPoolExecutor(1, thread_name_prefix="qground-prepare")  # its thread starts on first use
         self.set_policy(policy or InferencePolicy())
 
     @property
@@ -260,6 +262,18 @@ class QGroundEngine:
         """Run the model by ``policy`` from now on (``ConfigError`` when the model cannot honour it)."""
         policy.check_model(self.model.config)
         self.policy = policy
+
+    def _image_options(self) -> dict:
+        """What the policy reads besides pixels: its evidence maps and, when masks are refined, the photo."""
+        return {"evidence": self.policy.evidence_maps, "keep_photo": bool(self.policy.mask_refine_radius)}
+
+    def prepare(self, image: str | os.PathLike) -> None:
+        """Preprocess the photo at path ``image`` in a background thread as a request about it will, so that the
+        request finds it done (a server calls this on upload, while the person picks a question; a request that comes
+        sooner waits for it rather than computing it again). Nothing when the processor keeps no images
+        (``cache_images`` 0); a photo that cannot be read is left for the request to report."""
+        if self.processor.cache_images:
+            self._preparing.submit(self.processor.preprocess_image, image, **self._image_options())
 
     def strictness(self, settings: GenerationSettings, num_images: int) -> float:
         """The detection strictness a request runs at: its own, else the policy's default; 0 with several images."""
@@ -317,11 +331,8 @@ class QGroundEngine:
         once the text is complete (for progress displays)."""
         settings = settings or GenerationSettings()
         settings.check_model(self.config.readout)
-        policy = self.policy
         t0 = time.perf_counter()
-        sample = self.processor(
-            images, turns, evidence=policy.evidence_maps, keep_photo=bool(policy.mask_refine_radius)
-        )
+        sample = self.processor(images, turns, **self._image_options())
         metas: list[ImageMeta] = sample["metas"]
         t1 = time.perf_counter()
         strictness = self.strictness(settings, len(metas))

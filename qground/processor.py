@@ -39,7 +39,9 @@ begin, none adding ``<s>``/``</s>`` itself:
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,8 +78,10 @@ class PromptTooLongError(ValueError):
     """The conversation does not fit the model's context."""
 
 
-# Preprocessed images, least recently used first: (path, size, mtime, image settings, evidence, photo) → (pixels, meta).
-_IMAGE_CACHE: OrderedDict[tuple, tuple[torch.Tensor, ImageMeta]] = OrderedDict()
+# Preprocessed images, least recently used first: (path, size, mtime, image settings, evidence, photo) → a future of
+# (pixels, meta), set by the thread that computes it (others asking meanwhile wait for it instead of computing again).
+_IMAGE_CACHE: OrderedDict[tuple, Future] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
 
 
 def _shrunk(img: Image.Image, max_side: int) -> Image.Image:
@@ -104,15 +108,18 @@ class QGroundProcessor:
     ) -> None:
         """``cache_images``: keep up to that many preprocessed images from file paths in memory, shared by every
         processor whose image settings match (training reads every photo many times, in stage after stage, and a
-        calibration in sweep after sweep; off for serving). An entry is keyed by the path, the file's size and
-        modification time, those settings and the evidence maps and photo asked for; it is shared, never modified."""
+        calibration in sweep after sweep; a server a few: each upload is asked about again and again). An entry is
+        keyed by the path, the file's size and modification time, those settings and the evidence maps and photo
+        asked for; it is shared, never modified. Thread-safe: a photo asked for while another thread preprocesses it
+        is waited for, not computed twice (a server prepares an upload before its first question,
+        ``QGroundEngine.prepare``)."""
         self.tokenizer = tokenizer
         self.config = config
         self.style = style
         self.max_length = max_length or config.llm.max_position_embeddings
         self._mean = torch.tensor(config.image_mean).view(-1, 1, 1)
         self._std = torch.tensor(config.image_std).view(-1, 1, 1)
-        self._cache_size = cache_images
+        self.cache_images = cache_images
         self._image_key = (
             config.image_size,
             tuple(config.image_mean),
@@ -143,16 +150,28 @@ class QGroundProcessor:
     ) -> tuple[torch.Tensor, ImageMeta]:
         """A path, bytes or PIL image → ``(C, S, S)`` float tensor (the tower's channels) and its ``ImageMeta`` with
         the ``evidence`` maps named (``EVIDENCE_MAPS``) and, with ``keep_photo``, the photo."""
-        if self._cache_size and isinstance(image, str | Path):
+        if self.cache_images and isinstance(image, str | Path):
             stat = Path(image).stat()
             key = (str(image), stat.st_size, stat.st_mtime_ns, self._image_key, frozenset(evidence), keep_photo)
-            if key in _IMAGE_CACHE:
-                _IMAGE_CACHE.move_to_end(key)
-                return _IMAGE_CACHE[key]
-            _IMAGE_CACHE[key] = self._preprocess(image, evidence, keep_photo)
-            while len(_IMAGE_CACHE) > self._cache_size:
-                _IMAGE_CACHE.popitem(last=False)
-            return _IMAGE_CACHE[key]
+            with _CACHE_LOCK:
+                entry = _IMAGE_CACHE.get(key)
+                mine = entry is None
+                if mine:
+                    entry = _IMAGE_CACHE[key] = Future()
+                    while len(_IMAGE_CACHE) > self.cache_images:
+                        _IMAGE_CACHE.popitem(last=False)
+                else:
+                    _IMAGE_CACHE.move_to_end(key)
+            if mine:
+                try:
+                    entry.set_result(self._preprocess(image, evidence, keep_photo))
+                except BaseException as err:  # not kept: the next request tries again and gets its own error
+                    with _CACHE_LOCK:
+                        if _IMAGE_CACHE.get(key) is entry:
+                            del _IMAGE_CACHE[key]
+                    entry.set_exception(err)
+                    raise
+            return entry.result()
         return self._preprocess(image, evidence, keep_photo)
 
     def _preprocess(

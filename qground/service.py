@@ -13,6 +13,7 @@ folder (Gradio copies them into its own cache).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -107,7 +108,13 @@ MIN_COMPARE, MAX_COMPARE = 2, len(SLOTS)
 TABLE_HEADERS = ["Distortion", "Area %", "Where", "Score"]
 STAGES = {"read": "Reading the photo…", "answer": "Answering…", "masks": "Drawing masks…"}  # shown while pending
 DISPLAY_MAX_SIDE = 1600  # longest side of the overlays the app shows (full-size masks stay in the zip and the API)
+# The overlays the app shows are JPEGs: a 1,600-px one is written in 15 ms instead of 110 (PNG, fastest level) and is
+# about 0.4 MB instead of 2.5 MB to send; the API's full-size overlay stays a lossless PNG
+VIEW_JPEG_QUALITY = 92
 RANKING_HEADERS = ["Rank", "Image", "Named as", "Choice probability"]
+# Preprocessed photos a served engine keeps (each asked about again and again; prepared on upload): about 5 MB each
+# for qground-nano at 12 MP (its evidence maps and the 1,280-px photo masks are refined on)
+SERVED_IMAGES = 8
 _LOAD_ERRORS = (CheckpointError, OSError, ValueError, RuntimeError, ImportError, KeyError)
 
 
@@ -159,7 +166,8 @@ def load_engine(
     model, tokenizer = load_model(where, quant=quant, dtype=dtype)
     policy = load_policy(where)
     folder = where if isinstance(where, Path) else None
-    return QGroundEngine(model, QGroundProcessor(tokenizer, model.config), str(source), policy, folder)
+    processor = QGroundProcessor(tokenizer, model.config, cache_images=SERVED_IMAGES)
+    return QGroundEngine(model, processor, str(source), policy, folder)
 
 
 def served_model(engine: QGroundEngine, revision: str | None = None, quant: str = "none", **extra) -> ServedModel:
@@ -247,29 +255,43 @@ def generation_settings(
     return settings
 
 
+@contextlib.contextmanager
+def _photo_errors(paths: Sequence[str | os.PathLike]) -> Iterator[None]:
+    """An unusable photo at one of ``paths`` raised inside as a UserError naming the file (not the server path)."""
+    try:
+        yield
+    except ImageLoadError as err:
+        message = str(err)
+        for path in paths:
+            message = message.replace(str(path), Path(path).name)
+        raise UserError(message) from None
+    except FileNotFoundError as err:
+        if err.filename is None or str(err.filename) not in map(str, paths):
+            raise
+        raise UserError(f"{Path(err.filename).name} is no longer on the server; upload it again.") from None
+
+
 def load_photo(path: str | os.PathLike | None, what: str = "photo") -> Image.Image:
     """The upright RGB photo at ``path``; UserError (naming the file, not the server path) when it is unusable."""
     if not path:
         raise UserError(f"Upload a {what} first.")
-    name = Path(path).name
-    try:
+    with _photo_errors([path]):
         return load_image(path)
-    except ImageLoadError as err:
-        raise UserError(str(err).replace(str(path), name)) from None
-    except FileNotFoundError:
-        raise UserError(f"{name} is no longer on the server; upload it again.") from None
 
 
 def _stream(
     engine: QGroundEngine,
-    photos: list[Image.Image],
+    photos: list[Image.Image | str],
     turns: list[Turn],
     settings: GenerationSettings,
     stages: bool = False,
 ) -> Iterator[str | Stage | GroundingResult]:
-    """``engine.stream`` with a too-long conversation turned into a UserError."""
+    """``engine.stream`` with a too-long conversation or an unusable photo (``photos`` may be paths: the engine's
+    processor reads them, or finds them prepared) turned into a UserError."""
+    paths = [p for p in photos if isinstance(p, (str, os.PathLike))]
     try:
-        yield from engine.stream(photos, turns, settings, stages=stages)
+        with _photo_errors(paths):
+            yield from engine.stream(photos, turns, settings, stages=stages)
     except PromptTooLongError as err:
         raise UserError(str(err)) from None
 
@@ -316,6 +338,13 @@ class Scratch:
         """Save a uint8 (H, W, 3) image as a lossless PNG; returns its path."""
         path = self.path(name)
         Image.fromarray(rgb).save(path, format="PNG", compress_level=1)
+        return str(path)
+
+    def jpeg(self, rgb: np.ndarray, name: str) -> str:
+        """Save a uint8 (H, W, 3) image as a JPEG for the screen (quality ``VIEW_JPEG_QUALITY``, chroma at full
+        resolution so thin colored outlines stay crisp); returns its path."""
+        path = self.path(name)
+        Image.fromarray(rgb).save(path, format="JPEG", quality=VIEW_JPEG_QUALITY, subsampling=0)
         return str(path)
 
 
@@ -404,15 +433,18 @@ class Thread:
         return None
 
 
-def new_thread(image: str | None) -> Thread:
+def new_thread(image: str | None, engine: QGroundEngine | None = None) -> Thread:
     """A fresh conversation for a newly uploaded photo (or none). An unusable photo gives a thread without a photo
-    whose notice says why."""
+    whose notice says why. ``engine``: a usable photo is prepared for it (``QGroundEngine.prepare``: preprocessed in
+    the background while the person picks a question)."""
     if not image:
         return Thread(notice="Upload a photo to start a conversation about its quality.")
     try:
         photo = load_photo(image)
     except UserError as err:
         return Thread(notice=f"This photo cannot be used: {err}")
+    if engine is not None:
+        engine.prepare(image)
     return Thread(
         image=image,
         notice=f"New photo {Path(image).name} ({photo.width}×{photo.height} px): started a new conversation.",
@@ -447,10 +479,9 @@ def chat_turn(
         raise UserError("Upload a photo first.")
     before = thread.exchanges
     yield dataclasses.replace(thread, exchanges=(*before, Exchange(question, note=STAGES["read"]))), False
-    photo = load_photo(thread.image)
     turns = [Turn(ex.question, ex.raw or ex.answer) for ex in thread.exchanges] + [Turn(question)]
     text, stage = "", STAGES["read"]
-    for item in _stream(engine, [photo], turns, settings, stages=True):
+    for item in _stream(engine, [thread.image], turns, settings, stages=True):  # its path: it may be prepared
         if isinstance(item, (str, Stage)):
             text, stage = (item, stage) if isinstance(item, str) else (text, STAGES[item.name])
             yield dataclasses.replace(thread, exchanges=(*before, Exchange(question, text, note=stage))), False
@@ -541,9 +572,10 @@ def annotated_image(
     max_side: int | None = None,
 ) -> tuple[str, list[tuple[np.ndarray, str]]]:
     """``gr.AnnotatedImage`` value for a photo (path or loaded; a loaded one may be a smaller preview of the photo the
-    masks were made on): (PNG path of the photo with the shown classes' outlines drawn by ``visualize.overlay``,
-    [(float32 alpha = ``opacity`` inside the mask, class name)]), at the image's size or, with ``max_side``, shrunk to
-    fit it (``imageio.fit_size``: a screen needs no 12 MP overlay; the zip and the API keep full-size masks). The fill
+    masks were made on): (path of the photo with the shown classes' outlines drawn by ``visualize.overlay``, [(float32
+    alpha = ``opacity`` inside the mask, class name)]), at the image's size in a PNG or, with ``max_side``, shrunk to
+    fit it in a JPEG (``imageio.fit_size``: a screen needs no 12 MP overlay; the zip and the API keep full-size masks,
+    ``VIEW_JPEG_QUALITY``). The fill
     comes from the annotations, so hovering the legend highlights one class. ``classes`` None shows all."""
     name = Path(image).stem if isinstance(image, (str, os.PathLike)) else "photo"
     photo = load_photo(image) if isinstance(image, (str, os.PathLike)) else image.convert("RGB")
@@ -552,7 +584,8 @@ def annotated_image(
     photo, shown = _for_display(photo, shown, max_side)
     rgb = np.asarray(photo)
     base = overlay(rgb, shown, alpha=0.0, outline=True, outline_width=max(2, min(rgb.shape[:2]) // 300))
-    return scratch.png(base, f"{name}-overlay.png"), masks_to_annotations(shown, opacity=opacity)
+    path = scratch.jpeg(base, f"{name}-overlay.jpg") if max_side else scratch.png(base, f"{name}-overlay.png")
+    return path, masks_to_annotations(shown, opacity=opacity)
 
 
 def class_choices(result: GroundingResult | None) -> list[tuple[str, str]]:

@@ -161,3 +161,26 @@ def test_a_user_error_is_one_log_line_and_leaves_the_outputs(caplog):
     with caplog.at_level("INFO", logger="qground.app"), pytest.raises(gr.Error, match="RuntimeError: disk full"):
         _ui(crash, 2)()
     assert caplog.records[-1].exc_info is not None  # a real failure keeps its traceback in the log
+
+
+def test_the_overlay_component_writes_gradios_layers(tmp_path):
+    """``_overlay_component``'s output step gives what ``gr.AnnotatedImage``'s does for a photo path and array masks
+    (its fast path), and hands anything else to it."""
+    import gradio as gr
+
+    from qground.app import _overlay_component
+    from qground.visualize import color_map
+
+    base = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(base)
+    soft = np.linspace(0, 1, 30 * 40, dtype=np.float32).reshape(30, 40)
+    value = (str(base), [(soft, "noise"), (np.where(soft > 0.5, 0.3, 0.0).astype(np.float32), "unknown label")])
+    ours, theirs = (
+        cls(format="png", color_map=color_map()).postprocess(value) for cls in (_overlay_component(), gr.AnnotatedImage)
+    )
+    assert ours.image.path == theirs.image.path == str(base)
+    assert [a.label for a in ours.annotations] == [a.label for a in theirs.annotations] == ["noise", "unknown label"]
+    for a, b in zip(ours.annotations, theirs.annotations, strict=True):
+        assert np.array_equal(np.asarray(Image.open(a.image.path)), np.asarray(Image.open(b.image.path)))
+    boxes = (str(base), [((2, 3, 20, 25), "blur")])
+    assert _overlay_component()(format="png").postprocess(boxes).annotations[0].label == "blur"

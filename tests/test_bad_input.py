@@ -143,8 +143,8 @@ def assert_too_long(message: str, processor: QGroundProcessor) -> None:
 class RecordingProcessor(QGroundProcessor):
     """Keeps the input ids of every prompt it builds (``inputs``): exactly what the model reads."""
 
-    def __init__(self, tokenizer, config) -> None:
-        super().__init__(tokenizer, config)
+    def __init__(self, tokenizer, config, **options) -> None:
+        super().__init__(tokenizer, config, **options)
         self.inputs: list[torch.Tensor] = []
 
     def __call__(self, images, turns, masks=None, **options):
@@ -326,8 +326,8 @@ def made(monkeypatch) -> list[RecordingProcessor]:
     """Every processor the CLI makes, recording what its model reads."""
     made: list[RecordingProcessor] = []
 
-    def recording(tokenizer, config) -> RecordingProcessor:
-        made.append(RecordingProcessor(tokenizer, config))
+    def recording(tokenizer, config, **kwargs) -> RecordingProcessor:
+        made.append(RecordingProcessor(tokenizer, config, **kwargs))
         return made[-1]
 
     monkeypatch.setattr("qground.service.QGroundProcessor", recording)  # the CLI builds its engine there

@@ -250,9 +250,12 @@ def test_display_overlay_is_screen_sized_and_keeps_the_masks(tmp_path, scratch):
     assert fit_size((800, 300), 400) == (400, 150) and fit_size((800, 300), None) == (800, 300)
     base, annotations = svc.annotated_image(str(path), result, scratch, max_side=400)
     assert Image.open(base).size == (400, 150) and annotations[0][0].shape == (150, 400)
+    assert Image.open(base).format == "JPEG"  # a view: small and fast to write; on the outline, the class color
+    assert np.abs(np.asarray(Image.open(base), int)[30, 199] - hex_to_rgb(DISTORTION_COLORS["noise"])).max() < 24
     assert annotations[0][0][:75, :200].min() > 0 and annotations[0][0][75:, 200:].max() == 0
     full, _ = svc.annotated_image(str(path), result, scratch)
-    assert Image.open(full).size == (800, 300) and result.masks["noise"].shape == (300, 800)  # the result untouched
+    assert Image.open(full).format == "PNG" and Image.open(full).size == (800, 300)
+    assert result.masks["noise"].shape == (300, 800)  # the result untouched
     preview = Image.open(path).resize((200, 75))  # a thread's preview: the masks are brought to its size
     small, on_preview = svc.annotated_image(preview, result, scratch, max_side=400)
     assert Image.open(small).size == (200, 75) and on_preview[0][0].shape == (75, 200)
@@ -510,3 +513,43 @@ def test_checkpoints_are_read_without_unpickling_code(sam, tmp_path):
     torch.save(sam.predictor.model.state_dict(), tiny)
     with pytest.raises(annot.SamUnavailable, match="not a SAM ViT-B/L/H state dict"):
         annot.SamAnnotator.from_checkpoint(str(tiny))
+
+
+def test_an_upload_is_prepared_for_its_questions(tiny, photo_path, monkeypatch):
+    """``new_thread`` with an engine preprocesses the photo in the background; questions about it read that result
+    (one preprocessing for the upload and two questions, the same answer as without it); an engine without an image
+    cache prepares nothing. A prepared photo deleted or replaced by junk since gives the usual messages."""
+    from collections import OrderedDict
+
+    import qground.processor as processor_module
+    from qground.inference import QGroundEngine
+    from qground.processor import QGroundProcessor
+
+    model, tokenizer, _ = tiny
+    monkeypatch.setattr(processor_module, "_IMAGE_CACHE", OrderedDict())
+    engines = [QGroundEngine(model, QGroundProcessor(tokenizer, model.config, cache_images=n)) for n in (4, 0)]
+    calls = []
+    for engine in engines:
+        real = engine.processor._preprocess
+        monkeypatch.setattr(
+            engine.processor, "_preprocess", lambda *a, real=real, **k: calls.append(a) or real(*a, **k)
+        )
+    settings = GenerationSettings(max_new_tokens=8)
+    answers = []
+    for engine in engines:
+        calls.clear()
+        thread = svc.new_thread(photo_path, engine)
+        engine._preparing.submit(lambda: None).result()  # the preparation has run
+        assert len(calls) == (1 if engine.processor.cache_images else 0)
+        *_, (first, _) = svc.chat_turn(engine, thread, "Where is the noise?", settings)
+        *_, (second, _) = svc.chat_turn(engine, first, "And blur?", settings)
+        assert len(calls) == (1 if engine.processor.cache_images else 2)
+        answers.append([ex.answer for ex in second.exchanges])
+    assert answers[0] == answers[1]
+    Path(photo_path).write_text("not an image")
+    with pytest.raises(svc.UserError) as err:
+        list(svc.chat_turn(engines[0], thread, "Again?", settings))
+    assert str(err.value).startswith("cannot read street.png") and str(Path(photo_path).parent) not in str(err.value)
+    os.remove(photo_path)
+    with pytest.raises(svc.UserError, match="street.png is no longer on the server"):
+        list(svc.chat_turn(engines[0], thread, "Again?", settings))

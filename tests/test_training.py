@@ -174,3 +174,42 @@ def test_preprocessed_images_are_shared_across_stages_until_the_file_changes(tin
     assert with_maps is not b and set(meta.evidence) == {"motion_signature"} and meta.photo is not None
     assert second.preprocess_image(path, frozenset({"motion_signature"}), keep_photo=True)[1] is meta
     assert second.preprocess_image(path, keep_photo=True)[1] is not meta
+
+
+def test_a_photo_asked_for_while_it_is_preprocessed_is_waited_for(tiny, tmp_path, monkeypatch):
+    """Threads asking a caching processor for the same photo at once share one preprocessing; a failure is not kept
+    (the next request reads the file again and gets its own answer)."""
+    import threading
+    import time
+    from collections import OrderedDict
+
+    import numpy as np
+    from PIL import Image
+
+    import qground.processor as processor_module
+
+    model, tokenizer, _ = tiny
+    monkeypatch.setattr(processor_module, "_IMAGE_CACHE", OrderedDict())
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(path)
+    processor = QGroundProcessor(tokenizer, model.config, cache_images=8)
+    calls, real = [], processor._preprocess
+
+    def slow(*args, **kwargs):
+        calls.append(args[0])
+        time.sleep(0.3)
+        if len(calls) == 1:
+            raise OSError("disk hiccup")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(processor, "_preprocess", slow)
+    with pytest.raises(OSError, match="disk hiccup"):
+        processor.preprocess_image(path)
+    assert not processor_module._IMAGE_CACHE
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(processor.preprocess_image(path))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 2 and len(got) == 3 and all(g[0] is got[0][0] for g in got)
