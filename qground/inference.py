@@ -13,7 +13,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -252,6 +252,7 @@ class QGroundEngine:
         self.time_budget = time_budget
         self._constraints: dict[tuple, TokenConstraint] = {}  # by (1 or 2 = several images, classes present)
         self._preparing = ThreadPoolExecutor(1, thread_name_prefix="qground-prepare")  # its thread starts on first use
+        self._pending: set[Future] = set()  # preparations queued or running
         self.set_policy(policy or InferencePolicy())
 
     @property
@@ -271,9 +272,13 @@ class QGroundEngine:
         """Preprocess the photo at path ``image`` in a background thread as a request about it will, so that the
         request finds it done (a server calls this on upload, while the person picks a question; a request that comes
         sooner waits for it rather than computing it again). Nothing when the processor keeps no images
-        (``cache_images`` 0); a photo that cannot be read is left for the request to report."""
-        if self.processor.cache_images:
-            self._preparing.submit(self.processor.preprocess_image, image, **self._image_options())
+        (``cache_images`` 0) or as many preparations are already waiting (a flood of uploads queues no more work
+        than the cache could keep); a photo that cannot be read is left for the request to report."""
+        if not self.processor.cache_images or len(self._pending) >= self.processor.cache_images:
+            return
+        future = self._preparing.submit(self.processor.preprocess_image, image, **self._image_options())
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
 
     def strictness(self, settings: GenerationSettings, num_images: int) -> float:
         """The detection strictness a request runs at: its own, else the policy's default; 0 with several images."""

@@ -553,3 +553,38 @@ def test_an_upload_is_prepared_for_its_questions(tiny, photo_path, monkeypatch):
     os.remove(photo_path)
     with pytest.raises(svc.UserError, match="street.png is no longer on the server"):
         list(svc.chat_turn(engines[0], thread, "Again?", settings))
+
+
+def test_uploads_queue_no_more_preparations_than_the_cache_keeps(tiny, tmp_path, monkeypatch):
+    """While preparations wait, an engine queues at most ``cache_images`` of them; the rest are left to their
+    questions."""
+    import threading
+    from collections import OrderedDict
+
+    import qground.processor as processor_module
+    from qground.inference import QGroundEngine
+    from qground.processor import QGroundProcessor
+
+    model, tokenizer, _ = tiny
+    monkeypatch.setattr(processor_module, "_IMAGE_CACHE", OrderedDict())
+    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config, cache_images=2))
+    release, started = threading.Event(), []
+    real = engine.processor._preprocess
+
+    def held(*args, **kwargs):
+        started.append(args[0])
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.processor, "_preprocess", held)
+    paths = []
+    for k in range(5):
+        paths.append(tmp_path / f"upload{k}.png")
+        Image.fromarray(np.full((20, 30, 3), 40 * k, np.uint8)).save(paths[-1])
+        engine.prepare(paths[-1])
+    release.set()
+    engine._preparing.submit(lambda: None).result()
+    assert started == paths[:2] and not engine._pending
+    engine.prepare(paths[4])  # room again
+    engine._preparing.submit(lambda: None).result()
+    assert started == [*paths[:2], paths[4]]
