@@ -536,7 +536,7 @@ def _compare_tab(gr, svc, engine, scratch, settings: list, examples: list) -> No
 
     def compare_slots(text, max_new, temp, p, strict, a, b, c, d, progress=PROGRESS):
         progress(0.0, desc="Reading the photos…")
-        labels, photos = svc.compare_photos([a, b, c, d])
+        labels, photos = svc.compare_photos([a, b, c, d])  # paths
         progress(0.5, desc="Comparing…")
         answer = ("", None)  # (text so far, the choice head's probabilities once complete)
         settings = svc.generation_settings(max_new, temp, p, strict, engine.config.readout)
@@ -574,6 +574,7 @@ def _compare_tab(gr, svc, engine, scratch, settings: list, examples: list) -> No
     swap_btn.click(lambda a, b: (b, a), slots[:2], slots[:2], **INSTANT)
     for label, slot in zip(svc.SLOTS, slots):
         slot.change(forget(label), gallery, gallery, **INSTANT)
+        slot.change(lambda path: svc.prepare_photo(engine, path), slot, None, **INSTANT)
     for slot in slots[:2]:
         slot.change(lambda a, b: (a, b) if a and b else None, slots[:2], slider, **INSTANT)
 

@@ -93,6 +93,7 @@ __all__ = [
     "masks_zip",
     "model_card",
     "new_thread",
+    "prepare_photo",
     "served_model",
     "ranking_rows",
     "table_rows",
@@ -691,17 +692,25 @@ def model_card(engine: QGroundEngine) -> str:
 
 
 # -- comparison --------------------------------------------------------------------------------------------------------
-def compare_photos(paths: Sequence[str | None]) -> tuple[list[str], list[Image.Image]]:
-    """Slots A, B, C, D (empty ones None) → (labels, photos) of the filled ones; UserError unless 2 to 4 are filled."""
+def compare_photos(paths: Sequence[str | None]) -> tuple[list[str], list[str]]:
+    """Slots A, B, C, D (empty ones None) → (labels, paths) of the filled ones; UserError unless 2 to 4 are filled.
+    The paths go to the engine as they are (a slot's photo may be prepared since its upload, ``prepare_photo``); an
+    unreadable one is named when the engine reads it (``_stream``)."""
     filled = [(SLOTS[i] if i < len(SLOTS) else str(i + 1), path) for i, path in enumerate(paths) if path]
     if not MIN_COMPARE <= len(filled) <= MAX_COMPARE:
         raise UserError(f"Compare needs {MIN_COMPARE} to {MAX_COMPARE} images (slots A–D); got {len(filled)}.")
-    return [label for label, _ in filled], [load_photo(path, f"image {label}") for label, path in filled]
+    return [label for label, _ in filled], [str(path) for _, path in filled]
+
+
+def prepare_photo(engine: QGroundEngine, path: str | None) -> None:
+    """A photo put into a comparison slot, prepared for the engine in the background (``QGroundEngine.prepare``)."""
+    if path:
+        engine.prepare(path)
 
 
 def compare_turn(
     engine: QGroundEngine,
-    photos: list[Image.Image],
+    photos: list[Image.Image | str],
     question: str,
     settings: GenerationSettings,
 ) -> Iterator[tuple[str, list[float] | None]]:
@@ -747,18 +756,19 @@ def ranking_rows(
 def ground_each(
     engine: QGroundEngine,
     labels: list[str],
-    photos: list[Image.Image],
+    photos: list[Image.Image | str],
     settings: GenerationSettings,
     scratch: Scratch,
     opacity: float = 0.45,
     max_side: int | None = None,
 ) -> Iterator[list[tuple[str, str]]]:
-    """Ground every photo separately; yields the gallery so far: [(overlay PNG path, "A — noise 12.3 %")], each
-    overlay shrunk to fit ``max_side`` (None: full size)."""
+    """Ground every photo (loaded, or a path) separately; yields the gallery so far: [(overlay PNG path, "A — noise
+    12.3 %")], each overlay shrunk to fit ``max_side`` (None: full size)."""
     gallery: list[tuple[str, str]] = []
     for label, photo in zip(labels, photos):
         *_, result = _stream(engine, [photo], [Turn(GROUNDING_QUESTION)], settings)
-        drawn = overlay(*_for_display(photo, result.masks, max_side), alpha=opacity)
+        shown = load_photo(photo) if isinstance(photo, (str, os.PathLike)) else photo
+        drawn = overlay(*_for_display(shown, result.masks, max_side), alpha=opacity)
         areas = ", ".join(f"{get(n).display.lower()} {r.area_percent:.1f} %" for n, r in result.regions.items())
         gallery.append((scratch.png(drawn, f"overlay-{label}.png"), f"{label} — {areas or 'no distortion masks'}"))
         yield list(gallery)

@@ -232,7 +232,7 @@ def test_service_names_what_is_wrong_with_each_bad_file(engine, corpus, good, sc
             (svc.load_photo, path),
             (svc.ground_request, engine, path, "", GenerationSettings(), scratch),
             (svc.describe_request, engine, path, "", GenerationSettings()),
-            (svc.compare_photos, [good[0], path]),
+            (svc.compare_turn, engine, [good[0], path], "Which is sharper?", GenerationSettings(max_new_tokens=4)),
         ):
             message = user_error(fn, *args)
             assert message.startswith(expected) and str(corpus) not in message, message
@@ -273,7 +273,7 @@ def test_service_compare_counts_and_mixed_sizes(engine, corpus, good, scratch):
         count = sum(1 for p in paths if p)
         assert user_error(svc.compare_photos, paths) == f"Compare needs 2 to 4 images (slots A–D); got {count}."
     labels, photos = svc.compare_photos([good[0], good[1], str(corpus / "rotated.jpg")])
-    assert labels == ["A", "B", "C"] and [p.size for p in photos] == [(80, 48), (40, 72), (24, 40)]
+    assert labels == ["A", "B", "C"] and photos == [good[0], good[1], str(corpus / "rotated.jpg")]
     *_, (answer, choice) = svc.compare_turn(engine, photos, "Which is sharpest?", GenerationSettings(max_new_tokens=8))
     assert isinstance(answer, str) and choice is None  # qground-tiny has no choice head
     assert_plain_prompt(engine.processor, 3, "Which is sharpest?")

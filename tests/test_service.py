@@ -346,7 +346,7 @@ def test_ranking_rows_and_unparseable_answers():
 
 def test_compare_needs_two_to_four_images(photo_path):
     labels, photos = svc.compare_photos([photo_path, None, photo_path])
-    assert labels == ["A", "C"] and [p.size for p in photos] == [(W, H)] * 2
+    assert labels == ["A", "C"] and photos == [photo_path] * 2  # paths: the engine reads them, or finds them prepared
     for paths in ([photo_path], [photo_path] * 5, [None, None, None, None]):
         with pytest.raises(svc.UserError, match="Compare needs 2 to 4 images"):
             svc.compare_photos(paths)
@@ -588,3 +588,32 @@ def test_uploads_queue_no_more_preparations_than_the_cache_keeps(tiny, tmp_path,
     engine.prepare(paths[4])  # room again
     engine._preparing.submit(lambda: None).result()
     assert started == [*paths[:2], paths[4]]
+
+
+def test_comparison_slots_are_prepared_and_read_by_path(tiny, tmp_path, scratch, monkeypatch):
+    """A photo put into a slot is prepared; comparing and grounding each image read the prepared photos (no second
+    preprocessing) and draw overlays at the photos' size."""
+    from collections import OrderedDict
+
+    import qground.processor as processor_module
+    from qground.inference import QGroundEngine
+    from qground.processor import QGroundProcessor
+
+    model, tokenizer, _ = tiny
+    monkeypatch.setattr(processor_module, "_IMAGE_CACHE", OrderedDict())
+    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config, cache_images=4))
+    calls = []
+    real = engine.processor._preprocess
+    monkeypatch.setattr(engine.processor, "_preprocess", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    paths = []
+    for k, size in enumerate([(30, 50), (44, 20)]):
+        paths.append(str(tmp_path / f"slot{k}.png"))
+        Image.fromarray(np.full((*size, 3), 60 + 90 * k, np.uint8)).save(paths[-1])
+        svc.prepare_photo(engine, paths[-1])
+    svc.prepare_photo(engine, None)
+    engine._preparing.submit(lambda: None).result()
+    labels, photos = svc.compare_photos([paths[0], None, paths[1]])
+    *_, (answer, _) = svc.compare_turn(engine, photos, "Which is darker?", GenerationSettings(max_new_tokens=4))
+    gallery = list(svc.ground_each(engine, labels, photos, GenerationSettings(max_new_tokens=4), scratch))
+    assert isinstance(answer, str) and calls == paths
+    assert [Image.open(path).size for path, _ in gallery[-1]] == [(50, 30), (20, 44)]
