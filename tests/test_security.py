@@ -232,7 +232,14 @@ def served(tmp_path_factory) -> Iterator[Served]:
             handed.append(path)
             return load_photo(path, what)
 
+        compare_photos = svc.compare_photos
+
+        def recording_compare_photos(paths):  # a comparison hands the engine its slots' paths
+            handed.extend(path for path in paths if path)
+            return compare_photos(paths)
+
         mp.setattr(svc, "load_photo", recording_load_photo)
+        mp.setattr(svc, "compare_photos", recording_compare_photos)
         root.addHandler(handler)
         root.setLevel(logging.DEBUG)
         try:
