@@ -20,7 +20,7 @@
    person who takes a second to pick a question waits less.
 
 ``--profile`` also prints where each click's seconds go: the model (``GroundingResult.timings``: preprocess, generate,
-masks), the app's result views (``service.annotated_image``: overlay drawn + PNG written; ``service.masks_zip``),
+masks), the app's result views (``service.annotated_image``: overlay drawn + JPEG written; ``service.masks_zip``),
 photo decodes (``service.load_photo``), Gradio's ``Blocks.process_api`` (once per streamed update) split into
 preprocess, handler (``call_function``) and postprocess, of which the overlay's (``qground.app._overlay_component``:
 mask layers colored and encoded), and from the browser's resource timing when the first image request started after the
