@@ -262,6 +262,8 @@ def _overlay_component() -> type:
     from gradio.components.annotated_image import AnnotatedImageData, Annotation, FileData
     from PIL import Image
 
+    from qground.visualize import hex_to_rgb
+
     class Overlay(gr.AnnotatedImage):
         is_template = True
 
@@ -275,9 +277,8 @@ def _overlay_component() -> type:
             base, annotations = value
             sections = []
             for mask, label in annotations:
-                color = (self.color_map or {}).get(label, "#ff0000").lstrip("#")
                 rgba = np.zeros((*mask.shape, 4), dtype=np.uint8)
-                rgba[mask > 0, :3] = [int(color[i : i + 2], 16) for i in (0, 2, 4)]
+                rgba[mask > 0, :3] = hex_to_rgb((self.color_map or {}).get(label, "#ff0000"))
                 rgba[..., 3] = mask.astype(np.float64) * 255  # truncated, as Gradio's astype(np.uint8)
                 with io.BytesIO() as buffer:
                     Image.fromarray(rgba).save(buffer, format="PNG", compress_level=1)
@@ -536,20 +537,20 @@ def _compare_tab(gr, svc, engine, scratch, settings: list, examples: list) -> No
 
     def compare_slots(text, max_new, temp, p, strict, a, b, c, d, progress=PROGRESS):
         progress(0.0, desc="Reading the photos…")
-        labels, photos = svc.compare_photos([a, b, c, d])  # paths
+        labels, paths = svc.compare_photos([a, b, c, d])
         progress(0.5, desc="Comparing…")
         answer = ("", None)  # (text so far, the choice head's probabilities once complete)
         settings = svc.generation_settings(max_new, temp, p, strict, engine.config.readout)
-        for answer in svc.compare_turn(engine, photos, text, settings):
+        for answer in svc.compare_turn(engine, paths, text, settings):
             yield answer[0], gr.skip(), gr.skip()
         yield answer[0], *svc.ranking_rows(answer[0], labels, answer[1], text)
 
     def ground_slots(max_new, temp, p, strict, a, b, c, d, progress=PROGRESS):
         progress(0.0, desc="Reading the photos…")
-        labels, photos = svc.compare_photos([a, b, c, d])
+        labels, paths = svc.compare_photos([a, b, c, d])
         settings = svc.generation_settings(max_new, temp, p, strict, engine.config.readout)
         progress((0, len(labels)), desc=f"Grounding image {labels[0]}…")
-        shown = svc.ground_each(engine, labels, photos, settings, scratch, max_side=svc.DISPLAY_MAX_SIDE)
+        shown = svc.ground_each(engine, labels, paths, settings, scratch, max_side=svc.DISPLAY_MAX_SIDE)
         for done, gallery in enumerate(shown, 1):
             if done < len(labels):
                 progress((done, len(labels)), desc=f"Grounding image {labels[done]}…")
@@ -678,9 +679,9 @@ def _api_tab(gr, svc, engine, sam, scratch, demo) -> None:
         yield from svc.describe_request(engine, image, question, settings(strictness))
 
     def compare(images: list[str], question: str):
-        labels, photos = svc.compare_photos(images or [])
+        labels, paths = svc.compare_photos(images or [])
         answer = ("", None)  # (text so far, the choice head's probabilities once complete)
-        for answer in svc.compare_turn(engine, photos, question, GenerationSettings()):
+        for answer in svc.compare_turn(engine, paths, question, GenerationSettings()):
             yield answer[0], gr.skip(), gr.skip()
         yield answer[0], *svc.ranking_rows(answer[0], labels, answer[1], question)
 

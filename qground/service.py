@@ -280,6 +280,11 @@ def load_photo(path: str | os.PathLike | None, what: str = "photo") -> Image.Ima
         return load_image(path)
 
 
+def _as_photo(image: str | os.PathLike | Image.Image) -> Image.Image:
+    """A path's photo (``load_photo``), or a loaded image in RGB."""
+    return load_photo(image) if isinstance(image, (str, os.PathLike)) else image.convert("RGB")
+
+
 def _stream(
     engine: QGroundEngine,
     photos: list[Image.Image | str],
@@ -579,7 +584,7 @@ def annotated_image(
     ``VIEW_JPEG_QUALITY``). The fill
     comes from the annotations, so hovering the legend highlights one class. ``classes`` None shows all."""
     name = Path(image).stem if isinstance(image, (str, os.PathLike)) else "photo"
-    photo = load_photo(image) if isinstance(image, (str, os.PathLike)) else image.convert("RGB")
+    photo = _as_photo(image)
     masks = result.masks if result is not None else {}
     shown = {cls: m for cls, m in masks.items() if classes is None or cls in classes}
     photo, shown = _for_display(photo, shown, max_side)
@@ -767,8 +772,7 @@ def ground_each(
     gallery: list[tuple[str, str]] = []
     for label, photo in zip(labels, photos):
         *_, result = _stream(engine, [photo], [Turn(GROUNDING_QUESTION)], settings)
-        shown = load_photo(photo) if isinstance(photo, (str, os.PathLike)) else photo
-        drawn = overlay(*_for_display(shown, result.masks, max_side), alpha=opacity)
+        drawn = overlay(*_for_display(_as_photo(photo), result.masks, max_side), alpha=opacity)
         areas = ", ".join(f"{get(n).display.lower()} {r.area_percent:.1f} %" for n, r in result.regions.items())
         gallery.append((scratch.png(drawn, f"overlay-{label}.png"), f"{label} — {areas or 'no distortion masks'}"))
         yield list(gallery)
