@@ -27,6 +27,7 @@ from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
 from qground.builder import REGISTRY, assemble, build_from_registry, build_tokenizer
 from qground.config import CONFIG_NAME, FORMAT_VERSION, ConfigError, LoraSettings, QGroundConfig
+from qground.lexicon import Lexicon
 from qground.modeling import QGroundModel
 from qground.policy import InferencePolicy
 from qground.tokenizer import bind_tokenizer
@@ -343,6 +344,18 @@ def load_policy(source: str | os.PathLike, revision: str | None = None) -> Infer
         return InferencePolicy()
     try:
         return InferencePolicy.load(resolve(source, revision))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def load_lexicon(source: str | os.PathLike, revision: str | None = None) -> Lexicon | None:
+    """The ``Lexicon`` saved beside a checkpoint's weights (``lexicon.json``), for the same sources as ``load_model``;
+    None for a registry model without a shipped checkpoint or a folder without the file."""
+    entry = REGISTRY.get(str(source))
+    if entry is not None and entry.checkpoint is None:
+        return None
+    try:
+        return Lexicon.load(resolve(source, revision))
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
 

@@ -23,6 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from qground.answers import TokenConstraint, asked_classes, comparison_grammar, single_image_grammar
+from qground.lexicon import Lexicon
 from qground.masks import ground_masks
 from qground.modeling.qground import ImageFeatures, QGroundModel
 from qground.naming import question_options
@@ -235,12 +236,15 @@ class QGroundEngine:
         policy: InferencePolicy | None = None,
         folder: str | os.PathLike | None = None,
         time_budget: float | None = None,
+        lexicon: Lexicon | None = None,
     ) -> None:
         """``policy``: how the model is run (``qground.policy``; the checkpoint's ``inference_policy.json``, loaded by
         ``qground.checkpoint.load_policy``); None: as trained. ``folder``: the checkpoint folder it was loaded from
         (its model card is ``README.md`` there), None when built in memory. ``time_budget``: seconds a request may
         spend generating (None: no limit); at expiry the answer so far is the result, with a note
-        (``BUDGET_NOTE``), so one slow request cannot hold a server's worker."""
+        (``BUDGET_NOTE``), so one slow request cannot hold a server's worker. ``lexicon``: words the model never
+        trained on are read as trained words of the same sense (``qground.lexicon``; the checkpoint's
+        ``lexicon.json``); None: questions reach the model as typed."""
         self.model = model.eval()
         self.folder = Path(folder) if folder is not None else None
         self.processor = processor
@@ -250,6 +254,7 @@ class QGroundEngine:
         if time_budget is not None and not time_budget > 0:
             raise ValueError(f"the time budget must be a positive number of seconds, got {time_budget}")
         self.time_budget = time_budget
+        self.lexicon = lexicon
         self._constraints: dict[tuple, TokenConstraint] = {}  # by (1 or 2 = several images, classes present)
         self._preparing = ThreadPoolExecutor(1, thread_name_prefix="qground-prepare")  # its thread starts on first use
         self._pending: set[Future] = set()  # preparations queued or running
@@ -279,6 +284,12 @@ class QGroundEngine:
         future = self._preparing.submit(self.processor.preprocess_image, image, **self._image_options())
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
+
+    def read(self, turns: list[Turn]) -> list[Turn]:
+        """``turns`` with every question as the model reads it (through the lexicon, if any); answers as given."""
+        if self.lexicon is None:
+            return turns
+        return [Turn(self.lexicon.rewrite(t.question), t.answer) for t in turns]
 
     def strictness(self, settings: GenerationSettings, num_images: int) -> float:
         """The detection strictness a request runs at: its own, else the policy's default; 0 with several images."""
@@ -337,6 +348,7 @@ class QGroundEngine:
         settings = settings or GenerationSettings()
         settings.check_model(self.config.readout)
         t0 = time.perf_counter()
+        turns = self.read(turns)
         sample = self.processor(images, turns, **self._image_options())
         metas: list[ImageMeta] = sample["metas"]
         t1 = time.perf_counter()

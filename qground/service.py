@@ -38,6 +38,7 @@ from qground.checkpoint import (
     QUANT_CHOICES,
     CheckpointError,
     dtype_name,
+    load_lexicon,
     load_model,
     load_policy,
     parse_dtype,
@@ -160,15 +161,15 @@ def load_engine(
     source: str, revision: str | None = None, quant: str = "none", dtype: torch.dtype | None = None
 ) -> QGroundEngine:
     """An engine for a registry name, checkpoint folder or Hub repo id (``qground.checkpoint.load_model``), run by
-    the checkpoint's inference policy (``load_policy``); ``dtype`` None: the device's default
-    (``qground.checkpoint.default_device_dtype``)."""
+    the checkpoint's inference policy (``load_policy``) and lexicon (``load_lexicon``); ``dtype`` None: the device's
+    default (``qground.checkpoint.default_device_dtype``)."""
     entry = REGISTRY.get(str(source))
     where = source if entry is not None and entry.checkpoint is None else resolve(source, revision)  # download once
     model, tokenizer = load_model(where, quant=quant, dtype=dtype)
-    policy = load_policy(where)
+    policy, lexicon = load_policy(where), load_lexicon(where)
     folder = where if isinstance(where, Path) else None
     processor = QGroundProcessor(tokenizer, model.config, cache_images=SERVED_IMAGES)
-    return QGroundEngine(model, processor, str(source), policy, folder)
+    return QGroundEngine(model, processor, str(source), policy, folder, lexicon=lexicon)
 
 
 def served_model(engine: QGroundEngine, revision: str | None = None, quant: str = "none", **extra) -> ServedModel:

@@ -129,3 +129,58 @@ def _package_photos_only(monkeypatch):
     synth = sys.modules.get("training.data.synth")
     if synth is not None:
         monkeypatch.setattr(synth, "pool_photos", lambda split: [])
+
+
+# A WordNet 3.0 layout in miniature (training.lexicon.read_wordnet): offsets are only keys here, never seeked.
+TINY_WORDNET = {
+    "index.adj": [
+        "dark a 1 0 1 0 00000001",
+        "dim a 1 0 1 0 00000002",
+        "gloomy a 1 1 & 1 0 00000003",
+        "murky a 1 1 & 1 0 00000003",
+        "shadowy a 2 1 & 2 0 00000007 00000002",
+        "noisy a 1 0 1 0 00000004",
+        "loud a 1 0 1 0 00000004",
+        "bad a 1 0 1 0 00000005",
+        "poor a 1 0 1 0 00000005",
+        "blown_out a 1 0 1 0 00000006",
+        "washy a 1 0 1 0 00000006",
+    ],
+    "data.adj": [
+        "00000001 00 a 01 dark 0 000 | devoid of light",
+        "00000002 00 a 02 dim 0 shadowy 0 000 | lacking in light",
+        "00000003 00 s 02 gloomy 0 murky 0 001 & 00000001 a 0000 | dark and dismal",
+        "00000004 00 a 02 noisy 0 loud 0 000 | full of noise",
+        "00000005 00 a 02 bad 0 poor 0 000 | below standard",
+        "00000006 00 a 02 blown_out(a) 0 washy 0 000 | too light",
+        "00000007 00 a 01 shadowy 0 000 | vague",
+    ],
+    "adj.exc": ["worse bad", "worst bad", "gloomier gloomy", "gloomiest gloomy"],
+    "index.noun": ["can n 1 0 1 0 00000011", "tin n 1 0 1 0 00000011"],
+    "data.noun": ["00000011 06 n 02 can 0 tin 0 000 | a container"],
+    "noun.exc": [],
+    "index.verb": [],
+    "data.verb": [],
+    "verb.exc": [],
+}
+TINY_TRAINED = (  # the questions a model of TINY_WORDNET's tests trained on
+    "Which image is the darkest?",
+    "Is it dark?",
+    "Is it dim?",
+    "Which image is the dimmest?",
+    "Is it noisy?",
+    "Which image is the worst?",
+    "Is it blown out?",
+    "Can you see it?",
+)
+
+
+@pytest.fixture
+def tiny_wordnet(tmp_path) -> Path:
+    """A folder laid out like WordNet 3.0's ``dict/`` with ``TINY_WORDNET``'s lines (after a license header)."""
+    folder = tmp_path / "wordnet"
+    folder.mkdir()
+    for name, lines in TINY_WORDNET.items():
+        header = [] if name.endswith(".exc") else ["  1 This software and database is being provided to you"]
+        (folder / name).write_text("".join(f"{line}\n" for line in header + lines), encoding="latin-1")
+    return folder

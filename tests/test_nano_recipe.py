@@ -12,14 +12,16 @@ from PIL import Image
 from qground.builder import build_from_registry
 from qground.checkpoint import load_model, load_policy, save_checkpoint
 from qground.inference import QGroundEngine
+from qground.lexicon import Lexicon
 from qground.policy import POLICY_NAME
 from qground.processor import QGroundProcessor
 from training import nano, pretrain_vision
 from training.config import load_config
 
 
-def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch):
+def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch, tiny_wordnet):
     argv = ["--out", str(tmp_path), "--train-images", "10", "--eval-images", "4", "--val-images", "4"]
+    argv += ["--wordnet", str(tiny_wordnet)]
     argv += ["--vision-images", "12", "--vision-epochs", "1", "--refine-large", "2", "--refine-epochs", "1"]
     argv += ["--scale", "0.004", "--workers", "1"]
     pretrained = []  # the vision pretraining's arguments
@@ -52,6 +54,7 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch):
     assert "jitter_signature_weight" in calibration  # P(jitter | signature) fitted on the training photos, or why not
     assert set(calibration["flip_average"]["sweep"]) == {"false", "true"}  # one view or two, chosen on validation
     assert set(calibration["mask_refine_radius"]["sweep"]) == {"0", "2", "4", "6", "8"}  # mask edges on the photo
+    assert Lexicon.load(final).synonyms["murky"] == "dark"  # the question lexicon, from the WordNet given
 
     model, tokenizer = load_model(str(final), device="cpu", dtype=torch.float32)
     assert model.config.base_model_id is None  # full weights: the shipped config names no local training folder
@@ -89,7 +92,7 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch):
         nano.main([*argv, "--llm-from", str(final)])
 
 
-def test_a_tower_trained_further_on_large_images_goes_into_a_trained_model(tmp_path, monkeypatch):
+def test_a_tower_trained_further_on_large_images_goes_into_a_trained_model(tmp_path, monkeypatch, tiny_wordnet):
     """``--vision-large N``: the tower also trains on N large images (``synth --large``). ``--vision-from DIR``: it
     starts from DIR's tower and readout, at ``--vision-lr``, and no random init is made (refused without
     ``--llm-from``: stages 0–3 build a new model from a random init). ``--llm-from DIR``: DIR's φv, LLM and choice
@@ -99,7 +102,7 @@ def test_a_tower_trained_further_on_large_images_goes_into_a_trained_model(tmp_p
     start = save_checkpoint(*build_from_registry("qground-nano"), tmp_path / "start")
     argv = ["--out", str(tmp_path), "--train-images", "8", "--eval-images", "4", "--val-images", "4"]
     argv += ["--vision-images", "8", "--vision-epochs", "1", "--vision-large", "4", "--vision-lr", "2e-4"]
-    argv += ["--scale", "0.004", "--workers", "1", "--vision-from", str(start)]
+    argv += ["--scale", "0.004", "--workers", "1", "--vision-from", str(start), "--wordnet", str(tiny_wordnet)]
     with pytest.raises(SystemExit):
         nano.main(argv)
     argv += ["--llm-from", str(start)]

@@ -23,7 +23,9 @@
    images: 120 moved a model's mIoU by about 0.05 with the draw, docs/experiments/2026-12-05-nano-v5.md); the
    jitter gate, P(jitter | motion-blur signature) and the low-light gate read off the training split; the mirrored
    second view and the mask refinement radius chosen on the validation split;
-7. with ``--install``, the final checkpoint copied to ``assets/qground-nano``. Evaluation on the held-out split is
+7. ``training.lexicon``: the question lexicon (``lexicon.json``: words the model never trained on read as trained
+   words of the same sense, from WordNet; docs/experiments/2026-12-07-question-lexicon.md);
+8. with ``--install``, the final checkpoint copied to ``assets/qground-nano``. Evaluation on the held-out split is
    its own command: ``python -m qground eval --data runs/nano/data/eval --out runs/nano/metrics.json``.
 Each step is skipped when its output exists, so a rerun continues where a killed run stopped.
 """
@@ -44,6 +46,7 @@ import torch
 from qground.builder import ASSETS, build_model, config_nano
 from qground.checkpoint import load_model, save_checkpoint
 from qground.config import CONFIG_NAME
+from qground.lexicon import LEXICON_NAME
 from qground.policy import POLICY_NAME
 from qground.tokenizer import basic_corpus, bind_tokenizer, train_bpe_tokenizer
 from training.config import load_config
@@ -236,14 +239,18 @@ def refit_decoder(llm_from: Path, tower: Path, out: Path, scale: float, record) 
 
 
 def finish(args: argparse.Namespace, final: Path, record) -> None:
-    """Calibrate ``final`` on the validation split (unless done) and, with ``--install``, copy it to the assets."""
+    """Calibrate ``final`` on the validation split and write its lexicon (each unless done) and, with ``--install``,
+    copy it to the assets."""
     from training.calibrate import main as calibrate
+    from training.lexicon import main as write_lexicon
 
     out: Path = args.out
     if not (final / POLICY_NAME).exists():
         t0 = time.perf_counter()
         calibrate(["--model", str(final), "--data", str(out / "data" / "val"), "--train", str(out / "data" / "train")])
         record("calibrate", t0)
+    if not (final / LEXICON_NAME).exists():
+        write_lexicon(["--out", str(final)] + (["--wordnet", str(args.wordnet)] if args.wordnet else []))
     if args.install:
         target = ASSETS / "qground-nano"
         card = (target / "README.md").read_text() if (target / "README.md").exists() else None
@@ -316,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--install", action="store_true", help="copy the result to assets/qground-nano")
+    parser.add_argument(
+        "--wordnet", type=Path, help="WordNet 3.0's dict folder for the lexicon (default: Debian's wordnet-base)"
+    )
     args = parser.parse_args(argv)
     if args.vision_from and not args.llm_from:
         parser.error("--vision-from goes with --llm-from: stages 0-3 build a new model from a random init")

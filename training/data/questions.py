@@ -384,6 +384,14 @@ def comparison_question(kind: str, rng: np.random.Generator, held_out: bool) -> 
     return _pick(COMPARISONS[kind], rng, held_out)
 
 
+def training_wordings() -> set[str]:
+    """Every wording the training families ask, of every intent (follow-ups included): the questions' words are the
+    words the model knows (``training/lexicon.py``)."""
+    follow_ups = {w for t in FOLLOW_UP_YES_NO for c in CLASS_NAMES for w in expand(t, c)} | set(FOLLOW_UP_DESCRIBE)
+    compare = {w for kind in COMPARISONS for w in comparison_wordings(kind, held_out=False)}
+    return _wordings(DESCRIBE, False) | _wordings(YES_NO, False, CLASS_NAMES) | compare | follow_ups
+
+
 def count_wordings() -> dict[str, int]:
     """How many distinct wordings each intent has (training families, held-out families)."""
     out = {}
