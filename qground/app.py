@@ -543,7 +543,7 @@ def _compare_tab(gr, svc, engine, scratch, settings: list, examples: list) -> No
         settings = svc.generation_settings(max_new, temp, p, strict, engine.config.readout)
         for answer in svc.compare_turn(engine, paths, text, settings):
             yield answer[0], gr.skip(), gr.skip()
-        yield answer[0], *svc.ranking_rows(answer[0], labels, answer[1], text)
+        yield answer[0], *svc.compare_outcome(engine, answer[0], labels, answer[1], text)
 
     def ground_slots(max_new, temp, p, strict, a, b, c, d, progress=PROGRESS):
         progress(0.0, desc="Reading the photos…")
@@ -683,7 +683,7 @@ def _api_tab(gr, svc, engine, sam, scratch, demo) -> None:
         answer = ("", None)  # (text so far, the choice head's probabilities once complete)
         for answer in svc.compare_turn(engine, paths, question, GenerationSettings()):
             yield answer[0], gr.skip(), gr.skip()
-        yield answer[0], *svc.ranking_rows(answer[0], labels, answer[1], question)
+        yield answer[0], *svc.compare_outcome(engine, answer[0], labels, answer[1], question)
 
     def segment(image: str, regions_json: str):
         done = annot.annotate(sam, image, annot.parse_regions(regions_json))

@@ -77,6 +77,7 @@ __all__ = [
     "chat_turn",
     "class_choices",
     "clear_thread",
+    "compare_outcome",
     "compare_photos",
     "compare_turn",
     "default_quant",
@@ -91,6 +92,7 @@ __all__ = [
     "load_engine_from_env",
     "load_photo",
     "mask_note",
+    "reading_note",
     "masks_zip",
     "model_card",
     "new_thread",
@@ -493,7 +495,8 @@ def chat_turn(
             text, stage = (item, stage) if isinstance(item, str) else (text, STAGES[item.name])
             yield dataclasses.replace(thread, exchanges=(*before, Exchange(question, text, note=stage))), False
         else:
-            done = Exchange(question, item.text, item.raw_text, mask_note(item), item)
+            note = " ".join(filter(None, (reading_note(engine, question), mask_note(item))))
+            done = Exchange(question, item.text, item.raw_text, note, item)
             yield dataclasses.replace(thread, exchanges=(*before, done)), True
 
 
@@ -509,6 +512,13 @@ def clear_thread(thread: Thread) -> Thread:
     return Thread(
         thread.image, notice="Conversation cleared; ask a new question about the same photo.", preview=thread.preview
     )
+
+
+def reading_note(engine: QGroundEngine, question: str) -> str:
+    """How the model read ``question`` when its lexicon replaced words it never trained on (``qground.lexicon``):
+    "Read as “Is it dark?”." ("" when it reads the question as typed), so a person sees what was answered."""
+    read = question if engine.lexicon is None else engine.lexicon.rewrite(question)
+    return "" if read == question else f"Read as “{read}”."
 
 
 def mask_note(result: GroundingResult) -> str:
@@ -757,6 +767,15 @@ def ranking_rows(
     rest = [label for k, label in enumerate(labels) if k not in dict(named)]
     note = f"Rank 1 is the image the answer picks. Not named: {', '.join(rest)}." if rest else ""
     return rows, note or "Rank 1 is the image the answer picks; the others follow in the order the answer names them."
+
+
+def compare_outcome(
+    engine: QGroundEngine, answer: str, labels: Sequence[str], choice: Sequence[float] | None, question: str
+) -> tuple[list[list], str]:
+    """The ranking table of a finished comparison (``ranking_rows``) and its note, led by how the question was read
+    (``reading_note``) when the lexicon changed it."""
+    rows, how = ranking_rows(answer, labels, choice, question)
+    return rows, " ".join(filter(None, (reading_note(engine, (question or "").strip()), how)))
 
 
 def ground_each(

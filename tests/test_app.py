@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import served_app
 from qground import sam as annot
 from qground import service as svc
+from qground.lexicon import Lexicon
 from qground.taxonomy import CLASS_NAMES, get
 
 ENDPOINTS = {"/ground", "/describe", "/compare", "/segment"}
@@ -90,6 +91,13 @@ def test_compare_takes_two_to_four_images(client, photos, count):
     )
     assert isinstance(answer, str) and ranking["headers"] == svc.RANKING_HEADERS and note
     assert svc.RANKING_HEADERS == ["Rank", "Image", "Named as", "Choice probability"]
+
+
+def test_compare_says_how_it_read_a_question_in_words_never_trained_on(client, photos, trained_tiny, monkeypatch):
+    lexicon = Lexicon(frozenset({"which", "image", "is", "the", "darkest"}), {"murkiest": "darkest"})
+    monkeypatch.setattr(trained_tiny, "lexicon", lexicon)  # the served engine reads questions through it
+    *_, note = client.predict([handle_file(p) for p in photos[:2]], "Which image is the murkiest?", api_name="/compare")
+    assert note.startswith("Read as “Which image is the darkest?”. ")
 
 
 @pytest.mark.parametrize("count", [1, 5])

@@ -56,6 +56,7 @@ def test_ground_writes_good_images_and_reports_the_broken_one(checkpoint, photos
         assert record["model"] == checkpoint and record["size"] == {"height": h, "width": w}
         assert set(record["classes"]) == set(record["area_percent"]) == set(record["where"]) == set(record["scores"])
         assert "The segmentation results are:" in record["answer"] and "total" in record["timings"]
+        assert record["read_as"] == record["question"]  # a trained question reads as typed
     assert set(json.loads((out / "b" / "result.json").read_text())["classes"]) == {"blur", "low light"}
 
 

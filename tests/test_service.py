@@ -17,6 +17,7 @@ from qground import sam as annot
 from qground import service as svc
 from qground.imageio import fit_size
 from qground.inference import GenerationSettings, GroundingResult
+from qground.lexicon import Lexicon
 from qground.naming import named_images
 from qground.taxonomy import DISTORTION_COLORS
 from qground.visualize import hex_to_rgb
@@ -63,8 +64,9 @@ class FakeEngine:
 
     name = "fake"
 
-    def __init__(self, result: GroundingResult) -> None:
+    def __init__(self, result: GroundingResult, lexicon: Lexicon | None = None) -> None:
         self.result = result
+        self.lexicon = lexicon
         self.calls: list[list] = []
 
     def stream(self, images, turns, settings, stages=False):
@@ -186,6 +188,17 @@ def test_user_errors_are_specific(tmp_path):
         svc.load_photo(str(tmp_path / "gone.png"))
     thread = svc.new_thread(str(bad))
     assert thread.image is None and "cannot be used" in thread.notice
+
+
+def test_an_answer_says_how_its_question_was_read(photo_path):
+    """With a lexicon, the note under an answer shows the question as the model read it; as typed, nothing."""
+    lexicon = Lexicon(frozenset({"is", "it", "dark"}), {"murky": "dark"})
+    engine = FakeEngine(make_result({}, "No."), lexicon)
+    *_, (thread, _) = svc.chat_turn(engine, svc.new_thread(photo_path), "Is it murky?", GenerationSettings())
+    assert thread.exchanges[-1].note == "Read as “Is it dark?”. No distortion masks in this answer."
+    assert svc.reading_note(engine, "Is it dark?") == ""
+    engine.lexicon = None
+    assert svc.reading_note(engine, "Is it murky?") == ""
 
 
 def test_chat_turn_streams_and_keeps_the_raw_answer_as_history(photo_path):
