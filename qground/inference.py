@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import DynamicCache
 
 from qground.answers import TokenConstraint, asked_classes, comparison_grammar, single_image_grammar
@@ -273,15 +274,16 @@ class QGroundEngine:
         """What the policy reads besides pixels: its evidence maps and, when masks are refined, the photo."""
         return {"evidence": self.policy.evidence_maps, "keep_photo": bool(self.policy.mask_refine_radius)}
 
-    def prepare(self, image: str | os.PathLike) -> None:
+    def prepare(self, image: str | os.PathLike, photo: Image.Image | None = None) -> None:
         """Preprocess the photo at path ``image`` in a background thread as a request about it will, so that the
         request finds it done (a server calls this on upload, while the person picks a question; a request that comes
         sooner waits for it rather than computing it again). Nothing when the processor keeps no images
         (``cache_images`` 0) or as many preparations are already waiting (a flood of uploads queues no more work
-        than the cache could keep); a photo that cannot be read is left for the request to report."""
+        than the cache could keep); a photo that cannot be read is left for the request to report. ``photo``: the
+        path's photo already read (``qground.imageio.load_image``: upright RGB), so it is not decoded again."""
         if not self.processor.cache_images or len(self._pending) >= self.processor.cache_images:
             return
-        future = self._preparing.submit(self.processor.preprocess_image, image, **self._image_options())
+        future = self._preparing.submit(self.processor.preprocess_image, image, **self._image_options(), decoded=photo)
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
 

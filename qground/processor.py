@@ -146,10 +146,16 @@ class QGroundProcessor:
         return round(x) if self.config.size_rounding == "round" else int(x + 0.5)
 
     def preprocess_image(
-        self, image, evidence: frozenset[str] = frozenset(), keep_photo: bool = False
+        self,
+        image,
+        evidence: frozenset[str] = frozenset(),
+        keep_photo: bool = False,
+        decoded: Image.Image | None = None,
     ) -> tuple[torch.Tensor, ImageMeta]:
         """A path, bytes or PIL image → ``(C, S, S)`` float tensor (the tower's channels) and its ``ImageMeta`` with
-        the ``evidence`` maps named (``EVIDENCE_MAPS``) and, with ``keep_photo``, the photo."""
+        the ``evidence`` maps named (``EVIDENCE_MAPS``) and, with ``keep_photo``, the photo. ``decoded``: the path's
+        photo as ``load_image`` reads it, already in hand (an upload shown to the person), so it is not decoded
+        again."""
         if self.cache_images and isinstance(image, str | Path):
             stat = Path(image).stat()
             key = (str(image), stat.st_size, stat.st_mtime_ns, self._image_key, frozenset(evidence), keep_photo)
@@ -164,7 +170,7 @@ class QGroundProcessor:
                     _IMAGE_CACHE.move_to_end(key)
             if mine:
                 try:
-                    entry.set_result(self._preprocess(image, evidence, keep_photo))
+                    entry.set_result(self._preprocess(image, evidence, keep_photo, decoded))
                 except BaseException as err:  # not kept: the next request tries again and gets its own error
                     with _CACHE_LOCK:
                         if _IMAGE_CACHE.get(key) is entry:
@@ -172,15 +178,19 @@ class QGroundProcessor:
                     entry.set_exception(err)
                     raise
             return entry.result()
-        return self._preprocess(image, evidence, keep_photo)
+        return self._preprocess(image, evidence, keep_photo, decoded)
 
     def _preprocess(
-        self, image, evidence: frozenset[str] = frozenset(), keep_photo: bool = False
+        self,
+        image,
+        evidence: frozenset[str] = frozenset(),
+        keep_photo: bool = False,
+        decoded: Image.Image | None = None,
     ) -> tuple[torch.Tensor, ImageMeta]:
         unknown = set(evidence) - set(EVIDENCE_MAPS)
         if unknown:
             raise ValueError(f"unknown evidence maps {sorted(unknown)}; known: {sorted(EVIDENCE_MAPS)}")
-        img = load_image(image)
+        img = load_image(image) if decoded is None else decoded
         original = (img.height, img.width)
         h, w = self.content_size(original)
         # reducing_gap 3: box-reduce by ⌊f / 3⌋ first (f = max(H, W) / image_size); 12 MP → 128 px: 12× faster than one

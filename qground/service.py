@@ -453,7 +453,7 @@ def new_thread(image: str | None, engine: QGroundEngine | None = None) -> Thread
     except UserError as err:
         return Thread(notice=f"This photo cannot be used: {err}")
     if engine is not None:
-        engine.prepare(image)
+        engine.prepare(image, photo)  # decoded once: the preview and the model's preprocessing share it
     return Thread(
         image=image,
         notice=f"New photo {Path(image).name} ({photo.width}×{photo.height} px): started a new conversation.",

@@ -530,8 +530,9 @@ def test_checkpoints_are_read_without_unpickling_code(sam, tmp_path):
 
 def test_an_upload_is_prepared_for_its_questions(tiny, photo_path, monkeypatch):
     """``new_thread`` with an engine preprocesses the photo in the background; questions about it read that result
-    (one preprocessing for the upload and two questions, the same answer as without it); an engine without an image
-    cache prepares nothing. A prepared photo deleted or replaced by junk since gives the usual messages."""
+    (one preprocessing for the upload and two questions, the same answer as without it, and the photo decoded once:
+    the preview's decoding is the preprocessing's); an engine without an image cache prepares nothing. A prepared
+    photo deleted or replaced by junk since gives the usual messages."""
     from collections import OrderedDict
 
     import qground.processor as processor_module
@@ -547,16 +548,21 @@ def test_an_upload_is_prepared_for_its_questions(tiny, photo_path, monkeypatch):
         monkeypatch.setattr(
             engine.processor, "_preprocess", lambda *a, real=real, **k: calls.append(a) or real(*a, **k)
         )
+    decodes = []
+    real_load = processor_module.load_image
+    monkeypatch.setattr(processor_module, "load_image", lambda p: decodes.append(p) or real_load(p))
     settings = GenerationSettings(max_new_tokens=8)
     answers = []
     for engine in engines:
         calls.clear()
+        decodes.clear()
         thread = svc.new_thread(photo_path, engine)
         engine._preparing.submit(lambda: None).result()  # the preparation has run
         assert len(calls) == (1 if engine.processor.cache_images else 0)
         *_, (first, _) = svc.chat_turn(engine, thread, "Where is the noise?", settings)
         *_, (second, _) = svc.chat_turn(engine, first, "And blur?", settings)
         assert len(calls) == (1 if engine.processor.cache_images else 2)
+        assert len(decodes) == (0 if engine.processor.cache_images else 2)  # prepared: new_thread's decoding only
         answers.append([ex.answer for ex in second.exchanges])
     assert answers[0] == answers[1]
     Path(photo_path).write_text("not an image")
