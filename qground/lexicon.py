@@ -5,7 +5,9 @@ A small LLM trained from scratch on our question grammar knows only that grammar
 ``Lexicon`` holds the words of the training questions (``vocabulary``) and, for other English words, the trained word
 each stands for (``synonyms``, built from WordNet by ``training/lexicon.py``). ``rewrite`` replaces, word by word, a
 word outside the vocabulary that has a synonym; every other word, and all punctuation and spacing, stays as typed.
-Saved as ``lexicon.json`` beside a checkpoint; how a model is run, so the engine owns it (``qground.inference``).
+Then "more X" / "most X" becomes X's comparative / superlative where the model trained on that form and never on the
+pair (``degrees``: "the most sharp" → "the sharpest"). Saved as ``lexicon.json`` beside a checkpoint; how a model
+is run, so the engine owns it (``qground.inference``).
 """
 
 from __future__ import annotations
@@ -23,16 +25,19 @@ LEXICON_NAME = "lexicon.json"
 LEXICON_VERSION = 1
 # a word: letters, with inner hyphens or apostrophes ("razor-sharp", "option's")
 WORD = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*")
+DEGREE = re.compile(r"\b(more|most)\s+(" + WORD.pattern + ")", re.IGNORECASE)  # "more blurry", "Most sharp"
 
 
 @dataclass(frozen=True)
 class Lexicon:
     """``vocabulary``: the lower-case words of the questions the model trained on; ``synonyms``: lower-case word →
-    the trained word or phrase it is read as (a word of ``vocabulary`` is never a key); ``source``: where the synonyms
-    come from, for the record."""
+    the trained word or phrase it is read as (a word of ``vocabulary`` is never a key); ``degrees``: ``"more"`` /
+    ``"most"`` → lower-case adjective → its trained comparative / superlative; ``source``: where the synonyms come
+    from, for the record."""
 
     vocabulary: frozenset[str]
     synonyms: Mapping[str, str]
+    degrees: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     source: str = ""
     version: int = LEXICON_VERSION
     _lookup: Mapping[str, str] = field(init=False, repr=False, compare=False)
@@ -46,8 +51,14 @@ class Lexicon:
         bad = sorted(k for k, v in self.synonyms.items() if not WORD.fullmatch(k) or k != k.lower() or not v)[:5]
         if bad:
             raise ConfigError(f"{LEXICON_NAME}: synonym keys must be lower-case words with a non-empty value: {bad}")
+        if set(self.degrees) - {"more", "most"}:
+            raise ConfigError(f"{LEXICON_NAME}: degrees are 'more' and 'most', got {sorted(self.degrees)}")
+        bad = sorted(k for forms in self.degrees.values() for k, v in forms.items() if k != k.lower() or not v)[:5]
+        if bad:
+            raise ConfigError(f"{LEXICON_NAME}: degree keys must be lower-case words with a non-empty value: {bad}")
         object.__setattr__(self, "vocabulary", frozenset(self.vocabulary))
         object.__setattr__(self, "_lookup", MappingProxyType(dict(self.synonyms)))
+        object.__setattr__(self, "degrees", MappingProxyType({k: dict(v) for k, v in self.degrees.items()}))
 
     def word(self, word: str) -> str:
         """``word`` as the model should read it: its synonym (capitalized like ``word``) or ``word`` itself."""
@@ -58,8 +69,15 @@ class Lexicon:
         return new[:1].upper() + new[1:] if word[:1].isupper() else new
 
     def rewrite(self, text: str) -> str:
-        """``text`` with each word read through ``word``; the rest of the text unchanged."""
-        return WORD.sub(lambda m: self.word(m.group(0)), text)
+        """``text`` with each word read through ``word``, then "more X" / "most X" through ``degrees``; the rest of
+        the text unchanged."""
+        return DEGREE.sub(self._degree, WORD.sub(lambda m: self.word(m.group(0)), text))
+
+    def _degree(self, match: re.Match) -> str:
+        form = self.degrees.get(match.group(1).lower(), {}).get(match.group(2).lower())
+        if form is None:
+            return match.group(0)
+        return form[:1].upper() + form[1:] if match.group(1)[:1].isupper() else form
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / LEXICON_NAME
@@ -68,6 +86,7 @@ class Lexicon:
             "source": self.source,
             "vocabulary": sorted(self.vocabulary),
             "synonyms": dict(sorted(self.synonyms.items())),
+            "degrees": {k: dict(sorted(v.items())) for k, v in sorted(self.degrees.items())},
         }
         path.write_text(json.dumps(data, indent=0, ensure_ascii=False) + "\n")
         return path
@@ -83,6 +102,7 @@ class Lexicon:
             return cls(
                 vocabulary=frozenset(data["vocabulary"]),
                 synonyms=data["synonyms"],
+                degrees=data.get("degrees", {}),
                 source=data.get("source", ""),
                 version=data.get("version", LEXICON_VERSION),
             )

@@ -168,6 +168,7 @@ TINY_TRAINED = (  # the questions a model of TINY_WORDNET's tests trained on
     "Is it dark?",
     "Is it dim?",
     "Which image is the dimmest?",
+    "Which image is the most dim?",
     "Is it noisy?",
     "Which image is the worst?",
     "Is it blown out?",

@@ -31,11 +31,22 @@ def test_rewrite_keeps_trained_words_punctuation_and_case():
     assert lex.rewrite("") == ""
 
 
+def test_more_and_most_become_the_trained_form():
+    lex = Lexicon(
+        frozenset({"is", "the", "least", "sharp"}), {}, {"more": {"blurry": "blurrier"}, "most": {"sharp": "sharpest"}}
+    )
+    assert lex.rewrite("Which image is the most sharp?") == "Which image is the sharpest?"
+    assert lex.rewrite("More  blurry? most blurry?") == "Blurrier? most blurry?"  # no trained "blurriest" here
+    assert lex.rewrite("the least sharp, MOST sharp") == "the least sharp, Sharpest"
+
+
 def test_trained_words_cannot_be_rewritten_and_bad_files_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="must not be rewritten.*dark"):
         Lexicon(frozenset({"dark"}), {"dark": "dim"})
     with pytest.raises(ConfigError, match="lower-case words"):
         Lexicon(frozenset(), {"Murky": "dark"})
+    with pytest.raises(ConfigError, match="degrees are 'more' and 'most'"):
+        Lexicon(frozenset(), {}, {"less": {"dark": "darker"}})
     with pytest.raises(ConfigError, match="newer"):
         Lexicon(frozenset(), {}, version=99)
     (tmp_path / LEXICON_NAME).write_text("{not json")
@@ -63,6 +74,10 @@ def test_build_reads_the_first_sense_with_a_trained_word(tiny_wordnet):
     assert "darker" not in syn  # the model knows the root "dark"
     assert "tin" not in syn  # "can" holds the grammar together: never a target
     assert not set(syn) & lex.vocabulary
+    # "most X" as the trained superlative, unless the pair itself was trained ("the most dim")
+    assert lex.degrees["most"] == {"dark": "darkest", "bad": "worst"} and lex.degrees["more"] == {}
+    assert lex.rewrite("Which image is the most murky?") == "Which image is the darkest?"
+    assert lex.rewrite("Which image is the most dim?") == "Which image is the most dim?"
 
 
 def test_main_writes_the_lexicon(tiny_wordnet, tmp_path, capsys):
@@ -79,7 +94,7 @@ def test_the_shipped_lexicon_matches_the_grammar_and_leaves_trained_questions_al
     asked = training_wordings() | set(QUESTIONS.values()) | set(COMPARE_PRESETS.values())
     changed = [q for q in asked if lex.rewrite(q) != q]
     assert not changed, changed[:5]
-    assert len(lex.synonyms) > 1000
+    assert len(lex.synonyms) > 1000 and lex.rewrite("Which image is the most sharp?") == "Which image is the sharpest?"
     # every value is made of trained words (a phrase or "most" + a trained word)
     assert all(set(re.findall(r"[a-z-]+", v)) <= lex.vocabulary | {"more", "most"} for v in lex.synonyms.values())
     assert json.loads((ASSETS / "qground-nano" / LEXICON_NAME).read_text())["version"] == 1

@@ -9,7 +9,8 @@ verb; one word) outside it, its senses are read in WordNet's order (most frequen
 sense) decides. Each inflected form of the lemma (WordNet's exception lists, else the regular English rules) is then
 read as the same form of a target when the model trained on that form (an adjective's comparative or superlative
 falls back to "more" / "most" + the trained base word); among a sense's targets, the word in most training wordings.
-A lemma that is itself a target keeps all its forms: the model knows its root.
+A lemma that is itself a target keeps all its forms: the model knows its root. "more X" / "most X" is read as X's
+trained comparative / superlative unless the training questions hold the pair itself ("most grainy").
 
 WordNet comes from the Debian package ``wordnet-base`` (``--wordnet`` a folder holding ``index.adj`` … instead).
 """
@@ -235,7 +236,12 @@ def build(wordnet: WordNet, texts: Sequence[str], source: str = "") -> Lexicon:
                 new = _read_as(pos, suffix, candidates, targets[pos], weight, wordnet.irregular["adj"])
                 if new is not None:
                     synonyms[form] = new
-    return Lexicon(frozenset(vocabulary), synonyms, source)
+    degrees = {"more": {}, "most": {}}
+    for lemma, trained in targets["adj"].items():
+        for word, suffix in (("more", "er"), ("most", "est")):
+            if suffix in trained and WORD.fullmatch(lemma) and not phrases[f"{word} {lemma}"]:
+                degrees[word][lemma] = trained[suffix]
+    return Lexicon(frozenset(vocabulary), synonyms, degrees, source)
 
 
 def _sense_targets(
