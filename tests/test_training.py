@@ -119,10 +119,12 @@ def test_resume_after_kill_matches_straight_run(tmp_path):
 
 def test_push_writes_card_and_uploads(tmp_path, monkeypatch, trained_tiny):
     from qground.checkpoint import save_checkpoint
+    from qground.lexicon import Lexicon
     from training import push
 
     run = tmp_path / "run"
     folder = save_checkpoint(trained_tiny.model, trained_tiny.tokenizer, run / "final")
+    Lexicon(frozenset({"dark"}), {"murky": "dark"}, source="WordNet 3.0").save(folder)
     (run / "train_config.yaml").write_text(Path("training/configs/stage3.yaml").read_text())
     (run / "loss.jsonl").write_text(json.dumps({"step": 7, "loss": 0.25}) + "\n")
     (run / "metrics.json").write_text(json.dumps({"mIoU": 0.61}))
@@ -146,6 +148,7 @@ def test_push_writes_card_and_uploads(tmp_path, monkeypatch, trained_tiny):
     card = (folder / "README.md").read_text()
     for needle in ("stage3", "lr 0.0003", "qground100k", "0.2500 after 7 steps", "| mIoU | 0.61 |", "org/qground-test"):
         assert needle in card, needle
+    assert "| question words | 1 word it never trained on read as trained ones (`lexicon.json`: WordNet 3.0) |" in card
     model, _ = load_model(folder)  # the card does not disturb loading
     assert model.config == trained_tiny.model.config
 

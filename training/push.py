@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from qground.config import QGroundConfig
+from qground.lexicon import LEXICON_NAME, Lexicon
 from qground.policy import POLICY_NAME, InferencePolicy
 
 CARD = "README.md"
@@ -29,6 +30,13 @@ def model_card(folder: Path, repo_id: str) -> str:
     train_cfg = yaml.safe_load((run / "train_config.yaml").read_text()) if (run / "train_config.yaml").exists() else {}
     lines = _header(config, train_cfg)
     lines += _policy_rows(config, InferencePolicy.load(folder), (folder / POLICY_NAME).exists())
+    lexicon = Lexicon.load(folder)
+    if lexicon is not None:
+        n = len(lexicon.synonyms)
+        lines.append(
+            f"| question words | {n:,} word{'s' * (n != 1)} it never trained on read as trained ones "
+            f"(`{LEXICON_NAME}`: {lexicon.source}) |"
+        )
     lines += _training_rows(train_cfg, run)
     lines += [
         "",
