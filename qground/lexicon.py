@@ -2,12 +2,13 @@
 
 A small LLM trained from scratch on our question grammar knows only that grammar's words; an unknown word ("gloomiest",
 "murky") reaches it as byte pieces it reads as a draw (docs/experiments/2026-12-07-choice-head-diagnostic.md). A
-``Lexicon`` holds the words of the training questions (``vocabulary``) and, for other English words, the trained word
-each stands for (``synonyms``, built from WordNet by ``training/lexicon.py``). ``rewrite`` replaces, word by word, a
-word outside the vocabulary that has a synonym; every other word, and all punctuation and spacing, stays as typed.
-Then "more X" / "most X" becomes X's comparative / superlative where the model trained on that form and never on the
-pair (``degrees``: "the most sharp" → "the sharpest"). Saved as ``lexicon.json`` beside a checkpoint; how a model
-is run, so the engine owns it (``qground.inference``).
+``Lexicon`` holds the words the model trained on (``vocabulary``: its questions, answers and the classes' names) and,
+for other English words, the trained word each stands for (``synonyms``, built from WordNet by
+``training/lexicon.py``). ``rewrite`` replaces, word by word, a word outside the vocabulary that has a synonym; every
+other word, and all punctuation and spacing, stays as typed. Then "more X" / "most X" becomes X's comparative /
+superlative where the model trained on that form and never on the pair (``degrees``: "the most sharp" → "the
+sharpest"). Saved as ``lexicon.json`` beside a checkpoint; how a model is run, so the engine owns it
+(``qground.inference``).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ DEGREE = re.compile(r"\b(more|most)\s+(" + WORD.pattern + ")", re.IGNORECASE)  #
 
 @dataclass(frozen=True)
 class Lexicon:
-    """``vocabulary``: the lower-case words of the questions the model trained on; ``synonyms``: lower-case word →
-    the trained word or phrase it is read as (a word of ``vocabulary`` is never a key); ``degrees``: ``"more"`` /
-    ``"most"`` → lower-case adjective → its trained comparative / superlative; ``source``: where the synonyms come
-    from, for the record."""
+    """``vocabulary``: the lower-case words the model trained on (questions, answers, class names); ``synonyms``:
+    lower-case word → the trained word or phrase it is read as (a word of ``vocabulary`` is never a key);
+    ``degrees``: ``"more"`` / ``"most"`` → lower-case adjective → its trained comparative / superlative; ``source``:
+    where the synonyms come from, for the record."""
 
     vocabulary: frozenset[str]
     synonyms: Mapping[str, str]
