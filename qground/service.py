@@ -288,6 +288,18 @@ def _as_photo(image: str | os.PathLike | Image.Image) -> Image.Image:
     return load_photo(image) if isinstance(image, (str, os.PathLike)) else image.convert("RGB")
 
 
+def _display_photo(image: str | os.PathLike | Image.Image, max_side: int | None) -> Image.Image:
+    """The photo an overlay of at most ``max_side`` px is drawn on: a JPEG file decoded at the smallest of its 1/2,
+    1/4, 1/8 scales that still covers that size (PIL's ``draft``: a 12 MP photo shown at 1,600 px decodes at half
+    size), any other photo as ``_as_photo`` reads it. Upright, RGB."""
+    if not max_side or not isinstance(image, (str, os.PathLike)):
+        return _as_photo(image)
+    with _photo_errors([image]), Image.open(image) as opened:
+        if opened.format == "JPEG":
+            opened.draft("RGB", fit_size(opened.size, max_side))
+        return load_image(opened)
+
+
 def _stream(
     engine: QGroundEngine,
     photos: list[Image.Image | str],
@@ -792,7 +804,7 @@ def ground_each(
     gallery: list[tuple[str, str]] = []
     for label, photo in zip(labels, photos):
         *_, result = _stream(engine, [photo], [Turn(GROUNDING_QUESTION)], settings)
-        drawn = overlay(*_for_display(_as_photo(photo), result.masks, max_side), alpha=opacity)
+        drawn = overlay(*_for_display(_display_photo(photo, max_side), result.masks, max_side), alpha=opacity)
         areas = ", ".join(f"{get(n).display.lower()} {r.area_percent:.1f} %" for n, r in result.regions.items())
         gallery.append((scratch.png(drawn, f"overlay-{label}.png"), f"{label} — {areas or 'no distortion masks'}"))
         yield list(gallery)

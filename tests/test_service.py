@@ -609,6 +609,32 @@ def test_uploads_queue_no_more_preparations_than_the_cache_keeps(tiny, tmp_path,
     assert started == [*paths[:2], paths[4]]
 
 
+def test_an_overlay_photo_is_decoded_at_the_size_it_is_shown(tmp_path, monkeypatch):
+    """A JPEG shown at most ``max_side`` px is decoded at a reduced scale (``draft``) that still covers that size,
+    upright by its EXIF orientation, and looks like the full decode shrunk; other photos are read whole."""
+    from PIL import JpegImagePlugin
+
+    rng = np.random.default_rng(1)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((400, 300)))
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 400 × 300, shown rotated: 300 × 400
+    Image.fromarray(smooth).save(path, quality=95, exif=exif)
+    drafts = []
+    real = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(
+        JpegImagePlugin.JpegImageFile, "draft", lambda self, mode, size: drafts.append(size) or real(self, mode, size)
+    )
+    shown = svc._display_photo(str(path), 100)
+    assert drafts == [(100, 75)] and shown.size == (75, 100)  # decoded at 1/4, just covering it, upright
+    full = svc.load_photo(str(path)).resize(shown.size, Image.Resampling.BOX)
+    assert np.abs(np.asarray(shown, np.int16) - np.asarray(full, np.int16)).mean() < 4
+    png = tmp_path / "photo.png"
+    Image.fromarray(smooth).save(png)
+    assert svc._display_photo(str(png), 100).size == (400, 300) and len(drafts) == 1  # not a JPEG: read whole
+    assert svc._display_photo(str(path), None).size == (300, 400)  # no display size: the whole photo
+
+
 def test_comparison_slots_are_prepared_and_read_by_path(tiny, tmp_path, scratch, monkeypatch):
     """A photo put into a slot is prepared; comparing and grounding each image read the prepared photos (no second
     preprocessing) and draw overlays at the photos' size."""
