@@ -35,13 +35,13 @@ from qground.answers import (
     yes_no_answer,
 )
 from qground.lexicon import WORD, Lexicon
-from qground.mcq import INSTRUCTION
+from qground.mcq import mcq_prompt
+from qground.prompts import ordinal
 from qground.questions import COMPARE_PRESETS, QUESTIONS
 from qground.taxonomy import CLASS_NAMES, DISTORTIONS
 from training.data.debian import DebianPackage, fetch_package
 from training.data.questions import training_wordings
 from training.data.readers import DESCRIBE_QUESTIONS, GROUNDING_QUESTIONS
-from training.data.synth import ORDINALS
 
 WORDNET = DebianPackage(
     "wordnet-base",
@@ -181,7 +181,7 @@ def vocabulary_texts() -> list[str]:
     """Every question text the model trains on or the app asks, with the fixed multiple-choice lines, and the words
     of the answers it trains on (places, severities, qualities) and of the distortion classes' names and aliases
     (``qground.taxonomy``: words the engine itself reads in a question)."""
-    options = [f"{letter}. The {o} image" for letter, o in zip("ABCD", ORDINALS, strict=True)]
+    options = mcq_prompt("", [f"The {ordinal(k)} image" for k in range(4)])  # as training.data.synth asks them
     answers = [*LOCATIONS, *SEVERITIES, *QUALITIES, CLEAN_DESCRIPTION, CLEAN_GROUNDING, GROUNDING_LEAD]
     answers += [yes_no_answer(c, [], "good") for c in CLASS_NAMES]
     classes = [name for d in DISTORTIONS for name in (d.name, *d.aliases)]
@@ -193,7 +193,7 @@ def vocabulary_texts() -> list[str]:
         | set(DESCRIBE_QUESTIONS)
         | set(QUESTIONS.values())
         | set(COMPARE_PRESETS.values())
-        | {INSTRUCTION, *options}
+        | {options}
     )
 
 
@@ -222,6 +222,7 @@ def build(wordnet: WordNet, texts: Sequence[str], source: str = "") -> Lexicon:
                 targets[pos][lemma] = trained
                 weight[lemma] = max(in_texts[lemma], phrases[lemma])
     known_roots = {lemma for pos in POS for lemma in targets[pos]}
+    irregular_adj = {f for fs in wordnet.irregular["adj"].values() for f in fs}  # "best", "worse", …
     synonyms: dict[str, str] = {}
     for pos in POS:
         for lemma, offsets in wordnet.index[pos].items():
@@ -233,7 +234,7 @@ def build(wordnet: WordNet, texts: Sequence[str], source: str = "") -> Lexicon:
             for suffix, form in forms(wordnet, pos, lemma).items():
                 if form in vocabulary or form in synonyms or not WORD.fullmatch(form):
                     continue
-                new = _read_as(pos, suffix, candidates, targets[pos], weight, wordnet.irregular["adj"])
+                new = _read_as(pos, suffix, candidates, targets[pos], weight, irregular_adj)
                 if new is not None:
                     synonyms[form] = new
     degrees = {"more": {}, "most": {}}
@@ -263,19 +264,18 @@ def _read_as(
     candidates: list[str],
     targets: dict[str, dict[str, str]],
     weight: dict[str, int],
-    irregular: dict[str, list[str]],
+    irregular_adj: set[str],
 ) -> str | None:
     """The trained form a word of ``suffix`` is read as: the same form of the most used candidate that has it trained,
     else for an adjective's comparative / superlative "more" / "most" + a trained base form that has none trained
     (an irregular form such as "best" takes none: "most best" is not English)."""
     ranked = sorted(candidates, key=lambda c: (-weight[c], c))
-    inflected = {f for fs in irregular.values() for f in fs}
     for c in ranked:
         if suffix in targets[c]:
             return targets[c][suffix]
     if pos == "adj" and suffix in ("er", "est"):
         for c in ranked:
-            if "" in targets[c] and not {"er", "est"} & set(targets[c]) and c not in inflected:
+            if "" in targets[c] and not {"er", "est"} & set(targets[c]) and c not in irregular_adj:
                 return ("more " if suffix == "er" else "most ") + targets[c][""]
     return None
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from qground.answers import Finding, describe_answer, quality_word, yes_no_answer
 from qground.imageio import jpeg_round_trip
+from qground.mcq import LETTERS, mcq_prompt
 from qground.prompts import grounding_answer, image_header
 from qground.taxonomy import CLASS_NAMES, get
 from qground.tokens import SegTokens
@@ -495,10 +496,8 @@ def comparison(
         if not choices or rng.random() < 0.5:
             return kind, question, f"The {ORDINALS[best]} image."
         perm = rng.permutation(len(group))
-        letters = "ABCD"
-        options = "\n".join(f"{letters[i]}. The {ORDINALS[p]} image" for i, p in enumerate(perm))
-        mcq = f"{question}\n{options}\nAnswer with the option's letter from the given choices directly."
-        return kind, mcq, letters[int(np.nonzero(perm == best)[0][0])]
+        mcq = mcq_prompt(question, [f"The {ORDINALS[p]} image" for p in perm])
+        return kind, mcq, LETTERS[int(np.nonzero(perm == best)[0][0])]
     return None
 
 
