@@ -163,7 +163,7 @@ def write_result(
         "size": {"height": image.height, "width": image.width},
         "model": engine.name,
         "question": question,
-        "read_as": engine.read([Turn(question)])[0].question,  # through the model's lexicon, if any
+        "read_as": engine.read_question(question),  # through the model's lexicon, if any
         "answer": result.text,
         "classes": list(result.masks),
         "area_percent": {name: r.area_percent for name, r in result.regions.items()},

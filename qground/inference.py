@@ -287,11 +287,13 @@ class QGroundEngine:
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
 
+    def read_question(self, question: str) -> str:
+        """``question`` as the model reads it: through the lexicon, if any, else as typed."""
+        return question if self.lexicon is None else self.lexicon.rewrite(question)
+
     def read(self, turns: list[Turn]) -> list[Turn]:
-        """``turns`` with every question as the model reads it (through the lexicon, if any); answers as given."""
-        if self.lexicon is None:
-            return turns
-        return [Turn(self.lexicon.rewrite(t.question), t.answer) for t in turns]
+        """``turns`` with every question as the model reads it (``read_question``); answers as given."""
+        return [Turn(self.read_question(t.question), t.answer) for t in turns]
 
     def strictness(self, settings: GenerationSettings, num_images: int) -> float:
         """The detection strictness a request runs at: its own, else the policy's default; 0 with several images."""

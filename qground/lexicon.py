@@ -29,6 +29,11 @@ WORD = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*")
 DEGREE = re.compile(r"\b(more|most)\s+(" + WORD.pattern + ")", re.IGNORECASE)  # "more blurry", "Most sharp"
 
 
+def _cased_like(typed: str, new: str) -> str:
+    """``new`` capitalized when ``typed`` starts with a capital ("Murky" → "Dark")."""
+    return new[:1].upper() + new[1:] if typed[:1].isupper() else new
+
+
 @dataclass(frozen=True)
 class Lexicon:
     """``vocabulary``: the lower-case words the model trained on (questions, answers, class names); ``synonyms``:
@@ -41,7 +46,6 @@ class Lexicon:
     degrees: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     source: str = ""
     version: int = LEXICON_VERSION
-    _lookup: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.version > LEXICON_VERSION:
@@ -58,16 +62,14 @@ class Lexicon:
         if bad:
             raise ConfigError(f"{LEXICON_NAME}: degree keys must be lower-case words with a non-empty value: {bad}")
         object.__setattr__(self, "vocabulary", frozenset(self.vocabulary))
-        object.__setattr__(self, "_lookup", MappingProxyType(dict(self.synonyms)))
+        object.__setattr__(self, "synonyms", MappingProxyType(dict(self.synonyms)))
         object.__setattr__(self, "degrees", MappingProxyType({k: dict(v) for k, v in self.degrees.items()}))
 
     def word(self, word: str) -> str:
-        """``word`` as the model should read it: its synonym (capitalized like ``word``) or ``word`` itself."""
-        low = word.lower()
-        if low in self.vocabulary or low not in self._lookup:
-            return word
-        new = self._lookup[low]
-        return new[:1].upper() + new[1:] if word[:1].isupper() else new
+        """``word`` as the model should read it: its synonym (capitalized like ``word``) or ``word`` itself (a trained
+        word has none)."""
+        new = self.synonyms.get(word.lower())
+        return word if new is None else _cased_like(word, new)
 
     def rewrite(self, text: str) -> str:
         """``text`` with each word read through ``word``, then "more X" / "most X" through ``degrees``; the rest of
@@ -76,9 +78,7 @@ class Lexicon:
 
     def _degree(self, match: re.Match) -> str:
         form = self.degrees.get(match.group(1).lower(), {}).get(match.group(2).lower())
-        if form is None:
-            return match.group(0)
-        return form[:1].upper() + form[1:] if match.group(1)[:1].isupper() else form
+        return match.group(0) if form is None else _cased_like(match.group(1), form)
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / LEXICON_NAME

@@ -529,7 +529,7 @@ def clear_thread(thread: Thread) -> Thread:
 def reading_note(engine: QGroundEngine, question: str) -> str:
     """How the model read ``question`` when its lexicon replaced words it never trained on (``qground.lexicon``):
     "Read as “Is it dark?”." ("" when it reads the question as typed), so a person sees what was answered."""
-    read = question if engine.lexicon is None else engine.lexicon.rewrite(question)
+    read = engine.read_question(question)
     return "" if read == question else f"Read as “{read}”."
 
 

@@ -69,6 +69,9 @@ class FakeEngine:
         self.lexicon = lexicon
         self.calls: list[list] = []
 
+    def read_question(self, question: str) -> str:
+        return question if self.lexicon is None else self.lexicon.rewrite(question)
+
     def stream(self, images, turns, settings, stages=False):
         self.calls.append(turns)
         yield "The segmentation"
