@@ -339,23 +339,23 @@ def load_policy(source: str | os.PathLike, revision: str | None = None) -> Infer
     """The ``InferencePolicy`` saved beside a checkpoint's weights (``inference_policy.json``), for the same sources
     as ``load_model``; as trained (the default policy) for a registry model without a shipped checkpoint or a folder
     without the file."""
-    entry = REGISTRY.get(str(source))
-    if entry is not None and entry.checkpoint is None:
-        return InferencePolicy()
-    try:
-        return InferencePolicy.load(resolve(source, revision))
-    except ConfigError as e:
-        raise CheckpointError(str(e)) from None
+    return _beside_weights(source, revision, InferencePolicy.load, InferencePolicy())
 
 
 def load_lexicon(source: str | os.PathLike, revision: str | None = None) -> Lexicon | None:
     """The ``Lexicon`` saved beside a checkpoint's weights (``lexicon.json``), for the same sources as ``load_model``;
     None for a registry model without a shipped checkpoint or a folder without the file."""
+    return _beside_weights(source, revision, Lexicon.load, None)
+
+
+def _beside_weights(source: str | os.PathLike, revision: str | None, read, default):
+    """``read(folder)`` of a checkpoint's folder (``resolve``), or ``default`` for a registry model without a shipped
+    checkpoint; a file ``read`` refuses (``ConfigError``) raises ``CheckpointError``."""
     entry = REGISTRY.get(str(source))
     if entry is not None and entry.checkpoint is None:
-        return None
+        return default
     try:
-        return Lexicon.load(resolve(source, revision))
+        return read(resolve(source, revision))
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
 

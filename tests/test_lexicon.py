@@ -134,3 +134,17 @@ def test_wordnet_comes_from_the_pinned_debian_package(tiny_wordnet, tmp_path, mo
     assert fetched == [(build_lexicon.WORDNET, tmp_path / "cache")]
     assert build_lexicon.WORDNET.name == "wordnet-base" and len(build_lexicon.WORDNET.sha256) == 64
     assert Lexicon.load(tmp_path).synonyms["gloomiest"] == "darkest"
+
+
+def test_a_checkpoint_lexicon_loads_beside_its_weights(tmp_path):
+    from qground.checkpoint import CheckpointError, load_lexicon
+
+    assert load_lexicon("qground-tiny") is None  # a registry model without a shipped checkpoint
+    assert load_lexicon("qground-nano") == Lexicon.load(ASSETS / "qground-nano")
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "qground_config.json").write_text("{}")
+    assert load_lexicon(str(folder)) is None  # a folder without the file
+    (folder / LEXICON_NAME).write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a valid lexicon"):
+        load_lexicon(str(folder))
