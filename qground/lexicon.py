@@ -4,8 +4,9 @@ A small LLM trained from scratch on our question grammar knows only that grammar
 "murky") reaches it as byte pieces it reads as a draw (docs/experiments/2026-12-07-choice-head-diagnostic.md). A
 ``Lexicon`` holds the words the model trained on (``vocabulary``: its questions, answers and the classes' names) and,
 for other English words, the trained word each stands for (``synonyms``, built from WordNet by
-``training/lexicon.py``). ``rewrite`` replaces, word by word, a word outside the vocabulary that has a synonym; every
-other word, and all punctuation and spacing, stays as typed. Then "more X" / "most X" becomes X's comparative /
+``training/lexicon.py``). ``rewrite`` replaces, word by word, a word outside the vocabulary that has a synonym, and a
+hyphenated one whose parts are trained by their trained spelling ("out-of-focus" → "out of focus"); every other word,
+and all punctuation and spacing, stays as typed. Then "more X" / "most X" becomes X's comparative /
 superlative where the model trained on that form and never on the pair (``degrees``: "the most sharp" → "the
 sharpest"). Saved as ``lexicon.json`` beside a checkpoint; how a model is run, so the engine owns it
 (``qground.inference``).
@@ -66,10 +67,23 @@ class Lexicon:
         object.__setattr__(self, "degrees", MappingProxyType({k: dict(v) for k, v in self.degrees.items()}))
 
     def word(self, word: str) -> str:
-        """``word`` as the model should read it: its synonym (capitalized like ``word``) or ``word`` itself (a trained
-        word has none)."""
-        new = self.synonyms.get(word.lower())
+        """``word`` as the model should read it: its synonym (capitalized like ``word``); else, for a hyphenated word
+        the model never trained on, the trained spelling of the same words (``spelling``); else ``word`` itself (a
+        trained word has neither)."""
+        new = self.synonyms.get(word.lower()) or self.spelling(word.lower())
         return word if new is None else _cased_like(word, new)
+
+    def spelling(self, word: str) -> str | None:
+        """A lower-case hyphenated word outside the vocabulary → its parts as one trained word ("over-exposed" →
+        "overexposed") or as trained words apart ("out-of-focus" → "out of focus"): the model read a hyphen where it
+        trained on none as a draw ("Which picture is the most out-of-focus?" 0.18 against 0.56 for "… out of focus?",
+        docs/experiments/2026-12-07-hyphenated-words.md). None when neither is trained."""
+        parts = word.split("-")
+        if len(parts) == 1 or word in self.vocabulary:
+            return None
+        if "".join(parts) in self.vocabulary:
+            return "".join(parts)
+        return " ".join(parts) if all(p in self.vocabulary for p in parts) else None
 
     def rewrite(self, text: str) -> str:
         """``text`` with each word read through ``word``, then "more X" / "most X" through ``degrees``; the rest of

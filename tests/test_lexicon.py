@@ -40,6 +40,23 @@ def test_more_and_most_become_the_trained_form():
     assert lex.rewrite("the least sharp, MOST sharp") == "the least sharp, Sharpest"
 
 
+def test_a_hyphenated_word_is_read_in_its_trained_spelling():
+    trained = frozenset({"is", "it", "out", "of", "focus", "overexposed", "blown-out", "washed"})
+    lex = Lexicon(trained, {"razor-sharp": "sharp"})
+    assert lex.rewrite("Is it out-of-focus?") == "Is it out of focus?"  # trained words apart
+    assert lex.rewrite("Is it Over-exposed?") == "Is it Overexposed?"  # one trained word
+    assert lex.rewrite("blown-out, razor-sharp") == "blown-out, sharp"  # trained as typed; a synonym first
+    assert lex.rewrite("washed-up e-mail") == "washed-up e-mail"  # a part never trained: as typed
+    assert lex.spelling("out") is None
+
+
+def test_the_shipped_lexicon_reads_hyphenated_class_words():
+    lex = Lexicon.load(ASSETS / "qground-nano")
+    assert lex.rewrite("Which picture is the most out-of-focus?") == "Which picture is the most out of focus?"
+    assert lex.rewrite("Is it washed-out or under-exposed?") == "Is it washed out or underexposed?"
+    assert lex.rewrite("Any motion-blur? Low-light?") == "Any motion blur? Low-light?"
+
+
 def test_trained_words_cannot_be_rewritten_and_bad_files_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="must not be rewritten.*dark"):
         Lexicon(frozenset({"dark"}), {"dark": "dim"})
