@@ -75,9 +75,9 @@ class Lexicon:
 
     def spelling(self, word: str) -> str | None:
         """A lower-case hyphenated word outside the vocabulary → its parts as one trained word ("over-exposed" →
-        "overexposed") or as trained words apart ("out-of-focus" → "out of focus"): the model read a hyphen where it
-        trained on none as a draw ("Which picture is the most out-of-focus?" 0.18 against 0.56 for "… out of focus?",
-        docs/experiments/2026-12-07-hyphenated-words.md). None when neither is trained."""
+        "overexposed") or as trained words apart ("out-of-focus" → "out of focus"): a hyphen where the model trained
+        on none changes how it reads the words ("Which picture is the most out-of-focus?" 0.18 against 0.56 for "…
+        out of focus?", docs/experiments/2026-12-07-hyphenated-words.md). None when neither is trained."""
         parts = word.split("-")
         if len(parts) == 1 or word in self.vocabulary:
             return None
