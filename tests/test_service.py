@@ -16,7 +16,7 @@ from PIL import Image
 from qground import sam as annot
 from qground import service as svc
 from qground.imageio import fit_size
-from qground.inference import GenerationSettings, GroundingResult
+from qground.inference import GenerationSettings, GroundingResult, QGroundEngine
 from qground.lexicon import Lexicon
 from qground.naming import named_images
 from qground.taxonomy import DISTORTION_COLORS
@@ -69,8 +69,7 @@ class FakeEngine:
         self.lexicon = lexicon
         self.calls: list[list] = []
 
-    def read_question(self, question: str) -> str:
-        return question if self.lexicon is None else self.lexicon.rewrite(question)
+    read_question = QGroundEngine.read_question  # the engine's own reading (it needs only ``lexicon``)
 
     def stream(self, images, turns, settings, stages=False):
         self.calls.append(turns)
@@ -539,7 +538,6 @@ def test_an_upload_is_prepared_for_its_questions(tiny, photo_path, monkeypatch):
     from collections import OrderedDict
 
     import qground.processor as processor_module
-    from qground.inference import QGroundEngine
     from qground.processor import QGroundProcessor
 
     model, tokenizer, _ = tiny
@@ -584,7 +582,6 @@ def test_uploads_queue_no_more_preparations_than_the_cache_keeps(tiny, tmp_path,
     from collections import OrderedDict
 
     import qground.processor as processor_module
-    from qground.inference import QGroundEngine
     from qground.processor import QGroundProcessor
 
     model, tokenizer, _ = tiny
@@ -644,7 +641,6 @@ def test_comparison_slots_are_prepared_and_read_by_path(tiny, tmp_path, scratch,
     from collections import OrderedDict
 
     import qground.processor as processor_module
-    from qground.inference import QGroundEngine
     from qground.processor import QGroundProcessor
 
     model, tokenizer, _ = tiny
