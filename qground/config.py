@@ -10,6 +10,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -401,15 +402,16 @@ def save_dataclass(obj: Any, path: Path) -> Path:
     return path
 
 
-def load_dataclass(cls: type, path: Path, where: str) -> Any:
-    """``cls`` from the JSON file at ``path`` (``build_dataclass``, ``where`` naming it in errors). ``ConfigError``
-    naming the file when it is not valid JSON or does not fit ``cls``; FileNotFoundError when it is missing."""
+def load_dataclass(cls: type, path: Path, where: str, upgrade: Callable[[Any], Any] | None = None) -> Any:
+    """``cls`` from the JSON file at ``path`` (``build_dataclass``, ``where`` naming it in errors; ``upgrade`` maps an
+    older format's data to the current one first). ``ConfigError`` naming the file when it is not valid JSON or does
+    not fit ``cls``; FileNotFoundError when it is missing."""
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid JSON ({e}); the checkpoint is damaged, download it again") from None
     try:
-        return build_dataclass(cls, data, where)
+        return build_dataclass(cls, upgrade(data) if upgrade else data, where)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 

@@ -84,11 +84,6 @@ _GRADIENT_SCALE = 64.0  # _gradients' terms are those of Sobel / 8 times 8²
 _RESIDUAL_SCALE = 256.0  # _residual is the squared residual times 16²
 
 
-def _pad(y: torch.Tensor) -> torch.Tensor:
-    """(H, W) → (H + 2, W + 2), borders replicated."""
-    return F.pad(y[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
-
-
 def _halo(rows, a: int, b: int, n: int) -> torch.Tensor:
     """Rows a − 1 … b of an ``n``-row map, read by ``rows(a', b')`` → (…, b' − a', W), padded one column on each side:
     (…, b − a + 2, W + 2), borders replicated (the map's first and last rows where the halo leaves it)."""
@@ -206,87 +201,3 @@ def detail_channels(
         logs = (torch.log(torch.stack(energies) + _LOG_EPS) + _LOG_SHIFT) / _LOG_SCALE
         shape = torch.stack([coherence1, coherence2, directional, pooled1[3], pooled1[4]])
         return torch.cat([logs[:3], shape, logs[3:]]).float()
-
-
-# Motion-blur signature (``motion_signature``): a blur along a line of length L multiplies the local spectrum by a sinc
-# whose zeros repeat every 1/L along the motion, so the cepstrum (inverse FFT of the log power spectrum) has a negative
-# peak at distance L in that direction. Blocks of _SIG_BLOCK px at a stride of half a block; the log spectra of
-# _SIG_SPAN × _SIG_SPAN neighbouring blocks (96 px) are averaged before the cepstrum, so content averages out and the
-# blur's zeros stay; lengths _SIG_MIN_LAG–_SIG_MAX_LAG px are searched.
-_SIG_BLOCK, _SIG_SPAN, _SIG_MIN_LAG, _SIG_MAX_LAG = 32, 5, 3.5, 14.0
-_SIG_MIN_STD = 0.005  # a window any of whose blocks is flatter than this (luminance std) holds no evidence
-
-
-def motion_signature(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """``rgb`` uint8 (H, W, 3) at native resolution → (h, w) float32 on the content grid of ``size``: the
-    motion-blur signature of the 96-px window centred nearest each pixel, −min / MAD of the window's cepstrum over
-    lags 3.5–14 px (about 5 on sharp content or defocus, 10–20 under a linear motion blur); 0 where the window is
-    flat or the photo is smaller than a window (no evidence)."""
-    h, w = size
-    b, half, span = _SIG_BLOCK, _SIG_BLOCK // 2, _SIG_SPAN
-    with torch.no_grad():
-        y = luminance(rgb)
-        if min(y.shape) < b + (span - 1) * half:
-            return torch.zeros(h, w)
-        blocks = y.unfold(0, b, half).unfold(1, b, half)  # (by, bx, b, b)
-        std = blocks.std(dim=(-2, -1))
-        hann = torch.hann_window(b, periodic=False)
-        # a real block's spectrum is conjugate-symmetric: its half (b, b/2 + 1) holds every power once, the columns
-        # 1 … b/2 − 1 standing for two (the full spectrum's mean weighs them twice), and the real cepstrum of the
-        # half is ``irfft2``'s; 1.8× faster than full spectra at 1,280 px, the same values to float rounding
-        spectrum = torch.fft.rfft2((blocks - blocks.mean(dim=(-2, -1), keepdim=True)) * torch.outer(hann, hann))
-        power = torch.view_as_real(spectrum).square().sum(-1)  # (by, bx, b, b/2 + 1)
-        twice = torch.full((b // 2 + 1,), 2.0)
-        twice[0] = twice[-1] = 1.0
-        mean = (power * twice).sum(dim=(-2, -1), keepdim=True) / (b * b)
-        logs = torch.log(power + 1e-4 * mean + 1e-10)
-        by, bx, k = logs.shape[0], logs.shape[1], b // 2 + 1
-        pooled = F.avg_pool2d(logs.reshape(1, by, bx, b * k).permute(0, 3, 1, 2), span, stride=1)  # (1, b·k, wy, wx)
-        wy, wx = pooled.shape[-2:]
-        ceps = torch.fft.irfft2(pooled[0].permute(1, 2, 0).reshape(wy, wx, b, k), s=(b, b))
-        lag = torch.fft.fftfreq(b) * b
-        radius = torch.hypot(lag[:, None], lag[None, :])
-        # the cepstrum is even (c(−l) = c(l)): one lag of each ± pair; the ring's lower median and its deviations'
-        # are those of the whole ring, whose values each come twice
-        one_side = (lag[None, :] > 0) | ((lag[None, :] == 0) & (lag[:, None] > 0))
-        ring = ceps[..., (radius >= _SIG_MIN_LAG) & (radius <= _SIG_MAX_LAG) & one_side]  # (wy, wx, n)
-        med = ring.median(dim=-1, keepdim=True).values
-        score = -ring.amin(dim=-1) / ((ring - med).abs().median(dim=-1).values + 1e-8)
-        flat = -F.max_pool2d(-std[None, None], span, stride=1)[0, 0] < _SIG_MIN_STD
-        score = score.clamp(min=1e-3).masked_fill(flat, 0.0)  # (wy, wx)
-        # content pixel → native coordinate → the window whose centre (16 i + 48) is nearest
-        centre = (span - 1) * half / 2 + b / 2
-        rows = ((torch.arange(h) + 0.5) * y.shape[0] / h - centre).div(half).round().long().clamp(0, wy - 1)
-        cols = ((torch.arange(w) + 0.5) * y.shape[1] / w - centre).div(half).round().long().clamp(0, wx - 1)
-        return score[rows[:, None], cols[None, :]].float()
-
-
-# Log contrast (``low_light_contrast``): underexposure multiplies log contrast (Y' = g · Y^γ gives ∇log Y' = γ ∇log Y)
-# and pushes the signal down onto the 8-bit steps and the noise floor, where log(Y) jumps; a shadow or a dark surface
-# that is exposed well keeps smooth, small relative gradations. Read per _CONTRAST_CELL-px cell of the native photo.
-_CONTRAST_CELL = 16
-_CONTRAST_FLOOR = 0.5 / 255  # half an 8-bit step: log(Y + floor) stays finite at black
-# The channel is log10 contrast energy + LOG_CONTRAST_OFFSET, clamped above 0, so every content pixel is > 0 and the
-# input frame's zero padding reads as "no evidence" (as for the motion-blur signature). Energies span 1e-8 … 40.
-LOG_CONTRAST_OFFSET = 10.0
-
-
-def log_contrast(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """``rgb`` uint8 (H, W, 3) at native resolution → (h, w) float32 on the content grid of ``size``: log10 of the mean
-    squared central-difference gradient of log(Y + 0.5/255) over the 16-px cell each content pixel falls in, plus
-    ``LOG_CONTRAST_OFFSET`` (about 6–9 on content, lower where it is smooth in the log domain; > 0 everywhere)."""
-    h, w = size
-    with torch.no_grad():
-        p = _pad(torch.log(luminance(rgb) + _CONTRAST_FLOOR))
-        energy = (_diff(p, 1)[1:-1].square_() + _diff(p, 0)[:, 1:-1].square_()).mul_(0.25)  # (H, W)
-        cells = (max(1, round(energy.shape[0] / _CONTRAST_CELL)), max(1, round(energy.shape[1] / _CONTRAST_CELL)))
-        pooled = F.adaptive_avg_pool2d(energy[None, None], cells)
-        out = F.interpolate(pooled, size=(h, w), mode="nearest")[0, 0]
-        return (torch.log10(out + 1e-8) + LOG_CONTRAST_OFFSET).clamp_(min=1e-3).float()
-
-
-def region_contrast(contrast: torch.Tensor, region: torch.Tensor) -> float | None:
-    """``contrast`` (h, w) ``log_contrast`` values (0: padding), ``region`` (h, w) bool → the median log contrast of
-    the region's content pixels, in the same units; None when the region holds no content."""
-    values = contrast[region & (contrast > 0)]
-    return float(values.median()) if values.numel() else None

@@ -8,7 +8,6 @@ masks need no second pass over the sequence (PixelLM re-runs the whole sequence 
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import time
@@ -271,8 +270,8 @@ class QGroundEngine:
         self.policy = policy
 
     def _image_options(self) -> dict:
-        """What the policy reads besides pixels: its evidence maps and, when masks are refined, the photo."""
-        return {"evidence": self.policy.evidence_maps, "keep_photo": bool(self.policy.mask_refine_radius)}
+        """What the policy reads besides pixels: the photo, when masks are refined."""
+        return {"keep_photo": bool(self.policy.mask_refine_radius)}
 
     def prepare(self, image: str | os.PathLike, photo: Image.Image | None = None) -> None:
         """Preprocess the photo at path ``image`` in a background thread as a request about it will, so that the
@@ -310,10 +309,7 @@ class QGroundEngine:
             return None
         policy, model = self.policy, self.model
         pixels = sample["pixel_values"]
-        gate = None
-        if strictness:
-            evidence = {name: torch.stack([m.evidence[name] for m in metas]) for name in policy.evidence_maps}
-            gate = functools.partial(readout_thresholds, policy, model.config, strictness, pixels, evidence)
+        gate = readout_thresholds(policy, model.config, strictness, pixels)
         content = [m.resized_size for m in metas]
         sizes = content if policy.flip_average else None
         with torch.inference_mode():

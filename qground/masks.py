@@ -5,11 +5,9 @@ Steps, in order (``ground_masks``):
    views' probabilities when the features hold a mirrored view);
 2. ``blend_readout``: (1 − w) · σ(decoder) + w · the readout's coverage of the mask's class (policy
    ``readout_mask_weight``);
-3. ``blend_motion``: jitter masks mixed with P(jitter | motion-blur signature) where the signature holds evidence
-   (policy ``jitter_signature_*``);
-4. ``to_original_frame``: crop the content window, guided-filter on the photo (policy ``mask_refine_radius``), resize to
+3. ``to_original_frame``: crop the content window, guided-filter on the photo (policy ``mask_refine_radius``), resize to
    the original (H, W);
-5. ``merge``: logits > 0 per mask; masks naming the same class are OR-ed, score = mean probability inside the mask.
+4. ``merge``: logits > 0 per mask; masks naming the same class are OR-ed, score = mean probability inside the mask.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import torch.nn.functional as F
 
 from qground.detail import STRIPE
 from qground.modeling.qground import ImageFeatures, QGroundModel, mix_probabilities
-from qground.policy import MOTION_SIGNATURE, InferencePolicy
+from qground.policy import InferencePolicy
 from qground.processor import ImageMeta
 from qground.refine import refine_logits
 from qground.taxonomy import CLASS_NAMES
@@ -52,24 +50,6 @@ def blend_readout(
     cover = F.interpolate(cover[:, None], size=logits.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     blended = logits.clone()
     blended[rows] = mix_probabilities(logits[rows], cover, weight).to(logits.dtype)
-    return blended
-
-
-def blend_motion(
-    logits: torch.Tensor, signature: torch.Tensor | None, classes: torch.Tensor, policy: InferencePolicy
-) -> torch.Tensor:
-    """Mask ``logits`` (N, S, S) over the padded input frame for classes ``classes`` (N,), ``signature`` (N, S, S) the
-    motion-blur signature of each mask's image (0: no evidence) → jitter rows become the logits of (1 − w) · p + w ·
-    σ((signature − center) / scale) where the signature holds evidence and stay p elsewhere, p their probability,
-    w = ``policy.jitter_signature_weight``. Other rows, w = 0, or no signature: unchanged."""
-    rows = (classes == CLASS_NAMES.index("jitter")).nonzero().flatten()
-    if not policy.jitter_signature_weight or signature is None or not len(rows):
-        return logits
-    p = logits[rows].float().sigmoid()
-    s = signature[rows].float()
-    q = torch.where(s > 0, torch.sigmoid((s - policy.jitter_signature_center) / policy.jitter_signature_scale), p)
-    blended = logits.clone()
-    blended[rows] = mix_probabilities(logits[rows], q, policy.jitter_signature_weight).to(logits.dtype)
     return blended
 
 
@@ -133,17 +113,14 @@ def ground_masks(
     meta: ImageMeta,
     names: list[str | None],
 ) -> Masks:
-    """Steps 1–5 for N masks on the first image: ``seg_states`` (N, seg_count, D) predicting states, ``features`` of
-    the prompt's images, ``meta`` the first image's record (its evidence maps and photo as the policy asked),
+    """Steps 1–4 for N masks on the first image: ``seg_states`` (N, seg_count, D) predicting states, ``features`` of
+    the prompt's images, ``meta`` the first image's record (with the photo when the policy refines masks),
     ``names`` the class each mask's answer names (None: none)."""
     first = torch.zeros(len(names), dtype=torch.long)
     classes = torch.tensor([CLASS_NAMES.index(n) if n else -1 for n in names])
-    signature = meta.evidence.get(MOTION_SIGNATURE)
-    signature = None if signature is None else signature.expand(len(names), -1, -1)
     with torch.inference_mode():
         logits = model.decode_masks(seg_states, features, first)
         coverage = features.coverage[first] if features.coverage is not None else None
         logits = blend_readout(logits, coverage, classes, policy.readout_mask_weight)
-        logits = blend_motion(logits, signature, classes, policy)
         logits = to_original_frame(logits, meta, names, policy.mask_refine_radius, policy.mask_refine_eps)
     return merge(logits, names)

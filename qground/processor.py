@@ -7,11 +7,10 @@ content size is x·s (s = S / max(H, W)) rounded as ``config.size_rounding`` say
 ``config.detail_channels`` the eight channels of ``qground.detail``, computed at the photo's native resolution (or
 shrunk to ``config.detail_max_side`` when larger; the noise channel to ``config.noise_max_side``), follow RGB, and
 with ``config.chroma_noise_channel`` the chroma noise channel (read as the noise channel) follows them.
-Evidence maps an inference policy asks for (``qground.policy.InferencePolicy.evidence_maps``: the motion-blur
-signature, the log contrast) are computed from the same photo as the detail channels (or from the photo shrunk to
-``config.evidence_max_side`` when that is smaller) and travel by name in each image's ``ImageMeta``, (S, S) over the
-padded frame, 0 in the padding. Masks go through the same mapping (nearest) and come back by ``ImageMeta``
-(``qground.masks``): crop [:h, :w] of the S×S frame, resize to (H, W).
+The photo masks are refined on (``keep_photo``) is the detail channels' photo (or the photo shrunk to
+``config.evidence_max_side`` when that is smaller) and travels in each image's ``ImageMeta``. Masks go through
+the same mapping (nearest) and come back by ``ImageMeta`` (``qground.masks``): crop [:h, :w] of the S×S frame,
+resize to (H, W).
 
 Token layout: ``<s>`` + the template's pieces (``qground.prompts``); each image slot becomes
 ``config.tokens_per_image(num_images)`` image-token ids inserted by id (``num_image_tokens``, or 1 per image of a
@@ -50,27 +49,23 @@ import torch
 from PIL import Image
 
 from qground.config import QGroundConfig
-from qground.detail import detail_channels, log_contrast, motion_signature
+from qground.detail import detail_channels
 from qground.imageio import fit_size, load_image
-from qground.policy import LOG_CONTRAST, MOTION_SIGNATURE
 from qground.prompts import VICUNA_V1, ImageSlot, PromptStyle, Turn
 from qground.tokenizer import is_legacy
 
 IGNORE_INDEX = -100
-EVIDENCE_MAPS = {MOTION_SIGNATURE: motion_signature, LOG_CONTRAST: log_contrast}
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}  # by config.resample
 
 
 @dataclass(frozen=True)
 class ImageMeta:
     """One image's record: ``original_size`` (H, W) of the loaded photo; ``resized_size`` (h, w) of its content in the
-    padded S×S input; ``evidence``: the evidence maps asked for, by name, each (S, S) float over the padded frame (0
-    in the padding: no evidence); ``photo``: when asked for, the photo masks are refined on (uint8 (H', W', 3): the
-    detail channels' source, shrunk to ``detail_max_side`` if larger), else None."""
+    padded S×S input; ``photo``: when asked for, the photo masks are refined on (uint8 (H', W', 3): the detail
+    channels' source, shrunk to ``evidence_max_side`` if larger), else None."""
 
     original_size: tuple[int, int]
     resized_size: tuple[int, int]
-    evidence: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
     photo: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
@@ -78,7 +73,7 @@ class PromptTooLongError(ValueError):
     """The conversation does not fit the model's context."""
 
 
-# Preprocessed images, least recently used first: (path, size, mtime, image settings, evidence, photo) → a future of
+# Preprocessed images, least recently used first: (path, size, mtime, image settings, photo) → a future of
 # (pixels, meta), set by the thread that computes it (others asking meanwhile wait for it instead of computing again).
 _IMAGE_CACHE: OrderedDict[tuple, Future] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
@@ -109,9 +104,9 @@ class QGroundProcessor:
         """``cache_images``: keep up to that many preprocessed images from file paths in memory, shared by every
         processor whose image settings match (training reads every photo many times, in stage after stage, and a
         calibration in sweep after sweep; a server a few: each upload is asked about again and again). An entry is
-        keyed by the path, the file's size and modification time, those settings and the evidence maps and photo
-        asked for; it is shared, never modified. Thread-safe: a photo asked for while another thread preprocesses it
-        is waited for, not computed twice (a server prepares an upload before its first question,
+        keyed by the path, the file's size and modification time, those settings and whether the photo is kept;
+        it is shared, never modified. Thread-safe: a photo asked for while another thread preprocesses it is waited
+        for, not computed twice (a server prepares an upload before its first question,
         ``QGroundEngine.prepare``)."""
         self.tokenizer = tokenizer
         self.config = config
@@ -148,17 +143,16 @@ class QGroundProcessor:
     def preprocess_image(
         self,
         image,
-        evidence: frozenset[str] = frozenset(),
         keep_photo: bool = False,
         decoded: Image.Image | None = None,
     ) -> tuple[torch.Tensor, ImageMeta]:
-        """A path, bytes or PIL image → ``(C, S, S)`` float tensor (the tower's channels) and its ``ImageMeta`` with
-        the ``evidence`` maps named (``EVIDENCE_MAPS``) and, with ``keep_photo``, the photo. ``decoded``: the path's
+        """A path, bytes or PIL image → ``(C, S, S)`` float tensor (the tower's channels) and its ``ImageMeta``, with
+        ``keep_photo`` holding the photo masks are refined on. ``decoded``: the path's
         photo as ``load_image`` reads it, already in hand (an upload shown to the person), so it is not decoded
         again."""
         if self.cache_images and isinstance(image, str | Path):
             stat = Path(image).stat()
-            key = (str(image), stat.st_size, stat.st_mtime_ns, self._image_key, frozenset(evidence), keep_photo)
+            key = (str(image), stat.st_size, stat.st_mtime_ns, self._image_key, keep_photo)
             with _CACHE_LOCK:
                 entry = _IMAGE_CACHE.get(key)
                 mine = entry is None
@@ -170,7 +164,7 @@ class QGroundProcessor:
                     _IMAGE_CACHE.move_to_end(key)
             if mine:
                 try:
-                    entry.set_result(self._preprocess(image, evidence, keep_photo, decoded))
+                    entry.set_result(self._preprocess(image, keep_photo, decoded))
                 except BaseException as err:  # not kept: the next request tries again and gets its own error
                     with _CACHE_LOCK:
                         if _IMAGE_CACHE.get(key) is entry:
@@ -178,18 +172,11 @@ class QGroundProcessor:
                     entry.set_exception(err)
                     raise
             return entry.result()
-        return self._preprocess(image, evidence, keep_photo, decoded)
+        return self._preprocess(image, keep_photo, decoded)
 
     def _preprocess(
-        self,
-        image,
-        evidence: frozenset[str] = frozenset(),
-        keep_photo: bool = False,
-        decoded: Image.Image | None = None,
+        self, image, keep_photo: bool = False, decoded: Image.Image | None = None
     ) -> tuple[torch.Tensor, ImageMeta]:
-        unknown = set(evidence) - set(EVIDENCE_MAPS)
-        if unknown:
-            raise ValueError(f"unknown evidence maps {sorted(unknown)}; known: {sorted(EVIDENCE_MAPS)}")
         img = load_image(image) if decoded is None else decoded
         original = (img.height, img.width)
         h, w = self.content_size(original)
@@ -198,7 +185,7 @@ class QGroundProcessor:
         small = img.resize((w, h), RESAMPLE[self.config.resample], reducing_gap=3.0)
         resized = np.asarray(small, dtype=np.float32) / 255.0
         content = torch.from_numpy(resized).permute(2, 0, 1)
-        if self.config.detail_channels or evidence or keep_photo:
+        if self.config.detail_channels or keep_photo:
             native = np.asarray(_shrunk(img, self.config.detail_max_side))  # the detail channels' photo
         if self.config.detail_channels:
             noise = self._noise_source(img, native)
@@ -208,13 +195,8 @@ class QGroundProcessor:
         s = self.config.image_size
         out = torch.zeros(content.shape[0], s, s)
         out[:, :h, :w] = content
-        source = self._evidence_source(img, native) if evidence or keep_photo else None
-        maps = {}
-        for name in sorted(evidence):  # not normalized: the policy compares them with fixed thresholds
-            maps[name] = torch.zeros(s, s)
-            maps[name][:h, :w] = EVIDENCE_MAPS[name](source, (h, w))
-        photo = source if keep_photo else None
-        return out, ImageMeta(original_size=original, resized_size=(h, w), evidence=maps, photo=photo)
+        photo = self._refine_source(img, native) if keep_photo else None
+        return out, ImageMeta(original_size=original, resized_size=(h, w), photo=photo)
 
     def _noise_source(self, img: Image.Image, native: np.ndarray) -> np.ndarray | None:
         """The photo the noise channel is read on when it is larger than the detail channels' ``native`` source:
@@ -224,9 +206,9 @@ class QGroundProcessor:
             return None
         return np.asarray(_shrunk(img, side))
 
-    def _evidence_source(self, img: Image.Image, native: np.ndarray) -> np.ndarray:
-        """The photo the evidence maps and mask refinement read: ``native`` (the detail channels' photo), or ``img``
-        shrunk to ``config.evidence_max_side`` when that is smaller."""
+    def _refine_source(self, img: Image.Image, native: np.ndarray) -> np.ndarray:
+        """The photo masks are refined on: ``native`` (the detail channels' photo), or ``img`` shrunk to
+        ``config.evidence_max_side`` when that is smaller."""
         side = self.config.evidence_max_side
         if not side or fit_size(img.size, side)[0] >= native.shape[1]:
             return native
@@ -329,15 +311,14 @@ class QGroundProcessor:
         turns: list[Turn],
         masks: list[np.ndarray] | None = None,
         choices: list[int] | None = None,
-        evidence: frozenset[str] = frozenset(),
         keep_photo: bool = False,
     ) -> dict:
         """One sample: ``images`` (paths, bytes or PIL), ``turns``, optional target masks (original frame of the
         first image, one per seg group of the answers, in order) and choices (the image index 0 … M − 1 each
-        ``[CHOICE]`` of the answers picks, in order); ``evidence`` and ``keep_photo`` as in ``preprocess_image``.
+        ``[CHOICE]`` of the answers picks, in order); ``keep_photo`` as in ``preprocess_image``.
         Returns ``input_ids``/``labels`` (L,), ``pixel_values`` (M, C, S, S), ``image_sizes`` (M, 2) content sizes,
         ``metas``, ``masks`` (n, S, S), ``choices`` (k,)."""
-        loaded = [self.preprocess_image(im, evidence, keep_photo) for im in images]
+        loaded = [self.preprocess_image(im, keep_photo) for im in images]
         tensors, metas = zip(*loaded) if loaded else ((), ())
         input_ids, labels = self.encode(turns, len(images))
         sample = {

@@ -99,7 +99,7 @@ def forced_grounding(engine, image: Image.Image, classes: list[str]) -> Groundin
     answer = grounding_answer(classes, seg_tokens(model.config).group_text())
     policy = engine.policy
     turns = [Turn(GROUNDING_QUESTION, answer)]
-    sample = processor([image], turns, evidence=policy.evidence_maps, keep_photo=bool(policy.mask_refine_radius))
+    sample = processor([image], turns, keep_photo=bool(policy.mask_refine_radius))
     ids = sample["input_ids"][None].to(model.device)
     start = int((sample["labels"] == -100).sum())  # the answer tokens + EOS are the only labelled ones, at the end
     features = engine.encode(sample, engine.strictness(GenerationSettings(), 1))

@@ -13,12 +13,12 @@ from qground.builder import ASSETS
 from qground.checkpoint import load_model, load_policy
 from qground.evaluate import is_finished_sentence, named_classes
 from qground.inference import GenerationSettings, QGroundEngine
-from qground.policy import POLICY_NAME
+from qground.policy import POLICY_NAME, RETIRED_OFF
 from qground.processor import QGroundProcessor
 from qground.prompts import Turn
 from qground.questions import COMPARE_PRESETS, QUESTIONS
 from qground.taxonomy import CLASS_NAMES
-from training.calibrate import GATED_FIELDS, choose, choose_gate
+from training.calibrate import choose
 from training.data import synth
 
 NANO = ASSETS / "qground-nano"
@@ -204,19 +204,21 @@ def test_noise_on_a_12_mp_photo_is_read_at_the_photo_own_resolution(nano):
 def test_every_setting_of_the_shipped_policy_is_the_best_of_its_validation_sweep():
     """``training.calibrate`` chose each setting on the validation split (photo sources and distortion families never
     trained on) by ``choose`` (the best ``score``, mIoU less the clean-rate shortfall; within noise of it, the
-    cleanest); a gate read off the training photos, and the jitter posterior's blend, is on only when it beat "off" by
-    ``GATE_MIN_GAIN``."""
+    cleanest). The gates since removed (``RETIRED_OFF``), swept by the calibration that made it, were left off."""
     policy = json.loads((NANO / POLICY_NAME).read_text())
     record = policy["calibration"]
     assert record["criterion"].startswith("mIoU - max(0, 0.9 - clean rate)")
     fields = [k for k in record if k not in ("data", "criterion")]
     assert {"default_strictness", "overexposure_needs_clipping", "readout_mask_weight", "flip_average"} <= set(fields)
     for field in fields:
+        if field in RETIRED_OFF:
+            assert record[field]["chosen"] == RETIRED_OFF[field] and field not in policy, field
+            continue
         chosen, sweep = record[field]["chosen"], record[field]["sweep"]
         key = str(chosen).lower() if isinstance(chosen, bool) else f"{chosen:g}"
         assert policy[field] == chosen and key in sweep, field
         values = {(k == "true") if isinstance(chosen, bool) else float(k): v for k, v in sweep.items()}
-        assert (choose_gate if field in GATED_FIELDS else choose)(values) == chosen, field
+        assert choose(values) == chosen, field
 
 
 def test_strictness_from_the_command_line_and_the_app(nano, tmp_path):

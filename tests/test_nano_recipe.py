@@ -51,7 +51,7 @@ def test_recipe_runs_every_step_and_resumes(tmp_path, monkeypatch, tiny_wordnet)
     assert not (final / "calibration.json").exists()  # the inference policy holds the choices and their record
     calibration = json.loads((final / POLICY_NAME).read_text())["calibration"]
     assert set(calibration["default_strictness"]["sweep"]) == {"0", "1", "2", "3", "4", "5", "6"}
-    assert "jitter_signature_weight" in calibration  # P(jitter | signature) fitted on the training photos, or why not
+    assert set(calibration["overexposure_needs_clipping"]["sweep"]) == {"false", "true"}
     assert set(calibration["flip_average"]["sweep"]) == {"false", "true"}  # one view or two, chosen on validation
     assert set(calibration["mask_refine_radius"]["sweep"]) == {"0", "2", "4", "6", "8"}  # mask edges on the photo
     assert Lexicon.load(final).synonyms["murky"] == "dark"  # the question lexicon, from the WordNet given

@@ -9,17 +9,12 @@ from qground.builder import ASSETS, config_nano
 from qground.checkpoint import CheckpointError, load_policy, save_checkpoint
 from qground.config import ConfigError
 from qground.inference import QGroundEngine
-from qground.policy import LOG_CONTRAST, MOTION_SIGNATURE, POLICY_NAME, InferencePolicy
+from qground.policy import POLICY_NAME, InferencePolicy
 
 CHOSEN = {
     "default_strictness": 3.0,
     "overexposure_needs_clipping": True,
-    "jitter_min_motion_signature": 5.5,
-    "low_light_min_log_contrast": 7.9,
     "readout_mask_weight": 0.75,
-    "jitter_signature_weight": 0.5,
-    "jitter_signature_center": 6.8,
-    "jitter_signature_scale": 1.7,
     "flip_average": True,
     "mask_refine_radius": 6.0,
     "mask_refine_eps": 0.02,
@@ -29,24 +24,13 @@ CHOSEN = {
 
 
 def test_the_default_policy_runs_the_model_as_trained(tiny):
-    """No strictness, no gate, no blend, one view, masks only upsampled: it fits a model without a readout and asks
-    the processor for no evidence map."""
+    """No strictness, no gate, no blend, one view, masks only upsampled: it fits a model without a readout."""
     policy = InferencePolicy()
     assert policy.default_strictness == 0.0 and not policy.overexposure_needs_clipping
-    assert policy.jitter_min_motion_signature == policy.low_light_min_log_contrast == 0.0
-    assert policy.readout_mask_weight == policy.jitter_signature_weight == policy.mask_refine_radius == 0.0
-    assert not policy.flip_average and policy.evidence_maps == frozenset()
+    assert policy.readout_mask_weight == policy.mask_refine_radius == 0.0
+    assert not policy.flip_average
     policy.check_model(tiny[0].config)
     assert QGroundEngine(tiny[0], tiny[2]).policy == policy
-
-
-def test_evidence_maps_follow_the_gates_and_blends_that_read_them():
-    assert InferencePolicy(jitter_min_motion_signature=1.0).evidence_maps == {MOTION_SIGNATURE}
-    assert InferencePolicy(jitter_signature_weight=0.5).evidence_maps == {MOTION_SIGNATURE}
-    assert InferencePolicy(low_light_min_log_contrast=1.0).evidence_maps == {LOG_CONTRAST}
-    assert InferencePolicy(**CHOSEN).evidence_maps == {MOTION_SIGNATURE, LOG_CONTRAST}
-    others = {"default_strictness": 2.0, "readout_mask_weight": 0.5, "flip_average": True, "mask_refine_radius": 2.0}
-    assert InferencePolicy(overexposure_needs_clipping=True, **others).evidence_maps == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -55,14 +39,11 @@ def test_evidence_maps_follow_the_gates_and_blends_that_read_them():
         ({"default_strictness": -1.0}, "default_strictness must be between 0 and 8"),
         ({"default_strictness": float("nan")}, "default_strictness must be between 0 and 8"),
         ({"readout_mask_weight": 1.5}, "readout_mask_weight must be between 0 and 1"),
-        ({"jitter_signature_weight": -0.1}, "jitter_signature_weight must be between 0 and 1"),
-        ({"jitter_min_motion_signature": -1.0}, "jitter_min_motion_signature must be ≥ 0"),
-        ({"low_light_min_log_contrast": float("nan")}, "low_light_min_log_contrast must be ≥ 0"),
+        ({"readout_mask_weight": float("nan")}, "readout_mask_weight must be between 0 and 1"),
         ({"mask_refine_radius": -2.0}, "mask_refine_radius must be ≥ 0"),
-        ({"jitter_signature_center": float("inf")}, "jitter_signature_center finite"),
-        ({"jitter_signature_scale": 0.0}, "jitter_signature_scale must be > 0"),
+        ({"mask_refine_radius": float("nan")}, "mask_refine_radius must be ≥ 0"),
         ({"mask_refine_eps": 0.0}, "mask_refine_eps must be > 0"),
-        ({"version": 2}, "inference_policy.json version 2 is newer than this qground's"),
+        ({"version": 3}, "inference_policy.json version 3 is newer than this qground's"),
     ],
 )
 def test_values_are_validated(changes, message):
@@ -83,7 +64,7 @@ def test_the_model_must_honour_the_policy(tiny):
         needs.check_model(model.config)
     needs.check_model(config_nano())
     size = model.config.image_size
-    InferencePolicy(mask_refine_radius=size, flip_average=True, jitter_signature_weight=0.5).check_model(model.config)
+    InferencePolicy(mask_refine_radius=size, flip_average=True).check_model(model.config)
     with pytest.raises(ConfigError, match=f"mask_refine_radius {size + 1.0} exceeds the model's input size {size}"):
         InferencePolicy(mask_refine_radius=size + 1.0).check_model(model.config)
     engine = QGroundEngine(model, processor, policy=InferencePolicy(flip_average=True))
@@ -102,16 +83,34 @@ def test_the_policy_file_round_trips_with_its_calibration_record(tmp_path):
     assert policy.save(tmp_path) == tmp_path / POLICY_NAME
     loaded = InferencePolicy.load(tmp_path)
     assert loaded == policy and loaded.calibration == record and loaded == InferencePolicy(**CHOSEN)
-    assert json.loads((tmp_path / POLICY_NAME).read_text()) == {"version": 1, **CHOSEN, "calibration": record}
+    assert json.loads((tmp_path / POLICY_NAME).read_text()) == {"version": 2, **CHOSEN, "calibration": record}
     data = policy.to_dict() | {"sharpen": True}
     (tmp_path / POLICY_NAME).write_text(json.dumps(data))
     with pytest.raises(ConfigError, match=r"inference_policy.json: unknown field\(s\) \['sharpen'\]"):
         InferencePolicy.load(tmp_path)
-    (tmp_path / POLICY_NAME).write_text(json.dumps(policy.to_dict() | {"version": 2}))
-    with pytest.raises(ConfigError, match="version 2 is newer"):
+    (tmp_path / POLICY_NAME).write_text(json.dumps(policy.to_dict() | {"version": 3}))
+    with pytest.raises(ConfigError, match="version 3 is newer"):
         InferencePolicy.load(tmp_path)
     (tmp_path / POLICY_NAME).write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
+        InferencePolicy.load(tmp_path)
+
+
+def test_a_version_1_policy_loads_without_its_retired_gates_when_they_are_off(tmp_path):
+    """Version 1 files (the shipped v18 and every calibration before 2026-12-07) also hold the region gates and the
+    jitter signature blend, since removed: at their off values (0) they load as version 2 without them (the centre
+    and scale of the blend, read only with it, whatever they are); a gate turned on is refused, named."""
+    retired = {"jitter_min_motion_signature": 0.0, "low_light_min_log_contrast": 0.0, "jitter_signature_weight": 0.0}
+    old = {"version": 1, **CHOSEN, **retired, "jitter_signature_center": 5.36, "jitter_signature_scale": 3.13}
+    (tmp_path / POLICY_NAME).write_text(json.dumps(old))
+    loaded = InferencePolicy.load(tmp_path)
+    assert loaded == InferencePolicy(**CHOSEN) and loaded.version == 2
+    for name in ("jitter_min_motion_signature", "jitter_signature_weight"):
+        (tmp_path / POLICY_NAME).write_text(json.dumps(old | {name: 0.5}))
+        with pytest.raises(ConfigError, match=f"inference_policy.json: this version 1 policy turns on {name}, removed"):
+            InferencePolicy.load(tmp_path)
+    (tmp_path / POLICY_NAME).write_text(json.dumps(old | {"version": 2}))
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['jitter_min_motion_signature'"):
         InferencePolicy.load(tmp_path)
 
 

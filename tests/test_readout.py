@@ -2,7 +2,6 @@
 vision tower."""
 
 import dataclasses
-import functools
 
 import numpy as np
 import pytest
@@ -12,20 +11,11 @@ from PIL import Image
 from qground.builder import build_model
 from qground.checkpoint import HEADS_NAME, load_model, save_checkpoint
 from qground.config import CONFIG_NAME, ConfigError, QGroundConfig
-from qground.detail import region_contrast
 from qground.inference import GenerationSettings, QGroundEngine
-from qground.masks import blend_motion, blend_readout, to_original_frame
+from qground.masks import blend_readout, to_original_frame
 from qground.modeling import QGroundModel
 from qground.modeling.qground import mirror
-from qground.policy import (
-    LOG_CONTRAST,
-    MOTION_SIGNATURE,
-    InferencePolicy,
-    clipped_white,
-    readout_thresholds,
-    region_passes,
-    signature_level,
-)
+from qground.policy import InferencePolicy, clipped_white, readout_thresholds
 from qground.processor import ImageMeta, QGroundProcessor
 from qground.prompts import Turn
 from qground.taxonomy import CLASS_NAMES
@@ -47,16 +37,10 @@ def rebuilt(model: QGroundModel, config: QGroundConfig | None = None, **changes)
 
 
 def gate(
-    model: QGroundModel,
-    strictness: float,
-    pixels: torch.Tensor,
-    policy: InferencePolicy | None = None,
-    evidence: dict | None = None,
-):
-    """The ``thresholds`` callback ``encode_images`` takes: ``policy``'s gates (default: none) at ``strictness``."""
-    return functools.partial(
-        readout_thresholds, policy or InferencePolicy(), model.config, strictness, pixels, evidence or {}
-    )
+    model: QGroundModel, strictness: float, pixels: torch.Tensor, policy: InferencePolicy | None = None
+) -> torch.Tensor | None:
+    """The ``thresholds`` ``encode_images`` takes: ``policy``'s (default: the as-trained one) at ``strictness``."""
+    return readout_thresholds(policy or InferencePolicy(), model.config, strictness, pixels)
 
 
 @pytest.fixture
@@ -170,152 +154,17 @@ def test_overexposure_needs_a_clipped_white_pixel(readout_model, thresholds):
         policy.check_model(dataclasses.replace(model.config, readout=False))
 
 
-def noise_photo() -> Image.Image:
-    """A 48 × 64 photo of uniform noise."""
-    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
-
-
-def hides_first_image_only(
-    engine: QGroundEngine,
-    pixels: torch.Tensor,
-    source: str,
-    values: tuple[float, float, float],
-    name: str,
-    thresholds: list,
-    monkeypatch,
-) -> dict:
-    """Three copies of one image's ``pixels`` (C, S, S), the evidence map ``source`` of each the constant one of
-    ``values``, encoded by ``engine`` (under its policy) at strictness 2 and then 0, while the readout covers every
-    class everywhere: asserts that at 2 only the first image's class ``name`` is hidden and every other gate is the
-    plain one, and that 0 gates nothing → the sample (``pixel_values``, ``metas``)."""
-    s = engine.config.image_size
-    full = torch.ones(3, len(CLASS_NAMES), 4, 4)
-    monkeypatch.setattr(engine.model.readout, "coverage", lambda dense: full.expand(len(dense), -1, -1, -1))
-    metas = [ImageMeta((s, s), (s, s), evidence={source: torch.full((s, s), v)}) for v in values]
-    sample = {"pixel_values": pixels.repeat(3, 1, 1, 1), "metas": metas}
-    engine.encode(sample, 2.0)
-    engine.encode(sample, 0.0)
-    k, plain = CLASS_NAMES.index(name), torch.full((len(CLASS_NAMES),), 2.0)
-    gated = thresholds[0]
-    assert gated[0, k] == float("inf") and torch.equal(gated[1:], plain.expand(2, -1))
-    assert torch.equal(gated[0, :k], plain[:k]) and torch.equal(gated[0, k + 1 :], plain[k + 1 :])
-    assert thresholds[1] is None
-    return sample
-
-
-def test_jitter_needs_a_motion_blur_signature(readout_model, thresholds, monkeypatch):
-    """With ``jitter_min_motion_signature`` the strictness gate asks an image whose jitter region shows no motion-blur
-    signature (its 75th percentile there below the minimum) for an unreachable jitter presence logit; an image with
-    the signature, or with no evidence either way (0: flat), keeps the plain gate, as does every other class; at
-    strictness 0 nothing is gated. The signature is an evidence map in the image's ``ImageMeta`` (0 in the padding),
-    not a channel: the pixel values hold the tower's channels only."""
+def test_the_tower_takes_its_own_channels_only(readout_model):
+    """Image tensors with more or fewer channels than the tower reads are refused, both counts named."""
     model, tokenizer = readout_model
-    policy = InferencePolicy(jitter_min_motion_signature=6.0)
-    assert policy.evidence_maps == {MOTION_SIGNATURE}
-    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config), policy=policy)
-    pixels, meta = engine.processor.preprocess_image(noise_photo(), evidence=policy.evidence_maps)
-    s = model.config.image_size
-    assert pixels.shape == (model.config.vision.num_channels, s, s)
-    assert set(meta.evidence) == {MOTION_SIGNATURE} and meta.evidence[MOTION_SIGNATURE].shape == (s, s)
-    assert not meta.evidence[MOTION_SIGNATURE][48:].any()  # the padding holds no evidence
-    # no signature, motion blur, no evidence
-    sample = hides_first_image_only(
-        engine, pixels, MOTION_SIGNATURE, (4.0, 9.0, 0.0), "jitter", thresholds, monkeypatch
-    )
-    # where the readout covers jitter only: the signature elsewhere does not count
-    signature, coverage = torch.zeros(2, 8, 8), torch.zeros(2, 4, 4)
-    coverage[:, :2, :2] = 0.9
-    signature[0, :4, :4], signature[0, 4:, 4:] = 4.0, 12.0
-    signature[1, :4, :4] = 12.0
-    assert region_passes(signature, coverage, 6.0, signature_level).tolist() == [False, True]
-    batch = sample["pixel_values"]
-    as_channel = torch.stack([m.evidence[MOTION_SIGNATURE] for m in sample["metas"]])[:, None]
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
+    pixels, _ = QGroundProcessor(tokenizer, model.config).preprocess_image(photo)
+    assert pixels.shape == (model.config.vision.num_channels, model.config.image_size, model.config.image_size)
+    batch = pixels[None]
     with pytest.raises(ValueError, match="image tensors have 4 channels; this model's tower takes 3"):
-        model.encode_images(torch.cat([batch, as_channel], dim=1))
+        model.encode_images(torch.cat([batch, batch[:, :1]], dim=1))
     with pytest.raises(ValueError, match="image tensors have 2 channels; this model's tower takes 3"):
         model.encode_images(batch[:, :-1])
-    with pytest.raises(ConfigError, match="jitter_min_motion_signature need a model with a readout"):
-        policy.check_model(dataclasses.replace(model.config, readout=False))
-    with pytest.raises(ConfigError, match="jitter_min_motion_signature must be ≥ 0"):
-        policy.replace(jitter_min_motion_signature=float("nan"))
-
-
-def test_low_light_needs_log_contrast(readout_model, thresholds, monkeypatch, tmp_path):
-    """With ``low_light_min_log_contrast`` the strictness gate asks an image whose low-light region is smooth in the log
-    domain (its median log contrast below the minimum) for an unreachable low-light presence logit; a steep region, or
-    one with no content (0: padding), keeps the plain gate, as does every other class; at strictness 0 nothing is
-    gated. The log contrast is an evidence map in the image's ``ImageMeta``, > 0 on the content and 0 in the padding;
-    the tower reads only its own channels."""
-    model, tokenizer = readout_model
-    policy = InferencePolicy(low_light_min_log_contrast=8.0)
-    assert policy.evidence_maps == {LOG_CONTRAST}
-    engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config), policy=policy)
-    pixels, meta = engine.processor.preprocess_image(noise_photo(), evidence=policy.evidence_maps)
-    assert pixels.shape[0] == model.config.vision.num_channels and set(meta.evidence) == {LOG_CONTRAST}
-    contrast = meta.evidence[LOG_CONTRAST]
-    assert bool((contrast[:48] > 0).all()) and not contrast[48:].any()  # content > 0, padding 0
-    # a shadow, underexposure, no content
-    sample = hides_first_image_only(engine, pixels, LOG_CONTRAST, (7.0, 9.0, 0.0), "low light", thresholds, monkeypatch)
-    # where the readout covers low light only: the contrast elsewhere does not count
-    contrast, coverage = torch.zeros(2, 8, 8), torch.zeros(2, 4, 4)
-    coverage[:, :2, :2] = 0.9
-    contrast[0, :4, :4], contrast[0, 4:, 4:] = 7.0, 9.5
-    contrast[1, :4, :4] = 9.5
-    assert region_passes(contrast, coverage, 8.0, region_contrast).tolist() == [False, True]
-    batch = sample["pixel_values"]
-    as_channel = torch.stack([m.evidence[LOG_CONTRAST] for m in sample["metas"]])[:, None]
-    with pytest.raises(ValueError, match="image tensors have 4 channels; this model's tower takes 3"):
-        model.encode_images(torch.cat([batch, as_channel], dim=1))
-    with pytest.raises(ConfigError, match="low_light_min_log_contrast need a model with a readout"):
-        policy.check_model(dataclasses.replace(model.config, readout=False))
-    with pytest.raises(ConfigError, match="low_light_min_log_contrast must be ≥ 0"):
-        policy.replace(low_light_min_log_contrast=float("nan"))
-    policy.save(tmp_path)
-    assert InferencePolicy.load(tmp_path) == policy
-
-
-def test_jitter_masks_blend_the_motion_blur_signature(readout_model):
-    """``blend_motion``: jitter rows become the logits of (1 − w)·p + w·σ((signature − center) / scale) where the
-    image's signature holds evidence (> 0) and stay p where it does not; other classes, w = 0 and no signature leave
-    them untouched. A policy asks for the signature only when it blends it in (w > 0); the engine's masks read it
-    from the image's ``ImageMeta``: at weight 1 a jitter mask is where the signature is above the center."""
-    model, tokenizer = readout_model
-    policy = InferencePolicy(jitter_signature_weight=0.5, jitter_signature_center=7.0, jitter_signature_scale=2.0)
-    plain = policy.replace(jitter_signature_weight=0.0)
-    assert policy.evidence_maps == {MOTION_SIGNATURE} and plain.evidence_maps == frozenset()
-    s = model.config.image_size
-    signature = torch.zeros(2, s, s)
-    signature[1] = 11.0
-    signature[0, : s // 2] = 3.0  # evidence against motion blur in the top half of image 0, none below
-    jitter = CLASS_NAMES.index("jitter")
-    logits = torch.randn(3, s, s)
-    image, classes = torch.tensor([0, 1, 0]), torch.tensor([jitter, jitter, CLASS_NAMES.index("blur")])
-    out = blend_motion(logits, signature[image], classes, policy)
-    p = logits.sigmoid()
-    top = 0.5 * p[0, : s // 2] + 0.5 * torch.sigmoid(torch.tensor(-2.0))
-    assert torch.allclose(out[0, : s // 2].sigmoid(), top, atol=1e-5)
-    assert torch.allclose(out[0, s // 2 :], logits[0, s // 2 :], atol=1e-4)  # no evidence: the mask as it was
-    assert torch.allclose(out[1].sigmoid(), 0.5 * p[1] + 0.5 * torch.sigmoid(torch.tensor(2.0)), atol=1e-5)
-    assert torch.equal(out[2], logits[2])
-    assert torch.equal(blend_motion(logits, signature[image], classes, plain), logits)
-    assert torch.equal(blend_motion(logits, None, classes, policy), logits)
-
-    engine = QGroundEngine(
-        model, QGroundProcessor(tokenizer, model.config), policy=policy.replace(jitter_signature_weight=1.0)
-    )
-    group = seg_tokens(model.config).group_text()
-    tokens = tokenizer(f"The segmentation results are: jitter {group}", add_special_tokens=False).input_ids
-    states = [torch.randn(model.config.llm.hidden_size) for _ in tokens]
-    sample = engine.processor([Image.new("RGB", (s, s), "gray")], [Turn("x")], evidence=engine.policy.evidence_maps)
-    evidence = torch.full((s, s), 3.0)
-    evidence[:, : s // 3] = 11.0  # motion blur on the left third only
-    meta = ImageMeta((s, s), (s, s), evidence={MOTION_SIGNATURE: evidence})
-    result = engine._finish(tokens, states, engine.encode(sample, 0.0), meta, [])
-    assert set(result.masks) == {"jitter"} and np.array_equal(result.masks["jitter"], (evidence > 7.0).numpy())
-    with pytest.raises(ConfigError, match="jitter_signature_weight must be between 0 and 1"):
-        policy.replace(jitter_signature_weight=float("nan"))
-    with pytest.raises(ConfigError, match="jitter_signature_scale must be > 0"):
-        policy.replace(jitter_signature_scale=0.0)
 
 
 def test_strictness_applies_to_one_image_prompts_only(readout_model, overfit_photo_files, thresholds):
@@ -337,31 +186,28 @@ def test_strictness_applies_to_one_image_prompts_only(readout_model, overfit_pho
     assert engine.strictness(unnamed, 2) == 0.0 and engine.strictness(settings, 1) == 4.0
 
 
-def test_the_engine_computes_the_evidence_its_policy_gates_on(readout_model, overfit_photo_files, monkeypatch):
-    """The engine asks the processor for the evidence maps its policy reads and hands them to the gates by name,
-    stacked over the prompt's images, with the pixel values and the strictness it runs at; at strictness 0 no gate
-    runs."""
+def test_the_engine_gates_by_its_policy_at_the_strictness_it_runs_at(readout_model, overfit_photo_files, monkeypatch):
+    """The engine asks ``readout_thresholds`` for its policy's thresholds with the prompt's pixel values and the
+    strictness it runs at, and hands them to the readout; at strictness 0 there are none."""
     import qground.inference
 
     model, tokenizer = readout_model
-    policy = InferencePolicy(jitter_min_motion_signature=6.0, low_light_min_log_contrast=8.0)
+    policy = InferencePolicy(overexposure_needs_clipping=True)
     engine = QGroundEngine(model, QGroundProcessor(tokenizer, model.config), policy=policy)
     seen = []
 
-    def spy(policy, config, strictness, pixels, evidence, coverage):
-        seen.append((policy, strictness, pixels, evidence))
-        return readout_thresholds(policy, config, strictness, pixels, evidence, coverage)
+    def spy(policy, config, strictness, pixels):
+        seen.append((policy, strictness, pixels))
+        return readout_thresholds(policy, config, strictness, pixels)
 
     monkeypatch.setattr(qground.inference, "readout_thresholds", spy)
     photo = Image.open(overfit_photo_files[0])
     engine.chat([photo], [Turn("Is it sharp?")], GenerationSettings(max_new_tokens=2, strictness=4.0))
     engine.chat([photo], [Turn("Is it sharp?")], GenerationSettings(max_new_tokens=2, strictness=0.0))
-    ((used, strictness, pixels, evidence),) = seen
-    want, meta = engine.processor.preprocess_image(photo, evidence=policy.evidence_maps)
-    assert used is policy and strictness == 4.0 and torch.equal(pixels, want[None])
-    assert set(evidence) == {MOTION_SIGNATURE, LOG_CONTRAST}
-    for name, maps in evidence.items():
-        assert torch.equal(maps, meta.evidence[name][None])
+    (used, strictness, pixels), (_, zero, _) = seen
+    assert used is policy and strictness == 4.0 and zero == 0.0
+    assert torch.equal(pixels, engine.processor.preprocess_image(photo)[0][None])
+    assert readout_thresholds(policy, model.config, 0.0, pixels) is None
 
 
 def test_coverage_map_lays_the_sub_cells_out_in_the_input_frame(readout_model):
@@ -428,8 +274,8 @@ def test_mirror_flips_each_content_window_only():
 
 def test_flip_average_reads_each_image_and_its_mirror(readout_model, overfit_batch, monkeypatch):
     """With content sizes (the engine's ``flip_average``), the readout's whole-image logits (what the gate, φv's
-    whole-image token and the choice keys read) are the mean of the image's and its mirror's; the coverage (kept, and
-    what the region gates read) and the decoder's mask probabilities are the means of both views' maps, the mirror's
+    whole-image token and the choice keys read) are the mean of the image's and its mirror's; the coverage (kept for
+    the readout's mask blend) and the decoder's mask probabilities are the means of both views' maps, the mirror's
     mirrored back; φv's patch tokens and the decoder's own patch maps stay the image's. Without content sizes
     (training) nothing changes."""
     model, _ = readout_model
@@ -442,13 +288,7 @@ def test_flip_average_reads_each_image_and_its_mirror(readout_model, overfit_bat
         return scores(dense, whole, threshold)
 
     monkeypatch.setattr(model.readout, "scores", spy)
-    gated = []
-
-    def thresholds(coverage):
-        gated.append(coverage())
-        return None
-
-    both = model.encode_images(pixels, sizes, thresholds, keep_coverage=True)
+    both = model.encode_images(pixels, sizes, keep_coverage=True)
     own = model.encode_images(pixels, keep_coverage=True)  # no sizes: one view
     mirrored = model.encode_images(mirror(pixels, sizes), keep_coverage=True)
     assert torch.allclose(wholes[0], (wholes[1] + wholes[2]) / 2, atol=1e-6)
@@ -461,7 +301,6 @@ def test_flip_average_reads_each_image_and_its_mirror(readout_model, overfit_bat
     assert torch.allclose(both.coverage, (full(own.coverage) + mirror(full(mirrored.coverage), sizes)) / 2, atol=1e-6)
     assert torch.equal(both.tokens[:, :-1], own.tokens[:, :-1]) and not torch.equal(both.tokens, own.tokens)
     assert torch.equal(both.decoder[0], own.decoder[0]) and torch.allclose(both.mirrored[0], mirrored.decoder[0])
-    assert len(gated) == 1 and torch.equal(gated[0], both.coverage)
     assert own.mirrored is None and own.content_sizes is None  # training: one view
     states = torch.randn(3, model.config.seg_count, model.config.llm.hidden_size)
     image = torch.tensor([1, 0, 1])

@@ -172,11 +172,11 @@ def test_preprocessed_images_are_shared_across_stages_until_the_file_changes(tin
     b, _ = second.preprocess_image(path)
     assert b is not a and b.mean() > a.mean()
     assert QGroundProcessor(tokenizer, model.config).preprocess_image(path)[0] is not b
-    # a calibration's sweeps ask for evidence maps and the photo too: each combination is an entry of its own
-    with_maps, meta = second.preprocess_image(path, frozenset({"motion_signature"}), keep_photo=True)
-    assert with_maps is not b and set(meta.evidence) == {"motion_signature"} and meta.photo is not None
-    assert second.preprocess_image(path, frozenset({"motion_signature"}), keep_photo=True)[1] is meta
-    assert second.preprocess_image(path, keep_photo=True)[1] is not meta
+    # a calibration's sweeps of the refinement radius ask for the photo too: an entry of its own
+    with_photo, meta = second.preprocess_image(path, keep_photo=True)
+    assert with_photo is not b and meta.photo is not None
+    assert second.preprocess_image(path, keep_photo=True)[1] is meta
+    assert second.preprocess_image(path)[1].photo is None
 
 
 def test_a_photo_asked_for_while_it_is_preprocessed_is_waited_for(tiny, tmp_path, monkeypatch):

@@ -20,9 +20,8 @@
    stages 0–3: the step-3 tower put into DIR's model the same way (``--vision-from DIR``: step 3 starts from DIR's
    tower and readout instead of a random init);
 6. ``training.calibrate``: the default detection strictness and mask weight chosen on the validation split (480
-   images: 120 moved a model's mIoU by about 0.05 with the draw, docs/experiments/2026-12-05-nano-v5.md); the
-   jitter gate, P(jitter | motion-blur signature) and the low-light gate read off the training split; the mirrored
-   second view and the mask refinement radius chosen on the validation split;
+   images: 120 moved a model's mIoU by about 0.05 with the draw, docs/experiments/2026-12-05-nano-v5.md), then the
+   clipping rule, the mirrored second view and the mask refinement radius;
 7. ``training.lexicon``: the question lexicon (``lexicon.json``: words the model never trained on read as trained
    words of the same sense, from WordNet; docs/experiments/2026-12-07-question-lexicon.md);
 8. with ``--install``, the final checkpoint copied to ``assets/qground-nano``. Evaluation on the held-out split is
@@ -247,7 +246,7 @@ def finish(args: argparse.Namespace, final: Path, record) -> None:
     out: Path = args.out
     if not (final / POLICY_NAME).exists():
         t0 = time.perf_counter()
-        calibrate(["--model", str(final), "--data", str(out / "data" / "val"), "--train", str(out / "data" / "train")])
+        calibrate(["--model", str(final), "--data", str(out / "data" / "val")])
         record("calibrate", t0)
     if not (final / LEXICON_NAME).exists():
         write_lexicon(["--out", str(final)] + (["--wordnet", str(args.wordnet)] if args.wordnet else []))

@@ -81,8 +81,6 @@ def _policy_rows(config: QGroundConfig, policy: InferencePolicy, calibrated: boo
     """The table's rows on how the model is run (``inference_policy.json``)."""
     lines: list[str] = []
     if config.readout:
-        from training.calibrate import CONTRAST_QUANTILE
-
         source = f"chosen on validation photos, `{POLICY_NAME}`" if calibrated else "not calibrated"
         lines += [
             f"| default detection strictness | {policy.default_strictness:g} (0 = as trained; {source}) |",
@@ -96,26 +94,6 @@ def _policy_rows(config: QGroundConfig, policy: InferencePolicy, calibrated: boo
                 "| overexposure gate | at strictness above 0, overexposure needs a clipped white pixel "
                 f"(every RGB channel ≥ {CLIPPED_WHITE:g} of full scale) |"
             )
-        if policy.jitter_min_motion_signature:
-            lines.append(
-                "| jitter gate | at strictness above 0, jitter needs a motion-blur signature of at least "
-                f"{policy.jitter_min_motion_signature:g} where the readout covers it (read off the training "
-                "photos' undistorted content, `inference_policy.json`) |"
-            )
-        if policy.low_light_min_log_contrast:
-            lines.append(
-                "| low-light gate | at strictness above 0, low light needs a median log contrast of at least "
-                f"{policy.low_light_min_log_contrast:g} where the readout covers it (underexposure is steep in the log "
-                f"domain, a well-exposed shadow is smooth; the {CONTRAST_QUANTILE:.0%} quantile of the training "
-                "photos' low-light regions, `inference_policy.json`) |"
-            )
-    if policy.jitter_signature_weight:
-        lines.append(
-            f"| jitter masks | blend in P(jitter \\| motion-blur signature s) = σ((s − "
-            f"{policy.jitter_signature_center:g}) / {policy.jitter_signature_scale:g}) at weight "
-            f"{policy.jitter_signature_weight:g} (fitted on the training photos, weight chosen on validation photos, "
-            "`inference_policy.json`) |"
-        )
     if policy.constrained_answers:
         lines.append(
             "| answers | decoding is held to the answer grammar (`qground/answers.py`): every answer is a finished "

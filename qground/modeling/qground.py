@@ -13,7 +13,7 @@ Token contract (the processor builds it, this module checks it):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -136,7 +136,7 @@ class QGroundModel(nn.Module):
         self,
         pixel_values: torch.Tensor,
         content_sizes: Sequence[tuple[int, int]] | None = None,
-        thresholds: Callable[[Callable[[], torch.Tensor]], torch.Tensor | None] | None = None,
+        thresholds: torch.Tensor | None = None,
         keep_coverage: bool = False,
         image_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> ImageFeatures:
@@ -145,9 +145,9 @@ class QGroundModel(nn.Module):
 
         ``content_sizes`` (M (h, w), the processor's ``resized_size``; inference only): the tower also reads each image
         mirrored inside its window (``mirror``), and the readout's whole-image logits and coverage are averaged over
-        both views, aligned. ``thresholds`` (models with a readout): given a function returning the readout's coverage
-        (M, K, ·, ·), the presence logit (M, K) each class needs before φv hears of it, or None (as trained); see
-        ``qground.policy.readout_thresholds``. ``keep_coverage``: ``ImageFeatures.coverage`` is filled (mask blends).
+        both views, aligned. ``thresholds`` (models with a readout): the presence logit (M, K) each class needs before
+        φv hears of it, or None (as trained); see ``qground.policy.readout_thresholds``. ``keep_coverage``:
+        ``ImageFeatures.coverage`` is filled (mask blends).
         """
         cfg = self.config
         if (thresholds is not None or keep_coverage) and self.readout is None:
@@ -184,18 +184,10 @@ class QGroundModel(nn.Module):
             with torch.no_grad():
                 dense, whole = self.readout.logits(hs[-1].to(next(self.readout.parameters()).dtype))
                 whole = whole.view(1 + two_views, m, -1).mean(0)  # (M, 3·K), averaged over the views
-                cache: list[torch.Tensor] = []
-
-                def readout_coverage() -> torch.Tensor:
-                    if not cache:
-                        cache.append(self._coverage(dense, m, content_sizes))
-                    return cache[0]
-
-                threshold = thresholds(readout_coverage) if thresholds is not None else None
-                stacked = self.readout.scores(dense[:m], whole, threshold)  # CLS + patches
+                stacked = self.readout.scores(dense[:m], whole, thresholds)  # CLS + patches
                 k = self.readout.num_classes
-                present = whole[:, :k] >= (0.0 if threshold is None else threshold.to(whole))
-                coverage = readout_coverage() if keep_coverage else None
+                present = whole[:, :k] >= (0.0 if thresholds is None else thresholds.to(whole))
+                coverage = self._coverage(dense, m, content_sizes) if keep_coverage else None
                 if cfg.choice_keys == "readout":  # ungated: comparisons read the evidence as trained
                     evidence = whole.sigmoid()
         else:
