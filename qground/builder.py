@@ -113,7 +113,7 @@ def config_nano() -> QGroundConfig:
         image_size=128,
         detail_channels=True,
         detail_max_side=4096,  # a 12 MP photo's own pixels: shrinking averages its noise and fine blur away
-        evidence_max_side=1280,  # training.data.synth's MAX_SIDE: the gates' thresholds and refinement radii
+        evidence_max_side=1280,  # training.data.synth's MAX_SIDE: refinement radii are in its pixels
         chroma_noise_channel=True,
         image_mean=(*CLIP_MEAN, *[0.0] * (NUM_DETAIL_CHANNELS + NUM_CHROMA_CHANNELS)),
         image_std=(*CLIP_STD, *[1.0] * (NUM_DETAIL_CHANNELS + NUM_CHROMA_CHANNELS)),

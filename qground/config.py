@@ -216,8 +216,9 @@ class QGroundConfig:
     # > 0 (with detail_max_side): the noise channel alone is read on the photo shrunk to this longest side instead,
     # since shrinking averages pixel noise away; 0: as the other channels.
     noise_max_side: int = 0
-    # > 0: the evidence maps and the photo masks are refined on (qground.policy) are read on the photo shrunk to this
-    # longest side (their thresholds and radii are in its pixels); 0: on the detail channels' photo.
+    # > 0: the photo masks are refined on (qground.policy's mask_refine_radius) is the photo shrunk to this longest
+    # side (the radius is in its pixels); 0: the detail channels' photo. (Its name is from when region gates read
+    # evidence maps on it too; it stays, so saved configs load.)
     evidence_max_side: int = 0
     # with detail_channels: one more channel after them, the chroma noise energy (qground.detail), read on the noise
     # channel's photo; natural texture is mostly achromatic, so chroma noise stands out where luma noise is masked.
