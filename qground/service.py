@@ -117,7 +117,7 @@ DISPLAY_MAX_SIDE = 1600  # longest side of the overlays the app shows (full-size
 VIEW_JPEG_QUALITY = 92
 RANKING_HEADERS = ["Rank", "Image", "Named as", "Choice probability"]
 # Preprocessed photos a served engine keeps (each asked about again and again; prepared on upload): about 5 MB each
-# for qground-nano at 12 MP (its evidence maps and the 1,280-px photo masks are refined on)
+# for qground-nano at 12 MP (its model input and the 1,280-px photo masks are refined on)
 SERVED_IMAGES = 8
 _LOAD_ERRORS = (CheckpointError, OSError, ValueError, RuntimeError, ImportError, KeyError)
 
