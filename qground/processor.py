@@ -147,9 +147,8 @@ class QGroundProcessor:
         decoded: Image.Image | None = None,
     ) -> tuple[torch.Tensor, ImageMeta]:
         """A path, bytes or PIL image → ``(C, S, S)`` float tensor (the tower's channels) and its ``ImageMeta``, with
-        ``keep_photo`` holding the photo masks are refined on. ``decoded``: the path's
-        photo as ``load_image`` reads it, already in hand (an upload shown to the person), so it is not decoded
-        again."""
+        ``keep_photo`` holding the photo masks are refined on. ``decoded``: the path's photo as ``load_image`` reads
+        it, already in hand (an upload shown to the person), so it is not decoded again."""
         if self.cache_images and isinstance(image, str | Path):
             stat = Path(image).stat()
             key = (str(image), stat.st_size, stat.st_mtime_ns, self._image_key, keep_photo)

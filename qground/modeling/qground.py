@@ -147,7 +147,7 @@ class QGroundModel(nn.Module):
         mirrored inside its window (``mirror``), and the readout's whole-image logits and coverage are averaged over
         both views, aligned. ``thresholds`` (models with a readout): the presence logit (M, K) each class needs before
         φv hears of it, or None (as trained); see ``qground.policy.readout_thresholds``. ``keep_coverage``:
-        ``ImageFeatures.coverage`` is filled (mask blends).
+        ``ImageFeatures.coverage`` is filled (the readout's mask blend).
         """
         cfg = self.config
         if (thresholds is not None or keep_coverage) and self.readout is None:
